@@ -1,0 +1,1 @@
+//! `msb volume fs`, `export` and `import`. (Being written for the VolumeFs issue.)

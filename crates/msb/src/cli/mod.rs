@@ -1,0 +1,58 @@
+//! Command-line parsing and dispatch. Each command group lives in its own
+//! module; every module turns raw strings into typed config once, then calls
+//! the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod fs;
+mod mount;
+mod run;
+mod volume;
+
+/// Sandboxes with real storage.
+#[derive(Debug, Parser)]
+#[command(name = "msb", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage named volumes.
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
+    /// Run a command in a new sandbox with mounts applied.
+    Run(run::RunArgs),
+}
+
+/// A command's failure, already reported or to be printed as `error: ...`.
+pub(crate) type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Volume(cmd) => volume::run(cmd),
+        Command::Run(args) => run::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            report(e.as_ref());
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Prints `error: ...` with the chain of causes.
+pub(crate) fn report(e: &dyn std::error::Error) {
+    let mut msg = format!("error: {e}");
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    eprintln!("{msg}");
+}

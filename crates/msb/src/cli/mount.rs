@@ -1,0 +1,1 @@
+//! `msb volume mount` and `unmount`. (Being written for the filesystem server issue.)

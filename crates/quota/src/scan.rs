@@ -1,0 +1,97 @@
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
+
+/// Errors of a usage scan.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("cannot scan {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Bytes allocated by everything below the directory `root` (not counting
+/// `root` itself): `st_blocks * 512` of every entry, hard-linked files
+/// counted once. Never follows symlinks and never leaves the filesystem of
+/// `root`.
+pub fn scan(root: impl AsFd) -> Result<u64, ScanError> {
+    let root = root.as_fd();
+    let dev = rustix::fs::fstat(root).map_err(|e| err(".", e))?.st_dev;
+    let mut seen = HashSet::new();
+    let mut total = 0u64;
+    let first = rustix::fs::openat(root, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| err(".", e))?;
+    let mut stack: Vec<(OwnedFd, String)> = vec![(first, String::new())];
+    while let Some((dir_fd, path)) = stack.pop() {
+        let mut dir = Dir::read_from(&dir_fd).map_err(|e| err(&path, e))?;
+        while let Some(entry) = dir.next() {
+            let entry = entry.map_err(|e| err(&path, e))?;
+            let name = entry.file_name();
+            if name.to_bytes() == b"." || name.to_bytes() == b".." {
+                continue;
+            }
+            let child = format!("{path}/{}", name.to_string_lossy());
+            let st = match rustix::fs::statat(&dir_fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                // Removed while we were scanning: it uses nothing any more.
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(err(&child, e)),
+            };
+            if st.st_dev != dev {
+                continue;
+            }
+            let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+            if !is_dir && st.st_nlink > 1 && !seen.insert(st.st_ino) {
+                continue;
+            }
+            total += st.st_blocks as u64 * 512;
+            if is_dir {
+                match rustix::fs::openat(
+                    &dir_fd,
+                    name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ) {
+                    Ok(fd) => stack.push((fd, child)),
+                    Err(rustix::io::Errno::NOENT) => {}
+                    Err(e) => return Err(err(&child, e)),
+                }
+            }
+        }
+    }
+    Ok(total)
+}
+
+fn err(path: &str, e: rustix::io::Errno) -> ScanError {
+    let path = if path.is_empty() { ".".to_string() } else { path.trim_start_matches('/').to_string() };
+    ScanError::Io { path, source: e.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn counts_blocks_and_hard_links_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let open = || std::fs::File::open(root).unwrap();
+        assert_eq!(scan(open()).unwrap(), 0);
+        std::fs::create_dir(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/a"), vec![1u8; 100_000]).unwrap();
+        std::fs::hard_link(root.join("sub/a"), root.join("b")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("link")).unwrap();
+        let expected: u64 = ["sub", "sub/a", "link"]
+            .iter()
+            .map(|p| std::fs::symlink_metadata(root.join(p)).unwrap().blocks() * 512)
+            .sum();
+        assert_eq!(scan(open()).unwrap(), expected);
+        assert!(expected >= 100_000);
+    }
+}

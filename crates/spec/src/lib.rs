@@ -1,0 +1,20 @@
+//! Typed configuration for msb.
+//!
+//! Raw input (CLI strings, API arguments, JSON) is turned into the types of
+//! this crate once, at the edge. Everything downstream (store, runtime,
+//! filesystem server) trusts these types and does not validate again.
+//! This crate performs no I/O.
+
+mod label;
+mod name;
+mod policy;
+mod size;
+mod volume;
+
+pub use label::{LabelFilter, LabelFilterError, Labels, LabelError};
+pub use name::{NameError, VolumeName};
+pub use size::{SizeError, format_bytes, parse_size_bytes, parse_size_mib};
+pub use volume::{
+    DISK_MAX_MIB, DISK_MIN_MIB, VolumeConfig, VolumeConfigError, VolumeKind, VolumeKindError,
+};
+pub use policy::{HostPerms, PolicyParseError, StatVirt};
