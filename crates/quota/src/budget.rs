@@ -54,12 +54,36 @@ impl Budget {
     /// Creates (or resets) the counter at `path` with `used` bytes. The file is
     /// written whole and renamed into place, so readers never see it half made.
     pub fn create(path: &Path, used: u64) -> Result<(), QuotaError> {
-        let io_err = |source| QuotaError::Io { path: path.display().to_string(), source };
+        let io_err = |source| QuotaError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         let tmp = path.with_extension("tmp");
         let mut bytes = MAGIC.to_le_bytes().to_vec();
         bytes.extend_from_slice(&used.to_le_bytes());
         std::fs::write(&tmp, &bytes).map_err(io_err)?;
         std::fs::rename(&tmp, path).map_err(io_err)
+    }
+
+    /// Reads the count at `path` without mapping it (for listings).
+    pub fn peek(path: &Path) -> Result<u64, QuotaError> {
+        let name = || path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => QuotaError::Missing { path: name() },
+            _ => QuotaError::Io {
+                path: name(),
+                source,
+            },
+        })?;
+        let word = |i: usize| {
+            bytes
+                .get(i * 8..i * 8 + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        };
+        match (bytes.len() as u64 == SIZE, word(0), word(1)) {
+            (true, Some(MAGIC), Some(used)) => Ok(used),
+            _ => Err(QuotaError::Damaged { path: name() }),
+        }
     }
 
     /// Maps the counter at `path`. `limit` is the quota in bytes, if any.
@@ -72,9 +96,18 @@ impl Budget {
             .open(path)
             .map_err(|source| match source.kind() {
                 io::ErrorKind::NotFound => QuotaError::Missing { path: name() },
-                _ => QuotaError::Io { path: name(), source },
+                _ => QuotaError::Io {
+                    path: name(),
+                    source,
+                },
             })?;
-        let len = file.metadata().map_err(|source| QuotaError::Io { path: name(), source })?.len();
+        let len = file
+            .metadata()
+            .map_err(|source| QuotaError::Io {
+                path: name(),
+                source,
+            })?
+            .len();
         if len != SIZE {
             return Err(QuotaError::Damaged { path: name() });
         }
@@ -90,9 +123,17 @@ impl Budget {
                 0,
             )
         }
-        .map_err(|e| QuotaError::Io { path: name(), source: e.into() })?;
-        let counter = NonNull::new(ptr.cast::<Counter>()).ok_or_else(|| QuotaError::Damaged { path: name() })?;
-        let budget = Budget { _file: file, counter, limit };
+        .map_err(|e| QuotaError::Io {
+            path: name(),
+            source: e.into(),
+        })?;
+        let counter = NonNull::new(ptr.cast::<Counter>())
+            .ok_or_else(|| QuotaError::Damaged { path: name() })?;
+        let budget = Budget {
+            _file: file,
+            counter,
+            limit,
+        };
         if budget.counter().magic.load(Ordering::Acquire) != MAGIC {
             return Err(QuotaError::Damaged { path: name() });
         }
@@ -131,7 +172,11 @@ impl Budget {
                 && next > limit
                 && bytes > 0
             {
-                return Err(QuotaError::Exceeded { limit, used: cur, wanted: bytes });
+                return Err(QuotaError::Exceeded {
+                    limit,
+                    used: cur,
+                    wanted: bytes,
+                });
             }
             match used.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Ok(()),
@@ -146,7 +191,11 @@ impl Budget {
         let used = &self.counter().used;
         let mut cur = used.load(Ordering::Acquire);
         loop {
-            let next = if delta >= 0 { cur.saturating_add(delta as u64) } else { cur.saturating_sub(delta.unsigned_abs()) };
+            let next = if delta >= 0 {
+                cur.saturating_add(delta as u64)
+            } else {
+                cur.saturating_sub(delta.unsigned_abs())
+            };
             match used.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return,
                 Err(actual) => cur = actual,
@@ -184,7 +233,14 @@ mod tests {
         let b = Budget::open(&p, Some(100)).unwrap();
         assert_eq!(b.used(), 10);
         b.reserve(90).unwrap();
-        assert!(matches!(b.reserve(1), Err(QuotaError::Exceeded { limit: 100, used: 100, wanted: 1 })));
+        assert!(matches!(
+            b.reserve(1),
+            Err(QuotaError::Exceeded {
+                limit: 100,
+                used: 100,
+                wanted: 1
+            })
+        ));
         b.adjust(-50);
         assert_eq!(b.available(), Some(50));
         b.adjust(-1000);
@@ -202,6 +258,7 @@ mod tests {
         assert!(b.reserve(600).is_err());
         b.reserve(400).unwrap();
         assert_eq!(a.used(), 1000);
+        assert_eq!(Budget::peek(&p).unwrap(), 1000);
     }
 
     #[test]
@@ -232,10 +289,19 @@ mod tests {
     fn damaged_and_missing() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c");
-        assert!(matches!(Budget::open(&p, None), Err(QuotaError::Missing { .. })));
+        assert!(matches!(
+            Budget::open(&p, None),
+            Err(QuotaError::Missing { .. })
+        ));
         std::fs::write(&p, b"short").unwrap();
-        assert!(matches!(Budget::open(&p, None), Err(QuotaError::Damaged { .. })));
+        assert!(matches!(
+            Budget::open(&p, None),
+            Err(QuotaError::Damaged { .. })
+        ));
         std::fs::write(&p, [0u8; 16]).unwrap();
-        assert!(matches!(Budget::open(&p, None), Err(QuotaError::Damaged { .. })));
+        assert!(matches!(
+            Budget::open(&p, None),
+            Err(QuotaError::Damaged { .. })
+        ));
     }
 }

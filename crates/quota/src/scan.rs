@@ -24,8 +24,13 @@ pub fn scan(root: impl AsFd) -> Result<u64, ScanError> {
     let dev = rustix::fs::fstat(root).map_err(|e| err(".", e))?.st_dev;
     let mut seen = HashSet::new();
     let mut total = 0u64;
-    let first = rustix::fs::openat(root, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| err(".", e))?;
+    let first = rustix::fs::openat(
+        root,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err(".", e))?;
     let mut stack: Vec<(OwnedFd, String)> = vec![(first, String::new())];
     while let Some((dir_fd, path)) = stack.pop() {
         let mut dir = Dir::read_from(&dir_fd).map_err(|e| err(&path, e))?;
@@ -68,8 +73,15 @@ pub fn scan(root: impl AsFd) -> Result<u64, ScanError> {
 }
 
 fn err(path: &str, e: rustix::io::Errno) -> ScanError {
-    let path = if path.is_empty() { ".".to_string() } else { path.trim_start_matches('/').to_string() };
-    ScanError::Io { path, source: e.into() }
+    let path = if path.is_empty() {
+        ".".to_string()
+    } else {
+        path.trim_start_matches('/').to_string()
+    };
+    ScanError::Io {
+        path,
+        source: e.into(),
+    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,10 @@ pub enum LabelError {
 
 /// Validated metadata labels, ordered by key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "BTreeMap<String, String>", into = "BTreeMap<String, String>")]
+#[serde(
+    try_from = "BTreeMap<String, String>",
+    into = "BTreeMap<String, String>"
+)]
 pub struct Labels(BTreeMap<String, String>);
 
 fn check_key(key: &str) -> Result<(), LabelError> {
@@ -50,7 +53,11 @@ impl Labels {
     }
 
     /// Adds or replaces one label after validating it.
-    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) -> Result<(), LabelError> {
+    pub fn insert(
+        &mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<(), LabelError> {
         let (key, value) = (key.into(), value.into());
         check_key(&key)?;
         if value.chars().count() > LABEL_VALUE_MAX {
@@ -65,7 +72,9 @@ impl Labels {
 
     /// Parses `KEY=VALUE` (the value may be empty) and adds it.
     pub fn insert_pair(&mut self, pair: &str) -> Result<(), LabelError> {
-        let (k, v) = pair.split_once('=').ok_or_else(|| LabelError::Syntax(pair.to_string()))?;
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| LabelError::Syntax(pair.to_string()))?;
         self.insert(k, v)
     }
 
@@ -138,7 +147,9 @@ impl LabelFilter {
 
     /// Parses the CLI form `label=KEY` or `label=KEY=VALUE`.
     pub fn parse_cli(s: &str) -> Result<Self, LabelFilterError> {
-        let rest = s.strip_prefix("label=").ok_or_else(|| LabelFilterError::Syntax(s.to_string()))?;
+        let rest = s
+            .strip_prefix("label=")
+            .ok_or_else(|| LabelFilterError::Syntax(s.to_string()))?;
         let (key, value) = match rest.split_once('=') {
             Some((k, v)) => (k, Some(v.to_string())),
             None => (rest, None),
@@ -178,12 +189,24 @@ mod tests {
         assert_eq!(l.get("eq"), Some("a=b"));
         assert_eq!(l.get("empty"), Some(""));
         assert_eq!(l.insert("", "x"), Err(LabelError::EmptyKey));
-        assert!(matches!(l.insert("k".repeat(129), "x"), Err(LabelError::KeyTooLong(_))));
+        assert!(matches!(
+            l.insert("k".repeat(129), "x"),
+            Err(LabelError::KeyTooLong(_))
+        ));
         l.insert("k".repeat(128), "v".repeat(1024)).unwrap();
-        assert!(matches!(l.insert("k", "v".repeat(1025)), Err(LabelError::ValueTooLong(_))));
+        assert!(matches!(
+            l.insert("k", "v".repeat(1025)),
+            Err(LabelError::ValueTooLong(_))
+        ));
         assert!(matches!(l.insert("a\tb", "x"), Err(LabelError::BadKey(_))));
-        assert!(matches!(l.insert("k", "a\nb"), Err(LabelError::BadValue(_))));
-        assert!(matches!(l.insert_pair("novalue"), Err(LabelError::Syntax(_))));
+        assert!(matches!(
+            l.insert("k", "a\nb"),
+            Err(LabelError::BadValue(_))
+        ));
+        assert!(matches!(
+            l.insert_pair("novalue"),
+            Err(LabelError::Syntax(_))
+        ));
     }
 
     #[test]
@@ -191,14 +214,31 @@ mod tests {
         let mut l = Labels::new();
         l.insert("env", "prod").unwrap();
         assert!(LabelFilter::parse_cli("label=env").unwrap().matches(&l));
-        assert!(LabelFilter::parse_cli("label=env=prod").unwrap().matches(&l));
+        assert!(
+            LabelFilter::parse_cli("label=env=prod")
+                .unwrap()
+                .matches(&l)
+        );
         assert!(!LabelFilter::parse_cli("label=env=dev").unwrap().matches(&l));
         assert!(!LabelFilter::parse_cli("label=team").unwrap().matches(&l));
-        assert!(LabelFilter::parse_cli("label=env=").unwrap().matches(&Labels::try_from(
-            [("env".to_string(), String::new())].into_iter().collect::<BTreeMap<_, _>>()
-        ).unwrap()));
-        assert!(matches!(LabelFilter::parse_cli("name=x"), Err(LabelFilterError::Syntax(_))));
-        assert!(matches!(LabelFilter::parse_cli("label="), Err(LabelFilterError::Label(..))));
+        assert!(
+            LabelFilter::parse_cli("label=env=").unwrap().matches(
+                &Labels::try_from(
+                    [("env".to_string(), String::new())]
+                        .into_iter()
+                        .collect::<BTreeMap<_, _>>()
+                )
+                .unwrap()
+            )
+        );
+        assert!(matches!(
+            LabelFilter::parse_cli("name=x"),
+            Err(LabelFilterError::Syntax(_))
+        ));
+        assert!(matches!(
+            LabelFilter::parse_cli("label="),
+            Err(LabelFilterError::Label(..))
+        ));
     }
 
     #[test]

@@ -11,10 +11,10 @@ mod policy;
 mod size;
 mod volume;
 
-pub use label::{LabelFilter, LabelFilterError, Labels, LabelError};
+pub use label::{LabelError, LabelFilter, LabelFilterError, Labels};
 pub use name::{NameError, VolumeName};
+pub use policy::{HostPerms, PolicyParseError, StatVirt};
 pub use size::{SizeError, format_bytes, parse_size_bytes, parse_size_mib};
 pub use volume::{
     DISK_MAX_MIB, DISK_MIN_MIB, VolumeConfig, VolumeConfigError, VolumeKind, VolumeKindError,
 };
-pub use policy::{HostPerms, PolicyParseError, StatVirt};

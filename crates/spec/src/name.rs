@@ -37,7 +37,9 @@ impl VolumeName {
         if !first.is_ascii_alphanumeric() {
             return Err(NameError::BadStart);
         }
-        if let Some(c) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        if let Some(c) =
+            chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
             return Err(NameError::BadChar(c));
         }
         Ok(Self(name))
@@ -87,7 +89,14 @@ mod tests {
 
     #[test]
     fn accepts_valid_names() {
-        for n in ["a", "A", "0", "data", "my-vol_1.2", "X".repeat(128).as_str()] {
+        for n in [
+            "a",
+            "A",
+            "0",
+            "data",
+            "my-vol_1.2",
+            "X".repeat(128).as_str(),
+        ] {
             assert_eq!(VolumeName::new(n).unwrap().as_str(), n);
         }
     }
@@ -95,7 +104,10 @@ mod tests {
     #[test]
     fn rejects_invalid_names() {
         assert_eq!(VolumeName::new(""), Err(NameError::Empty));
-        assert_eq!(VolumeName::new("a".repeat(129)), Err(NameError::TooLong(129)));
+        assert_eq!(
+            VolumeName::new("a".repeat(129)),
+            Err(NameError::TooLong(129))
+        );
         for n in [".hidden", "-x", "_x", ".", ".."] {
             assert_eq!(VolumeName::new(n), Err(NameError::BadStart), "{n}");
         }
@@ -107,6 +119,9 @@ mod tests {
 
     #[test]
     fn is_case_sensitive() {
-        assert_ne!(VolumeName::new("Data").unwrap(), VolumeName::new("data").unwrap());
+        assert_ne!(
+            VolumeName::new("Data").unwrap(),
+            VolumeName::new("data").unwrap()
+        );
     }
 }

@@ -43,7 +43,11 @@ impl std::str::FromStr for StatVirt {
             "strict" => Ok(Self::Strict),
             "relaxed" => Ok(Self::Relaxed),
             "off" => Ok(Self::Off),
-            _ => Err(PolicyParseError { what: "stat virtualization", value: s.into(), expected: "strict, relaxed or off" }),
+            _ => Err(PolicyParseError {
+                what: "stat virtualization",
+                value: s.into(),
+                expected: "strict, relaxed or off",
+            }),
         }
     }
 }
@@ -54,7 +58,11 @@ impl std::str::FromStr for HostPerms {
         match s {
             "private" => Ok(Self::Private),
             "mirror" => Ok(Self::Mirror),
-            _ => Err(PolicyParseError { what: "host permissions", value: s.into(), expected: "private or mirror" }),
+            _ => Err(PolicyParseError {
+                what: "host permissions",
+                value: s.into(),
+                expected: "private or mirror",
+            }),
         }
     }
 }

@@ -22,7 +22,9 @@ const MIB: u64 = 1 << 20;
 pub fn parse_size_bytes(s: &str) -> Result<u64, SizeError> {
     let syntax = || SizeError::Syntax(s.to_string());
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let shift = match unit {
         "" => 20,
@@ -36,12 +38,22 @@ pub fn parse_size_bytes(s: &str) -> Result<u64, SizeError> {
         Some((i, f)) => (i, f),
         None => (num, ""),
     };
-    if int.is_empty() && frac.is_empty() || frac.contains('.') || (num.contains('.') && frac.is_empty()) {
+    if int.is_empty() && frac.is_empty()
+        || frac.contains('.')
+        || (num.contains('.') && frac.is_empty())
+    {
         return Err(syntax());
     }
     let too_large = || SizeError::TooLarge(s.to_string());
-    let int_val: u64 = if int.is_empty() { 0 } else { int.parse().map_err(|_| too_large())? };
-    let mut bytes = int_val.checked_shl(shift).filter(|v| v >> shift == int_val).ok_or_else(too_large)?;
+    let int_val: u64 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| too_large())?
+    };
+    let mut bytes = int_val
+        .checked_shl(shift)
+        .filter(|v| v >> shift == int_val)
+        .ok_or_else(too_large)?;
     if !frac.is_empty() {
         if frac.len() > 12 {
             return Err(syntax());
@@ -110,19 +122,39 @@ mod tests {
         assert_eq!(parse_size_mib("0.5G"), Ok(512));
         assert_eq!(parse_size_mib(".5G"), Ok(512));
         assert_eq!(parse_size_bytes("1.5K"), Ok(1536));
-        assert_eq!(parse_size_mib("1.5"), Err(SizeError::NotWholeMib("1.5".into())));
+        assert_eq!(
+            parse_size_mib("1.5"),
+            Err(SizeError::NotWholeMib("1.5".into()))
+        );
     }
 
     #[test]
     fn rejects_garbage() {
-        for s in ["", "G", "1X", "1.2.3G", "-1G", "1 G B", "1e3", "1.", "ten", "1Gx"] {
-            assert!(matches!(parse_size_bytes(s), Err(SizeError::Syntax(_))), "{s}");
+        for s in [
+            "", "G", "1X", "1.2.3G", "-1G", "1 G B", "1e3", "1.", "ten", "1Gx",
+        ] {
+            assert!(
+                matches!(parse_size_bytes(s), Err(SizeError::Syntax(_))),
+                "{s}"
+            );
         }
         assert_eq!(parse_size_bytes("0"), Err(SizeError::Zero("0".into())));
-        assert_eq!(parse_size_bytes("0.0G"), Err(SizeError::Zero("0.0G".into())));
-        assert!(matches!(parse_size_bytes("99999999999999999999T"), Err(SizeError::TooLarge(_))));
-        assert!(matches!(parse_size_bytes("16777216T"), Err(SizeError::TooLarge(_))));
-        assert!(matches!(parse_size_mib("8192T"), Err(SizeError::TooLarge(_))));
+        assert_eq!(
+            parse_size_bytes("0.0G"),
+            Err(SizeError::Zero("0.0G".into()))
+        );
+        assert!(matches!(
+            parse_size_bytes("99999999999999999999T"),
+            Err(SizeError::TooLarge(_))
+        ));
+        assert!(matches!(
+            parse_size_bytes("16777216T"),
+            Err(SizeError::TooLarge(_))
+        ));
+        assert!(matches!(
+            parse_size_mib("8192T"),
+            Err(SizeError::TooLarge(_))
+        ));
     }
 
     #[test]

@@ -64,7 +64,9 @@ pub enum VolumeConfigError {
     DirWithSize,
     #[error("quota must be at least 1 MiB")]
     ZeroQuota,
-    #[error("disk size {0} MiB is out of range; a disk volume holds {DISK_MIN_MIB} MiB to {DISK_MAX_MIB} MiB")]
+    #[error(
+        "disk size {0} MiB is out of range; a disk volume holds {DISK_MIN_MIB} MiB to {DISK_MAX_MIB} MiB"
+    )]
     DiskSizeOutOfRange(u32),
 }
 
@@ -96,7 +98,9 @@ impl VolumeConfig {
         }
         match kind {
             VolumeKind::Dir if size_mib.is_some() => return Err(VolumeConfigError::DirWithSize),
-            VolumeKind::Disk if quota_mib.is_some() => return Err(VolumeConfigError::DiskWithQuota),
+            VolumeKind::Disk if quota_mib.is_some() => {
+                return Err(VolumeConfigError::DiskWithQuota);
+            }
             VolumeKind::Disk => match size_mib {
                 None => return Err(VolumeConfigError::DiskWithoutSize),
                 Some(s) if !(DISK_MIN_MIB..=DISK_MAX_MIB).contains(&s) => {
@@ -106,7 +110,13 @@ impl VolumeConfig {
             },
             VolumeKind::Dir => {}
         }
-        Ok(Self { name, kind, size_mib, quota_mib, labels })
+        Ok(Self {
+            name,
+            kind,
+            size_mib,
+            quota_mib,
+            labels,
+        })
     }
 
     /// The volume name.
@@ -135,21 +145,46 @@ impl VolumeConfig {
 mod tests {
     use super::*;
 
-    fn cfg(kind: VolumeKind, size: Option<u32>, quota: Option<u32>) -> Result<VolumeConfig, VolumeConfigError> {
-        VolumeConfig::new(VolumeName::new("v").unwrap(), kind, size, quota, Labels::new())
+    fn cfg(
+        kind: VolumeKind,
+        size: Option<u32>,
+        quota: Option<u32>,
+    ) -> Result<VolumeConfig, VolumeConfigError> {
+        VolumeConfig::new(
+            VolumeName::new("v").unwrap(),
+            kind,
+            size,
+            quota,
+            Labels::new(),
+        )
     }
 
     #[test]
     fn kind_rules() {
         assert!(cfg(VolumeKind::Dir, None, None).is_ok());
         assert!(cfg(VolumeKind::Dir, None, Some(10)).is_ok());
-        assert_eq!(cfg(VolumeKind::Dir, None, Some(0)), Err(VolumeConfigError::ZeroQuota));
-        assert_eq!(cfg(VolumeKind::Dir, Some(10), None), Err(VolumeConfigError::DirWithSize));
-        assert_eq!(cfg(VolumeKind::Disk, None, None), Err(VolumeConfigError::DiskWithoutSize));
-        assert_eq!(cfg(VolumeKind::Disk, Some(64), Some(1)), Err(VolumeConfigError::DiskWithQuota));
+        assert_eq!(
+            cfg(VolumeKind::Dir, None, Some(0)),
+            Err(VolumeConfigError::ZeroQuota)
+        );
+        assert_eq!(
+            cfg(VolumeKind::Dir, Some(10), None),
+            Err(VolumeConfigError::DirWithSize)
+        );
+        assert_eq!(
+            cfg(VolumeKind::Disk, None, None),
+            Err(VolumeConfigError::DiskWithoutSize)
+        );
+        assert_eq!(
+            cfg(VolumeKind::Disk, Some(64), Some(1)),
+            Err(VolumeConfigError::DiskWithQuota)
+        );
         assert!(cfg(VolumeKind::Disk, Some(DISK_MIN_MIB), None).is_ok());
         assert!(cfg(VolumeKind::Disk, Some(DISK_MAX_MIB), None).is_ok());
-        assert_eq!(cfg(VolumeKind::Disk, Some(15), None), Err(VolumeConfigError::DiskSizeOutOfRange(15)));
+        assert_eq!(
+            cfg(VolumeKind::Disk, Some(15), None),
+            Err(VolumeConfigError::DiskSizeOutOfRange(15))
+        );
         assert_eq!(
             cfg(VolumeKind::Disk, Some(DISK_MAX_MIB + 1), None),
             Err(VolumeConfigError::DiskSizeOutOfRange(DISK_MAX_MIB + 1))
@@ -158,7 +193,9 @@ mod tests {
 
     #[test]
     fn out_of_range_message_states_the_rule() {
-        let msg = cfg(VolumeKind::Disk, Some(1), None).unwrap_err().to_string();
+        let msg = cfg(VolumeKind::Disk, Some(1), None)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("16 MiB to 16777215 MiB"), "{msg}");
     }
 

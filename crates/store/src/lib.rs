@@ -1,1 +1,625 @@
-//! placeholder
+//! The msb volume store.
+//!
+//! A store lives in a home directory (`$MSB_HOME`, else `~/.microsandbox`)
+//! and keeps a SQLite catalog of named volumes next to their data; see
+//! [`Layout`] for the files.
+//!
+//! # Crash safety
+//! Every change to the set of volumes runs under one lock file and follows an
+//! order that can be finished or undone from any point:
+//!
+//! * create: insert the row as `creating`; build the volume in
+//!   `volumes/.staging/<name>.<token>`; rename it into place (no replace);
+//!   mark the row `ready`.
+//! * remove: mark the row `removing`; rename the volume into
+//!   `volumes/.trash/<name>.<token>`; delete the row; delete the trash.
+//!
+//! Only `ready` rows are visible, so every listed volume has its data. A
+//! process killed half way leaves a row in `creating`/`removing` or an entry
+//! in staging or trash; the next command notices that cheaply and reconciles
+//! (rolls a create back unless its rename happened, finishes a remove). The
+//! store only ever deletes what is in staging or trash, or a volume it is
+//! asked to remove: a directory it did not create is reported by
+//! [`Store::doctor`], never deleted.
+//!
+//! # Concurrency
+//! Any number of processes may use a store at once. Changes are serialized by
+//! the lock; the catalog's primary key decides races on a name; readers never
+//! block on writers (WAL); waits for SQLite's lock are retried internally.
+
+mod attach;
+mod catalog;
+pub mod disk;
+mod layout;
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use catalog::{Catalog, State, VolumeRow};
+use msb_quota::{Budget, QuotaError};
+use msb_spec::{LabelFilter, Labels, VolumeConfig, VolumeKind, VolumeName};
+
+pub use attach::{AttachMode, Attachment};
+pub use catalog::CatalogError;
+pub use disk::DiskError;
+pub use layout::{DISK_IMAGE, Layout};
+
+/// Errors of the volume store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("volume not found: {0}")]
+    NotFound(VolumeName),
+    #[error("volume already exists: {0}")]
+    AlreadyExists(VolumeName),
+    #[error("volume {name} is in use by {}", users.join(", "))]
+    InUse {
+        name: VolumeName,
+        users: Vec<String>,
+    },
+    #[error(
+        "{path} already exists but is not a volume msb created; move it away or run `msb volume doctor`"
+    )]
+    PathOccupied { path: PathBuf },
+    #[error("cannot find the msb home: set MSB_HOME or HOME")]
+    NoHome,
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
+    #[error("cannot scan volume {name}")]
+    Scan {
+        name: VolumeName,
+        #[source]
+        source: msb_quota::ScanError,
+    },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A volume as the catalog and its data describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// The volume's name.
+    pub name: VolumeName,
+    /// Directory or disk.
+    pub kind: VolumeKind,
+    /// Root of a directory volume; folder holding `disk.raw` of a disk volume.
+    pub path: PathBuf,
+    /// The image of a disk volume.
+    pub disk_image: Option<PathBuf>,
+    /// Quota of a directory volume, in MiB.
+    pub quota_mib: Option<u32>,
+    /// Capacity of a disk volume, in bytes.
+    pub capacity_bytes: Option<u64>,
+    /// Bytes in use (see the crate docs of msb-quota and [`disk::used_bytes`]).
+    pub used_bytes: u64,
+    /// Metadata labels.
+    pub labels: Labels,
+    /// When the volume was created.
+    pub created_at: SystemTime,
+}
+
+/// What [`Store::doctor`] found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DoctorReport {
+    /// Interrupted operations that were finished or undone.
+    pub repaired: Vec<String>,
+    /// Entries under `volumes/` that no catalog row claims; left in place.
+    pub orphans: Vec<PathBuf>,
+    /// Volumes whose data is missing from disk.
+    pub missing: Vec<VolumeName>,
+    /// Directory volumes whose usage counter was corrected: (name, old, new).
+    pub usage_fixed: Vec<(VolumeName, u64, u64)>,
+}
+
+/// A volume store rooted at one home directory.
+pub struct Store {
+    layout: Layout,
+    catalog: Mutex<Catalog>,
+}
+
+impl Store {
+    /// Opens the store at `$MSB_HOME`, else `~/.microsandbox`.
+    pub fn open_default() -> Result<Self, StoreError> {
+        Self::open(default_home()?)
+    }
+
+    /// Opens (creating if needed) the store at `home`, and finishes any
+    /// operation an earlier process left half done.
+    pub fn open(home: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let layout = Layout::new(home);
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true).mode(0o755);
+        for dir in [
+            layout.db_dir(),
+            layout.staging_dir(),
+            layout.trash_dir(),
+            layout.usage_dir(),
+            layout.attach_dir(),
+        ] {
+            builder
+                .create(&dir)
+                .map_err(io_err("cannot create", &dir))?;
+        }
+        let catalog = Catalog::open(&layout.db_file())?;
+        let store = Store {
+            layout,
+            catalog: Mutex::new(catalog),
+        };
+        if store.needs_reconcile()? {
+            // Another process holding the lock is mid-operation; its rows are
+            // not stale and it will finish them itself.
+            if let Some(_lock) = store.try_lock()? {
+                store.reconcile()?;
+            }
+        }
+        Ok(store)
+    }
+
+    /// The on-disk layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
+        self.catalog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates a volume.
+    pub fn create(&self, config: &VolumeConfig) -> Result<VolumeInfo, StoreError> {
+        let _lock = self.lock()?;
+        self.reconcile_if_needed()?;
+        let name = config.name();
+        if self.catalog().get(name)?.is_some() {
+            return Err(StoreError::AlreadyExists(name.clone()));
+        }
+        let target = self.layout.volume_dir(name);
+        if target.symlink_metadata().is_ok() {
+            return Err(StoreError::PathOccupied { path: target });
+        }
+        let row = VolumeRow {
+            name: name.clone(),
+            kind: config.kind(),
+            state: State::Creating,
+            quota_mib: config.quota_mib(),
+            capacity_mib: config.size_mib(),
+            labels: config.labels().clone(),
+            created_us: now_us(),
+            token: token(),
+        };
+        if !self.catalog().insert_creating(&row)? {
+            return Err(StoreError::AlreadyExists(name.clone()));
+        }
+        let staging = self.staging_path(&row);
+        match self.build(&row, &staging, &target) {
+            Ok(()) => {
+                self.catalog().set_state(name, State::Ready)?;
+                Ok(self.info(&row, 0))
+            }
+            Err(e) => {
+                let _ = remove_tree(&staging);
+                let _ = std::fs::remove_file(self.layout.usage_file(name));
+                self.catalog().delete(name)?;
+                Err(e)
+            }
+        }
+    }
+
+    fn build(&self, row: &VolumeRow, staging: &Path, target: &Path) -> Result<(), StoreError> {
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(staging)
+            .map_err(io_err("cannot create", staging))?;
+        match (row.kind, row.capacity_mib) {
+            (VolumeKind::Disk, Some(size)) => disk::make_image(&staging.join(DISK_IMAGE), size)?,
+            _ => Budget::create(&self.layout.usage_file(&row.name), 0)?,
+        }
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            staging,
+            rustix::fs::CWD,
+            target,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::EXIST => StoreError::PathOccupied {
+                path: target.to_path_buf(),
+            },
+            e => StoreError::Io {
+                what: "cannot move into place",
+                path: target.to_path_buf(),
+                source: e.into(),
+            },
+        })
+    }
+
+    /// Looks a volume up.
+    pub fn get(&self, name: &VolumeName) -> Result<VolumeInfo, StoreError> {
+        match self.catalog().get(name)? {
+            Some(row) if row.state == State::Ready => Ok(self.info_with_usage(&row)),
+            _ => Err(StoreError::NotFound(name.clone())),
+        }
+    }
+
+    /// Lists volumes, newest first, keeping those matching every filter.
+    pub fn list(&self, filters: &[LabelFilter]) -> Result<Vec<VolumeInfo>, StoreError> {
+        let rows = self.catalog().list_ready()?;
+        Ok(rows
+            .iter()
+            .filter(|r| filters.iter().all(|f| f.matches(&r.labels)))
+            .map(|r| self.info_with_usage(r))
+            .collect())
+    }
+
+    /// Removes a volume and its data. Refused while it is in use.
+    pub fn remove(&self, name: &VolumeName) -> Result<(), StoreError> {
+        let trash = {
+            let _lock = self.lock()?;
+            self.reconcile_if_needed()?;
+            let row = match self.catalog().get(name)? {
+                Some(row) if row.state == State::Ready => row,
+                _ => return Err(StoreError::NotFound(name.clone())),
+            };
+            let users = self.live_users(name)?;
+            if !users.is_empty() {
+                return Err(StoreError::InUse {
+                    name: name.clone(),
+                    users,
+                });
+            }
+            self.catalog().set_state(name, State::Removing)?;
+            self.finish_remove(&row)?
+        };
+        remove_tree(&trash)
+    }
+
+    /// Removes every volume that matches all `filters` and is not in use.
+    /// Returns the names removed and, for volumes skipped, why.
+    pub fn prune(
+        &self,
+        filters: &[LabelFilter],
+    ) -> Result<(Vec<VolumeName>, Vec<StoreError>), StoreError> {
+        let mut removed = Vec::new();
+        let mut skipped = Vec::new();
+        for info in self.list(filters)? {
+            match self.remove(&info.name) {
+                Ok(()) => removed.push(info.name),
+                Err(e @ (StoreError::InUse { .. } | StoreError::NotFound(_))) => skipped.push(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((removed, skipped))
+    }
+
+    /// Who is using a volume right now (live attachments).
+    pub fn users(&self, name: &VolumeName) -> Result<Vec<String>, StoreError> {
+        self.get(name)?;
+        self.live_users(name)
+    }
+
+    /// Opens a directory volume's usage budget (with its quota as the limit).
+    /// Disk volumes have none: their filesystem is the limit. A missing or
+    /// damaged counter is rebuilt by scanning the volume.
+    pub fn budget(&self, info: &VolumeInfo) -> Result<Option<Budget>, StoreError> {
+        if info.kind != VolumeKind::Dir {
+            return Ok(None);
+        }
+        let path = self.layout.usage_file(&info.name);
+        let limit = info.quota_mib.map(|q| u64::from(q) << 20);
+        match Budget::open(&path, limit) {
+            Ok(b) => Ok(Some(b)),
+            Err(QuotaError::Missing { .. } | QuotaError::Damaged { .. }) => {
+                let _lock = self.lock()?;
+                Budget::create(&path, self.scan(&info.name)?)?;
+                Ok(Some(Budget::open(&path, limit)?))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Finishes interrupted operations, recounts every directory volume's
+    /// usage, and reports what is on disk but not in the catalog (and the
+    /// reverse). Never deletes a directory the store did not create.
+    pub fn doctor(&self) -> Result<DoctorReport, StoreError> {
+        let _lock = self.lock()?;
+        let mut report = DoctorReport {
+            repaired: self.reconcile()?,
+            ..Default::default()
+        };
+        let rows = self.catalog().list_ready()?;
+        for row in &rows {
+            let dir = self.layout.volume_dir(&row.name);
+            let present = match row.kind {
+                VolumeKind::Dir => dir.is_dir(),
+                VolumeKind::Disk => self.layout.disk_image(&row.name).is_file(),
+            };
+            if !present {
+                report.missing.push(row.name.clone());
+                continue;
+            }
+            if row.kind == VolumeKind::Dir {
+                let actual = self.scan(&row.name)?;
+                let path = self.layout.usage_file(&row.name);
+                let recorded = Budget::peek(&path).ok();
+                if recorded != Some(actual) {
+                    match Budget::open(&path, None) {
+                        Ok(b) => b.set_used(actual),
+                        Err(_) => Budget::create(&path, actual)?,
+                    }
+                    report
+                        .usage_fixed
+                        .push((row.name.clone(), recorded.unwrap_or(0), actual));
+                }
+            }
+        }
+        let volumes = self.layout.volumes_dir();
+        for entry in std::fs::read_dir(&volumes).map_err(io_err("cannot read", &volumes))? {
+            let entry = entry.map_err(io_err("cannot read", &volumes))?;
+            let file_name = entry.file_name();
+            let Some(s) = file_name.to_str() else {
+                report.orphans.push(entry.path());
+                continue;
+            };
+            if s.starts_with('.') {
+                continue;
+            }
+            if !rows.iter().any(|r| r.name.as_str() == s) {
+                report.orphans.push(entry.path());
+            }
+        }
+        Ok(report)
+    }
+
+    fn scan(&self, name: &VolumeName) -> Result<u64, StoreError> {
+        let dir = self.layout.volume_dir(name);
+        let root = open_dir_nofollow(&dir)?;
+        msb_quota::scan(&root).map_err(|source| StoreError::Scan {
+            name: name.clone(),
+            source,
+        })
+    }
+
+    fn info(&self, row: &VolumeRow, used_bytes: u64) -> VolumeInfo {
+        let disk = row.kind == VolumeKind::Disk;
+        VolumeInfo {
+            name: row.name.clone(),
+            kind: row.kind,
+            path: self.layout.volume_dir(&row.name),
+            disk_image: disk.then(|| self.layout.disk_image(&row.name)),
+            quota_mib: row.quota_mib,
+            capacity_bytes: row.capacity_mib.map(|m| u64::from(m) << 20),
+            used_bytes,
+            labels: row.labels.clone(),
+            created_at: UNIX_EPOCH + Duration::from_micros(row.created_us.max(0) as u64),
+        }
+    }
+
+    /// Usage is a cheap read: a 16-byte counter for directories, the
+    /// superblock for disks. An unreadable figure shows as 0 rather than
+    /// failing a listing; `doctor` repairs counters.
+    fn info_with_usage(&self, row: &VolumeRow) -> VolumeInfo {
+        let used = match row.kind {
+            VolumeKind::Dir => Budget::peek(&self.layout.usage_file(&row.name)).unwrap_or(0),
+            VolumeKind::Disk => disk::used_bytes(&self.layout.disk_image(&row.name)).unwrap_or(0),
+        };
+        self.info(row, used)
+    }
+
+    fn staging_path(&self, row: &VolumeRow) -> PathBuf {
+        self.layout
+            .staging_dir()
+            .join(format!("{}.{}", row.name, row.token))
+    }
+
+    fn trash_path(&self, row: &VolumeRow) -> PathBuf {
+        self.layout
+            .trash_dir()
+            .join(format!("{}.{}", row.name, row.token))
+    }
+
+    /// Moves a `removing` volume to the trash and drops its row. Returns the
+    /// trash path, to be deleted without holding the lock.
+    fn finish_remove(&self, row: &VolumeRow) -> Result<PathBuf, StoreError> {
+        let dir = self.layout.volume_dir(&row.name);
+        let trash = self.trash_path(row);
+        match std::fs::rename(&dir, &trash) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("cannot move to trash", &dir)(e)),
+        }
+        match std::fs::remove_file(self.layout.usage_file(&row.name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(io_err("cannot remove", &self.layout.usage_file(&row.name))(
+                    e,
+                ));
+            }
+        }
+        self.catalog().delete(&row.name)?;
+        Ok(trash)
+    }
+
+    fn needs_reconcile(&self) -> Result<bool, StoreError> {
+        if !self.catalog().list_unfinished()?.is_empty() {
+            return Ok(true);
+        }
+        for dir in [self.layout.staging_dir(), self.layout.trash_dir()] {
+            let mut entries = std::fs::read_dir(&dir).map_err(io_err("cannot read", &dir))?;
+            if entries.next().is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn reconcile_if_needed(&self) -> Result<(), StoreError> {
+        if self.needs_reconcile()? {
+            self.reconcile()?;
+        }
+        Ok(())
+    }
+
+    /// Finishes or undoes what dead processes left. Caller holds the lock, so
+    /// nothing found here belongs to a live operation.
+    fn reconcile(&self) -> Result<Vec<String>, StoreError> {
+        let mut done = Vec::new();
+        for row in self.catalog().list_unfinished()? {
+            let staging = self.staging_path(&row);
+            let target = self.layout.volume_dir(&row.name);
+            match row.state {
+                State::Creating if !staging.exists() && target.exists() => {
+                    self.catalog().set_state(&row.name, State::Ready)?;
+                    done.push(format!("completed interrupted create of {}", row.name));
+                }
+                State::Creating => {
+                    remove_tree(&staging)?;
+                    let _ = std::fs::remove_file(self.layout.usage_file(&row.name));
+                    self.catalog().delete(&row.name)?;
+                    done.push(format!("rolled back interrupted create of {}", row.name));
+                }
+                State::Removing => {
+                    let trash = self.finish_remove(&row)?;
+                    remove_tree(&trash)?;
+                    done.push(format!("finished interrupted remove of {}", row.name));
+                }
+                State::Ready => {}
+            }
+        }
+        // Staging and trash hold only what this store put there; with the
+        // lock held and the rows settled above, all of it is leftover.
+        for dir in [self.layout.staging_dir(), self.layout.trash_dir()] {
+            for entry in std::fs::read_dir(&dir).map_err(io_err("cannot read", &dir))? {
+                let path = entry.map_err(io_err("cannot read", &dir))?.path();
+                remove_tree(&path)?;
+                done.push(format!("deleted leftover {}", path.display()));
+            }
+        }
+        let usage = self.layout.usage_dir();
+        for entry in std::fs::read_dir(&usage).map_err(io_err("cannot read", &usage))? {
+            let entry = entry.map_err(io_err("cannot read", &usage))?;
+            let stale = match entry.file_name().to_str().map(VolumeName::new) {
+                Some(Ok(name)) => self.catalog().get(&name)?.is_none(),
+                _ => true,
+            };
+            if stale {
+                let _ = std::fs::remove_file(entry.path());
+                done.push(format!(
+                    "deleted stale usage counter {}",
+                    entry.path().display()
+                ));
+            }
+        }
+        Ok(done)
+    }
+
+    fn lock(&self) -> Result<StoreLock, StoreError> {
+        let path = self.layout.store_lock();
+        let file = open_lock_file(&path)?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io_err("cannot lock", &path)(e.into()))?;
+        Ok(StoreLock { _file: file })
+    }
+
+    fn try_lock(&self) -> Result<Option<StoreLock>, StoreError> {
+        let path = self.layout.store_lock();
+        let file = open_lock_file(&path)?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(StoreLock { _file: file })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(io_err("cannot lock", &path)(e.into())),
+        }
+    }
+}
+
+/// Held while changing the set of volumes; released when dropped (or when the
+/// process dies).
+struct StoreLock {
+    _file: File,
+}
+
+fn open_lock_file(path: &Path) -> Result<File, StoreError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io_err("cannot open", path))
+}
+
+fn open_dir_nofollow(path: &Path) -> Result<std::os::fd::OwnedFd, StoreError> {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err("cannot open", path)(e.into()))
+}
+
+/// Deletes a tree without following symlinks; a missing path is fine.
+fn remove_tree(path: &Path) -> Result<(), StoreError> {
+    let result = match path.symlink_metadata() {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("cannot delete", path)(e)),
+    }
+}
+
+/// `$MSB_HOME` as given, else `~/.microsandbox`.
+pub fn default_home() -> Result<PathBuf, StoreError> {
+    if let Some(home) = std::env::var_os("MSB_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(home));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .ok_or(StoreError::NoHome)?;
+    Ok(PathBuf::from(home).join(".microsandbox"))
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// A name suffix unique across processes and time.
+fn token() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:x}-{:x}-{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}

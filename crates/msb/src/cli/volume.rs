@@ -1,22 +1,364 @@
-//! `msb volume ...`. (Being written for the volume store issue.)
+//! `msb volume create|ls|inspect|rm|prune|doctor`.
 
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
+use msb_spec::{
+    LabelFilter, Labels, VolumeConfig, VolumeKind, VolumeName, format_bytes, parse_size_mib,
+};
+use msb_store::{Store, VolumeInfo};
+use serde::Serialize;
 
-use super::CliResult;
+use super::{CliResult, report};
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
-    /// Create a named volume.
+    /// Create a named volume and print its name.
     Create {
-        /// Volume name.
-        name: String,
+        /// Volume name: letters, digits, '.', '_', '-'; at most 128 characters.
+        #[arg(value_parser = parse_name)]
+        name: VolumeName,
+        /// dir (a host directory) or disk (a sparse ext4 image).
+        #[arg(long, default_value = "dir", value_parser = parse_kind)]
+        kind: VolumeKind,
+        /// Capacity of a disk volume (bare number = MiB; 10G, 1.5G, 512M, 1T).
+        #[arg(long, value_parser = parse_mib)]
+        size: Option<u32>,
+        /// Size limit of a directory volume (same forms as --size).
+        #[arg(long, value_parser = parse_mib)]
+        quota: Option<u32>,
+        /// A metadata label KEY=VALUE (repeatable).
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+        /// Print nothing on success.
+        #[arg(short, long)]
+        quiet: bool,
     },
+    /// List volumes, newest first.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Print names only.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Keep volumes with a label: label=KEY or label=KEY=VALUE (repeatable; all must match).
+        #[arg(long = "filter", value_parser = parse_filter)]
+        filters: Vec<LabelFilter>,
+    },
+    /// Show volumes in detail.
+    Inspect {
+        #[arg(required = true, value_parser = parse_name)]
+        names: Vec<VolumeName>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Remove volumes and their data (refused for a volume in use).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Print nothing on success.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Remove every volume that is not in use (and matches the filters).
+    Prune {
+        #[arg(long = "filter", value_parser = parse_filter)]
+        filters: Vec<LabelFilter>,
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Finish interrupted operations, recount usage, report orphaned data.
+    Doctor,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+fn parse_name(s: &str) -> Result<VolumeName, String> {
+    VolumeName::new(s).map_err(|e| e.to_string())
+}
+fn parse_kind(s: &str) -> Result<VolumeKind, String> {
+    s.parse()
+        .map_err(|e: msb_spec::VolumeKindError| e.to_string())
+}
+fn parse_mib(s: &str) -> Result<u32, String> {
+    parse_size_mib(s).map_err(|e| e.to_string())
+}
+fn parse_filter(s: &str) -> Result<LabelFilter, String> {
+    LabelFilter::parse_cli(s).map_err(|e| e.to_string())
 }
 
 pub fn run(cmd: VolumeCommand) -> CliResult {
+    let store = Store::open_default()?;
     match cmd {
-        VolumeCommand::Create { name } => Err(format!("not available yet: {name}").into()).map(|(): ()| ExitCode::SUCCESS),
+        VolumeCommand::Create {
+            name,
+            kind,
+            size,
+            quota,
+            labels,
+            quiet,
+        } => {
+            let mut parsed = Labels::new();
+            for l in &labels {
+                parsed.insert_pair(l)?;
+            }
+            let config = VolumeConfig::new(name, kind, size, quota, parsed)?;
+            let info = store.create(&config)?;
+            if !quiet {
+                println!("{}", info.name);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        VolumeCommand::Ls {
+            format,
+            quiet,
+            filters,
+        } => {
+            let vols = store.list(&filters)?;
+            let mut out = std::io::stdout().lock();
+            if quiet {
+                for v in &vols {
+                    writeln!(out, "{}", v.name)?;
+                }
+            } else if format == Format::Json {
+                serde_json::to_writer_pretty(
+                    &mut out,
+                    &vols.iter().map(JsonVolume::from).collect::<Vec<_>>(),
+                )?;
+                writeln!(out)?;
+            } else if vols.is_empty() {
+                eprintln!("no volumes");
+            } else {
+                print_table(&mut out, &vols)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        VolumeCommand::Inspect { names, format } => {
+            let mut found = Vec::new();
+            let mut failed = false;
+            for name in &names {
+                match store.get(name) {
+                    Ok(info) => found.push(info),
+                    Err(e) => {
+                        report(&e);
+                        failed = true;
+                    }
+                }
+            }
+            let mut out = std::io::stdout().lock();
+            if format == Format::Json {
+                serde_json::to_writer_pretty(
+                    &mut out,
+                    &found.iter().map(JsonVolume::from).collect::<Vec<_>>(),
+                )?;
+                writeln!(out)?;
+            } else {
+                for (i, v) in found.iter().enumerate() {
+                    if i > 0 {
+                        writeln!(out)?;
+                    }
+                    print_details(&mut out, &store, v)?;
+                }
+            }
+            Ok(exit(failed))
+        }
+        VolumeCommand::Rm { names, quiet } => {
+            let mut failed = false;
+            for name in &names {
+                let result = VolumeName::new(name.as_str())
+                    .map_err(|e| -> Box<dyn std::error::Error> {
+                        format!("invalid volume name {name:?}: {e}").into()
+                    })
+                    .and_then(|n| store.remove(&n).map_err(Into::into));
+                match result {
+                    Ok(()) if !quiet => println!("{name}"),
+                    Ok(()) => {}
+                    Err(e) => {
+                        report(e.as_ref());
+                        failed = true;
+                    }
+                }
+            }
+            Ok(exit(failed))
+        }
+        VolumeCommand::Prune { filters, force } => {
+            if !force && !confirm("Remove every volume not in use? [y/N] ")? {
+                return Err("prune needs confirmation; pass --force to skip it".into());
+            }
+            let (removed, skipped) = store.prune(&filters)?;
+            for name in &removed {
+                println!("{name}");
+            }
+            for e in &skipped {
+                eprintln!("skipped: {e}");
+            }
+            eprintln!("removed {} volume(s)", removed.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        VolumeCommand::Doctor => {
+            let r = store.doctor()?;
+            for line in &r.repaired {
+                println!("repaired: {line}");
+            }
+            for (name, old, new) in &r.usage_fixed {
+                println!(
+                    "usage: {name}: counter said {old} bytes, tree holds {new} bytes; corrected"
+                );
+            }
+            for p in &r.orphans {
+                println!(
+                    "orphan: {} is not a volume msb knows; left in place",
+                    p.display()
+                );
+            }
+            for name in &r.missing {
+                println!("missing: volume {name} has no data on disk");
+            }
+            if r.repaired.is_empty()
+                && r.usage_fixed.is_empty()
+                && r.orphans.is_empty()
+                && r.missing.is_empty()
+            {
+                println!("store is consistent");
+            }
+            Ok(exit(!r.orphans.is_empty() || !r.missing.is_empty()))
+        }
     }
+}
+
+fn exit(failed: bool) -> ExitCode {
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn confirm(question: &str) -> Result<bool, std::io::Error> {
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    eprint!("{question}");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// The JSON form of a volume; exactly these keys.
+#[derive(Serialize)]
+struct JsonVolume<'a> {
+    name: &'a str,
+    kind: VolumeKind,
+    path: String,
+    quota_mib: Option<u32>,
+    used_bytes: u64,
+    capacity_bytes: Option<u64>,
+    disk_format: Option<&'static str>,
+    disk_fstype: Option<&'static str>,
+    labels: &'a Labels,
+    created_at: String,
+}
+
+impl<'a> From<&'a VolumeInfo> for JsonVolume<'a> {
+    fn from(v: &'a VolumeInfo) -> Self {
+        let disk = v.kind == VolumeKind::Disk;
+        JsonVolume {
+            name: v.name.as_str(),
+            kind: v.kind,
+            path: v.path.display().to_string(),
+            quota_mib: v.quota_mib,
+            used_bytes: v.used_bytes,
+            capacity_bytes: v.capacity_bytes,
+            disk_format: disk.then_some("raw"),
+            disk_fstype: disk.then_some("ext4"),
+            labels: &v.labels,
+            created_at: rfc3339(v.created_at),
+        }
+    }
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t)
+        .replace_nanosecond(0)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn limit(v: &VolumeInfo) -> String {
+    match (v.quota_mib, v.capacity_bytes) {
+        (Some(q), _) => format_bytes(u64::from(q) << 20),
+        (None, Some(c)) => format_bytes(c),
+        (None, None) => "-".into(),
+    }
+}
+
+fn print_table(out: &mut impl Write, vols: &[VolumeInfo]) -> std::io::Result<()> {
+    let width = vols
+        .iter()
+        .map(|v| v.name.as_str().len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    writeln!(
+        out,
+        "{:width$}  {:4}  {:>10}  {:>10}  CREATED",
+        "NAME", "KIND", "USED", "LIMIT"
+    )?;
+    for v in vols {
+        writeln!(
+            out,
+            "{:width$}  {:4}  {:>10}  {:>10}  {}",
+            v.name.as_str(),
+            v.kind.as_str(),
+            format_bytes(v.used_bytes),
+            limit(v),
+            rfc3339(v.created_at)
+        )?;
+    }
+    Ok(())
+}
+
+fn print_details(
+    out: &mut impl Write,
+    store: &Store,
+    v: &VolumeInfo,
+) -> Result<(), Box<dyn std::error::Error>> {
+    writeln!(out, "Name:      {}", v.name)?;
+    writeln!(out, "Kind:      {}", v.kind)?;
+    writeln!(out, "Path:      {}", v.path.display())?;
+    writeln!(
+        out,
+        "Used:      {} ({} bytes)",
+        format_bytes(v.used_bytes),
+        v.used_bytes
+    )?;
+    match (v.quota_mib, v.capacity_bytes) {
+        (Some(q), _) => writeln!(out, "Quota:     {q} MiB")?,
+        (None, Some(c)) => writeln!(out, "Capacity:  {} (raw, ext4)", format_bytes(c))?,
+        (None, None) => writeln!(out, "Quota:     unlimited")?,
+    }
+    for (k, val) in v.labels.iter() {
+        writeln!(out, "Label:     {k}={val}")?;
+    }
+    writeln!(out, "Created:   {}", rfc3339(v.created_at))?;
+    let users = store.users(&v.name)?;
+    writeln!(
+        out,
+        "In use by: {}",
+        if users.is_empty() {
+            "-".to_string()
+        } else {
+            users.join(", ")
+        }
+    )?;
+    Ok(())
 }

@@ -1,0 +1,302 @@
+//! The SQLite catalog: which volumes exist, their settings and state, and
+//! who has them attached.
+
+use std::path::Path;
+use std::time::Duration;
+
+use msb_spec::{Labels, VolumeKind, VolumeName};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+/// Marks a SQLite file as ours (`PRAGMA application_id`, "msb1").
+const APPLICATION_ID: i32 = 0x6d73_6231;
+/// Schema version this build writes and understands.
+const SCHEMA_VERSION: i32 = 1;
+/// How long a writer waits for another process's transaction. Writers hold
+/// the database for microseconds, so reaching this means something is stuck.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+const SCHEMA: &str = "
+CREATE TABLE volumes (
+    name         TEXT PRIMARY KEY NOT NULL,
+    kind         TEXT NOT NULL CHECK (kind IN ('dir', 'disk')),
+    state        TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'removing')),
+    quota_mib    INTEGER,
+    capacity_mib INTEGER,
+    labels       TEXT NOT NULL,
+    created_us   INTEGER NOT NULL,
+    token        TEXT NOT NULL
+) STRICT;
+CREATE INDEX volumes_by_age ON volumes (created_us DESC);
+CREATE TABLE attachments (
+    id      TEXT PRIMARY KEY NOT NULL,
+    volume  TEXT NOT NULL,
+    holder  TEXT NOT NULL,
+    mode    TEXT NOT NULL CHECK (mode IN ('rw', 'ro'))
+) STRICT;
+CREATE INDEX attachments_by_volume ON attachments (volume);
+";
+
+/// Errors of the catalog.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("database {path} was not made by msb; refusing to use it")]
+    Foreign { path: String },
+    #[error(
+        "database {path} has schema version {found}, newer than this msb understands ({SCHEMA_VERSION}); refusing to use it"
+    )]
+    Newer { path: String, found: i32 },
+    #[error("database error")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// One row of the `volumes` table.
+#[derive(Debug, Clone)]
+pub struct VolumeRow {
+    pub name: VolumeName,
+    pub kind: VolumeKind,
+    pub state: State,
+    pub quota_mib: Option<u32>,
+    pub capacity_mib: Option<u32>,
+    pub labels: Labels,
+    pub created_us: i64,
+    pub token: String,
+}
+
+/// Lifecycle state of a volume row. Only `Ready` volumes are visible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Creating,
+    Ready,
+    Removing,
+}
+
+impl State {
+    fn as_str(self) -> &'static str {
+        match self {
+            State::Creating => "creating",
+            State::Ready => "ready",
+            State::Removing => "removing",
+        }
+    }
+}
+
+/// One row of the `attachments` table.
+#[derive(Debug, Clone)]
+pub struct AttachRow {
+    pub id: String,
+    pub holder: String,
+    pub read_write: bool,
+}
+
+pub struct Catalog {
+    conn: Connection,
+}
+
+impl Catalog {
+    /// Opens (creating if absent) the catalog at `path`. A database that is
+    /// not ours, or is newer, is refused and left untouched.
+    pub fn open(path: &Path) -> Result<Self, CatalogError> {
+        let name = || path.display().to_string();
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Reading the header fails with NOTADB on a file that is not SQLite.
+        let (app_id, version): (i32, i32) = match conn.query_row(
+            "SELECT * FROM pragma_application_id, pragma_user_version",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        ) {
+            Ok(v) => v,
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::NotADatabase =>
+            {
+                return Err(CatalogError::Foreign { path: name() });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if app_id != APPLICATION_ID && (app_id != 0 || version != 0 || has_tables(&conn)?) {
+            return Err(CatalogError::Foreign { path: name() });
+        }
+        if version > SCHEMA_VERSION {
+            return Err(CatalogError::Newer {
+                path: name(),
+                found: version,
+            });
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // WAL with NORMAL survives any process crash; only a power loss can
+        // drop the last commits, and the reconcile step repairs what follows.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut cat = Catalog { conn };
+        if app_id == 0 {
+            cat.initialize(path)?;
+        }
+        Ok(cat)
+    }
+
+    fn initialize(&mut self, path: &Path) -> Result<(), CatalogError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Another process may have initialized it while we waited.
+        let app_id: i32 = tx.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+        if app_id == 0 {
+            if has_tables(&tx)? {
+                return Err(CatalogError::Foreign {
+                    path: path.display().to_string(),
+                });
+            }
+            tx.execute_batch(SCHEMA)?;
+            tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn insert_creating(&mut self, row: &VolumeRow) -> Result<bool, CatalogError> {
+        let labels = serde_json::to_string(row.labels.as_map()).expect("labels serialize");
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let inserted = tx.execute(
+            "INSERT INTO volumes (name, kind, state, quota_mib, capacity_mib, labels, created_us, token)
+             VALUES (?1, ?2, 'creating', ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO NOTHING",
+            params![
+                row.name.as_str(),
+                row.kind.as_str(),
+                row.quota_mib,
+                row.capacity_mib,
+                labels,
+                row.created_us,
+                row.token
+            ],
+        )?;
+        tx.commit()?;
+        Ok(inserted == 1)
+    }
+
+    pub fn set_state(&mut self, name: &VolumeName, state: State) -> Result<(), CatalogError> {
+        self.conn.execute(
+            "UPDATE volumes SET state = ?2 WHERE name = ?1",
+            params![name.as_str(), state.as_str()],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete(&mut self, name: &VolumeName) -> Result<(), CatalogError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM attachments WHERE volume = ?1", [name.as_str()])?;
+        tx.execute("DELETE FROM volumes WHERE name = ?1", [name.as_str()])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn get(&self, name: &VolumeName) -> Result<Option<VolumeRow>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("{SELECT} WHERE name = ?1"))?;
+        Ok(stmt.query_row([name.as_str()], read_row).optional()?)
+    }
+
+    /// Ready volumes, newest first.
+    pub fn list_ready(&self) -> Result<Vec<VolumeRow>, CatalogError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "{SELECT} WHERE state = 'ready' ORDER BY created_us DESC, rowid DESC"
+        ))?;
+        let rows = stmt.query_map([], read_row)?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Volumes left in `creating` or `removing` by an interrupted process.
+    pub fn list_unfinished(&self) -> Result<Vec<VolumeRow>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("{SELECT} WHERE state != 'ready'"))?;
+        let rows = stmt.query_map([], read_row)?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn attachments(&self, name: &VolumeName) -> Result<Vec<AttachRow>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, holder, mode FROM attachments WHERE volume = ?1")?;
+        let rows = stmt
+            .query_map([name.as_str()], |r| {
+                Ok(AttachRow {
+                    id: r.get(0)?,
+                    holder: r.get(1)?,
+                    read_write: r.get::<_, String>(2)? == "rw",
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn insert_attachment(
+        &mut self,
+        name: &VolumeName,
+        row: &AttachRow,
+    ) -> Result<(), CatalogError> {
+        self.conn.execute(
+            "INSERT INTO attachments (id, volume, holder, mode) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                row.id,
+                name.as_str(),
+                row.holder,
+                if row.read_write { "rw" } else { "ro" }
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_attachment(&mut self, id: &str) -> Result<(), CatalogError> {
+        self.conn
+            .execute("DELETE FROM attachments WHERE id = ?1", [id])?;
+        Ok(())
+    }
+}
+
+const SELECT: &str =
+    "SELECT name, kind, state, quota_mib, capacity_mib, labels, created_us, token FROM volumes";
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VolumeRow> {
+    let bad = |i: usize, what: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, what.into())
+    };
+    let name: String = r.get(0)?;
+    let kind: String = r.get(1)?;
+    let state: String = r.get(2)?;
+    let labels: String = r.get(5)?;
+    Ok(VolumeRow {
+        name: VolumeName::new(name).map_err(|e| bad(0, e.to_string()))?,
+        kind: kind
+            .parse()
+            .map_err(|e: msb_spec::VolumeKindError| bad(1, e.to_string()))?,
+        state: match state.as_str() {
+            "creating" => State::Creating,
+            "ready" => State::Ready,
+            "removing" => State::Removing,
+            other => return Err(bad(2, format!("unknown state {other:?}"))),
+        },
+        quota_mib: r.get(3)?,
+        capacity_mib: r.get(4)?,
+        labels: serde_json::from_str(&labels).map_err(|e| bad(5, e.to_string()))?,
+        created_us: r.get(6)?,
+        token: r.get(7)?,
+    })
+}
+
+fn has_tables(conn: &Connection) -> Result<bool, rusqlite::Error> {
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|n| n > 0)
+}
