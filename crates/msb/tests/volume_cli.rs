@@ -1,0 +1,311 @@
+//! `msb volume` as users run it: the real binary, real processes, a real store.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn msb(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_msb"))
+        .args(args)
+        .env("MSB_HOME", home)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn create_prints_name_and_ls_lists_it() {
+    let home = tempfile::tempdir().unwrap();
+    let o = msb(home.path(), &["volume", "create", "data"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "data\n");
+    let o = msb(home.path(), &["volume", "create", "quiet", "-q"]);
+    assert_eq!(stdout(&o), "");
+    let o = msb(home.path(), &["volume", "ls", "-q"]);
+    assert_eq!(stdout(&o), "quiet\ndata\n");
+    let o = msb(home.path(), &["volume", "ls"]);
+    assert!(stdout(&o).starts_with("NAME"), "{}", stdout(&o));
+}
+
+#[test]
+fn empty_list() {
+    let home = tempfile::tempdir().unwrap();
+    let o = msb(home.path(), &["volume", "ls"]);
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), "");
+    assert!(stderr(&o).contains("no volumes"));
+    let o = msb(home.path(), &["volume", "ls", "--format", "json"]);
+    assert_eq!(stdout(&o).trim(), "[]");
+}
+
+#[test]
+fn json_has_exactly_the_documented_keys() {
+    let home = tempfile::tempdir().unwrap();
+    assert!(
+        msb(
+            home.path(),
+            &["volume", "create", "d", "--kind", "disk", "--size", "1G"]
+        )
+        .status
+        .success()
+    );
+    let o = msb(
+        home.path(),
+        &[
+            "volume", "create", "q", "--quota", "1.5G", "--label", "env=prod", "--label", "t=x=y",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = msb(home.path(), &["volume", "ls", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let arr = v.as_array().unwrap();
+    assert_eq!(arr.len(), 2);
+    let mut keys: Vec<_> = arr[0].as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "capacity_bytes",
+            "created_at",
+            "disk_format",
+            "disk_fstype",
+            "kind",
+            "labels",
+            "name",
+            "path",
+            "quota_mib",
+            "used_bytes"
+        ]
+    );
+    let q = &arr[0];
+    assert_eq!(q["name"], "q");
+    assert_eq!(q["kind"], "dir");
+    assert_eq!(q["quota_mib"], 1536);
+    assert_eq!(q["labels"]["env"], "prod");
+    assert_eq!(q["labels"]["t"], "x=y");
+    assert!(q["capacity_bytes"].is_null() && q["disk_format"].is_null());
+    let d = &arr[1];
+    assert_eq!(d["kind"], "disk");
+    assert_eq!(d["capacity_bytes"], 1u64 << 30);
+    assert_eq!(d["disk_format"], "raw");
+    assert_eq!(d["disk_fstype"], "ext4");
+    assert!(d["quota_mib"].is_null());
+    assert!(d["used_bytes"].as_u64().unwrap() < 1 << 20);
+    let created = d["created_at"].as_str().unwrap();
+    assert!(created.ends_with('Z') && created.len() == 20, "{created}");
+
+    let o = msb(
+        home.path(),
+        &["volume", "inspect", "d", "q", "--format", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    let o = msb(
+        home.path(),
+        &[
+            "volume",
+            "ls",
+            "--format",
+            "json",
+            "--filter",
+            "label=env=prod",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn errors_and_exit_codes() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    assert!(msb(h, &["volume", "create", "a"]).status.success());
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["volume", "create", "a"],
+            1,
+            "error: volume already exists: a",
+        ),
+        (
+            &["volume", "inspect", "nope"],
+            1,
+            "error: volume not found: nope",
+        ),
+        (&["volume", "create", "-bad"], 2, "error:"),
+        (
+            &["volume", "create", ".bad"],
+            2,
+            "name must start with a letter or digit",
+        ),
+        (&["volume", "create", "a/b"], 2, "only ASCII letters"),
+        (
+            &["volume", "create", &"x".repeat(129)],
+            2,
+            "the limit is 128",
+        ),
+        (
+            &["volume", "create", "s", "--kind", "disk"],
+            1,
+            "a disk volume needs a size",
+        ),
+        (
+            &["volume", "create", "s", "--kind", "disk", "--size", "8M"],
+            1,
+            "16 MiB to 16777215 MiB",
+        ),
+        (
+            &[
+                "volume", "create", "s", "--kind", "disk", "--size", "1G", "--quota", "1G",
+            ],
+            1,
+            "cannot have a quota",
+        ),
+        (
+            &["volume", "create", "s", "--size", "1G"],
+            1,
+            "directory volume has no size",
+        ),
+        (&["volume", "create", "s", "--quota", "0"], 2, "is zero"),
+        (
+            &["volume", "create", "s", "--quota", "ten"],
+            2,
+            "accepted forms",
+        ),
+        (
+            &["volume", "create", "s", "--kind", "zfs"],
+            2,
+            "unknown volume kind",
+        ),
+        (
+            &["volume", "create", "s", "--label", "novalue"],
+            1,
+            "not of the form KEY=VALUE",
+        ),
+        (&["volume", "ls", "--filter", "name=x"], 2, "use label=KEY"),
+        (&["volume", "frobnicate"], 2, "error:"),
+        (&["volume", "prune"], 1, "pass --force"),
+    ];
+    for (args, code, msg) in cases {
+        let o = msb(h, args);
+        assert_eq!(o.status.code(), Some(*code), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(msg), "{args:?}: {}", stderr(&o));
+    }
+    // Nothing was created by any failing command.
+    assert_eq!(stdout(&msb(h, &["volume", "ls", "-q"])), "a\n");
+    let entries: Vec<_> = std::fs::read_dir(h.join("volumes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(entries.len(), 3, "{entries:?}"); // a, .staging, .trash
+}
+
+#[test]
+fn rm_continues_past_failures() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    for n in ["a", "b"] {
+        assert!(msb(h, &["volume", "create", n]).status.success());
+    }
+    let o = msb(h, &["volume", "rm", "a", "missing", "b", "bad/name"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stdout(&o), "a\nb\n");
+    assert!(
+        stderr(&o).contains("volume not found: missing"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("invalid volume name \"bad/name\""),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stdout(&msb(h, &["volume", "ls", "-q"])), "");
+}
+
+#[test]
+fn prune_removes_matching_volumes() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    assert!(
+        msb(h, &["volume", "create", "keep", "--label", "keep=1"])
+            .status
+            .success()
+    );
+    assert!(
+        msb(h, &["volume", "create", "tmp1", "--label", "tmp=1"])
+            .status
+            .success()
+    );
+    assert!(
+        msb(h, &["volume", "create", "tmp2", "--label", "tmp=1"])
+            .status
+            .success()
+    );
+    let o = msb(h, &["volume", "prune", "-f", "--filter", "label=tmp"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "tmp2\ntmp1\n");
+    assert_eq!(stdout(&msb(h, &["volume", "ls", "-q"])), "keep\n");
+}
+
+#[test]
+fn concurrent_creates_of_one_name_exactly_one_wins() {
+    let home = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        let name = format!("race{round}");
+        let children: Vec<_> = (0..10)
+            .map(|_| {
+                Command::new(env!("CARGO_BIN_EXE_msb"))
+                    .args(["volume", "create", &name])
+                    .env("MSB_HOME", home.path())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outputs: Vec<_> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        let wins = outputs.iter().filter(|o| o.status.success()).count();
+        assert_eq!(wins, 1, "round {round}");
+        for o in outputs.iter().filter(|o| !o.status.success()) {
+            assert_eq!(
+                stderr(o).trim(),
+                format!("error: volume already exists: {name}")
+            );
+        }
+    }
+}
+
+#[test]
+fn many_processes_at_once_never_see_a_locked_database() {
+    let home = tempfile::tempdir().unwrap();
+    let script = format!(
+        "for i in $(seq 1 15); do {msb} volume create v$1-$i -q || exit 1; {msb} volume ls -q >/dev/null || exit 1; \
+         {msb} volume rm v$1-$i -q || exit 1; done",
+        msb = env!("CARGO_BIN_EXE_msb")
+    );
+    let children: Vec<_> = (0..8)
+        .map(|w| {
+            Command::new("sh")
+                .args(["-c", &script, "sh", &w.to_string()])
+                .env("MSB_HOME", home.path())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("locked"), "{}", stderr(&o));
+    }
+    assert_eq!(stdout(&msb(home.path(), &["volume", "ls", "-q"])), "");
+}

@@ -1,0 +1,420 @@
+//! The store against a real SQLite file, real directories and real mke2fs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use msb_spec::{LabelFilter, Labels, VolumeConfig, VolumeKind, VolumeName};
+use msb_store::{AttachMode, Store, StoreError};
+
+fn name(s: &str) -> VolumeName {
+    VolumeName::new(s).unwrap()
+}
+
+fn dir_cfg(n: &str) -> VolumeConfig {
+    VolumeConfig::new(name(n), VolumeKind::Dir, None, None, Labels::new()).unwrap()
+}
+
+fn labelled(n: &str, labels: &[(&str, &str)]) -> VolumeConfig {
+    let map: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    VolumeConfig::new(
+        name(n),
+        VolumeKind::Dir,
+        None,
+        None,
+        Labels::try_from(map).unwrap(),
+    )
+    .unwrap()
+}
+
+fn disk_cfg(n: &str, mib: u32) -> VolumeConfig {
+    VolumeConfig::new(name(n), VolumeKind::Disk, Some(mib), None, Labels::new()).unwrap()
+}
+
+#[test]
+fn create_get_list_remove() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    let a = store.create(&dir_cfg("a")).unwrap();
+    assert_eq!(a.path, home.path().join("volumes/a"));
+    assert!(a.path.is_dir());
+    assert_eq!(a.used_bytes, 0);
+    let b = store.create(&disk_cfg("b", 64)).unwrap();
+    assert_eq!(
+        b.disk_image.as_deref(),
+        Some(home.path().join("volumes/b/disk.raw").as_path())
+    );
+    assert_eq!(b.capacity_bytes, Some(64 << 20));
+    assert_eq!(
+        std::fs::metadata(b.disk_image.as_ref().unwrap())
+            .unwrap()
+            .len(),
+        64 << 20
+    );
+
+    let names: Vec<_> = store
+        .list(&[])
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name.to_string())
+        .collect();
+    assert_eq!(names, ["b", "a"], "newest first");
+    assert_eq!(store.get(&name("a")).unwrap().kind, VolumeKind::Dir);
+    assert!(
+        matches!(store.create(&dir_cfg("a")), Err(StoreError::AlreadyExists(n)) if n.as_str() == "a")
+    );
+    assert!(matches!(
+        store.create(&disk_cfg("a", 64)),
+        Err(StoreError::AlreadyExists(_))
+    ));
+
+    store.remove(&name("a")).unwrap();
+    assert!(!home.path().join("volumes/a").exists());
+    assert!(matches!(
+        store.get(&name("a")),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.remove(&name("a")),
+        Err(StoreError::NotFound(_))
+    ));
+    store.remove(&name("b")).unwrap();
+    assert!(!home.path().join("volumes/b").exists());
+    assert!(store.list(&[]).unwrap().is_empty());
+    // The name is free again.
+    store.create(&dir_cfg("a")).unwrap();
+}
+
+#[test]
+fn names_are_case_sensitive() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    store.create(&dir_cfg("Data")).unwrap();
+    store.create(&dir_cfg("data")).unwrap();
+    assert_eq!(store.list(&[]).unwrap().len(), 2);
+}
+
+#[test]
+fn label_filters_all_must_match() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    store
+        .create(&labelled("p1", &[("env", "prod"), ("team", "a")]))
+        .unwrap();
+    store.create(&labelled("p2", &[("env", "prod")])).unwrap();
+    store
+        .create(&labelled("d1", &[("env", "dev"), ("team", "a")]))
+        .unwrap();
+    let pick = |filters: &[&str]| -> Vec<String> {
+        let f: Vec<LabelFilter> = filters
+            .iter()
+            .map(|s| LabelFilter::parse_cli(s).unwrap())
+            .collect();
+        store
+            .list(&f)
+            .unwrap()
+            .into_iter()
+            .map(|v| v.name.to_string())
+            .collect()
+    };
+    assert_eq!(pick(&["label=env=prod"]), ["p2", "p1"]);
+    assert_eq!(pick(&["label=team"]), ["d1", "p1"]);
+    assert_eq!(pick(&["label=env=prod", "label=team=a"]), ["p1"]);
+    assert!(pick(&["label=nope"]).is_empty());
+    assert_eq!(
+        store.get(&name("p1")).unwrap().labels.get("team"),
+        Some("a")
+    );
+}
+
+#[test]
+fn usage_is_real_for_directory_volumes() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    let info = store.create(&dir_cfg("u")).unwrap();
+    // Written behind msb's back: the counter does not see it until doctor.
+    std::fs::write(info.path.join("f"), vec![7u8; 1 << 20]).unwrap();
+    std::fs::hard_link(info.path.join("f"), info.path.join("g")).unwrap();
+    assert_eq!(store.get(&name("u")).unwrap().used_bytes, 0);
+    let report = store.doctor().unwrap();
+    let (n, old, new) = &report.usage_fixed[0];
+    assert_eq!((n.as_str(), *old), ("u", 0));
+    assert!(
+        (1 << 20..(1 << 20) + (64 << 10)).contains(new),
+        "hard link counted once: {new}"
+    );
+    assert_eq!(store.get(&name("u")).unwrap().used_bytes, *new);
+    // The counter is what writers share.
+    let budget = store
+        .budget(&store.get(&name("u")).unwrap())
+        .unwrap()
+        .unwrap();
+    budget.adjust(4096);
+    assert_eq!(store.get(&name("u")).unwrap().used_bytes, new + 4096);
+}
+
+#[test]
+fn quota_is_the_budget_limit() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    let cfg = VolumeConfig::new(name("q"), VolumeKind::Dir, None, Some(1), Labels::new()).unwrap();
+    let info = store.create(&cfg).unwrap();
+    assert_eq!(info.quota_mib, Some(1));
+    let budget = store.budget(&info).unwrap().unwrap();
+    assert_eq!(budget.limit(), Some(1 << 20));
+    budget.reserve(1 << 20).unwrap();
+    assert!(budget.reserve(1).is_err());
+}
+
+#[test]
+fn missing_usage_counter_is_rebuilt_by_scanning() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    let info = store.create(&dir_cfg("r")).unwrap();
+    std::fs::write(info.path.join("f"), vec![1u8; 200_000]).unwrap();
+    std::fs::remove_file(home.path().join("usage/r")).unwrap();
+    let budget = store.budget(&info).unwrap().unwrap();
+    assert!(budget.used() >= 200_000);
+}
+
+#[test]
+fn disk_usage_comes_from_the_filesystem() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    let info = store.create(&disk_cfg("d", 64)).unwrap();
+    let before = store.get(&name("d")).unwrap().used_bytes;
+    let src = home.path().join("blob");
+    std::fs::write(&src, vec![3u8; 3 << 20]).unwrap();
+    let img = info.disk_image.unwrap();
+    // debugfs writes into the image without mounting it.
+    let out = Command::new("debugfs")
+        .args(["-w", "-R"])
+        .arg(format!("write {} blob", src.display()))
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = store.get(&name("d")).unwrap().used_bytes;
+    assert!(after - before >= 3 << 20, "{before} -> {after}");
+    assert!(after - before < 4 << 20, "{before} -> {after}");
+}
+
+#[test]
+fn large_disk_volume_is_sparse() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    let info = store.create(&disk_cfg("big", 100 * 1024)).unwrap();
+    let meta = std::fs::metadata(info.disk_image.unwrap()).unwrap();
+    assert_eq!(meta.len(), 100 << 30);
+    let host_bytes = std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
+    assert!(
+        host_bytes < 10 << 20,
+        "100 GiB image occupies {host_bytes} bytes"
+    );
+}
+
+#[test]
+fn occupied_path_is_reported_and_left_alone() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    let foreign = home.path().join("volumes/mine");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("precious"), b"keep").unwrap();
+    assert!(matches!(
+        store.create(&dir_cfg("mine")),
+        Err(StoreError::PathOccupied { .. })
+    ));
+    assert!(store.list(&[]).unwrap().is_empty());
+    let report = store.doctor().unwrap();
+    assert_eq!(report.orphans, [foreign.clone()]);
+    assert_eq!(std::fs::read(foreign.join("precious")).unwrap(), b"keep");
+}
+
+#[test]
+fn failed_create_leaves_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    // Staging cannot be written: the create fails after its row was inserted.
+    let staging = home.path().join("volumes/.staging");
+    std::fs::remove_dir(&staging).unwrap();
+    std::fs::write(&staging, b"").unwrap();
+    for cfg in [dir_cfg("x"), disk_cfg("y", 64)] {
+        let result = store.create(&cfg);
+        assert!(matches!(result, Err(StoreError::Io { .. })), "{result:?}");
+        assert!(matches!(
+            store.get(cfg.name()),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(
+            !home
+                .path()
+                .join("volumes")
+                .join(cfg.name().as_str())
+                .exists()
+        );
+    }
+    assert!(!home.path().join("usage/x").exists());
+    std::fs::remove_file(&staging).unwrap();
+    std::fs::create_dir(&staging).unwrap();
+    store.create(&dir_cfg("x")).unwrap();
+}
+
+#[test]
+fn foreign_database_is_refused_and_untouched() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("db")).unwrap();
+    let db = home.path().join("db/msb.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE sandbox (id INTEGER PRIMARY KEY); INSERT INTO sandbox VALUES (1);",
+        )
+        .unwrap();
+    }
+    let before = std::fs::read(&db).unwrap();
+    let err = Store::open(home.path())
+        .err()
+        .expect("foreign database accepted");
+    assert!(err.to_string().contains("not made by msb"), "{err}");
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+
+    std::fs::write(
+        &db,
+        b"this is not sqlite at all, just some text that is long enough......",
+    )
+    .unwrap();
+    let before = std::fs::read(&db).unwrap();
+    assert!(Store::open(home.path()).is_err());
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+}
+
+#[test]
+fn newer_database_is_refused_and_untouched() {
+    let home = tempfile::tempdir().unwrap();
+    Store::open(home.path()).unwrap();
+    let db = home.path().join("db/msb.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+    }
+    let err = Store::open(home.path())
+        .err()
+        .expect("newer database accepted");
+    assert!(err.to_string().contains("schema version 99"), "{err}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let v: i32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 99);
+}
+
+#[test]
+fn attached_volume_cannot_be_removed() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    store.create(&dir_cfg("busy")).unwrap();
+    let att = store
+        .attach(&name("busy"), "sandbox:web", AttachMode::ReadWrite)
+        .unwrap();
+    match store.remove(&name("busy")) {
+        Err(StoreError::InUse { users, .. }) => assert_eq!(users, ["sandbox:web"]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.users(&name("busy")).unwrap(), ["sandbox:web"]);
+    let (removed, skipped) = store.prune(&[]).unwrap();
+    assert!(removed.is_empty());
+    assert_eq!(skipped.len(), 1);
+    drop(att);
+    assert!(store.users(&name("busy")).unwrap().is_empty());
+    store.remove(&name("busy")).unwrap();
+}
+
+#[test]
+fn disk_volume_has_one_writer() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    store.create(&disk_cfg("d", 32)).unwrap();
+    let d = name("d");
+    let r1 = store.attach(&d, "ro1", AttachMode::ReadOnly).unwrap();
+    let _r2 = store.attach(&d, "ro2", AttachMode::ReadOnly).unwrap();
+    assert!(matches!(
+        store.attach(&d, "rw", AttachMode::ReadWrite),
+        Err(StoreError::InUse { .. })
+    ));
+    drop(r1);
+    drop(_r2);
+    let _w = store.attach(&d, "rw", AttachMode::ReadWrite).unwrap();
+    assert!(matches!(
+        store.attach(&d, "rw2", AttachMode::ReadWrite),
+        Err(StoreError::InUse { .. })
+    ));
+    assert!(matches!(
+        store.attach(&d, "ro", AttachMode::ReadOnly),
+        Err(StoreError::InUse { .. })
+    ));
+    // Directory volumes are shared freely.
+    store.create(&dir_cfg("shared")).unwrap();
+    let _a = store
+        .attach(&name("shared"), "a", AttachMode::ReadWrite)
+        .unwrap();
+    let _b = store
+        .attach(&name("shared"), "b", AttachMode::ReadWrite)
+        .unwrap();
+}
+
+/// Child half of `dead_holder_releases_the_volume`: attach, report, wait to be killed.
+#[test]
+#[ignore = "child process of dead_holder_releases_the_volume"]
+fn attach_child() {
+    let home =
+        std::env::var_os("MSB_TEST_ATTACH_HOME").expect("run by dead_holder_releases_the_volume");
+    let store = Store::open(Path::new(&home)).unwrap();
+    let _att = store
+        .attach(&name("v"), "sandbox:child", AttachMode::ReadWrite)
+        .unwrap();
+    println!("ATTACHED");
+    std::thread::sleep(std::time::Duration::from_secs(120));
+}
+
+#[test]
+fn dead_holder_releases_the_volume() {
+    use std::io::{BufRead, BufReader};
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    store.create(&dir_cfg("v")).unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "attach_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MSB_TEST_ATTACH_HOME", home.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.unwrap().contains("ATTACHED")));
+    assert!(matches!(
+        store.remove(&name("v")),
+        Err(StoreError::InUse { .. })
+    ));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(store.users(&name("v")).unwrap().is_empty());
+    store.remove(&name("v")).unwrap();
+    assert_eq!(
+        std::fs::read_dir(home.path().join("run/attach"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
