@@ -6,12 +6,17 @@
 //! This crate performs no I/O.
 
 mod label;
+mod mount;
 mod name;
 mod policy;
 mod size;
 mod volume;
 
 pub use label::{LabelError, LabelFilter, LabelFilterError, Labels};
+pub use mount::{
+    BindExpect, CliFlag, DiskFormat, DiskOptions, GuestPath, Mount, MountEntry, MountError,
+    MountFlags, MountOptions, MountTable, NamedMode, NamedVolumeOptions, TmpfsOptions, parse_cli,
+};
 pub use name::{NameError, VolumeName};
 pub use policy::{HostPerms, PolicyParseError, StatVirt};
 pub use size::{SizeError, format_bytes, parse_size_bytes, parse_size_mib};
