@@ -1,0 +1,23 @@
+//! Block devices for msb sandboxes.
+//!
+//! * [`LoopDevice`]: a loop device over an image file, set up in one
+//!   `LOOP_CONFIGURE` call with autoclear, so the kernel detaches it when its
+//!   last user (our descriptor, or a mount) goes away, even if we are killed.
+//! * [`detect_fstype`]: the filesystem in an image or device, from its
+//!   superblock magic.
+//! * [`DiskView`]: any supported image (raw, qcow2, vmdk) as a block device;
+//!   qcow2 and vmdk go through `qemu-storage-daemon`'s FUSE export, which
+//!   runs in a private mount namespace so its mount is never visible on the
+//!   host and dies with it.
+//! * [`mount_detached`]: a mount of a block device that is attached nowhere,
+//!   returned as the descriptor of its root directory.
+
+mod detached;
+mod detect;
+mod loopdev;
+mod view;
+
+pub use detached::{DetachedError, DetachedMount, mount_detached};
+pub use detect::{DetectError, detect_fstype, detect_fstype_bytes};
+pub use loopdev::{LoopDevice, LoopError};
+pub use view::{DiskView, ViewError};
