@@ -231,7 +231,7 @@ impl QemuDaemon {
                 });
             }
             if let Ok(st) = rustix::fs::statfs(&view)
-                && i64::from(st.f_type) == FUSE_SUPER_MAGIC
+                && st.f_type == FUSE_SUPER_MAGIC
             {
                 return Ok(());
             }
