@@ -137,6 +137,27 @@ impl LoopDevice {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Closes our descriptor and waits up to `timeout` for the kernel to
+    /// detach the device, which happens once no mount uses it any more (a
+    /// mount namespace that just died releases its mounts asynchronously).
+    /// Returns whether it was detached in time.
+    pub fn close_and_wait(self, timeout: std::time::Duration) -> bool {
+        let sys = self
+            .path
+            .file_name()
+            .map(|n| Path::new("/sys/block").join(n).join("loop/backing_file"));
+        drop(self.device);
+        let Some(sys) = sys else { return true };
+        let deadline = std::time::Instant::now() + timeout;
+        while sys.exists() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        true
+    }
 }
 
 impl AsFd for LoopDevice {

@@ -44,9 +44,8 @@ pub enum ViewError {
 /// device (once no mount uses it) and stops the qemu daemon, if any.
 #[derive(Debug)]
 pub struct DiskView {
-    // Field order is drop order: the loop device lets go of the raw view
-    // before the daemon serving it stops.
-    device: LoopDevice,
+    // Always Some until dropped.
+    device: Option<LoopDevice>,
     daemon: Option<QemuDaemon>,
     fstype: String,
     readonly: bool,
@@ -79,7 +78,7 @@ impl DiskView {
             None => crate::detect_fstype(device.path())?.to_string(),
         };
         Ok(Self {
-            device,
+            device: Some(device),
             daemon,
             fstype,
             readonly,
@@ -88,7 +87,7 @@ impl DiskView {
 
     /// The loop device node.
     pub fn device(&self) -> &Path {
-        self.device.path()
+        self.device.as_ref().expect("set until drop").path()
     }
 
     /// The filesystem type inside.
@@ -115,6 +114,18 @@ impl DiskView {
             self.readonly,
             attrs,
         )?)
+    }
+}
+
+impl Drop for DiskView {
+    fn drop(&mut self) {
+        // The daemon must outlive every use of its view: the last unmount
+        // flushes through it. Wait for the kernel to let go of the loop
+        // device (sandbox mounts are released asynchronously) first.
+        if let Some(device) = self.device.take() {
+            device.close_and_wait(Duration::from_secs(10));
+        }
+        self.daemon.take();
     }
 }
 
@@ -157,6 +168,11 @@ impl QemuDaemon {
         // async-signal-safe system calls on data prepared before the fork.
         unsafe {
             cmd.pre_exec(move || {
+                // The caller may block signals it forwards; the daemon must
+                // still stop on SIGTERM.
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
                 if fd == 3 {
                     if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
                         return Err(io::Error::last_os_error());

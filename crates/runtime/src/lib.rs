@@ -1,1 +1,79 @@
-//! placeholder
+//! The msb sandbox runtime.
+//!
+//! Data flows one way: a validated [`SandboxSpec`] is resolved by
+//! [`prepare`] (store lookups and creations, in-use registration, disk
+//! images attached as block devices) into an [`InitPlan`] of host paths and
+//! devices; a [`Backend`] starts the sandbox from that plan. The first
+//! backend, [`NamespaceBackend`], uses Linux namespaces; its init program
+//! runs [`init::main`] inside the sandbox.
+//!
+//! Teardown is structural rather than best-effort: mounts exist only in the
+//! sandbox's mount namespace, loop devices autoclear, helper daemons and the
+//! sandbox's init die with the supervisor (`PR_SET_PDEATHSIG`), and in-use
+//! registrations are locks that die with their holder.
+
+mod backend;
+mod caps;
+pub mod init;
+mod ns;
+mod plan;
+mod prepare;
+
+pub use backend::{Backend, Running};
+pub use ns::{InitProgram, NamespaceBackend, NsError, NsSandbox};
+pub use plan::{InitMount, InitPlan, InitSource, SandboxSpec, Security};
+pub use prepare::{DryRun, DryRunMount, PrepareError, Prepared, dry_run, prepare};
+
+use msb_store::Store;
+
+/// Blocks the signals a supervisor forwards (SIGINT, SIGTERM, SIGHUP,
+/// SIGQUIT, ...) and SIGCHLD in the calling thread. Call it first thing,
+/// before any thread starts, when using [`Running::wait`] with forwarding.
+pub fn block_signals() {
+    init::block_signals();
+}
+
+/// Why [`run`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
+    #[error(transparent)]
+    Start(#[from] NsError),
+}
+
+impl RunError {
+    /// The exit status a CLI reports for this failure: 127 when the command
+    /// does not exist, 126 when it cannot be executed, else 1.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Start(NsError::Setup { code, .. }) => *code,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs `spec` once in a namespace sandbox: prepares mounts, starts the
+/// command, waits for it, tears everything down. A sandbox whose command
+/// could not start removes the volumes it created. Returns the command's
+/// exit status.
+pub fn run(
+    spec: &SandboxSpec,
+    store: &Store,
+    backend: &NamespaceBackend,
+    holder: &str,
+    forward_signals: bool,
+) -> Result<i32, RunError> {
+    let prepared = prepare(spec, store, holder)?;
+    let mut sandbox = match backend.start(&prepared.plan) {
+        Ok(s) => s,
+        Err(e) => {
+            prepared.rollback();
+            return Err(e.into());
+        }
+    };
+    let status = sandbox.wait(forward_signals);
+    drop(sandbox);
+    prepared.finish();
+    Ok(status?)
+}

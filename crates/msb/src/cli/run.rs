@@ -1,17 +1,156 @@
-//! `msb run`. (Being written for the mounts issue.)
+//! `msb run`: one command in a new sandbox with mounts applied.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use msb_runtime::{InitProgram, NamespaceBackend, SandboxSpec, Security};
+use msb_spec::{CliFlag, GuestPath, MountError, MountTable, parse_cli};
+use msb_store::Store;
 
 use super::CliResult;
 
 /// Arguments of `msb run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
+    /// Root filesystem directory (default: the host's root, read-only).
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// Working directory inside the sandbox.
+    #[arg(long, short = 'w', value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Environment variable K=V, or K to pass the host's value (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    pub env: Vec<String>,
+    /// default (root without mount or device capabilities) or restricted
+    /// (no capabilities, no_new_privs, nosuid,nodev on every mount).
+    #[arg(long, default_value = "default", value_parser = parse_security)]
+    pub security: Security,
+    /// Print the resolved plan as JSON and run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// SRC:DEST[:OPTS]: a path-like SRC is bind-mounted, else it names a
+    /// volume (created as a directory volume if missing).
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DEST[:OPTS]")]
+    pub volumes: Vec<String>,
+    /// HOST_DIR:DEST[:OPTS]: bind-mount a host directory.
+    #[arg(long = "mount-dir", value_name = "SRC:DEST[:OPTS]")]
+    pub mount_dirs: Vec<String>,
+    /// HOST_FILE:DEST[:OPTS]: bind-mount a single host file.
+    #[arg(long = "mount-file", value_name = "SRC:DEST[:OPTS]")]
+    pub mount_files: Vec<String>,
+    /// NAME:DEST[:OPTS] with kind=, size=, quota=, mode=existing|create|ensure.
+    #[arg(long = "mount-named", value_name = "NAME:DEST[:OPTS]")]
+    pub mount_named: Vec<String>,
+    /// IMG:DEST[:OPTS] with format=raw|qcow2|vmdk, fstype=.
+    #[arg(long = "mount-disk", value_name = "IMG:DEST[:OPTS]")]
+    pub mount_disks: Vec<String>,
+    /// PATH[:SIZE][:OPTS]: a fresh tmpfs.
+    #[arg(long = "tmpfs", value_name = "PATH[:SIZE][:OPTS]")]
+    pub tmpfs: Vec<String>,
+    /// Internal: run as the init of a new sandbox.
+    #[arg(long, hide = true)]
+    pub sandbox_init: bool,
     /// The command and its arguments.
-    #[arg(last = true, required = true)]
+    #[arg(last = true, required_unless_present = "sandbox_init")]
     pub command: Vec<String>,
 }
 
-pub fn run(_args: RunArgs) -> CliResult {
-    Err("msb run is not available yet".into()).map(|(): ()| ExitCode::SUCCESS)
+fn parse_security(s: &str) -> Result<Security, String> {
+    s.parse()
+}
+
+/// A usage error: printed, exit 2.
+fn usage(msg: impl std::fmt::Display) -> CliResult {
+    eprintln!("error: {msg}");
+    Ok(ExitCode::from(2))
+}
+
+fn chain(e: &MountError) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        s.push_str(&format!(": {c}"));
+        src = c.source();
+    }
+    s
+}
+
+/// The arguments as a validated sandbox spec, or a usage message.
+fn spec(args: &RunArgs) -> Result<SandboxSpec, String> {
+    let mut mounts = Vec::new();
+    for (flag, specs) in [
+        (CliFlag::Volume, &args.volumes),
+        (CliFlag::MountDir, &args.mount_dirs),
+        (CliFlag::MountFile, &args.mount_files),
+        (CliFlag::MountNamed, &args.mount_named),
+        (CliFlag::MountDisk, &args.mount_disks),
+        (CliFlag::Tmpfs, &args.tmpfs),
+    ] {
+        for s in specs {
+            mounts.push(parse_cli(flag, s).map_err(|e| chain(&e))?);
+        }
+    }
+    let cwd = std::env::current_dir()
+        .map_err(|e| format!("cannot resolve relative host paths: current directory: {e}"))?;
+    let mounts = MountTable::new(mounts, &cwd).map_err(|e| chain(&e))?;
+    let workdir = match args.workdir.as_deref() {
+        None | Some("/") => None,
+        Some(w) => Some(GuestPath::new(w).map_err(|e| format!("invalid --workdir: {e}"))?),
+    };
+    let mut env = Vec::new();
+    for e in &args.env {
+        match e.split_once('=') {
+            Some(("", _)) => return Err(format!("invalid --env {e:?}: empty name")),
+            Some((k, v)) => env.push((k.to_string(), v.to_string())),
+            None => match std::env::var(e) {
+                Ok(v) => env.push((e.clone(), v)),
+                Err(_) => return Err(format!("invalid --env {e:?}: not K=V and not set here")),
+            },
+        }
+    }
+    let rootfs = match &args.rootfs {
+        Some(r) => Some(
+            std::fs::canonicalize(r)
+                .map_err(|e| format!("invalid --rootfs {}: {e}", r.display()))?,
+        ),
+        None => None,
+    };
+    Ok(SandboxSpec {
+        rootfs,
+        workdir,
+        env,
+        security: args.security,
+        mounts,
+        command: args.command.clone(),
+    })
+}
+
+pub fn run(args: RunArgs) -> CliResult {
+    if args.sandbox_init {
+        return Ok(ExitCode::from(msb_runtime::init::main() as u8));
+    }
+    // Before anything can start a thread: signals must queue for forwarding.
+    msb_runtime::block_signals();
+    let spec = match spec(&args) {
+        Ok(s) => s,
+        Err(msg) => return usage(msg),
+    };
+    let store = Store::open_default()?;
+    if args.dry_run {
+        let plan = msb_runtime::dry_run(&spec, &store)?;
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let backend = NamespaceBackend::new(InitProgram {
+        program: std::env::current_exe()?,
+        args: vec!["run".into(), "--sandbox-init".into()],
+    });
+    let holder = format!("sandbox:run-{}", std::process::id());
+    match msb_runtime::run(&spec, &store, &backend, &holder, true) {
+        Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+        Err(e) => {
+            super::report(&e);
+            Ok(ExitCode::from(e.exit_code().clamp(1, 255) as u8))
+        }
+    }
 }

@@ -1,0 +1,33 @@
+//! The boundary between "what to run" and "how it is isolated". The
+//! namespace backend is the first implementation; a microVM backend takes
+//! the same [`InitPlan`] (its guest agent applies it) and returns a
+//! [`Running`] sandbox.
+
+use crate::plan::InitPlan;
+
+/// Starts sandboxes from resolved plans.
+pub trait Backend {
+    /// The backend's error.
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// A started sandbox.
+    type Running: Running<Error = Self::Error>;
+
+    /// Sets the sandbox up and starts its command. Returns once the command
+    /// runs, or with the reason the sandbox could not start.
+    fn start(&self, plan: &InitPlan) -> Result<Self::Running, Self::Error>;
+}
+
+/// A sandbox whose command runs.
+pub trait Running {
+    /// The backend's error.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Sends `signal` to the command.
+    fn signal(&self, signal: i32) -> Result<(), Self::Error>;
+
+    /// Waits for the command to end and returns its exit status (128+N when
+    /// killed by signal N). With `forward_signals`, SIGINT, SIGTERM, SIGHUP
+    /// and SIGQUIT sent to this process are passed on meanwhile; the caller
+    /// must have called [`crate::block_signals`] before starting threads.
+    fn wait(&mut self, forward_signals: bool) -> Result<i32, Self::Error>;
+}

@@ -1,0 +1,601 @@
+//! The sandbox's init: pid 1 of the new pid namespace, running in the new
+//! mount, ipc, uts and network namespaces the backend created.
+//!
+//! It builds the root filesystem from detached mounts (every source is
+//! opened before anything is attached, so covering a host directory can
+//! never hide a later source), pivots into it, starts the command, forwards
+//! signals to it, reaps orphans, and exits with the command's status. When
+//! it exits the kernel kills everything left in the pid namespace and drops
+//! the mount namespace with every mount in it.
+
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use rustix::fs::{CWD, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+use rustix::mount::{
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags,
+    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
+    open_tree,
+};
+
+use crate::caps;
+use crate::plan::{InitMount, InitPlan, InitSource, Security};
+use msb_spec::MountFlags;
+
+/// Environment variable carrying the JSON [`InitPlan`] to the init.
+pub const PLAN_ENV: &str = "MSB_SANDBOX_PLAN";
+/// The descriptor on which the init reports `ok` or `err CODE MESSAGE`.
+pub const STATUS_FD: RawFd = 3;
+
+/// Why the sandbox could not be set up (sent to the supervisor as text).
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("the sandbox plan is missing or malformed")]
+    Plan(#[source] serde_json::Error),
+    #[error("cannot {what}")]
+    Sys {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("command not found: {0}")]
+    NotFound(String),
+    #[error("cannot run {0}")]
+    Exec(String, #[source] io::Error),
+}
+
+fn sys(what: impl Into<String>) -> impl FnOnce(Errno) -> InitError {
+    let what = what.into();
+    move |e| InitError::Sys {
+        what,
+        source: e.into(),
+    }
+}
+
+/// Whether this process was started as a sandbox init.
+pub fn is_init() -> bool {
+    std::env::var_os(PLAN_ENV).is_some()
+}
+
+/// Runs the init and returns its exit code: the command's status, 128+N if
+/// the command was killed by signal N, or 126/127 (cannot execute / not
+/// found) and 1 (setup failed) with the reason sent to the supervisor.
+pub fn main() -> i32 {
+    // SAFETY: STATUS_FD was set up by the backend for this process alone.
+    let mut status = unsafe { std::fs::File::from_raw_fd(STATUS_FD) };
+    let plan = std::env::var(PLAN_ENV).unwrap_or_default();
+    // SAFETY: the init is single-threaded here; nothing reads env concurrently.
+    unsafe { std::env::remove_var(PLAN_ENV) };
+    let result = serde_json::from_str::<InitPlan>(&plan)
+        .map_err(InitError::Plan)
+        .and_then(|plan| setup(&plan).map(|()| plan))
+        .and_then(|plan| spawn(&plan).map(|pid| (plan, pid)));
+    match result {
+        Ok((_, pid)) => {
+            let _ = status.write_all(b"ok\n");
+            drop(status);
+            supervise(pid)
+        }
+        Err(e) => {
+            let code = match e {
+                InitError::NotFound(_) => 127,
+                InitError::Exec(..) => 126,
+                _ => 1,
+            };
+            let _ = writeln!(status, "err {code} {}", chain(&e));
+            code
+        }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s.replace('\n', " ")
+}
+
+/// Signals the init passes on to the command.
+const FORWARDED: [i32; 7] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+];
+
+fn signal_set(with_chld: bool) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialize it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in FORWARDED {
+            libc::sigaddset(&mut set, s);
+        }
+        if with_chld {
+            libc::sigaddset(&mut set, libc::SIGCHLD);
+        }
+        set
+    }
+}
+
+/// Blocks the forwarded signals and SIGCHLD in the calling thread (and the
+/// threads it starts later), so they queue for [`wait_signal`] instead of
+/// running their default action.
+pub(crate) fn block_signals() {
+    let set = signal_set(true);
+    // SAFETY: `set` is initialized; the old mask is not needed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// Waits up to `timeout_ms` for a blocked signal; returns it and whether a
+/// process sent it (as opposed to the kernel, e.g. a terminal's ^C that the
+/// whole foreground process group, the command included, already got).
+pub(crate) fn wait_signal(timeout_ms: i64) -> Option<(i32, bool)> {
+    let set = signal_set(true);
+    let ts = libc::timespec {
+        tv_sec: timeout_ms / 1000,
+        tv_nsec: (timeout_ms % 1000) * 1_000_000,
+    };
+    // SAFETY: siginfo_t is plain data filled by the kernel.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: all pointers refer to live, initialized locals.
+    let sig = unsafe { libc::sigtimedwait(&set, &mut info, &ts) };
+    (sig > 0).then_some((sig, info.si_code <= 0))
+}
+
+/// Forwards signals to `pid` and reaps children until `pid` exits.
+fn supervise(pid: i32) -> i32 {
+    loop {
+        // Reap everything: orphans in the sandbox are re-parented to us.
+        loop {
+            let mut st = 0;
+            // SAFETY: plain waitpid on our own children.
+            let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
+            if r <= 0 {
+                break;
+            }
+            if r == pid {
+                return exit_code(st);
+            }
+        }
+        if let Some((sig, sent)) = wait_signal(1000)
+            && sig != libc::SIGCHLD
+            && sent
+        {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+}
+
+/// A wait status as a shell reports it.
+pub(crate) fn exit_code(status: i32) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        1
+    }
+}
+
+/// Host paths never bound into a default root: each gets a fresh instance.
+const OWN: [&str; 4] = ["proc", "dev", "sys", "tmp"];
+/// Device nodes bound from the host into the minimal /dev.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+fn attrs(f: MountFlags) -> MountAttrFlags {
+    let mut a = MountAttrFlags::empty();
+    if f.readonly {
+        a |= MountAttrFlags::MOUNT_ATTR_RDONLY;
+    }
+    if f.noexec {
+        a |= MountAttrFlags::MOUNT_ATTR_NOEXEC;
+    }
+    if f.nosuid {
+        a |= MountAttrFlags::MOUNT_ATTR_NOSUID;
+    }
+    if f.nodev {
+        a |= MountAttrFlags::MOUNT_ATTR_NODEV;
+    }
+    a
+}
+
+/// `struct mount_attr` of `<linux/mount.h>`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Sets per-mount flags on a whole detached tree (rustix has no
+/// `mount_setattr`).
+fn set_attrs(fd: &OwnedFd, a: MountAttrFlags, recursive: bool) -> Result<(), Errno> {
+    if a.is_empty() {
+        return Ok(());
+    }
+    let attr = MountAttr {
+        attr_set: u64::from(a.bits()),
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: `attr` is a fully initialized struct mount_attr whose size is
+    // passed along; the empty path is a valid C string.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 {
+        Err(Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::INVAL))
+    } else {
+        Ok(())
+    }
+}
+
+fn clone_tree(path: &Path, recursive: bool) -> Result<OwnedFd, InitError> {
+    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= OpenTreeFlags::AT_RECURSIVE;
+    }
+    open_tree(CWD, path, flags).map_err(sys(format!("bind {}", path.display())))
+}
+
+fn new_fs(
+    fstype: &str,
+    options: &[(&str, &str)],
+    flags: &[&str],
+    source: Option<&Path>,
+    a: MountAttrFlags,
+) -> Result<OwnedFd, InitError> {
+    let what = || format!("mount {fstype}");
+    let fs = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC).map_err(sys(what()))?;
+    if let Some(src) = source {
+        fsconfig_set_string(&fs, "source", src).map_err(sys(what()))?;
+    }
+    for (k, v) in options {
+        fsconfig_set_string(&fs, *k, *v).map_err(sys(what()))?;
+    }
+    for f in flags {
+        fsconfig_set_flag(&fs, *f).map_err(sys(what()))?;
+    }
+    fsconfig_create(&fs).map_err(sys(match source {
+        Some(s) => format!("mount {fstype} from {}", s.display()),
+        None => what(),
+    }))?;
+    fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, a).map_err(sys(what()))
+}
+
+fn tmpfs(size_mib: Option<u32>, mode: &str, a: MountAttrFlags) -> Result<OwnedFd, InitError> {
+    let size = size_mib.map(|s| format!("{s}m"));
+    let mut opts = vec![("mode", mode)];
+    if let Some(s) = &size {
+        opts.push(("size", s.as_str()));
+    }
+    new_fs("tmpfs", &opts, &[], None, a)
+}
+
+/// Attaches the detached mount `src` at `path` (relative to `root`),
+/// resolving the path inside the root and creating the mount point.
+fn attach(root: &OwnedFd, path: &str, src: &OwnedFd, dir: bool) -> Result<(), InitError> {
+    let target = mount_point(root, path, dir)?;
+    move_mount(
+        src,
+        "",
+        &target,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(sys(format!("mount at /{path}")))
+}
+
+/// Opens `path` under `root` (symlinks resolved as if `root` were `/`),
+/// creating missing directories and, for a file mount, an empty file.
+fn mount_point(root: &OwnedFd, path: &str, dir: bool) -> Result<OwnedFd, InitError> {
+    let open = |p: &str| {
+        rustix::fs::openat2(
+            root,
+            p,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT,
+        )
+    };
+    match open(path) {
+        Ok(fd) => return Ok(fd),
+        Err(Errno::NOENT) => {}
+        Err(e) => return Err(sys(format!("open mount point /{path}"))(e)),
+    }
+    let (parent, leaf) = match path.rsplit_once('/') {
+        Some((p, l)) => (Some(p), l),
+        None => (None, path),
+    };
+    let parent_fd = match parent {
+        Some(p) => {
+            let fd = mount_point(root, p, true)?;
+            // O_PATH descriptors cannot create entries; reopen as a directory.
+            rustix::fs::openat(
+                &fd,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(sys(format!("open /{p}")))?
+        }
+        None => rustix::fs::openat(root, ".", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(sys("open the sandbox root"))?,
+    };
+    let created = if dir {
+        rustix::fs::mkdirat(&parent_fd, leaf, Mode::from_raw_mode(0o755))
+    } else {
+        rustix::fs::openat(
+            &parent_fd,
+            leaf,
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .map(drop)
+    };
+    match created {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => return Err(sys(format!("create mount point /{path}"))(e)),
+    }
+    open(path).map_err(sys(format!("open mount point /{path}")))
+}
+
+/// A source opened before anything is attached.
+enum Prepared {
+    Tree {
+        path: String,
+        fd: OwnedFd,
+        dir: bool,
+    },
+    Link {
+        path: String,
+        target: std::path::PathBuf,
+    },
+}
+
+fn setup(plan: &InitPlan) -> Result<(), InitError> {
+    // Nothing done here may propagate back to the host.
+    rustix::mount::mount_change(
+        "/",
+        rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
+    )
+    .map_err(sys("make the mount tree private"))?;
+    rustix::system::sethostname(plan.hostname.as_bytes()).map_err(sys("set the host name"))?;
+    loopback_up()?;
+
+    // 1. Open every source.
+    let root = match &plan.rootfs {
+        Some(dir) => clone_tree(dir, true)?,
+        None => tmpfs(Some(1), "0755", MountAttrFlags::empty())?,
+    };
+    let mut top = Vec::new();
+    if plan.rootfs.is_none() {
+        for entry in std::fs::read_dir("/").map_err(|e| InitError::Sys {
+            what: "read /".into(),
+            source: e,
+        })? {
+            let entry = entry.map_err(|e| InitError::Sys {
+                what: "read /".into(),
+                source: e,
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if OWN.contains(&name.as_str()) {
+                continue;
+            }
+            let path = entry.path();
+            let ft = entry.file_type().map_err(|e| InitError::Sys {
+                what: format!("stat {}", path.display()),
+                source: e,
+            })?;
+            if ft.is_symlink() {
+                let target = std::fs::read_link(&path).map_err(|e| InitError::Sys {
+                    what: format!("read {}", path.display()),
+                    source: e,
+                })?;
+                top.push(Prepared::Link { path: name, target });
+            } else if ft.is_dir() || ft.is_file() {
+                let fd = clone_tree(&path, true)?;
+                set_attrs(&fd, MountAttrFlags::MOUNT_ATTR_RDONLY, true)
+                    .map_err(sys(format!("make {} read-only", path.display())))?;
+                top.push(Prepared::Tree {
+                    path: name,
+                    fd,
+                    dir: ft.is_dir(),
+                });
+            }
+        }
+    }
+    let nosuid_nodev = MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV;
+    let proc_fd = new_fs(
+        "proc",
+        &[],
+        &[],
+        None,
+        nosuid_nodev | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )?;
+    let sys_fd = new_fs(
+        "sysfs",
+        &[],
+        &[],
+        None,
+        nosuid_nodev | MountAttrFlags::MOUNT_ATTR_NOEXEC | MountAttrFlags::MOUNT_ATTR_RDONLY,
+    )?;
+    let dev_fd = tmpfs(
+        Some(1),
+        "0755",
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )?;
+    let mut devices = Vec::new();
+    for d in DEVICES {
+        let host = Path::new("/dev").join(d);
+        if host.exists() {
+            devices.push((d, clone_tree(&host, false)?));
+        }
+    }
+    let pts_fd = new_fs(
+        "devpts",
+        &[("ptmxmode", "0666"), ("mode", "0620")],
+        &["newinstance"],
+        None,
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )?;
+    let shm_fd = tmpfs(None, "1777", nosuid_nodev)?;
+    let tmp_fd = tmpfs(None, "1777", nosuid_nodev)?;
+    let mut user = Vec::new();
+    for m in &plan.mounts {
+        user.push((m, open_user_mount(m)?));
+    }
+
+    // 2. Attach them under the new root, then the root over the old one.
+    move_mount(&root, "", CWD, "/", MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
+        .map_err(sys("attach the sandbox root"))?;
+    for p in &top {
+        match p {
+            Prepared::Tree { path, fd, dir } => attach(&root, path, fd, *dir)?,
+            Prepared::Link { path, target } => rustix::fs::symlinkat(target, &root, path.as_str())
+                .map_err(sys(format!("create /{path}")))?,
+        }
+    }
+    attach(&root, "proc", &proc_fd, true)?;
+    attach(&root, "sys", &sys_fd, true)?;
+    attach(&root, "dev", &dev_fd, true)?;
+    for (d, fd) in &devices {
+        attach(&root, &format!("dev/{d}"), fd, false)?;
+    }
+    attach(&root, "dev/pts", &pts_fd, true)?;
+    attach(&root, "dev/shm", &shm_fd, true)?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        match rustix::fs::symlinkat(target, &dev_fd, link) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(sys(format!("create /dev/{link}"))(e)),
+        }
+    }
+    attach(&root, "tmp", &tmp_fd, true)?;
+    for (m, fd) in &user {
+        let dir = !matches!(m.source, InitSource::Bind { dir: false, .. });
+        attach(&root, m.guest.relative(), fd, dir)?;
+    }
+    if plan.rootfs.is_none() {
+        set_attrs(&root, MountAttrFlags::MOUNT_ATTR_RDONLY, false)
+            .map_err(sys("make the root read-only"))?;
+    }
+
+    rustix::process::fchdir(&root).map_err(sys("enter the sandbox root"))?;
+    rustix::process::pivot_root(".", ".").map_err(sys("pivot into the sandbox root"))?;
+    rustix::mount::unmount(".", UnmountFlags::DETACH).map_err(sys("detach the host root"))?;
+    rustix::process::chdir("/").map_err(sys("enter /"))?;
+    rustix::process::chdir(plan.workdir.as_str())
+        .map_err(sys(format!("enter the working directory {}", plan.workdir)))?;
+    Ok(())
+}
+
+fn open_user_mount(m: &InitMount) -> Result<OwnedFd, InitError> {
+    let a = attrs(m.flags);
+    match &m.source {
+        InitSource::Bind { path, .. } => {
+            let fd = clone_tree(path, true)?;
+            set_attrs(&fd, a, true).map_err(sys(format!("set flags on {}", m.guest)))?;
+            Ok(fd)
+        }
+        InitSource::Tmpfs { size_mib } => tmpfs(*size_mib, "1777", a),
+        InitSource::Block { device, fstype } => {
+            let flags: &[&str] = if m.flags.readonly { &["ro"] } else { &[] };
+            new_fs(fstype, &[], flags, Some(device), a)
+        }
+    }
+}
+
+/// Brings up `lo` in the new network namespace.
+fn loopback_up() -> Result<(), InitError> {
+    // SAFETY: a plain socket(2) call.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(InitError::Sys {
+            what: "bring up lo".into(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `s` is a fresh descriptor we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(s) };
+    // SAFETY: ifreq is plain data; the name is NUL-terminated below.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in b"lo\0".iter().enumerate() {
+        req.ifr_name[i] = *b as libc::c_char;
+    }
+    // SAFETY: `req` is a valid ifreq for SIOCGIFFLAGS/SIOCSIFFLAGS.
+    let ok = unsafe {
+        libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) == 0 && {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) == 0
+        }
+    };
+    if !ok {
+        return Err(InitError::Sys {
+            what: "bring up lo".into(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Starts the command as pid 2 with the plan's environment and privileges.
+fn spawn(plan: &InitPlan) -> Result<i32, InitError> {
+    let (program, args) = plan
+        .command
+        .split_first()
+        .ok_or_else(|| InitError::NotFound(String::new()))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(plan.env.iter().map(|(k, v)| (k, v)));
+    let keep = caps::keep_set(plan.security);
+    let last_cap = caps::last_cap();
+    let restricted = plan.security == Security::Restricted;
+    // SAFETY: the closure runs in the child between fork and exec; it only
+    // makes async-signal-safe system calls (sigprocmask, prctl, capset).
+    unsafe {
+        cmd.pre_exec(move || {
+            let empty = {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                set
+            };
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            caps::apply(keep, last_cap, restricted)
+        });
+    }
+    match cmd.spawn() {
+        Ok(child) => Ok(child.id() as i32),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(InitError::NotFound(program.clone())),
+        Err(e) => Err(InitError::Exec(program.clone(), e)),
+    }
+}

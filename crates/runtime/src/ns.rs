@@ -1,0 +1,230 @@
+//! The Linux namespace backend.
+//!
+//! The supervisor clones a child into new mount, pid, ipc, uts, network and
+//! cgroup namespaces; the child (pid 1 there) immediately execs the init
+//! program, which reads the plan from its environment (see [`crate::init`]).
+//! The child has `PR_SET_PDEATHSIG` = SIGKILL, so a supervisor killed with
+//! SIGKILL takes the whole sandbox with it: the pid namespace dies with its
+//! init, and the mount namespace with its last process.
+
+use std::ffi::{CString, OsString};
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use crate::backend::{Backend, Running};
+use crate::init::{PLAN_ENV, STATUS_FD, exit_code, wait_signal};
+use crate::plan::InitPlan;
+
+/// Errors of the namespace backend.
+#[derive(Debug, thiserror::Error)]
+pub enum NsError {
+    #[error("cannot create the sandbox process")]
+    Clone(#[source] io::Error),
+    #[error("the init program path or arguments contain a NUL byte")]
+    Nul,
+    #[error("cannot encode the sandbox plan")]
+    Encode(#[source] serde_json::Error),
+    #[error("cannot talk to the sandbox init")]
+    Status(#[source] io::Error),
+    #[error("{message}")]
+    Setup {
+        /// Exit code the sandbox ended with (1 setup, 126 cannot execute,
+        /// 127 not found).
+        code: i32,
+        /// The init's explanation.
+        message: String,
+    },
+    #[error("the sandbox init ended before the command started (status {0})")]
+    InitDied(i32),
+    #[error("cannot wait for the sandbox")]
+    Wait(#[source] io::Error),
+    #[error("cannot signal the sandbox")]
+    Signal(#[source] io::Error),
+}
+
+/// The program the backend execs as the sandbox's init: a binary that calls
+/// [`crate::init::main`] when [`crate::init::is_init`] says so.
+#[derive(Debug, Clone)]
+pub struct InitProgram {
+    /// Path of the binary.
+    pub program: PathBuf,
+    /// Arguments after argv[0].
+    pub args: Vec<OsString>,
+}
+
+/// Runs sandboxes in Linux namespaces.
+#[derive(Debug, Clone)]
+pub struct NamespaceBackend {
+    init: InitProgram,
+}
+
+impl NamespaceBackend {
+    /// A backend that execs `init` inside each new sandbox.
+    pub fn new(init: InitProgram) -> Self {
+        Self { init }
+    }
+}
+
+fn cstring(b: &[u8]) -> Result<CString, NsError> {
+    CString::new(b).map_err(|_| NsError::Nul)
+}
+
+impl Backend for NamespaceBackend {
+    type Error = NsError;
+    type Running = NsSandbox;
+
+    fn start(&self, plan: &InitPlan) -> Result<NsSandbox, NsError> {
+        // Everything the child needs is built before the clone: between
+        // clone and exec it may only make async-signal-safe calls.
+        let program = cstring(self.init.program.as_os_str().as_bytes())?;
+        let mut argv = vec![program.clone()];
+        for a in &self.init.args {
+            argv.push(cstring(a.as_bytes())?);
+        }
+        let json = serde_json::to_string(plan).map_err(NsError::Encode)?;
+        let envp = [cstring(format!("{PLAN_ENV}={json}").as_bytes())?];
+        let argv_ptrs: Vec<*const libc::c_char> = argv
+            .iter()
+            .map(|c| c.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp_ptrs: Vec<*const libc::c_char> = envp
+            .iter()
+            .map(|c| c.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| NsError::Clone(e.into()))?;
+        let write_fd = write.as_raw_fd();
+        let flags = libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWCGROUP
+            | libc::SIGCHLD;
+        // SAFETY: clone without CLONE_VM behaves like fork: the child gets a
+        // copy of the address space. It only calls prctl, fcntl/dup2, execve
+        // and _exit (async-signal-safe) on data prepared above.
+        let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) };
+        if pid < 0 {
+            return Err(NsError::Clone(io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            // SAFETY: see above; the child never returns from this block.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if write_fd == STATUS_FD {
+                    libc::fcntl(STATUS_FD, libc::F_SETFD, 0);
+                } else {
+                    libc::dup2(write_fd, STATUS_FD);
+                }
+                libc::execve(program.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
+                libc::_exit(127);
+            }
+        }
+        drop(write);
+        let mut sandbox = NsSandbox {
+            pid: pid as i32,
+            status: None,
+        };
+        let mut report = String::new();
+        std::fs::File::from(read)
+            .read_to_string(&mut report)
+            .map_err(NsError::Status)?;
+        if report == "ok\n" {
+            return Ok(sandbox);
+        }
+        let status = sandbox.wait(false)?;
+        match report.strip_prefix("err ").and_then(|r| r.split_once(' ')) {
+            Some((code, message)) => Err(NsError::Setup {
+                code: code.parse().unwrap_or(1),
+                message: message.trim_end().to_string(),
+            }),
+            None => Err(NsError::InitDied(status)),
+        }
+    }
+}
+
+/// A running namespace sandbox; its init is our child. Dropping it without
+/// waiting kills the sandbox.
+#[derive(Debug)]
+pub struct NsSandbox {
+    pid: i32,
+    status: Option<i32>,
+}
+
+impl NsSandbox {
+    /// The init's pid (in the supervisor's pid namespace).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn try_reap(&mut self, block: bool) -> Result<Option<i32>, NsError> {
+        if let Some(s) = self.status {
+            return Ok(Some(s));
+        }
+        let mut st = 0;
+        loop {
+            // SAFETY: waitpid on our own child.
+            let r =
+                unsafe { libc::waitpid(self.pid, &mut st, if block { 0 } else { libc::WNOHANG }) };
+            if r == self.pid {
+                self.status = Some(exit_code(st));
+                return Ok(self.status);
+            }
+            if r == 0 {
+                return Ok(None);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(NsError::Wait(e));
+            }
+        }
+    }
+}
+
+impl Running for NsSandbox {
+    type Error = NsError;
+
+    fn signal(&self, signal: i32) -> Result<(), NsError> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        // SAFETY: signalling our own unreaped child (its pid cannot be reused).
+        if unsafe { libc::kill(self.pid, signal) } < 0 {
+            return Err(NsError::Signal(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    fn wait(&mut self, forward_signals: bool) -> Result<i32, NsError> {
+        if !forward_signals {
+            return Ok(self.try_reap(true)?.unwrap_or(1));
+        }
+        loop {
+            if let Some(s) = self.try_reap(false)? {
+                return Ok(s);
+            }
+            // A bounded wait: a SIGCHLD that arrived before the signals were
+            // blocked is not queued, so poll now and then as well.
+            if let Some((sig, sent)) = wait_signal(200)
+                && sig != libc::SIGCHLD
+                && sent
+            {
+                self.signal(sig)?;
+            }
+        }
+    }
+}
+
+impl Drop for NsSandbox {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.signal(libc::SIGKILL);
+            let _ = self.try_reap(true);
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! What a sandbox is asked to be ([`SandboxSpec`]) and the fully resolved
+//! form the in-sandbox init applies ([`InitPlan`]): host paths, devices and
+//! flags only, no store and no policy decisions left.
+
+use std::path::PathBuf;
+
+use msb_spec::{GuestPath, MountFlags, MountTable};
+use serde::{Deserialize, Serialize};
+
+/// Privileges of the workload.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Security {
+    /// Root in the sandbox with a container-like capability set: no
+    /// `CAP_SYS_ADMIN` (so no mount or remount), no `CAP_MKNOD`, no module or
+    /// raw I/O capabilities.
+    #[default]
+    Default,
+    /// Every capability dropped, `no_new_privs`, and nosuid,nodev forced on
+    /// every user mount.
+    Restricted,
+}
+
+impl std::str::FromStr for Security {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "default" => Ok(Security::Default),
+            "restricted" => Ok(Security::Restricted),
+            other => Err(format!(
+                "unknown security profile {other:?}; expected default or restricted"
+            )),
+        }
+    }
+}
+
+/// A sandbox to run: validated mounts plus the process to start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// Root filesystem directory; `None` is the host's root, read-only.
+    pub rootfs: Option<PathBuf>,
+    /// Working directory of the command inside the sandbox.
+    pub workdir: Option<GuestPath>,
+    /// Environment of the command, on top of PATH, HOME and TERM.
+    pub env: Vec<(String, String)>,
+    /// Privileges of the workload.
+    pub security: Security,
+    /// The mounts.
+    pub mounts: MountTable,
+    /// The command and its arguments.
+    pub command: Vec<String>,
+}
+
+/// The resolved sandbox, as the in-sandbox init applies it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitPlan {
+    /// Root filesystem directory; `None` is the host's root, read-only.
+    pub rootfs: Option<PathBuf>,
+    /// Mounts, parents before children.
+    pub mounts: Vec<InitMount>,
+    /// Working directory inside the sandbox.
+    pub workdir: String,
+    /// Full environment of the command.
+    pub env: Vec<(String, String)>,
+    /// Privileges of the workload.
+    pub security: Security,
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// Host name inside the sandbox.
+    pub hostname: String,
+}
+
+/// One resolved mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitMount {
+    /// Where it appears.
+    pub guest: GuestPath,
+    /// What is mounted.
+    pub source: InitSource,
+    /// Kernel flags (restricted profile already applied).
+    pub flags: MountFlags,
+}
+
+/// What a resolved mount mounts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum InitSource {
+    /// A kernel bind mount of a host directory or file.
+    Bind {
+        /// Absolute host path.
+        path: PathBuf,
+        /// Whether it is a directory (else a single file).
+        dir: bool,
+    },
+    /// A fresh tmpfs.
+    Tmpfs {
+        /// Size limit in MiB.
+        size_mib: Option<u32>,
+    },
+    /// A filesystem on a block device the supervisor attached.
+    Block {
+        /// Device node.
+        device: PathBuf,
+        /// Filesystem type.
+        fstype: String,
+    },
+}
