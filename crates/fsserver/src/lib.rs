@@ -1,1 +1,57 @@
-//! placeholder
+//! The volume filesystem server: a policy passthrough filesystem.
+//!
+//! Bind mounts and directory volumes reach a sandbox through this server. It
+//! is built in two layers, like virtiofsd:
+//!
+//! - [`policy::PolicyFs`] implements [`filesystem::FileSystem`] over a host
+//!   directory with plain Rust types: containment, read-only mounts, the
+//!   volume quota ([`msb_quota::Budget`]) and stat virtualization live here.
+//! - a transport decodes client requests into those calls. Today that is
+//!   `/dev/fuse` (the host kernel's FUSE client, through `fuser`); a
+//!   vhost-user virtio-fs transport would be a second adapter over the same
+//!   trait.
+//!
+//! # Stat virtualization
+//!
+//! With `strict` or `relaxed`, the guest-visible owner, group, mode and file
+//! type of a host file live in a record in the `user.msb.meta` xattr (format
+//! in [`record`]). Host files keep mode 0600/0700 (`private`) or the guest's
+//! rwx bits with that floor (`mirror`); never setuid/setgid, never the guest's
+//! uid/gid. Files without a record appear owned by [`ServeConfig::owner`].
+//! `strict` checks at start that the root takes user xattrs and stores guest
+//! symlinks, device nodes, FIFOs and sockets as plain host files carrying the
+//! record; `relaxed` keeps real host symlinks (which cannot carry a record,
+//! so they show the owner and refuse chown). `off` shows raw host metadata,
+//! refuses chown with EPERM and device nodes with EOPNOTSUPP. Every xattr
+//! under `user.msb.` is invisible to clients: filtered from listings, and
+//! reading, setting or removing it fails with EPERM. A corrupt record gives
+//! EIO.
+//!
+//! # setuid and setgid
+//!
+//! The server runs the FUSE connection without `HANDLE_KILLPRIV(_V2)`, so
+//! the kernel applies the same rules itself: a write or truncate by a caller
+//! without `CAP_FSETID`, and every chown, arrives as an explicit mode change
+//! clearing the bits, which the server stores like any chmod.
+//!
+//! # Quota
+//!
+//! Writes, fallocate, extending truncates, copies and new directories reserve
+//! a worst case from the shared budget first (ENOSPC if refused; a write that
+//! only partly fits is shortened), and settle against the host allocation
+//! afterwards; unlinks, truncates and renames over files credit what they
+//! free. `statfs` reports the quota as size and what is left as free.
+//! Without a budget, file data moves by FUSE passthrough (the kernel reads
+//! and writes the host file directly).
+
+pub mod filesystem;
+mod fuse;
+pub mod policy;
+pub mod record;
+mod server;
+
+pub use msb_spec::{HostPerms, StatVirt};
+pub use server::{
+    FsServerError, ServeConfig, Server, is_served_mount, mount, mount_data, open_root, serve,
+    unmount_path,
+};

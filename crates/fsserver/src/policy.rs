@@ -1,0 +1,1331 @@
+//! The policy filesystem: a passthrough to a host directory that enforces
+//! containment, read-only mounts, the quota and stat virtualization.
+//!
+//! Every node holds an `O_PATH | O_NOFOLLOW` descriptor of its host object
+//! and every name is resolved one component at a time relative to its
+//! parent's descriptor, so nothing a client names can leave the served tree
+//! and no host symlink is ever followed by the server. Data I/O reopens the
+//! node's own inode through `/proc/self/fd`, which never resolves a path.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use msb_quota::Budget;
+use msb_spec::{HostPerms, StatVirt};
+use rustix::fs::{
+    AtFlags, CWD, Dir, FallocateFlags, Mode, OFlags, RenameFlags, SeekFrom, Stat, Timespec,
+    Timestamps, UTIME_NOW, UTIME_OMIT, XattrFlags,
+};
+use rustix::io::Errno;
+
+use crate::filesystem::{
+    Attr, Context, DirEntry, Entry, FileSystem, FsResult, Opened, ROOT_NODE, SetAttr, SetTime,
+    StatFs, Time,
+};
+use crate::record::{RECORD_XATTR, Record, is_reserved};
+
+const S_IFMT: u32 = libc::S_IFMT;
+const S_IFDIR: u32 = libc::S_IFDIR;
+const S_IFREG: u32 = libc::S_IFREG;
+const S_IFLNK: u32 = libc::S_IFLNK;
+const S_ISGID: u32 = libc::S_ISGID;
+/// Worst-case allocation a write may add beyond its data: one block for an
+/// unaligned start and one for file system metadata.
+const SLACK: u64 = 2 * 4096;
+/// Longest symlink target accepted.
+const MAX_TARGET: usize = 4095;
+
+/// What the server enforces on one served tree.
+#[derive(Clone)]
+pub struct Policy {
+    /// Refuse every write-type operation with EROFS.
+    pub readonly: bool,
+    /// How ownership, mode and file type are presented.
+    pub stat_virt: StatVirt,
+    /// Whether guest permission bits reach host files.
+    pub host_perms: HostPerms,
+    /// Usage budget shared by all users of the volume; `None` = unmetered.
+    pub budget: Option<Arc<Budget>>,
+    /// uid/gid shown for files without a metadata record.
+    pub owner: (u32, u32),
+}
+
+/// Why a policy filesystem cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The root is not a directory.
+    #[error("the served root is not a directory")]
+    NotADirectory,
+    /// strict stat virtualization needs user xattrs on the root.
+    #[error("strict stat virtualization needs user xattrs, which the served root does not support")]
+    NoXattrs(#[source] std::io::Error),
+    /// The root could not be inspected.
+    #[error("cannot open the served root")]
+    Root(#[source] std::io::Error),
+}
+
+struct Inode {
+    /// `O_PATH | O_NOFOLLOW` descriptor of the host object.
+    fd: OwnedFd,
+    key: (u64, u64),
+    refs: AtomicU64,
+    /// Serializes metered size changes so before/after accounting is exact.
+    io: Mutex<()>,
+}
+
+struct Inodes {
+    by_node: HashMap<u64, Arc<Inode>>,
+    by_key: HashMap<(u64, u64), u64>,
+    root_dev: u64,
+    next: u64,
+}
+
+/// Node ids from here on are synthetic (see [`PolicyFs::intern`]).
+const SYNTHETIC: u64 = 1 << 63;
+
+struct FileHandle {
+    file: OwnedFd,
+}
+
+struct DirItem {
+    name: OsString,
+    ino: u64,
+    kind: u32,
+}
+
+struct DirHandle {
+    fd: OwnedFd,
+    items: Mutex<Option<Vec<DirItem>>>,
+}
+
+/// The policy passthrough filesystem over one host directory.
+pub struct PolicyFs {
+    policy: Policy,
+    inodes: RwLock<Inodes>,
+    files: RwLock<HashMap<u64, Arc<FileHandle>>>,
+    dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
+    next_fh: AtomicU64,
+}
+
+fn io_err(e: Errno) -> std::io::Error {
+    e.into()
+}
+
+fn to_u64<T: TryInto<u64>>(v: T) -> u64 {
+    v.try_into().unwrap_or(0)
+}
+
+fn to_u32<T: TryInto<u32>>(v: T) -> u32 {
+    v.try_into().unwrap_or(u32::MAX)
+}
+
+fn time<S: TryInto<i64>, N: TryInto<u32>>(sec: S, nsec: N) -> Time {
+    Time {
+        sec: sec.try_into().unwrap_or(0),
+        nsec: nsec.try_into().unwrap_or(0),
+    }
+}
+
+/// Host bytes allocated to an object.
+fn allocated(st: &Stat) -> i64 {
+    i64::try_from(to_u64(st.st_blocks)).unwrap_or(i64::MAX).saturating_mul(512)
+}
+
+fn round_up(n: u64) -> u64 {
+    n.div_ceil(4096).saturating_mul(4096)
+}
+
+/// The kernel's `new_encode_dev` form of a host `dev_t`, as FUSE carries it.
+fn encode_dev(dev: u64) -> u32 {
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+}
+
+/// A single path component the client may name.
+fn component(name: &OsStr) -> FsResult<&OsStr> {
+    let b = name.as_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') || b.contains(&0) {
+        return Err(Errno::INVAL);
+    }
+    Ok(name)
+}
+
+/// The magic link reaching exactly the inode behind `fd`.
+fn proc_path(fd: BorrowedFd<'_>) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// Reopens the inode behind an `O_PATH` descriptor for I/O.
+fn reopen(fd: BorrowedFd<'_>, flags: OFlags) -> FsResult<OwnedFd> {
+    rustix::fs::openat(CWD, proc_path(fd), flags | OFlags::CLOEXEC, Mode::empty())
+}
+
+fn host_type(st: &Stat) -> u32 {
+    st.st_mode & S_IFMT
+}
+
+impl PolicyFs {
+    /// Serves the directory `root` under `policy`. strict probes the root for
+    /// user xattr support.
+    pub fn new(root: impl AsFd, policy: Policy) -> Result<Self, PolicyError> {
+        let fd = rustix::fs::openat(
+            root.as_fd(),
+            ".",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::NOTDIR => PolicyError::NotADirectory,
+            e => PolicyError::Root(io_err(e)),
+        })?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| PolicyError::Root(io_err(e)))?;
+        if host_type(&st) != S_IFDIR {
+            return Err(PolicyError::NotADirectory);
+        }
+        if policy.stat_virt == StatVirt::Strict {
+            let path = proc_path(fd.as_fd());
+            let probe = "user.msb.probe";
+            rustix::fs::setxattr(&path, probe, b"1", XattrFlags::empty())
+                .and_then(|()| rustix::fs::removexattr(&path, probe))
+                .map_err(|e| PolicyError::NoXattrs(io_err(e)))?;
+        }
+        let key = (st.st_dev, st.st_ino);
+        let root = Arc::new(Inode {
+            fd,
+            key,
+            refs: AtomicU64::new(1),
+            io: Mutex::new(()),
+        });
+        let inodes = Inodes {
+            by_node: HashMap::from([(ROOT_NODE, root)]),
+            by_key: HashMap::from([(key, ROOT_NODE)]),
+            root_dev: st.st_dev,
+            next: SYNTHETIC,
+        };
+        Ok(PolicyFs {
+            policy,
+            inodes: RwLock::new(inodes),
+            files: RwLock::new(HashMap::new()),
+            dirs: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        })
+    }
+
+    /// Number of nodes currently referenced by the client (root included).
+    pub fn node_count(&self) -> usize {
+        self.inodes.read().map(|t| t.by_node.len()).unwrap_or(0)
+    }
+
+    fn virt(&self) -> bool {
+        self.policy.stat_virt != StatVirt::Off
+    }
+
+    fn writable(&self) -> FsResult<()> {
+        if self.policy.readonly {
+            Err(Errno::ROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn inode(&self, node: u64) -> FsResult<Arc<Inode>> {
+        let t = self.inodes.read().map_err(|_| Errno::IO)?;
+        t.by_node.get(&node).cloned().ok_or(Errno::STALE)
+    }
+
+    fn file(&self, fh: u64) -> FsResult<Arc<FileHandle>> {
+        let t = self.files.read().map_err(|_| Errno::IO)?;
+        t.get(&fh).cloned().ok_or(Errno::BADF)
+    }
+
+    fn dir(&self, fh: u64) -> FsResult<Arc<DirHandle>> {
+        let t = self.dirs.read().map_err(|_| Errno::IO)?;
+        t.get(&fh).cloned().ok_or(Errno::BADF)
+    }
+
+    /// Registers a looked-up host object, taking one client reference.
+    fn intern(&self, fd: OwnedFd, st: &Stat) -> FsResult<u64> {
+        let key = (st.st_dev, st.st_ino);
+        {
+            let t = self.inodes.read().map_err(|_| Errno::IO)?;
+            if let Some(inode) = t.by_key.get(&key).and_then(|n| t.by_node.get(n)) {
+                inode.refs.fetch_add(1, Ordering::AcqRel);
+                return Ok(*t.by_key.get(&key).unwrap_or(&0));
+            }
+        }
+        let mut t = self.inodes.write().map_err(|_| Errno::IO)?;
+        if let Some(&node) = t.by_key.get(&key)
+            && let Some(inode) = t.by_node.get(&node)
+        {
+            inode.refs.fetch_add(1, Ordering::AcqRel);
+            return Ok(node);
+        }
+        // Host inode numbers make stable node ids on the root's file system;
+        // anything else (other mounts, the reserved ids) gets a synthetic one.
+        let node = if key.0 == t.root_dev && key.1 > ROOT_NODE && key.1 < SYNTHETIC {
+            key.1
+        } else {
+            t.next += 1;
+            t.next
+        };
+        t.by_node.insert(
+            node,
+            Arc::new(Inode {
+                fd,
+                key,
+                refs: AtomicU64::new(1),
+                io: Mutex::new(()),
+            }),
+        );
+        t.by_key.insert(key, node);
+        Ok(node)
+    }
+
+    fn read_record(&self, fd: BorrowedFd<'_>, st: &Stat) -> FsResult<Option<Record>> {
+        if host_type(st) == S_IFLNK {
+            // Host symlinks cannot carry user xattrs.
+            return Ok(None);
+        }
+        let mut buf = [0u8; 32];
+        match rustix::fs::getxattr(proc_path(fd), RECORD_XATTR, &mut buf[..]) {
+            Ok(n) => {
+                let r = Record::decode(&buf[..n]).map_err(|_| Errno::IO)?;
+                let ok = match host_type(st) {
+                    S_IFDIR => r.kind() == S_IFDIR,
+                    S_IFREG => r.kind() != S_IFDIR,
+                    t => r.kind() == t,
+                };
+                if ok { Ok(Some(r)) } else { Err(Errno::IO) }
+            }
+            // A value longer than any valid record is corrupt too.
+            Err(Errno::RANGE) => Err(Errno::IO),
+            Err(Errno::NODATA | Errno::OPNOTSUPP) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write_record(&self, fd: BorrowedFd<'_>, r: &Record) -> FsResult<()> {
+        rustix::fs::setxattr(
+            proc_path(fd),
+            RECORD_XATTR,
+            &r.encode(),
+            XattrFlags::empty(),
+        )
+    }
+
+    /// What the client sees of a host object.
+    fn attr_of(&self, fd: BorrowedFd<'_>, st: &Stat) -> FsResult<Attr> {
+        let mut a = Attr {
+            ino: st.st_ino,
+            size: to_u64(st.st_size),
+            blocks: to_u64(st.st_blocks),
+            atime: time(st.st_atime, st.st_atime_nsec),
+            mtime: time(st.st_mtime, st.st_mtime_nsec),
+            ctime: time(st.st_ctime, st.st_ctime_nsec),
+            mode: st.st_mode,
+            nlink: to_u32(st.st_nlink),
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: encode_dev(st.st_rdev),
+            blksize: to_u32(st.st_blksize),
+        };
+        if !self.virt() {
+            return Ok(a);
+        }
+        match self.read_record(fd, st)? {
+            Some(r) => {
+                a.uid = r.uid;
+                a.gid = r.gid;
+                a.mode = r.mode;
+                a.rdev = match r.kind() {
+                    libc::S_IFCHR | libc::S_IFBLK => r.rdev,
+                    _ => 0,
+                };
+            }
+            None => {
+                (a.uid, a.gid) = self.policy.owner;
+            }
+        }
+        Ok(a)
+    }
+
+    /// The record of an object, or one describing how it looks without one.
+    fn record_or_default(&self, fd: BorrowedFd<'_>, st: &Stat) -> FsResult<Record> {
+        Ok(self.read_record(fd, st)?.unwrap_or(Record {
+            uid: self.policy.owner.0,
+            gid: self.policy.owner.1,
+            mode: st.st_mode & (S_IFMT | 0o7777),
+            rdev: 0,
+        }))
+    }
+
+    fn stat_attr(&self, inode: &Inode) -> FsResult<Attr> {
+        let st = rustix::fs::fstat(&inode.fd)?;
+        self.attr_of(inode.fd.as_fd(), &st)
+    }
+
+    fn do_lookup(&self, parent: &Inode, name: &OsStr) -> FsResult<Entry> {
+        let fd = rustix::fs::openat(
+            &parent.fd,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = rustix::fs::fstat(&fd)?;
+        let attr = self.attr_of(fd.as_fd(), &st)?;
+        let node = self.intern(fd, &st)?;
+        Ok(Entry { node, attr })
+    }
+
+    /// Host permission bits for a new object with guest mode `mode`.
+    fn host_mode(&self, mode: u32, dir: bool) -> u32 {
+        let floor = if dir { 0o700 } else { 0o600 };
+        match (self.policy.stat_virt, self.policy.host_perms) {
+            (StatVirt::Off, _) => mode & 0o7777,
+            (_, HostPerms::Private) => floor,
+            (_, HostPerms::Mirror) => (mode & 0o777) | floor,
+        }
+    }
+
+    /// Gives a new host object its guest ownership and mode: a record, or in
+    /// `off` the real owner and mode.
+    fn init_meta(
+        &self,
+        ctx: &Context,
+        parent: &Attr,
+        fd: BorrowedFd<'_>,
+        st: &Stat,
+        guest_mode: u32,
+        rdev: u32,
+    ) -> FsResult<()> {
+        let sgid_parent = parent.mode & S_ISGID != 0;
+        let gid = if sgid_parent { parent.gid } else { ctx.gid };
+        let mut mode = guest_mode;
+        if sgid_parent && mode & S_IFMT == S_IFDIR {
+            mode |= S_ISGID;
+        }
+        let is_link = host_type(st) == S_IFLNK;
+        if !self.virt() {
+            rustix::fs::chownat(
+                fd,
+                "",
+                Some(rustix::fs::Uid::from_raw(ctx.uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+                AtFlags::EMPTY_PATH,
+            )?;
+            if !is_link {
+                // Exact mode: the server's umask and the host's rules must
+                // not alter what the client asked for.
+                rustix::fs::chmodat(
+                    CWD,
+                    proc_path(fd),
+                    Mode::from_raw_mode(mode & 0o7777),
+                    AtFlags::empty(),
+                )?;
+            }
+            return Ok(());
+        }
+        if is_link {
+            return Ok(());
+        }
+        self.write_record(
+            fd,
+            &Record {
+                uid: ctx.uid,
+                gid,
+                mode,
+                rdev,
+            },
+        )?;
+        if self.policy.host_perms == HostPerms::Mirror {
+            let host = self.host_mode(mode, mode & S_IFMT == S_IFDIR);
+            rustix::fs::chmodat(
+                CWD,
+                proc_path(fd),
+                Mode::from_raw_mode(host),
+                AtFlags::empty(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Finishes creating `name` in `parent`: opens it, sets its metadata and
+    /// registers it. On failure the half-made object is removed again.
+    fn finish_new(
+        &self,
+        ctx: &Context,
+        parent: &Inode,
+        parent_attr: &Attr,
+        name: &OsStr,
+        guest_mode: u32,
+        rdev: u32,
+    ) -> FsResult<Entry> {
+        let done = (|| {
+            let fd = rustix::fs::openat(
+                &parent.fd,
+                name,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let st = rustix::fs::fstat(&fd)?;
+            self.init_meta(ctx, parent_attr, fd.as_fd(), &st, guest_mode, rdev)?;
+            let st = rustix::fs::fstat(&fd)?;
+            let attr = self.attr_of(fd.as_fd(), &st)?;
+            Ok((fd, st, attr))
+        })();
+        match done {
+            Ok((fd, st, attr)) => Ok(Entry {
+                node: self.intern(fd, &st)?,
+                attr,
+            }),
+            Err(e) => {
+                let flags = if guest_mode & S_IFMT == S_IFDIR {
+                    AtFlags::REMOVEDIR
+                } else {
+                    AtFlags::empty()
+                };
+                let _ = rustix::fs::unlinkat(&parent.fd, name, flags);
+                Err(e)
+            }
+        }
+    }
+
+    fn reserve(&self, bytes: u64) -> FsResult<u64> {
+        match &self.policy.budget {
+            Some(b) => b.reserve(bytes).map(|()| bytes).map_err(|_| Errno::NOSPC),
+            None => Ok(0),
+        }
+    }
+
+    /// Settles a reservation against what a change really allocated.
+    fn settle(&self, before: i64, after: i64, reserved: u64) {
+        if let Some(b) = &self.policy.budget {
+            b.adjust(after - before - i64::try_from(reserved).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn credit(&self, st: &Stat) {
+        if let Some(b) = &self.policy.budget {
+            b.adjust(-allocated(st));
+        }
+    }
+
+    /// Runs `op` on a file with quota accounting around it: `reserve` bytes
+    /// are taken first (ENOSPC when refused) and settled against the change
+    /// of the file's allocation afterwards.
+    fn metered<T>(
+        &self,
+        inode: &Inode,
+        file: BorrowedFd<'_>,
+        reserve: impl FnOnce(&Stat) -> u64,
+        op: impl FnOnce() -> FsResult<T>,
+    ) -> FsResult<T> {
+        if self.policy.budget.is_none() {
+            return op();
+        }
+        let _guard = inode.io.lock().map_err(|_| Errno::IO)?;
+        let before = rustix::fs::fstat(file)?;
+        let reserved = self.reserve(reserve(&before))?;
+        let res = op();
+        let after = rustix::fs::fstat(file).map(|st| allocated(&st));
+        self.settle(
+            allocated(&before),
+            after.unwrap_or(allocated(&before)),
+            reserved,
+        );
+        res
+    }
+
+    fn truncate(&self, inode: &Inode, st: &Stat, size: u64) -> FsResult<()> {
+        match host_type(st) {
+            S_IFREG => {}
+            S_IFDIR => return Err(Errno::ISDIR),
+            _ => return Err(Errno::INVAL),
+        }
+        let file = reopen(inode.fd.as_fd(), OFlags::WRONLY)?;
+        let old = to_u64(st.st_size);
+        self.metered(
+            inode,
+            file.as_fd(),
+            // The quota is a size limit: an extension must fit even though
+            // the host keeps it sparse; settling gives back what is unused.
+            |_| size.saturating_sub(old),
+            || rustix::fs::ftruncate(&file, size),
+        )
+    }
+
+    fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn add_file(&self, file: OwnedFd) -> FsResult<u64> {
+        let fh = self.new_fh();
+        self.files
+            .write()
+            .map_err(|_| Errno::IO)?
+            .insert(fh, Arc::new(FileHandle { file }));
+        Ok(fh)
+    }
+
+    fn opened(&self, fh: u64) -> Opened {
+        Opened {
+            fh,
+            // Data I/O needs the server only for metering.
+            passthrough: self.policy.budget.is_none(),
+        }
+    }
+
+    /// Open flags for reopening a host file: creation and truncation were
+    /// handled already, appends arrive with explicit offsets.
+    fn io_flags(flags: i32) -> OFlags {
+        let strip = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_APPEND;
+        OFlags::from_bits_retain((flags & !strip) as u32) | OFlags::CLOEXEC
+    }
+
+    fn check_xattr_name(name: &OsStr) -> FsResult<()> {
+        let b = name.as_bytes();
+        if is_reserved(b) {
+            return Err(Errno::PERM);
+        }
+        if !b.starts_with(b"user.") {
+            // Only the unprivileged namespace is passed to host files.
+            return Err(Errno::OPNOTSUPP);
+        }
+        Ok(())
+    }
+
+    fn load_dir(fd: &OwnedFd) -> FsResult<Vec<DirItem>> {
+        let mut items = Vec::new();
+        for ent in Dir::read_from(fd)? {
+            let ent = ent?;
+            let kind = match ent.file_type() {
+                rustix::fs::FileType::Directory => S_IFDIR,
+                rustix::fs::FileType::RegularFile => S_IFREG,
+                rustix::fs::FileType::Symlink => S_IFLNK,
+                rustix::fs::FileType::Fifo => libc::S_IFIFO,
+                rustix::fs::FileType::Socket => libc::S_IFSOCK,
+                rustix::fs::FileType::CharacterDevice => libc::S_IFCHR,
+                rustix::fs::FileType::BlockDevice => libc::S_IFBLK,
+                rustix::fs::FileType::Unknown => 0,
+            };
+            items.push(DirItem {
+                name: OsString::from_vec(ent.file_name().to_bytes().to_vec()),
+                ino: ent.ino(),
+                kind,
+            });
+        }
+        Ok(items)
+    }
+
+    /// The guest file type of a directory entry without taking a reference.
+    fn entry_kind(&self, parent: &Inode, item: &DirItem) -> u32 {
+        if !self.virt() || (item.kind != S_IFREG && item.kind != 0) {
+            return item.kind;
+        }
+        let probe = || -> FsResult<u32> {
+            let fd = rustix::fs::openat(
+                &parent.fd,
+                item.name.as_os_str(),
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let st = rustix::fs::fstat(&fd)?;
+            Ok(self.attr_of(fd.as_fd(), &st)?.mode & S_IFMT)
+        };
+        probe().unwrap_or(item.kind)
+    }
+}
+
+fn set_time(t: Option<SetTime>) -> Timespec {
+    match t {
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        Some(SetTime::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_NOW,
+        },
+        Some(SetTime::At(t)) => Timespec {
+            tv_sec: t.sec,
+            tv_nsec: t.nsec.into(),
+        },
+    }
+}
+
+impl FileSystem for PolicyFs {
+    fn lookup(&self, _ctx: &Context, parent: u64, name: &OsStr) -> FsResult<Entry> {
+        let name = component(name)?;
+        let parent = self.inode(parent)?;
+        self.do_lookup(&parent, name)
+    }
+
+    fn forget(&self, node: u64, count: u64) {
+        if node == ROOT_NODE {
+            return;
+        }
+        let Ok(mut t) = self.inodes.write() else {
+            return;
+        };
+        let Some(inode) = t.by_node.get(&node) else {
+            return;
+        };
+        let left = inode.refs.load(Ordering::Acquire).saturating_sub(count);
+        inode.refs.store(left, Ordering::Release);
+        if left == 0 {
+            let key = inode.key;
+            t.by_node.remove(&node);
+            if t.by_key.get(&key) == Some(&node) {
+                t.by_key.remove(&key);
+            }
+        }
+    }
+
+    fn getattr(&self, node: u64) -> FsResult<Attr> {
+        self.stat_attr(&*self.inode(node)?)
+    }
+
+    fn setattr(
+        &self,
+        _ctx: &Context,
+        node: u64,
+        _fh: Option<u64>,
+        set: &SetAttr,
+    ) -> FsResult<Attr> {
+        self.writable()?;
+        let inode = self.inode(node)?;
+        let fd = inode.fd.as_fd();
+        let st = rustix::fs::fstat(fd)?;
+        let is_link = host_type(&st) == S_IFLNK;
+        let owner_change = set.uid.is_some() || set.gid.is_some();
+        if self.virt() && (owner_change || set.mode.is_some()) {
+            if is_link {
+                // Real host symlinks (relaxed) have nowhere to keep a record.
+                return Err(Errno::OPNOTSUPP);
+            }
+            let mut rec = self.record_or_default(fd, &st)?;
+            if let Some(uid) = set.uid {
+                rec.uid = uid;
+            }
+            if let Some(gid) = set.gid {
+                rec.gid = gid;
+            }
+            if let Some(mode) = set.mode {
+                rec.mode = (rec.mode & S_IFMT) | (mode & 0o7777);
+            }
+            self.write_record(fd, &rec)?;
+            if set.mode.is_some() && self.policy.host_perms == HostPerms::Mirror {
+                let host = self.host_mode(rec.mode, host_type(&st) == S_IFDIR);
+                rustix::fs::chmodat(
+                    CWD,
+                    proc_path(fd),
+                    Mode::from_raw_mode(host),
+                    AtFlags::empty(),
+                )?;
+            }
+        } else {
+            if owner_change {
+                // off shows raw host ownership, which the guest may not change.
+                return Err(Errno::PERM);
+            }
+            if let Some(mode) = set.mode {
+                if is_link {
+                    return Err(Errno::OPNOTSUPP);
+                }
+                rustix::fs::chmodat(
+                    CWD,
+                    proc_path(fd),
+                    Mode::from_raw_mode(mode & 0o7777),
+                    AtFlags::empty(),
+                )?;
+            }
+        }
+        if let Some(size) = set.size {
+            self.truncate(&inode, &st, size)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let times = Timestamps {
+                last_access: set_time(set.atime),
+                last_modification: set_time(set.mtime),
+            };
+            rustix::fs::utimensat(fd, "", &times, AtFlags::EMPTY_PATH)
+                .or_else(|_| rustix::fs::utimensat(CWD, proc_path(fd), &times, AtFlags::empty()))?;
+        }
+        self.stat_attr(&inode)
+    }
+
+    fn readlink(&self, node: u64) -> FsResult<Vec<u8>> {
+        let inode = self.inode(node)?;
+        let st = rustix::fs::fstat(&inode.fd)?;
+        match host_type(&st) {
+            S_IFLNK => Ok(rustix::fs::readlinkat(&inode.fd, "", Vec::new())?.into_bytes()),
+            S_IFREG if self.virt() => {
+                let attr = self.attr_of(inode.fd.as_fd(), &st)?;
+                if attr.mode & S_IFMT != S_IFLNK {
+                    return Err(Errno::INVAL);
+                }
+                let file = reopen(inode.fd.as_fd(), OFlags::RDONLY)?;
+                let mut buf = vec![0u8; MAX_TARGET + 1];
+                let n = rustix::io::pread(&file, &mut buf[..], 0)?;
+                buf.truncate(n.min(MAX_TARGET));
+                Ok(buf)
+            }
+            _ => Err(Errno::INVAL),
+        }
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> FsResult<Entry> {
+        self.writable()?;
+        let name = component(name)?;
+        let p = self.inode(parent)?;
+        let pattr = self.stat_attr(&p)?;
+        let kind = match mode & S_IFMT {
+            0 => S_IFREG,
+            k => k,
+        };
+        let perm = mode & 0o7777;
+        match (self.virt(), kind) {
+            (false, libc::S_IFCHR | libc::S_IFBLK) => return Err(Errno::OPNOTSUPP),
+            (false, libc::S_IFIFO | libc::S_IFSOCK) => {
+                let ft = rustix::fs::FileType::from_raw_mode(kind);
+                rustix::fs::mknodat(&p.fd, name, ft, Mode::from_raw_mode(perm & 0o777), 0)?;
+            }
+            (_, S_IFREG | libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO | libc::S_IFSOCK) => {
+                // Under virtualization every special file is a plain host
+                // file carrying the record: nothing special exists on the host.
+                let host = self.host_mode(perm, false);
+                rustix::fs::openat(
+                    &p.fd,
+                    name,
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(host),
+                )?;
+            }
+            _ => return Err(Errno::INVAL),
+        }
+        let rdev = if self.virt() { rdev } else { 0 };
+        self.finish_new(ctx, &p, &pattr, name, kind | perm, rdev)
+    }
+
+    fn mkdir(&self, ctx: &Context, parent: u64, name: &OsStr, mode: u32) -> FsResult<Entry> {
+        self.writable()?;
+        let name = component(name)?;
+        let p = self.inode(parent)?;
+        let pattr = self.stat_attr(&p)?;
+        let reserved = self.reserve(4096)?;
+        let host = self.host_mode(mode, true);
+        if let Err(e) = rustix::fs::mkdirat(&p.fd, name, Mode::from_raw_mode(host)) {
+            self.settle(0, 0, reserved);
+            return Err(e);
+        }
+        let res = self.finish_new(ctx, &p, &pattr, name, S_IFDIR | (mode & 0o7777), 0);
+        let used = res.as_ref().map(|e| e.attr.blocks * 512).unwrap_or(0);
+        self.settle(0, i64::try_from(used).unwrap_or(0), reserved);
+        res
+    }
+
+    fn unlink(&self, _ctx: &Context, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.writable()?;
+        let name = component(name)?;
+        let p = self.inode(parent)?;
+        let st = rustix::fs::statat(&p.fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
+        rustix::fs::unlinkat(&p.fd, name, AtFlags::empty())?;
+        if st.st_nlink <= 1 {
+            self.credit(&st);
+        }
+        Ok(())
+    }
+
+    fn rmdir(&self, _ctx: &Context, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.writable()?;
+        let name = component(name)?;
+        let p = self.inode(parent)?;
+        let st = rustix::fs::statat(&p.fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
+        rustix::fs::unlinkat(&p.fd, name, AtFlags::REMOVEDIR)?;
+        self.credit(&st);
+        Ok(())
+    }
+
+    fn symlink(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+    ) -> FsResult<Entry> {
+        self.writable()?;
+        let name = component(name)?;
+        let target = target.as_bytes();
+        if target.is_empty() || target.len() > MAX_TARGET || target.contains(&0) {
+            return Err(Errno::INVAL);
+        }
+        let p = self.inode(parent)?;
+        let pattr = self.stat_attr(&p)?;
+        if self.policy.stat_virt == StatVirt::Strict {
+            // The link is a plain host file holding the target: the host
+            // never sees a symlink it could follow.
+            let host = self.host_mode(0o777, false);
+            let file = rustix::fs::openat(
+                &p.fd,
+                name,
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(host),
+            )?;
+            let reserved = self.reserve(round_up(target.len() as u64) + SLACK);
+            let written = reserved.and_then(|r| {
+                let n = rustix::io::pwrite(&file, target, 0);
+                let after = rustix::fs::fstat(&file).map(|st| allocated(&st)).unwrap_or(0);
+                self.settle(0, after, r);
+                n
+            });
+            if let Err(e) = written.and_then(|n| if n == target.len() { Ok(()) } else { Err(Errno::IO) })
+            {
+                let _ = rustix::fs::unlinkat(&p.fd, name, AtFlags::empty());
+                if let Ok(st) = rustix::fs::fstat(&file) {
+                    self.credit(&st);
+                }
+                return Err(e);
+            }
+        } else {
+            rustix::fs::symlinkat(OsStr::from_bytes(target), &p.fd, name)?;
+        }
+        self.finish_new(ctx, &p, &pattr, name, S_IFLNK | 0o777, 0)
+    }
+
+    fn rename(
+        &self,
+        _ctx: &Context,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> FsResult<()> {
+        self.writable()?;
+        let name = component(name)?;
+        let new_name = component(new_name)?;
+        let flags = RenameFlags::from_bits(flags).ok_or(Errno::INVAL)?;
+        if flags.contains(RenameFlags::WHITEOUT) {
+            // A whiteout is a device node on the host.
+            return Err(Errno::INVAL);
+        }
+        let p = self.inode(parent)?;
+        let np = self.inode(new_parent)?;
+        let victim = if flags.contains(RenameFlags::EXCHANGE) || self.policy.budget.is_none() {
+            None
+        } else {
+            let src = rustix::fs::statat(&p.fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
+            rustix::fs::statat(&np.fd, new_name, AtFlags::SYMLINK_NOFOLLOW)
+                .ok()
+                .filter(|v| (v.st_dev, v.st_ino) != (src.st_dev, src.st_ino))
+        };
+        rustix::fs::renameat_with(&p.fd, name, &np.fd, new_name, flags)?;
+        if let Some(v) = victim
+            && (v.st_nlink <= 1 || host_type(&v) == S_IFDIR)
+        {
+            self.credit(&v);
+        }
+        Ok(())
+    }
+
+    fn link(&self, _ctx: &Context, node: u64, new_parent: u64, new_name: &OsStr) -> FsResult<Entry> {
+        self.writable()?;
+        let new_name = component(new_name)?;
+        let inode = self.inode(node)?;
+        let np = self.inode(new_parent)?;
+        rustix::fs::linkat(&inode.fd, "", &np.fd, new_name, AtFlags::EMPTY_PATH)?;
+        self.do_lookup(&np, new_name)
+    }
+
+    fn open(&self, _ctx: &Context, node: u64, flags: i32) -> FsResult<Opened> {
+        let inode = self.inode(node)?;
+        let st = rustix::fs::fstat(&inode.fd)?;
+        match host_type(&st) {
+            S_IFREG => {}
+            S_IFDIR => return Err(Errno::ISDIR),
+            S_IFLNK => return Err(Errno::LOOP),
+            // Device nodes, FIFOs and sockets are never opened on the host.
+            _ => return Err(Errno::PERM),
+        }
+        if self.policy.readonly
+            && (flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0)
+        {
+            return Err(Errno::ROFS);
+        }
+        let file = reopen(inode.fd.as_fd(), Self::io_flags(flags))?;
+        let fh = self.add_file(file)?;
+        Ok(self.opened(fh))
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> FsResult<(Entry, Opened)> {
+        self.writable()?;
+        let name = component(name)?;
+        let p = self.inode(parent)?;
+        let pattr = self.stat_attr(&p)?;
+        let host = self.host_mode(mode, false);
+        let oflags = Self::io_flags(flags) | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
+        let file = match rustix::fs::openat(&p.fd, name, oflags, Mode::from_raw_mode(host)) {
+            Ok(f) => f,
+            Err(Errno::EXIST) if flags & libc::O_EXCL == 0 => {
+                // Lost a race with another creator: open what is there.
+                let entry = self.do_lookup(&p, name)?;
+                return match self.open(ctx, entry.node, flags) {
+                    Ok(o) => Ok((entry, o)),
+                    Err(e) => {
+                        self.forget(entry.node, 1);
+                        Err(e)
+                    }
+                };
+            }
+            Err(e) => return Err(e),
+        };
+        let entry = self.finish_new(ctx, &p, &pattr, name, S_IFREG | (mode & 0o7777), 0)?;
+        let fh = self.add_file(file)?;
+        Ok((entry, self.opened(fh)))
+    }
+
+    fn passthrough_fd(&self, node: u64) -> FsResult<OwnedFd> {
+        let inode = self.inode(node)?;
+        let flags = if self.policy.readonly {
+            OFlags::RDONLY
+        } else {
+            OFlags::RDWR
+        };
+        reopen(inode.fd.as_fd(), flags)
+    }
+
+    fn read(&self, _node: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let h = self.file(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let n = rustix::io::pread(&h.file, &mut buf[..], offset)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    fn write(&self, _ctx: &Context, node: u64, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.writable()?;
+        let h = self.file(fh)?;
+        let Some(budget) = &self.policy.budget else {
+            return rustix::io::pwrite(&h.file, data, offset).map(to_u32);
+        };
+        let inode = self.inode(node)?;
+        let _guard = inode.io.lock().map_err(|_| Errno::IO)?;
+        let before = rustix::fs::fstat(&h.file)?;
+        let size = to_u64(before.st_size);
+        let end = offset.saturating_add(data.len() as u64);
+        // Overwriting inside a fully allocated file allocates nothing.
+        let dense = to_u64(allocated(&before)) >= round_up(size);
+        let estimate = |len: u64| {
+            if end <= size && dense {
+                0
+            } else {
+                round_up(len) + SLACK
+            }
+        };
+        let mut len = data.len() as u64;
+        let reserved = match budget.reserve(estimate(len)) {
+            Ok(()) => estimate(len),
+            Err(_) => {
+                // Write what fits below the limit (a short write), never past it.
+                let room = budget.available().unwrap_or(0).saturating_sub(SLACK) / 4096 * 4096;
+                len = len.min(room);
+                if len == 0 {
+                    return Err(Errno::NOSPC);
+                }
+                budget.reserve(estimate(len)).map_err(|_| Errno::NOSPC)?;
+                estimate(len)
+            }
+        };
+        let res = rustix::io::pwrite(&h.file, &data[..len as usize], offset);
+        let after = rustix::fs::fstat(&h.file)
+            .map(|st| allocated(&st))
+            .unwrap_or(allocated(&before));
+        self.settle(allocated(&before), after, reserved);
+        res.map(to_u32)
+    }
+
+    fn fsync(&self, _node: u64, fh: u64, datasync: bool) -> FsResult<()> {
+        let h = self.file(fh)?;
+        if datasync {
+            rustix::fs::fdatasync(&h.file)
+        } else {
+            rustix::fs::fsync(&h.file)
+        }
+    }
+
+    fn release(&self, _node: u64, fh: u64) {
+        if let Ok(mut t) = self.files.write() {
+            t.remove(&fh);
+        }
+    }
+
+    fn opendir(&self, _ctx: &Context, node: u64) -> FsResult<u64> {
+        let inode = self.inode(node)?;
+        let fd = rustix::fs::openat(
+            &inode.fd,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let fh = self.new_fh();
+        self.dirs.write().map_err(|_| Errno::IO)?.insert(
+            fh,
+            Arc::new(DirHandle {
+                fd,
+                items: Mutex::new(None),
+            }),
+        );
+        Ok(fh)
+    }
+
+    fn readdir(
+        &self,
+        _ctx: &Context,
+        node: u64,
+        fh: u64,
+        offset: u64,
+        plus: bool,
+        add: &mut dyn FnMut(&DirEntry<'_>, Option<&Entry>) -> bool,
+    ) -> FsResult<()> {
+        let d = self.dir(fh)?;
+        let parent = self.inode(node)?;
+        let mut items = d.items.lock().map_err(|_| Errno::IO)?;
+        if offset == 0 || items.is_none() {
+            *items = Some(Self::load_dir(&d.fd)?);
+        }
+        let Some(items) = items.as_ref() else {
+            return Ok(());
+        };
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, item) in items.iter().enumerate().skip(start) {
+            let dots = item.name == "." || item.name == "..";
+            let mut de = DirEntry {
+                ino: item.ino,
+                offset: i as u64 + 1,
+                kind: item.kind,
+                name: &item.name,
+            };
+            if plus && !dots {
+                // An entry that vanished since the listing is skipped.
+                let Ok(entry) = self.do_lookup(&parent, &item.name) else {
+                    continue;
+                };
+                de.kind = entry.attr.mode & S_IFMT;
+                if add(&de, Some(&entry)) {
+                    self.forget(entry.node, 1);
+                    break;
+                }
+            } else {
+                if !dots {
+                    de.kind = self.entry_kind(&parent, item);
+                }
+                if add(&de, None) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn releasedir(&self, _node: u64, fh: u64) {
+        if let Ok(mut t) = self.dirs.write() {
+            t.remove(&fh);
+        }
+    }
+
+    fn fsyncdir(&self, _node: u64, fh: u64, datasync: bool) -> FsResult<()> {
+        let d = self.dir(fh)?;
+        if datasync {
+            rustix::fs::fdatasync(&d.fd)
+        } else {
+            rustix::fs::fsync(&d.fd)
+        }
+    }
+
+    fn statfs(&self, node: u64) -> FsResult<StatFs> {
+        let inode = self.inode(node)?;
+        let v = rustix::fs::fstatvfs(&inode.fd)?;
+        let mut s = StatFs {
+            blocks: v.f_blocks,
+            bfree: v.f_bfree,
+            bavail: v.f_bavail,
+            files: v.f_files,
+            ffree: v.f_ffree,
+            bsize: to_u32(v.f_bsize),
+            namelen: to_u32(v.f_namemax),
+            frsize: to_u32(v.f_frsize),
+        };
+        if let Some(b) = &self.policy.budget
+            && let Some(limit) = b.limit()
+        {
+            // The quota is the size; what is left of it is free.
+            let free = b.available().unwrap_or(0) / 4096;
+            s.bsize = 4096;
+            s.frsize = 4096;
+            s.blocks = limit / 4096;
+            s.bfree = free.min(v.f_bfree.saturating_mul(to_u64(v.f_frsize)) / 4096);
+            s.bavail = s.bfree;
+        }
+        Ok(s)
+    }
+
+    fn setxattr(
+        &self,
+        _ctx: &Context,
+        node: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> FsResult<()> {
+        self.writable()?;
+        Self::check_xattr_name(name)?;
+        let inode = self.inode(node)?;
+        let flags = XattrFlags::from_bits_retain(flags as u32);
+        rustix::fs::setxattr(proc_path(inode.fd.as_fd()), name, value, flags)
+    }
+
+    fn getxattr(&self, node: u64, name: &OsStr) -> FsResult<Vec<u8>> {
+        Self::check_xattr_name(name)?;
+        let inode = self.inode(node)?;
+        let path = proc_path(inode.fd.as_fd());
+        loop {
+            let len = rustix::fs::getxattr_query(&path, name)?;
+            let mut buf = vec![0u8; len];
+            match rustix::fs::getxattr(&path, name, &mut buf[..]) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(buf);
+                }
+                // Grew in between: ask again.
+                Err(Errno::RANGE) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn listxattr(&self, node: u64) -> FsResult<Vec<u8>> {
+        let inode = self.inode(node)?;
+        let path = proc_path(inode.fd.as_fd());
+        let raw = loop {
+            let len = rustix::fs::listxattr_query(&path)?;
+            let mut buf = vec![0u8; len];
+            match rustix::fs::listxattr(&path, &mut buf[..]) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    break buf;
+                }
+                Err(Errno::RANGE) => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        let mut out = Vec::with_capacity(raw.len());
+        for name in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            if !is_reserved(name) {
+                out.extend_from_slice(name);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    fn removexattr(&self, _ctx: &Context, node: u64, name: &OsStr) -> FsResult<()> {
+        self.writable()?;
+        Self::check_xattr_name(name)?;
+        let inode = self.inode(node)?;
+        rustix::fs::removexattr(proc_path(inode.fd.as_fd()), name)
+    }
+
+    fn fallocate(&self, node: u64, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        self.writable()?;
+        let h = self.file(fh)?;
+        let inode = self.inode(node)?;
+        let flags = FallocateFlags::from_bits(mode as u32).ok_or(Errno::OPNOTSUPP)?;
+        let frees = flags.intersects(FallocateFlags::PUNCH_HOLE | FallocateFlags::COLLAPSE_RANGE);
+        self.metered(
+            &inode,
+            h.file.as_fd(),
+            |_| if frees { 0 } else { round_up(len) + SLACK },
+            || rustix::fs::fallocate(&h.file, flags, offset, len),
+        )
+    }
+
+    fn lseek(&self, _node: u64, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
+        let h = self.file(fh)?;
+        let off = u64::try_from(offset).map_err(|_| Errno::NXIO)?;
+        let pos = match whence {
+            libc::SEEK_DATA => SeekFrom::Data(off),
+            libc::SEEK_HOLE => SeekFrom::Hole(off),
+            libc::SEEK_SET => SeekFrom::Start(off),
+            _ => return Err(Errno::INVAL),
+        };
+        rustix::fs::seek(&h.file, pos).map(|p| i64::try_from(p).unwrap_or(i64::MAX))
+    }
+
+    fn copy_file_range(
+        &self,
+        _node_in: u64,
+        fh_in: u64,
+        offset_in: u64,
+        node_out: u64,
+        fh_out: u64,
+        offset_out: u64,
+        len: u64,
+    ) -> FsResult<u64> {
+        self.writable()?;
+        let src = self.file(fh_in)?;
+        let dst = self.file(fh_out)?;
+        let inode = self.inode(node_out)?;
+        let len = usize::try_from(len).unwrap_or(usize::MAX).min(1 << 30);
+        self.metered(
+            &inode,
+            dst.file.as_fd(),
+            |_| round_up(len as u64) + SLACK,
+            || {
+                let (mut off_in, mut off_out) = (offset_in, offset_out);
+                rustix::fs::copy_file_range(
+                    &src.file,
+                    Some(&mut off_in),
+                    &dst.file,
+                    Some(&mut off_out),
+                    len,
+                )
+                .map(to_u64)
+            },
+        )
+    }
+
+    fn destroy(&self) {
+        if let Ok(mut t) = self.files.write() {
+            t.clear();
+        }
+        if let Ok(mut t) = self.dirs.write() {
+            t.clear();
+        }
+        if let Ok(mut t) = self.inodes.write() {
+            t.by_node.retain(|&n, _| n == ROOT_NODE);
+            t.by_key.retain(|_, n| *n == ROOT_NODE);
+        }
+    }
+}
