@@ -46,6 +46,7 @@
 
 pub mod filesystem;
 mod fuse;
+pub mod host;
 pub mod policy;
 pub mod record;
 mod server;

@@ -1,1 +1,136 @@
-//! `msb volume mount` and `unmount`. (Being written for the filesystem server issue.)
+//! `msb volume mount NAME DIR` and `msb volume unmount DIR`: serve a
+//! directory volume on a host directory through the filesystem server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use msb_fsserver::host::{
+    Detached, Ready, block_stop_signals, detach, invoking_user, wait_stop_signal,
+};
+use msb_fsserver::{HostPerms, ServeConfig, StatVirt};
+use msb_spec::{VolumeKind, VolumeName};
+use msb_store::{AttachMode, Store};
+
+use super::CliResult;
+
+/// Arguments of `msb volume mount`.
+#[derive(Debug, clap::Args)]
+pub struct MountArgs {
+    /// The directory volume to mount.
+    #[arg(value_parser = parse_name)]
+    pub name: VolumeName,
+    /// Existing directory to mount it on.
+    pub dir: PathBuf,
+    /// Refuse every write (EROFS), in the kernel and in the server.
+    #[arg(long)]
+    pub readonly: bool,
+    /// strict, relaxed or off: how ownership, mode and file type are kept.
+    #[arg(long, default_value = "strict", value_parser = parse_stat_virt)]
+    pub stat_virt: StatVirt,
+    /// private or mirror: whether permission changes reach the host files.
+    #[arg(long, default_value = "private", value_parser = parse_host_perms)]
+    pub host_perms: HostPerms,
+    /// Run in the background; `msb volume unmount DIR` stops it.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+}
+
+/// Arguments of `msb volume unmount`.
+#[derive(Debug, clap::Args)]
+pub struct UnmountArgs {
+    /// Where the volume is mounted.
+    pub dir: PathBuf,
+}
+
+fn parse_name(s: &str) -> Result<VolumeName, String> {
+    VolumeName::new(s).map_err(|e| e.to_string())
+}
+fn parse_stat_virt(s: &str) -> Result<StatVirt, String> {
+    s.parse().map_err(|e: msb_spec::PolicyParseError| e.to_string())
+}
+fn parse_host_perms(s: &str) -> Result<HostPerms, String> {
+    s.parse().map_err(|e: msb_spec::PolicyParseError| e.to_string())
+}
+
+/// Runs `msb volume mount`: foreground until SIGINT/SIGTERM or until the
+/// mount is removed; with `-d` in a background process.
+pub fn mount(args: MountArgs) -> CliResult {
+    if args.stat_virt == StatVirt::Off && args.host_perms == HostPerms::Mirror {
+        return Err("--host-perms mirror needs stat virtualization (strict or relaxed)".into());
+    }
+    if !args.detach {
+        return serve(&args, None);
+    }
+    // Fork before anything opens the store or starts threads.
+    match detach()? {
+        Detached::Parent(Ok(())) => Ok(ExitCode::SUCCESS),
+        Detached::Parent(Err(msg)) => Err(msg.into()),
+        Detached::Child(ready) => {
+            let res = serve(&args, Some(ready));
+            // The background process ends here without unwinding further.
+            std::process::exit(i32::from(res.is_err()));
+        }
+    }
+}
+
+fn serve(args: &MountArgs, ready: Option<Ready>) -> CliResult {
+    let started = (|| -> Result<_, Box<dyn std::error::Error>> {
+        let store = Store::open_default()?;
+        let info = store.get(&args.name)?;
+        if info.kind != VolumeKind::Dir {
+            return Err(format!(
+                "volume {} is a disk volume; only directory volumes can be mounted on the host",
+                args.name
+            )
+            .into());
+        }
+        let dir = std::path::absolute(&args.dir)?;
+        let mode = if args.readonly {
+            AttachMode::ReadOnly
+        } else {
+            AttachMode::ReadWrite
+        };
+        let attachment = store.attach(&args.name, &format!("mount:{}", dir.display()), mode)?;
+        let budget = store.budget(&info)?.map(Arc::new);
+        let root = msb_fsserver::open_root(&info.path, false)?;
+        block_stop_signals()?;
+        let cfg = ServeConfig {
+            readonly: args.readonly,
+            stat_virt: args.stat_virt,
+            host_perms: args.host_perms,
+            budget,
+            owner: invoking_user(),
+        };
+        let server = msb_fsserver::mount(root, &dir, cfg)?;
+        Ok((server, attachment, dir))
+    })();
+    let (server, attachment, dir) = match (started, ready) {
+        (Ok(s), Some(ready)) => {
+            ready.ok();
+            s
+        }
+        (Ok(s), None) => s,
+        (Err(e), Some(ready)) => {
+            ready.fail(&format!("{e}"));
+            return Err(e);
+        }
+        (Err(e), None) => return Err(e),
+    };
+    let stop_dir = dir.clone();
+    std::thread::spawn(move || {
+        wait_stop_signal();
+        let _ = msb_fsserver::unmount_path(&stop_dir);
+    });
+    let res = server.wait();
+    drop(attachment);
+    res?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `msb volume unmount`.
+pub fn unmount(args: UnmountArgs) -> CliResult {
+    msb_fsserver::unmount_path(&args.dir)?;
+    Ok(ExitCode::SUCCESS)
+}
+

@@ -73,6 +73,10 @@ pub enum VolumeCommand {
     },
     /// Finish interrupted operations, recount usage, report orphaned data.
     Doctor,
+    /// Serve a directory volume on a host directory (foreground; -d detaches).
+    Mount(super::mount::MountArgs),
+    /// Unmount a volume mounted with `msb volume mount`.
+    Unmount(super::mount::UnmountArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,6 +102,8 @@ fn parse_filter(s: &str) -> Result<LabelFilter, String> {
 pub fn run(cmd: VolumeCommand) -> CliResult {
     let store = Store::open_default()?;
     match cmd {
+        VolumeCommand::Mount(args) => super::mount::mount(args),
+        VolumeCommand::Unmount(args) => super::mount::unmount(args),
         VolumeCommand::Create {
             name,
             kind,
