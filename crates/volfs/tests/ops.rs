@@ -1,0 +1,245 @@
+//! Ordinary behaviour, including a handful of tests in the spirit of std's
+//! own `fs` tests, and quota accounting against the real scanner.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use msb_quota::Budget;
+use msb_volfs::{FileKind, FsError, Resolver, VolumeFs};
+
+fn vol() -> (tempfile::TempDir, VolumeFs) {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("v")).unwrap();
+    let fs = VolumeFs::open(tmp.path().join("v")).unwrap();
+    (tmp, fs)
+}
+
+#[test]
+fn write_read_roundtrip() {
+    let (_t, fs) = vol();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+    fs.write("f", &data).unwrap();
+    assert_eq!(fs.read("f").unwrap(), data);
+    fs.write("f", "short").unwrap();
+    assert_eq!(fs.read_to_string("f").unwrap(), "short");
+    assert_eq!(fs.stat("f").unwrap().len(), 5);
+    assert_eq!(fs.stat("f").unwrap().mode() & 0o777, 0o644 & !umask());
+    fs.write("bin", [0xff, 0xfe]).unwrap();
+    assert!(matches!(fs.read_to_string("bin").unwrap_err(), FsError::NotUtf8 { .. }));
+}
+
+fn umask() -> u32 {
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    rustix::process::umask(old);
+    old.bits()
+}
+
+#[test]
+fn streaming_writer_and_reader() {
+    let (_t, fs) = vol();
+    let mut w = fs.create("big").unwrap();
+    for i in 0..1000u32 {
+        w.write_all(&i.to_le_bytes().repeat(256)).unwrap();
+    }
+    assert_eq!(w.len(), 1000 * 1024);
+    w.finish().unwrap();
+    let mut r = fs.open_file("big").unwrap();
+    let mut buf = Vec::new();
+    r.read_to_end(&mut buf).unwrap();
+    assert_eq!(buf.len(), 1000 * 1024);
+    assert_eq!(&buf[1024..1028], &1u32.to_le_bytes());
+}
+
+#[test]
+fn write_does_not_create_parents_but_mkdir_does() {
+    let (t, fs) = vol();
+    assert!(fs.write("a/b/c", "x").unwrap_err().is_not_found());
+    fs.mkdir("a/b").unwrap();
+    fs.mkdir("a/b").unwrap();
+    fs.write("a/b/c", "x").unwrap();
+    assert!(t.path().join("v/a/b/c").is_file());
+    assert!(matches!(fs.mkdir("a/b/c/d").unwrap_err(), FsError::NotADirectory { .. }));
+    assert!(matches!(fs.read("a").unwrap_err(), FsError::IsADirectory { .. }));
+    assert!(matches!(fs.write("a", "x").unwrap_err(), FsError::IsADirectory { .. }));
+}
+
+#[test]
+fn create_dir_all_then_remove_dir_all() {
+    for resolver in [Resolver::Auto, Resolver::Walk] {
+        let (t, fs) = vol();
+        let fs = fs.with_resolver(resolver);
+        fs.mkdir("d1/d2/d3/d4").unwrap();
+        for i in 0..20 {
+            fs.write(format!("d1/d2/f{i}"), "x").unwrap();
+        }
+        fs.symlink("d2", "d1/link").unwrap();
+        assert!(matches!(fs.remove("d1").unwrap_err(), FsError::DirectoryNotEmpty { .. }));
+        fs.remove_all("d1").unwrap();
+        assert!(!fs.exists("d1").unwrap());
+        assert!(std::fs::read_dir(t.path().join("v")).unwrap().next().is_none());
+        assert!(fs.remove_all("d1").unwrap_err().is_not_found());
+    }
+}
+
+#[test]
+fn deep_tree_removal_uses_no_recursion() {
+    let (_t, fs) = vol();
+    let mut p = String::from("x");
+    fs.mkdir(&p).unwrap();
+    for _ in 0..300 {
+        p.push_str("/x");
+        // mkdir one level at a time keeps each path short enough.
+        if p.len() > 4000 {
+            break;
+        }
+        fs.mkdir(&p).unwrap();
+    }
+    fs.remove_all("x").unwrap();
+    assert!(!fs.exists("x").unwrap());
+}
+
+#[test]
+fn rename_semantics() {
+    let (_t, fs) = vol();
+    fs.write("a", "A").unwrap();
+    fs.write("b", "B").unwrap();
+    fs.rename("a", "b").unwrap();
+    assert_eq!(fs.read("b").unwrap(), b"A");
+    assert!(!fs.exists("a").unwrap());
+    fs.mkdir("d/e").unwrap();
+    fs.rename("b", "d/e/b").unwrap();
+    fs.rename("d", "d2").unwrap();
+    assert_eq!(fs.read("d2/e/b").unwrap(), b"A");
+    fs.symlink("d2", "ln").unwrap();
+    fs.rename("ln", "ln2").unwrap();
+    assert_eq!(fs.stat("ln2").unwrap().kind(), FileKind::Symlink);
+    assert!(fs.rename("missing", "x").unwrap_err().is_not_found());
+    fs.write("d2/e/c", "C").unwrap();
+    fs.mkdir("full/x").unwrap();
+    assert!(matches!(
+        fs.rename("d2", "full").unwrap_err(),
+        FsError::DirectoryNotEmpty { .. }
+    ));
+}
+
+#[test]
+fn copy_semantics() {
+    let (t, fs) = vol();
+    fs.write("src", "content").unwrap();
+    std::fs::set_permissions(
+        t.path().join("v/src"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    assert_eq!(fs.copy("src", "dst").unwrap(), 7);
+    assert_eq!(fs.read("dst").unwrap(), b"content");
+    assert_eq!(fs.stat("dst").unwrap().mode() & 0o777, 0o600);
+    // Onto an existing file: truncated and replaced.
+    fs.write("dst2", "much longer old content").unwrap();
+    fs.copy("src", "dst2").unwrap();
+    assert_eq!(fs.read("dst2").unwrap(), b"content");
+    // Onto itself, directly or through a link: refused, data kept.
+    assert!(matches!(fs.copy("src", "src").unwrap_err(), FsError::SameFile { .. }));
+    fs.symlink("src", "alias").unwrap();
+    assert!(matches!(fs.copy("src", "alias").unwrap_err(), FsError::SameFile { .. }));
+    assert_eq!(fs.read("src").unwrap(), b"content");
+    fs.mkdir("dir").unwrap();
+    assert!(matches!(fs.copy("dir", "x").unwrap_err(), FsError::IsADirectory { .. }));
+    let big = vec![7u8; 3 << 20];
+    fs.write("big", &big).unwrap();
+    assert_eq!(fs.copy("big", "big2").unwrap(), big.len() as u64);
+    assert_eq!(fs.read("big2").unwrap(), big);
+}
+
+#[test]
+fn list_is_sorted_one_level() {
+    let (_t, fs) = vol();
+    for n in ["zeta", "alpha", "mid"] {
+        fs.write(n, "").unwrap();
+    }
+    fs.mkdir("dir/inner").unwrap();
+    fs.symlink("alpha", "link").unwrap();
+    let l = fs.list("").unwrap();
+    let names: Vec<_> = l.iter().map(|e| e.name().to_str().unwrap()).collect();
+    assert_eq!(names, ["alpha", "dir", "link", "mid", "zeta"]);
+    assert_eq!(l[1].kind(), FileKind::Dir);
+    assert_eq!(l[2].kind(), FileKind::Symlink);
+    assert!(matches!(fs.list("alpha").unwrap_err(), FsError::NotADirectory { .. }));
+}
+
+#[test]
+fn exists_follows_inside_links() {
+    let (_t, fs) = vol();
+    fs.symlink("nothing", "dangling").unwrap();
+    assert!(!fs.exists("dangling").unwrap());
+    assert!(fs.exists("").unwrap());
+    assert!(!fs.exists("a/b").unwrap());
+    fs.write("a", "").unwrap();
+    assert!(!fs.exists("a/b").unwrap());
+}
+
+#[test]
+fn symlink_open_root_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = VolumeFs::open(tmp.path().join("missing")).unwrap_err();
+    assert!(matches!(e, FsError::OpenRoot { .. }), "{e}");
+    std::fs::write(tmp.path().join("file"), "").unwrap();
+    let e = VolumeFs::open(tmp.path().join("file")).unwrap_err();
+    assert!(matches!(e, FsError::OpenRoot { .. }), "{e}");
+}
+
+/// Budget at `usage` for the tree at `root`, counted by the real scanner.
+fn budget_for(root: &std::path::Path, counter: &std::path::Path, limit: u64) -> Arc<Budget> {
+    let dir = std::fs::File::open(root).unwrap();
+    Budget::create(counter, msb_quota::scan(&dir).unwrap()).unwrap();
+    Arc::new(Budget::open(counter, Some(limit)).unwrap())
+}
+
+fn scanned(root: &std::path::Path) -> u64 {
+    msb_quota::scan(std::fs::File::open(root).unwrap()).unwrap()
+}
+
+#[test]
+fn quota_is_enforced_and_usage_stays_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("v");
+    std::fs::create_dir(&root).unwrap();
+    let budget = budget_for(&root, &tmp.path().join("usage"), 1 << 20);
+    let fs = VolumeFs::open(&root).unwrap().with_budget(budget.clone());
+
+    fs.mkdir("d/e").unwrap();
+    fs.write("d/a", vec![1u8; 300_000]).unwrap();
+    fs.write("d/e/b", vec![2u8; 300_000]).unwrap();
+    assert_eq!(budget.used(), scanned(&root));
+    // Too big for what is left: refused before anything is written.
+    let e = fs.write("d/c", vec![3u8; 600_000]).unwrap_err();
+    assert!(matches!(e, FsError::QuotaExceeded { .. }), "{e}");
+    assert_eq!(fs.stat("d/c").unwrap().len(), 0);
+    // Streaming writes stop at the limit too.
+    let mut w = fs.create("d/stream").unwrap();
+    let chunk = vec![4u8; 64 * 1024];
+    let mut written = 0;
+    let err = loop {
+        match w.write_all(&chunk) {
+            Ok(()) => written += chunk.len(),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), std::io::ErrorKind::StorageFull);
+    assert!(written > 0 && written < 1 << 20);
+    w.finish().unwrap();
+    assert_eq!(budget.used(), scanned(&root));
+    assert!(budget.used() <= 1 << 20);
+    // Overwriting with the same size needs no new room.
+    fs.write("d/a", vec![5u8; 300_000]).unwrap();
+    fs.copy("d/a", "d/e/b").unwrap();
+    fs.rename("d/a", "d/e/b").unwrap();
+    assert_eq!(budget.used(), scanned(&root));
+    // Frees are credited.
+    fs.remove("d/stream").unwrap();
+    assert_eq!(budget.used(), scanned(&root));
+    fs.symlink("e/b", "d/ln").unwrap();
+    fs.remove_all("d").unwrap();
+    assert_eq!(budget.used(), scanned(&root));
+    assert_eq!(budget.used(), 0);
+}
