@@ -1,1 +1,702 @@
-//! placeholder
+//! Export and import of a volume as a tar archive.
+//!
+//! **Export** walks the tree with directory descriptors (never following a
+//! symlink, never leaving the filesystem), in name order, and writes GNU tar
+//! with: permission bits, owner ids and modification times; symlinks as
+//! links; hard links within the volume as link entries (each inode's data
+//! once); FIFOs and device nodes as headers; and every `user.msb.*` xattr
+//! (the filesystem server's metadata record) as a PAX `SCHILY.xattr.*`
+//! record, which GNU tar and bsdtar also understand. Sockets cannot be
+//! archived and are counted as skipped.
+//!
+//! **Import** extracts only through [`VolumeFs`]'s confined resolution, so
+//! no entry can land outside the volume: absolute names and `..` leaving
+//! the root are path escapes, an entry under a symlink (one already in the
+//! volume or one the archive created) is held to the same beneath-the-root
+//! rule, a hard link must name a file already in the volume, and device
+//! nodes are refused. An existing file or symlink at an entry's name is
+//! replaced, never written through. Permission bits are restored without
+//! setuid/setgid/sticky (the guest-visible mode lives in the metadata
+//! record, which is restored); host ownership stays the importing user's.
+//! Only `user.msb.*` xattrs are restored (never `security.*` or
+//! `trusted.*`). Every byte is charged to the volume's quota budget. The
+//! first bad entry stops the import; the error carries an [`ImportReport`]
+//! of what was written.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
+use std::io::{self, IsTerminal, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{self, AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps, XattrFlags};
+use rustix::io::Errno;
+use tar::{EntryType, Header};
+
+use crate::fs::{BLOCK, allocated, freed_by_unlink};
+use crate::path::Clean;
+use crate::{FsError, VolumeFs};
+
+/// Prefix of the xattrs an archive carries.
+const KEPT_XATTRS: &[u8] = b"user.msb.";
+/// PAX record prefix for xattrs (the name GNU tar and bsdtar use).
+const PAX_XATTR: &str = "SCHILY.xattr.";
+/// Copy buffer: large enough to keep syscalls off the profile.
+const BUF: usize = 256 * 1024;
+
+/// What went wrong exporting or importing.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// A volume operation failed.
+    #[error(transparent)]
+    Volume(#[from] FsError),
+    /// Writing the archive failed.
+    #[error("cannot write the archive")]
+    WriteArchive(#[source] io::Error),
+    /// Reading the archive failed (or it is malformed).
+    #[error("cannot read the archive")]
+    ReadArchive(#[source] io::Error),
+    /// A file's size changed while it was being exported.
+    #[error("{path} changed while being exported; export again")]
+    Changed {
+        /// The volume-relative path.
+        path: String,
+    },
+    /// An archive entry import refuses outright.
+    #[error("archive entry {path} is a {kind}, which import refuses")]
+    Refused {
+        /// The entry's name.
+        path: String,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// A hard-link entry whose target is not a file in the volume.
+    #[error("archive entry {path} links to {target}, which is not a file in the volume")]
+    BadLink {
+        /// The entry's name.
+        path: String,
+        /// Its link target.
+        target: String,
+    },
+}
+
+/// What an export wrote.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ExportReport {
+    /// Entries written (directories, files, links, special files).
+    pub entries: u64,
+    /// File bytes written.
+    pub bytes: u64,
+    /// Sockets left out (tar has no way to store them).
+    pub skipped: Vec<PathBuf>,
+}
+
+/// What an import wrote, in order. Kept on failure.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Directories created or updated.
+    pub dirs: u64,
+    /// Regular files written.
+    pub files: u64,
+    /// Symlinks created.
+    pub symlinks: u64,
+    /// Hard links created.
+    pub hard_links: u64,
+    /// FIFOs created.
+    pub fifos: u64,
+    /// File bytes written.
+    pub bytes: u64,
+    /// Every path written, volume-relative, in archive order.
+    pub paths: Vec<PathBuf>,
+}
+
+impl std::fmt::Display for ImportReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} file(s) ({} bytes), {} dir(s), {} symlink(s), {} hard link(s), {} fifo(s)",
+            self.files, self.bytes, self.dirs, self.symlinks, self.hard_links, self.fifos
+        )
+    }
+}
+
+/// A failed import: the error, and what had been written before it.
+#[derive(Debug, thiserror::Error)]
+#[error("import stopped after writing {written}")]
+pub struct ImportFailure {
+    /// What had been written.
+    pub written: ImportReport,
+    /// Why it stopped.
+    #[source]
+    pub error: ArchiveError,
+}
+
+/// A one-line progress bar on stderr, drawn only when stderr is a terminal
+/// and at most ten times a second.
+#[derive(Debug)]
+pub struct Progress {
+    label: &'static str,
+    total: Option<u64>,
+    enabled: bool,
+    last: Option<Instant>,
+}
+
+impl Progress {
+    /// A bar for `total` bytes (if known), shown if stderr is a terminal.
+    pub fn stderr(label: &'static str, total: Option<u64>) -> Progress {
+        Progress {
+            label,
+            total,
+            enabled: io::stderr().is_terminal(),
+            last: None,
+        }
+    }
+
+    /// Records that `done` bytes are through.
+    pub fn update(&mut self, done: u64) {
+        if !self.enabled || self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let line = match self.total {
+            Some(total) if total > 0 => {
+                let frac = (done as f64 / total as f64).min(1.0);
+                let filled = (frac * 30.0) as usize;
+                format!(
+                    "{} [{}{}] {:3.0}% {:.1}/{:.1} MiB",
+                    self.label,
+                    "#".repeat(filled),
+                    ".".repeat(30 - filled),
+                    frac * 100.0,
+                    mib(done),
+                    mib(total)
+                )
+            }
+            _ => format!("{} {:.1} MiB", self.label, mib(done)),
+        };
+        eprint!("\r{line}\x1b[K");
+    }
+
+    /// Clears the bar.
+    pub fn finish(&mut self) {
+        if self.enabled && self.last.is_some() {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- export
+
+/// Writes the whole volume to `out` as a tar archive. `progress` is told
+/// the file bytes written so far.
+pub fn export(
+    vfs: &VolumeFs,
+    out: impl Write,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ExportReport, ArchiveError> {
+    let mut builder = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, out));
+    builder.mode(tar::HeaderMode::Complete);
+    let mut report = ExportReport::default();
+    let mut seen: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let root = fs::openat(
+        vfs.root_fd(),
+        c".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| FsError::from_errno("open", Path::new("."), e))?;
+    // Depth-first with an explicit stack: (directory, its path, names left).
+    let mut stack = vec![(root, PathBuf::new(), sorted_names(vfs, &PathBuf::new(), None)?)];
+    while let Some((dir, prefix, names)) = stack.last_mut() {
+        let Some(name) = names.pop() else {
+            stack.pop();
+            continue;
+        };
+        let rel = prefix.join(OsStr::from_bytes(name.to_bytes()));
+        let st = match fs::statat(&*dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(FsError::from_errno("stat", &rel, e).into()),
+        };
+        let mut header = header_for(&st);
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => {
+                let fd = open_nofollow(&*dir, &name, OFlags::DIRECTORY, &rel)?;
+                if fs::fstat(&fd).map_err(|e| FsError::from_errno("stat", &rel, e))?.st_dev
+                    != vfs.root_dev()
+                {
+                    return Err(FsError::PathEscape {
+                        path: rel.display().to_string(),
+                    }
+                    .into());
+                }
+                append_xattrs(&mut builder, &fd)?;
+                header.set_entry_type(EntryType::Directory);
+                header.set_size(0);
+                let mut dirname = rel.as_os_str().as_bytes().to_vec();
+                dirname.push(b'/');
+                builder
+                    .append_data(&mut header, OsStr::from_bytes(&dirname), io::empty())
+                    .map_err(ArchiveError::WriteArchive)?;
+                let names = sorted_names(vfs, &rel, Some(&fd))?;
+                stack.push((fd, rel, names));
+            }
+            FileType::RegularFile => {
+                let key = (st.st_dev as u64, st.st_ino as u64);
+                if st.st_nlink > 1 {
+                    if let Some(first) = seen.get(&key) {
+                        header.set_entry_type(EntryType::Link);
+                        header.set_size(0);
+                        builder
+                            .append_link(&mut header, &rel, first)
+                            .map_err(ArchiveError::WriteArchive)?;
+                        report.entries += 1;
+                        continue;
+                    }
+                    seen.insert(key, rel.clone());
+                }
+                let fd = open_nofollow(&*dir, &name, OFlags::NONBLOCK | OFlags::NOCTTY, &rel)?;
+                let fst = fs::fstat(&fd).map_err(|e| FsError::from_errno("stat", &rel, e))?;
+                if fst.st_ino != st.st_ino || fst.st_size != st.st_size {
+                    return Err(ArchiveError::Changed {
+                        path: rel.display().to_string(),
+                    });
+                }
+                append_xattrs(&mut builder, &fd)?;
+                header.set_entry_type(EntryType::Regular);
+                let size = st.st_size as u64;
+                header.set_size(size);
+                let mut data = Exact {
+                    file: File::from(fd),
+                    left: size,
+                    path: &rel,
+                };
+                builder
+                    .append_data(&mut header, &rel, &mut data)
+                    .map_err(|e| match e.kind() {
+                        io::ErrorKind::UnexpectedEof => ArchiveError::Changed {
+                            path: rel.display().to_string(),
+                        },
+                        _ => ArchiveError::WriteArchive(e),
+                    })?;
+                report.bytes += size;
+                progress(report.bytes);
+            }
+            FileType::Symlink => {
+                let target = fs::readlinkat(&*dir, name.as_c_str(), Vec::new())
+                    .map_err(|e| FsError::from_errno("read link", &rel, e))?;
+                header.set_entry_type(EntryType::Symlink);
+                header.set_size(0);
+                builder
+                    .append_link(&mut header, &rel, OsStr::from_bytes(target.to_bytes()))
+                    .map_err(ArchiveError::WriteArchive)?;
+            }
+            t @ (FileType::Fifo | FileType::CharacterDevice | FileType::BlockDevice) => {
+                header.set_entry_type(match t {
+                    FileType::Fifo => EntryType::Fifo,
+                    FileType::CharacterDevice => EntryType::Char,
+                    _ => EntryType::Block,
+                });
+                header.set_size(0);
+                let rdev = st.st_rdev as u64;
+                header
+                    .set_device_major(fs::major(rdev))
+                    .and_then(|()| header.set_device_minor(fs::minor(rdev)))
+                    .map_err(ArchiveError::WriteArchive)?;
+                builder
+                    .append_data(&mut header, &rel, io::empty())
+                    .map_err(ArchiveError::WriteArchive)?;
+            }
+            _ => {
+                report.skipped.push(rel);
+                continue;
+            }
+        }
+        report.entries += 1;
+    }
+    builder
+        .into_inner()
+        .and_then(|mut w| w.flush())
+        .map_err(ArchiveError::WriteArchive)?;
+    Ok(report)
+}
+
+/// A directory's entry names, last first (so `pop` yields name order).
+fn sorted_names(
+    vfs: &VolumeFs,
+    rel: &Path,
+    dir: Option<&OwnedFd>,
+) -> Result<Vec<CString>, ArchiveError> {
+    let fd = match dir {
+        Some(d) => d.try_clone(),
+        None => vfs.root_fd().try_clone_to_owned(),
+    }
+    .map_err(|e| FsError::io("list", rel, e))?;
+    let mut names: Vec<CString> = crate::tree::names(fd)
+        .map_err(|e| FsError::from_errno("list", rel, e))?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    names.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(names)
+}
+
+fn open_nofollow(
+    dir: &impl AsFd,
+    name: &CStr,
+    extra: OFlags,
+    rel: &Path,
+) -> Result<OwnedFd, FsError> {
+    fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | extra,
+        Mode::empty(),
+    )
+    .map_err(|e| FsError::from_errno("open", rel, e))
+}
+
+fn header_for(st: &Stat) -> Header {
+    let mut h = Header::new_gnu();
+    h.set_mode(st.st_mode & 0o7777);
+    h.set_uid(u64::from(st.st_uid));
+    h.set_gid(u64::from(st.st_gid));
+    h.set_mtime(st.st_mtime.max(0) as u64);
+    h
+}
+
+/// Adds the `user.msb.*` xattrs of `fd` as a PAX header for the next entry.
+fn append_xattrs<W: Write>(builder: &mut tar::Builder<W>, fd: &OwnedFd) -> Result<(), ArchiveError> {
+    let mut list = vec![0u8; 4096];
+    let n = loop {
+        match fs::flistxattr(fd, &mut list[..]) {
+            Ok(n) => break n,
+            Err(Errno::RANGE) => {
+                let want = fs::flistxattr_query(fd).unwrap_or(list.len() * 2);
+                list.resize(want.max(list.len() * 2), 0);
+            }
+            // No xattr support here: nothing to keep.
+            Err(Errno::NOTSUP) => return Ok(()),
+            Err(e) => return Err(ArchiveError::WriteArchive(e.into())),
+        }
+    };
+    let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+    for name in list[..n].split(|&b| b == 0).filter(|n| n.starts_with(KEPT_XATTRS)) {
+        let Ok(name) = std::str::from_utf8(name) else {
+            continue;
+        };
+        let mut value = vec![0u8; 256];
+        let len = loop {
+            match fs::fgetxattr(fd, name, &mut value[..]) {
+                Ok(len) => break len,
+                Err(Errno::RANGE) => {
+                    let l = value.len();
+                    value.resize(l * 4, 0);
+                }
+                Err(e) => return Err(ArchiveError::WriteArchive(e.into())),
+            }
+        };
+        value.truncate(len);
+        records.push((format!("{PAX_XATTR}{name}"), value));
+    }
+    builder
+        .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+        .map_err(ArchiveError::WriteArchive)
+}
+
+/// Yields exactly `left` bytes of a file; a short file is an error, extra
+/// bytes (the file grew) are left out.
+struct Exact<'a> {
+    file: File,
+    left: u64,
+    path: &'a Path,
+}
+
+impl Read for Exact<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.file.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} shrank", self.path.display()),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+// ---------------------------------------------------------------- import
+
+/// Counts bytes read, for the progress callback.
+struct Counting<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Extracts a tar archive into the volume under the rules in the module
+/// docs. `progress` is told the archive bytes consumed so far.
+pub fn import(
+    vfs: &VolumeFs,
+    input: impl Read,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ImportReport, ImportFailure> {
+    let mut report = ImportReport::default();
+    match import_entries(vfs, input, progress, &mut report) {
+        Ok(()) => Ok(report),
+        Err(error) => Err(ImportFailure {
+            written: report,
+            error,
+        }),
+    }
+}
+
+fn import_entries(
+    vfs: &VolumeFs,
+    input: impl Read,
+    progress: &mut dyn FnMut(u64),
+    report: &mut ImportReport,
+) -> Result<(), ArchiveError> {
+    vfs.writable("import into", Path::new("."))?;
+    let reader = Counting {
+        inner: io::BufReader::with_capacity(1 << 20, input),
+        count: 0,
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut buf = vec![0u8; BUF];
+    let entries = archive.entries().map_err(ArchiveError::ReadArchive)?;
+    for entry in entries {
+        let mut entry = entry.map_err(ArchiveError::ReadArchive)?;
+        let raw = entry.path_bytes().into_owned();
+        let rel = PathBuf::from(OsStr::from_bytes(&raw));
+        let p = Clean::parse(&rel)?;
+        let mode = entry.header().mode().map_err(ArchiveError::ReadArchive)? & 0o777;
+        let mtime = entry.header().mtime().unwrap_or(0);
+        let xattrs = pax_xattrs(&mut entry)?;
+        let kind = entry.header().entry_type();
+        if p.is_root() {
+            // `./` entries describe the root itself, which import leaves alone.
+            if kind == EntryType::Directory {
+                continue;
+            }
+            return Err(FsError::IsRoot { op: "replace" }.into());
+        }
+        match kind {
+            EntryType::Directory => {
+                vfs.mkdir(&rel)?;
+                let dir = vfs.parent_dir(&p, &rel)?;
+                let fd = open_nofollow(&dir, p.leaf(), OFlags::DIRECTORY, &rel)?;
+                finish_object(&fd, mode, &xattrs, None, &rel)?;
+                report.dirs += 1;
+            }
+            EntryType::Regular | EntryType::Continuous => {
+                let dir = prepare_leaf(vfs, &p, &rel)?;
+                let size = entry.size();
+                let reserved = size.div_ceil(BLOCK) * BLOCK;
+                vfs.reserve(reserved, &rel)?;
+                let fd = fs::openat(
+                    &dir,
+                    p.leaf(),
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                );
+                let fd = match fd {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        vfs.credit(reserved);
+                        return Err(FsError::from_errno("create", &rel, e).into());
+                    }
+                };
+                report.paths.push(rel.clone());
+                report.files += 1;
+                let mut file = File::from(fd);
+                let copied = copy_entry(&mut entry, &mut file, &mut buf, &rel);
+                let actual = fs::fstat(&file).map_or(reserved, |st| allocated(&st));
+                if let Some(b) = vfs.budget() {
+                    b.adjust(actual as i64 - reserved as i64);
+                }
+                let copied = copied?;
+                report.bytes += copied;
+                finish_object(file.as_fd(), mode, &xattrs, Some(mtime), &rel)?;
+                progress(archive_pos(&entry));
+                continue;
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                let dir = prepare_leaf(vfs, &p, &rel)?;
+                drop(dir);
+                vfs.symlink(OsStr::from_bytes(&target), &rel)?;
+                report.symlinks += 1;
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                let target = PathBuf::from(OsStr::from_bytes(&target));
+                let bad = || ArchiveError::BadLink {
+                    path: rel.display().to_string(),
+                    target: target.display().to_string(),
+                };
+                match vfs.stat(&target) {
+                    Ok(m) if m.kind() == crate::FileKind::File => {}
+                    Ok(_) | Err(FsError::NotFound { .. }) => return Err(bad()),
+                    Err(e) => return Err(e.into()),
+                }
+                drop(prepare_leaf(vfs, &p, &rel)?);
+                vfs.hard_link(&target, &rel)?;
+                report.hard_links += 1;
+            }
+            EntryType::Fifo => {
+                let dir = prepare_leaf(vfs, &p, &rel)?;
+                fs::mknodat(&dir, p.leaf(), FileType::Fifo, Mode::from_raw_mode(mode), 0)
+                    .map_err(|e| FsError::from_errno("create", &rel, e))?;
+                report.fifos += 1;
+            }
+            EntryType::Char | EntryType::Block => {
+                return Err(ArchiveError::Refused {
+                    path: rel.display().to_string(),
+                    kind: "device node",
+                });
+            }
+            EntryType::XGlobalHeader => continue,
+            _ => {
+                return Err(ArchiveError::Refused {
+                    path: rel.display().to_string(),
+                    kind: "entry of an unsupported type",
+                });
+            }
+        }
+        report.paths.push(rel);
+        progress(archive_pos(&entry));
+    }
+    Ok(())
+}
+
+fn archive_pos<R: Read>(entry: &tar::Entry<'_, R>) -> u64 {
+    entry.raw_file_position() + entry.size()
+}
+
+/// Creates the parents of `p` and removes a non-directory already at its
+/// name (a symlink or file is replaced, never written through); returns
+/// the parent directory.
+fn prepare_leaf<'a>(vfs: &'a VolumeFs, p: &Clean, rel: &Path) -> Result<crate::fs::DirFd<'a>, FsError> {
+    if let Some(parent) = p.parent() {
+        vfs.mkdir(Path::new(OsStr::from_bytes(parent.as_cstr().to_bytes())))
+            .map_err(|e| match e {
+                FsError::PathEscape { .. } => FsError::PathEscape {
+                    path: rel.display().to_string(),
+                },
+                e => e,
+            })?;
+    }
+    let dir = vfs.parent_dir(p, rel)?;
+    match fs::statat(&dir, p.leaf(), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+            return Err(FsError::IsADirectory {
+                path: rel.display().to_string(),
+            });
+        }
+        Ok(st) => {
+            fs::unlinkat(&dir, p.leaf(), AtFlags::empty())
+                .map_err(|e| FsError::from_errno("replace", rel, e))?;
+            vfs.credit(freed_by_unlink(&st));
+        }
+        Err(Errno::NOENT) => {}
+        Err(e) => return Err(FsError::from_errno("replace", rel, e)),
+    }
+    Ok(dir)
+}
+
+fn copy_entry(
+    entry: &mut impl Read,
+    file: &mut File,
+    buf: &mut [u8],
+    rel: &Path,
+) -> Result<u64, ArchiveError> {
+    let mut total = 0u64;
+    loop {
+        let n = match entry.read(buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ArchiveError::ReadArchive(e)),
+        };
+        file.write_all(&buf[..n])
+            .map_err(|e| ArchiveError::Volume(FsError::io("write", rel, e)))?;
+        total += n as u64;
+    }
+}
+
+/// `user.msb.*` xattrs from the entry's PAX records.
+fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(CString, Vec<u8>)>, ArchiveError> {
+    let mut out = Vec::new();
+    if let Some(exts) = entry.pax_extensions().map_err(ArchiveError::ReadArchive)? {
+        for ext in exts {
+            let ext = ext.map_err(ArchiveError::ReadArchive)?;
+            let Some(name) = ext.key_bytes().strip_prefix(PAX_XATTR.as_bytes()) else {
+                continue;
+            };
+            if name.starts_with(KEPT_XATTRS)
+                && let Ok(name) = CString::new(name)
+            {
+                out.push((name, ext.value_bytes().to_vec()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Applies mode (without special bits), xattrs and mtime to a new object.
+fn finish_object(
+    fd: impl AsFd,
+    mode: u32,
+    xattrs: &[(CString, Vec<u8>)],
+    mtime: Option<u64>,
+    rel: &Path,
+) -> Result<(), FsError> {
+    fs::fchmod(&fd, Mode::from_raw_mode(mode))
+        .map_err(|e| FsError::from_errno("set mode of", rel, e))?;
+    for (name, value) in xattrs {
+        fs::fsetxattr(&fd, name.as_c_str(), value, XattrFlags::empty())
+            .map_err(|e| FsError::from_errno("set metadata record of", rel, e))?;
+    }
+    if let Some(m) = mtime {
+        let t = Timespec {
+            tv_sec: m as i64,
+            tv_nsec: 0,
+        };
+        fs::futimens(
+            &fd,
+            &Timestamps {
+                last_access: t,
+                last_modification: t,
+            },
+        )
+        .map_err(|e| FsError::from_errno("set times of", rel, e))?;
+    }
+    Ok(())
+}
