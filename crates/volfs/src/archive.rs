@@ -157,7 +157,11 @@ impl Progress {
 
     /// Records that `done` bytes are through.
     pub fn update(&mut self, done: u64) {
-        if !self.enabled || self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) {
+        if !self.enabled
+            || self
+                .last
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
+        {
             return;
         }
         self.last = Some(Instant::now());
@@ -210,7 +214,11 @@ pub fn export(
     )
     .map_err(|e| FsError::from_errno("open", Path::new("."), e))?;
     // Depth-first with an explicit stack: (directory, its path, names left).
-    let mut stack = vec![(root, PathBuf::new(), sorted_names(vfs, &PathBuf::new(), None)?)];
+    let mut stack = vec![(
+        root,
+        PathBuf::new(),
+        sorted_names(vfs, &PathBuf::new(), None)?,
+    )];
     while let Some((dir, prefix, names)) = stack.last_mut() {
         let Some(name) = names.pop() else {
             stack.pop();
@@ -226,7 +234,9 @@ pub fn export(
         match FileType::from_raw_mode(st.st_mode) {
             FileType::Directory => {
                 let fd = open_nofollow(&*dir, &name, OFlags::DIRECTORY, &rel)?;
-                if fs::fstat(&fd).map_err(|e| FsError::from_errno("stat", &rel, e))?.st_dev
+                if fs::fstat(&fd)
+                    .map_err(|e| FsError::from_errno("stat", &rel, e))?
+                    .st_dev
                     != vfs.root_dev()
                 {
                     return Err(FsError::PathEscape {
@@ -246,7 +256,7 @@ pub fn export(
                 stack.push((fd, rel, names));
             }
             FileType::RegularFile => {
-                let key = (st.st_dev as u64, st.st_ino as u64);
+                let key = (st.st_dev, st.st_ino);
                 if st.st_nlink > 1 {
                     if let Some(first) = seen.get(&key) {
                         header.set_entry_type(EntryType::Link);
@@ -302,7 +312,7 @@ pub fn export(
                     _ => EntryType::Block,
                 });
                 header.set_size(0);
-                let rdev = st.st_rdev as u64;
+                let rdev = st.st_rdev;
                 header
                     .set_device_major(fs::major(rdev))
                     .and_then(|()| header.set_device_minor(fs::minor(rdev)))
@@ -370,7 +380,10 @@ fn header_for(st: &Stat) -> Header {
 }
 
 /// Adds the `user.msb.*` xattrs of `fd` as a PAX header for the next entry.
-fn append_xattrs<W: Write>(builder: &mut tar::Builder<W>, fd: &OwnedFd) -> Result<(), ArchiveError> {
+fn append_xattrs<W: Write>(
+    builder: &mut tar::Builder<W>,
+    fd: &OwnedFd,
+) -> Result<(), ArchiveError> {
     let mut list = vec![0u8; 4096];
     let n = loop {
         match fs::flistxattr(fd, &mut list[..]) {
@@ -385,7 +398,10 @@ fn append_xattrs<W: Write>(builder: &mut tar::Builder<W>, fd: &OwnedFd) -> Resul
         }
     };
     let mut records: Vec<(String, Vec<u8>)> = Vec::new();
-    for name in list[..n].split(|&b| b == 0).filter(|n| n.starts_with(KEPT_XATTRS)) {
+    for name in list[..n]
+        .split(|&b| b == 0)
+        .filter(|n| n.starts_with(KEPT_XATTRS))
+    {
         let Ok(name) = std::str::from_utf8(name) else {
             continue;
         };
@@ -456,14 +472,14 @@ pub fn import(
     vfs: &VolumeFs,
     input: impl Read,
     progress: &mut dyn FnMut(u64),
-) -> Result<ImportReport, ImportFailure> {
+) -> Result<ImportReport, Box<ImportFailure>> {
     let mut report = ImportReport::default();
     match import_entries(vfs, input, progress, &mut report) {
         Ok(()) => Ok(report),
-        Err(error) => Err(ImportFailure {
+        Err(error) => Err(Box::new(ImportFailure {
             written: report,
             error,
-        }),
+        })),
     }
 }
 
@@ -603,7 +619,11 @@ fn archive_pos<R: Read>(entry: &tar::Entry<'_, R>) -> u64 {
 /// Creates the parents of `p` and removes a non-directory already at its
 /// name (a symlink or file is replaced, never written through); returns
 /// the parent directory.
-fn prepare_leaf<'a>(vfs: &'a VolumeFs, p: &Clean, rel: &Path) -> Result<crate::fs::DirFd<'a>, FsError> {
+fn prepare_leaf<'a>(
+    vfs: &'a VolumeFs,
+    p: &Clean,
+    rel: &Path,
+) -> Result<crate::fs::DirFd<'a>, FsError> {
     if let Some(parent) = p.parent() {
         vfs.mkdir(Path::new(OsStr::from_bytes(parent.as_cstr().to_bytes())))
             .map_err(|e| match e {
@@ -652,7 +672,9 @@ fn copy_entry(
 }
 
 /// `user.msb.*` xattrs from the entry's PAX records.
-fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(CString, Vec<u8>)>, ArchiveError> {
+fn pax_xattrs<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+) -> Result<Vec<(CString, Vec<u8>)>, ArchiveError> {
     let mut out = Vec::new();
     if let Some(exts) = entry.pax_extensions().map_err(ArchiveError::ReadArchive)? {
         for ext in exts {

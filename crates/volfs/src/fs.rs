@@ -14,11 +14,11 @@ use msb_quota::Budget;
 use rustix::fs::{self, AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
+use crate::FsError;
 use crate::error::shown;
 use crate::path::Clean;
 use crate::resolve::{Resolver, open_beneath};
 use crate::writer::VolumeWriter;
-use crate::FsError;
 
 /// Result of a [`VolumeFs`] operation.
 pub type Result<T, E = FsError> = std::result::Result<T, E>;
@@ -112,7 +112,7 @@ impl VolumeFs {
         }
         Ok(VolumeFs {
             root,
-            root_dev: st.st_dev as u64,
+            root_dev: st.st_dev,
             display_root,
             budget: None,
             read_only: false,
@@ -238,7 +238,12 @@ impl VolumeFs {
             // Re-resolve from the root so a symlink met on the way is held
             // to the same rules as any other path.
             let fd = self
-                .open_at(&p.prefix(i + 1), OFlags::PATH | OFlags::DIRECTORY, Mode::empty(), true)
+                .open_at(
+                    &p.prefix(i + 1),
+                    OFlags::PATH | OFlags::DIRECTORY,
+                    Mode::empty(),
+                    true,
+                )
                 .map_err(|e| FsError::from_errno("create directory", path, e))?;
             parent = DirFd::Sub(fd);
         }
@@ -476,7 +481,12 @@ impl VolumeFs {
         match p.parent() {
             None => Ok(DirFd::Root(self.root.as_fd())),
             Some(parent) => self
-                .open_at(&parent, OFlags::PATH | OFlags::DIRECTORY, Mode::empty(), true)
+                .open_at(
+                    &parent,
+                    OFlags::PATH | OFlags::DIRECTORY,
+                    Mode::empty(),
+                    true,
+                )
                 .map(DirFd::Sub)
                 .map_err(|e| FsError::from_errno("open parent of", shown_path, e)),
         }
@@ -522,14 +532,20 @@ impl VolumeFs {
         if st.st_nlink > 1 {
             return Err(FsError::HardLinked {
                 path: shown(path),
-                links: st.st_nlink as u64,
+                links: st.st_nlink,
             });
         }
         Ok(st)
     }
 
     /// Creates directory `name` in `dir`, charged to the budget.
-    pub(crate) fn mkdir_in(&self, dir: &impl AsFd, name: &CStr, mode: u32, path: &Path) -> Result<()> {
+    pub(crate) fn mkdir_in(
+        &self,
+        dir: &impl AsFd,
+        name: &CStr,
+        mode: u32,
+        path: &Path,
+    ) -> Result<()> {
         self.charged(BLOCK, path, dir, name, |dir, leaf| {
             fs::mkdirat(dir, leaf, Mode::from_raw_mode(mode))
         })
@@ -546,10 +562,11 @@ impl VolumeFs {
         make: impl FnOnce(BorrowedFd<'_>, &CStr) -> Result<(), Errno>,
     ) -> Result<()> {
         if let Some(b) = &self.budget {
-            b.reserve(estimate).map_err(|source| FsError::QuotaExceeded {
-                path: shown(path),
-                source,
-            })?;
+            b.reserve(estimate)
+                .map_err(|source| FsError::QuotaExceeded {
+                    path: shown(path),
+                    source,
+                })?;
         }
         let made = make(dir.as_fd(), leaf);
         if let Some(b) = &self.budget {
@@ -611,7 +628,11 @@ impl VolumeFs {
 /// Turns a writer's I/O error back into the typed error it carries.
 pub(crate) fn writer_error(path: &Path, e: io::Error) -> FsError {
     if e.get_ref().is_some_and(|i| i.is::<FsError>()) {
-        return *e.into_inner().expect("checked").downcast::<FsError>().expect("checked");
+        return *e
+            .into_inner()
+            .expect("checked")
+            .downcast::<FsError>()
+            .expect("checked");
     }
     FsError::io("write", path, e)
 }
@@ -715,7 +736,7 @@ pub struct Metadata {
 
 impl Metadata {
     pub(crate) fn from_stat(st: &Stat) -> Metadata {
-        let secs = st.st_mtime as i64;
+        let secs = st.st_mtime;
         let nanos = st.st_mtime_nsec as u32;
         let modified = if secs >= 0 {
             UNIX_EPOCH + Duration::new(secs as u64, nanos)
@@ -726,7 +747,7 @@ impl Metadata {
             kind: FileKind::from_type(FileType::from_raw_mode(st.st_mode)),
             len: st.st_size as u64,
             mode: st.st_mode & 0o7777,
-            nlink: st.st_nlink as u64,
+            nlink: st.st_nlink,
             uid: st.st_uid,
             gid: st.st_gid,
             allocated: allocated(st),

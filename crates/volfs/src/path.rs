@@ -178,6 +178,9 @@ mod tests {
         assert_eq!(top.leaf().to_bytes(), b"x");
         assert!(top.parent().is_none());
         assert_eq!(top.components().count(), 1);
-        assert_eq!(Clean::parse(Path::new(".")).unwrap().components().count(), 0);
+        assert_eq!(
+            Clean::parse(Path::new(".")).unwrap().components().count(),
+            0
+        );
     }
 }

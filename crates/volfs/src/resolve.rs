@@ -108,7 +108,12 @@ fn walk(
         if last && !follow {
             return fs::openat(cur, name.as_slice(), oflags | OFlags::NOFOLLOW, mode);
         }
-        let probe = fs::openat(cur, name.as_slice(), OFlags::PATH | OFlags::NOFOLLOW, Mode::empty());
+        let probe = fs::openat(
+            cur,
+            name.as_slice(),
+            OFlags::PATH | OFlags::NOFOLLOW,
+            Mode::empty(),
+        );
         let probe = match probe {
             Ok(fd) => fd,
             Err(Errno::NOENT) if last && oflags.contains(OFlags::CREATE) => {

@@ -65,10 +65,11 @@ impl VolumeWriter {
             settled: false,
         };
         if let Some(len) = len {
-            w.reserve_for(len).map_err(|source| FsError::QuotaExceeded {
-                path: shown(path),
-                source,
-            })?;
+            w.reserve_for(len)
+                .map_err(|source| FsError::QuotaExceeded {
+                    path: shown(path),
+                    source,
+                })?;
         }
         if st.st_size > 0 {
             fs::ftruncate(&w.file, 0).map_err(|e| FsError::from_errno("truncate", path, e))?;
@@ -100,7 +101,8 @@ impl VolumeWriter {
 
     /// Copies `len` bytes from `src` (kernel-side where possible).
     pub(crate) fn copy_from(&mut self, src: &File, len: u64) -> io::Result<u64> {
-        self.reserve_for(self.len + len).map_err(quota_io(&self.path))?;
+        self.reserve_for(self.len + len)
+            .map_err(quota_io(&self.path))?;
         let mut done = 0u64;
         let mut fast = true;
         while done < len {

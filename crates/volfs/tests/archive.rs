@@ -51,10 +51,12 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) -> bool {
 
 fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 256];
-    rustix::fs::lgetxattr(path, name, &mut buf[..]).ok().map(|n| {
-        buf.truncate(n);
-        buf
-    })
+    rustix::fs::lgetxattr(path, name, &mut buf[..])
+        .ok()
+        .map(|n| {
+            buf.truncate(n);
+            buf
+        })
 }
 
 /// A varied tree in `a`.
@@ -73,8 +75,11 @@ fn populate(env: &Env) -> bool {
     fs.symlink("/etc/passwd", "abs").unwrap();
     fs.symlink("missing", "dangling").unwrap();
     fs.hard_link("etc/config", "hard").unwrap();
-    set_xattr(&env.p("a/etc/config"), "user.msb.meta", b"record-bytes\x00\x01")
-        && set_xattr(&env.p("a/etc"), "user.msb.meta", b"dir-record")
+    set_xattr(
+        &env.p("a/etc/config"),
+        "user.msb.meta",
+        b"record-bytes\x00\x01",
+    ) && set_xattr(&env.p("a/etc"), "user.msb.meta", b"dir-record")
         && set_xattr(&env.p("a/empty"), "user.other", b"not kept")
 }
 
@@ -126,7 +131,10 @@ fn export_import_round_trip() {
             get_xattr(&env.p("b/etc/config"), "user.msb.meta").unwrap(),
             b"record-bytes\x00\x01"
         );
-        assert_eq!(get_xattr(&env.p("b/etc"), "user.msb.meta").unwrap(), b"dir-record");
+        assert_eq!(
+            get_xattr(&env.p("b/etc"), "user.msb.meta").unwrap(),
+            b"dir-record"
+        );
         assert_eq!(get_xattr(&env.p("b/empty"), "user.other"), None);
     } else {
         eprintln!("skipping xattr checks: user xattrs unsupported here");
@@ -152,7 +160,12 @@ fn gnu_tar_reads_exports_and_writes_importable_archives() {
     let env = Env::new();
     let xattrs = populate(&env);
     let file = env.p("export.tar");
-    archive::export(&env.fs("a"), std::fs::File::create(&file).unwrap(), &mut |_| {}).unwrap();
+    archive::export(
+        &env.fs("a"),
+        std::fs::File::create(&file).unwrap(),
+        &mut |_| {},
+    )
+    .unwrap();
     std::fs::create_dir(env.p("gnu")).unwrap();
     let st = Command::new("tar")
         .args(["--xattrs", "--xattrs-include=user.*", "-xpf"])
@@ -180,8 +193,12 @@ fn gnu_tar_reads_exports_and_writes_importable_archives() {
         .status()
         .unwrap();
     assert!(st.success());
-    archive::import(&env.fs("b"), std::fs::File::open(&gnu_file).unwrap(), &mut |_| {})
-        .unwrap();
+    archive::import(
+        &env.fs("b"),
+        std::fs::File::open(&gnu_file).unwrap(),
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(tree(&env.p("a")), tree(&env.p("b")));
     if xattrs {
         assert_eq!(
@@ -224,7 +241,10 @@ fn hostile(entries: &[E<'_>]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-fn import_into(env: &Env, data: &[u8]) -> Result<msb_volfs::archive::ImportReport, ImportFailure> {
+fn import_into(
+    env: &Env,
+    data: &[u8],
+) -> Result<msb_volfs::archive::ImportReport, Box<ImportFailure>> {
     archive::import(&env.fs("b"), data, &mut |_| {})
 }
 
@@ -237,7 +257,10 @@ fn hostile_archives_never_land_outside() {
     let abs_secret = [out_b.as_slice(), b"/secret"].concat();
     let escapes: Vec<(&str, Vec<E<'_>>)> = vec![
         ("dot-dot", vec![E::File(b"../outside/evil", b"x")]),
-        ("nested dot-dot", vec![E::File(b"a/../../outside/evil", b"x")]),
+        (
+            "nested dot-dot",
+            vec![E::File(b"a/../../outside/evil", b"x")],
+        ),
         ("absolute", vec![E::File(&abs_evil, b"x")]),
         (
             "through own symlink (absolute)",
@@ -251,7 +274,10 @@ fn hostile_archives_never_land_outside() {
             "through own symlink, as a directory",
             vec![E::Symlink(b"d", b"../outside"), E::Dir(b"d/evil/")],
         ),
-        ("hard link by dot-dot", vec![E::Hard(b"hl", b"../outside/secret")]),
+        (
+            "hard link by dot-dot",
+            vec![E::Hard(b"hl", b"../outside/secret")],
+        ),
         ("hard link absolute", vec![E::Hard(b"hl", &abs_secret)]),
     ];
     for (what, entries) in escapes {
@@ -315,7 +341,11 @@ fn failed_import_reports_what_it_wrote() {
     assert_eq!(err.written.bytes, 3);
     assert_eq!(
         err.written.paths,
-        [PathBuf::from("d"), PathBuf::from("d/one"), PathBuf::from("two")]
+        [
+            PathBuf::from("d"),
+            PathBuf::from("d/one"),
+            PathBuf::from("two")
+        ]
     );
     let msg = err.to_string();
     assert!(msg.contains("2 file(s) (3 bytes)"), "{msg}");
@@ -334,7 +364,10 @@ fn import_respects_the_quota() {
     let data = hostile(&[E::File(b"small", &small), E::File(b"big", &big)]);
     let err = archive::import(&fs, data.as_slice(), &mut |_| {}).unwrap_err();
     assert!(
-        matches!(err.error, ArchiveError::Volume(FsError::QuotaExceeded { .. })),
+        matches!(
+            err.error,
+            ArchiveError::Volume(FsError::QuotaExceeded { .. })
+        ),
         "{err:?}"
     );
     assert_eq!(err.written.paths, [PathBuf::from("small")]);
@@ -347,8 +380,11 @@ fn import_respects_the_quota() {
 fn read_only_volume_refuses_import() {
     let env = Env::new();
     let fs = env.fs("b").read_only();
-    let err = archive::import(&fs, hostile(&[E::File(b"x", b"1")]).as_slice(), &mut |_| {})
-        .unwrap_err();
-    assert!(matches!(err.error, ArchiveError::Volume(FsError::ReadOnly { .. })));
+    let err =
+        archive::import(&fs, hostile(&[E::File(b"x", b"1")]).as_slice(), &mut |_| {}).unwrap_err();
+    assert!(matches!(
+        err.error,
+        ArchiveError::Volume(FsError::ReadOnly { .. })
+    ));
     assert!(!env.p("b/x").exists());
 }

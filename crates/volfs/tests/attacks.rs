@@ -85,7 +85,14 @@ enum Expect {
 /// reading the secret through `root.join(path)`/`secret` suffix)
 fn cases(env: &Env) -> Vec<(String, Expect)> {
     let out = env.outside();
-    let tmpname = env.tmp.path().file_name().unwrap().to_str().unwrap().to_owned();
+    let tmpname = env
+        .tmp
+        .path()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
     vec![
         (format!("{}/secret", out.display()), Expect::Escape),
         ("../outside/secret".into(), Expect::Escape),
@@ -148,7 +155,9 @@ fn ops() -> Vec<(&'static str, Follows, OpFn)> {
         ("read_link", Follows::No, |fs, p| fs.read_link(p).map(drop)),
         ("rename_from", Follows::No, |fs, p| fs.rename(p, "moved")),
         ("rename_to", Follows::No, |fs, p| fs.rename("inside.txt", p)),
-        ("symlink_at", Follows::No, |fs, p| fs.symlink("inside.txt", p)),
+        ("symlink_at", Follows::No, |fs, p| {
+            fs.symlink("inside.txt", p)
+        }),
         ("hard_link_to", Follows::No, |fs, p| {
             fs.hard_link("inside.txt", p)
         }),
@@ -166,9 +175,9 @@ fn std_escapes(env: &Env, path: &str) -> bool {
         return true;
     }
     // A link to the outside directory: std lists the secret.
-    if std::fs::read_dir(&full).is_ok_and(|mut d| {
-        d.any(|e| e.is_ok_and(|e| e.file_name() == "secret"))
-    }) {
+    if std::fs::read_dir(&full)
+        .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name() == "secret")))
+    {
         return true;
     }
     let before = env.canary();
@@ -289,7 +298,12 @@ fn final_symlink_ops_act_on_the_link() {
         );
         fs.remove("dangling").unwrap();
         assert!(!fs.exists("dangling").unwrap());
-        assert!(fs.symlink("x", "c1").unwrap_err().to_string().contains("already exists"));
+        assert!(
+            fs.symlink("x", "c1")
+                .unwrap_err()
+                .to_string()
+                .contains("already exists")
+        );
         assert!(!env.outside().join("newfile").exists());
     }
 }
@@ -304,7 +318,10 @@ fn symlinks_inside_are_followed() {
         fs.symlink("target.txt", "sub/dangling_in").unwrap();
         assert_eq!(fs.read("alias").unwrap(), b"hello");
         fs.write("a/tosub/new.txt", "via link").unwrap();
-        assert_eq!(std::fs::read(env.vol().join("sub/new.txt")).unwrap(), b"via link");
+        assert_eq!(
+            std::fs::read(env.vol().join("sub/new.txt")).unwrap(),
+            b"via link"
+        );
         // A write through a dangling link inside creates its target inside.
         fs.write("sub/dangling_in", "made").unwrap();
         assert_eq!(fs.read("sub/target.txt").unwrap(), b"made");
@@ -356,7 +373,10 @@ fn planted_hard_link_is_not_written_through() {
     let fs = VolumeFs::open(env.vol()).unwrap();
     let err = fs.write("hl", "pwned").unwrap_err();
     assert!(matches!(err, FsError::HardLinked { links: 2, .. }), "{err}");
-    assert!(matches!(fs.create("hl").unwrap_err(), FsError::HardLinked { .. }));
+    assert!(matches!(
+        fs.create("hl").unwrap_err(),
+        FsError::HardLinked { .. }
+    ));
     assert!(matches!(
         fs.copy("inside.txt", "hl").unwrap_err(),
         FsError::HardLinked { .. }
@@ -386,7 +406,10 @@ fn special_files_are_not_opened_for_data() {
     .unwrap();
     let fs = VolumeFs::open(env.vol()).unwrap();
     // Would block forever without O_NONBLOCK; refused instead.
-    assert!(matches!(fs.read("fifo").unwrap_err(), FsError::NotAFile { .. }));
+    assert!(matches!(
+        fs.read("fifo").unwrap_err(),
+        FsError::NotAFile { .. }
+    ));
     let w = fs.write("fifo", "x").unwrap_err();
     // A FIFO with no reader cannot even be opened for writing non-blocking.
     assert!(
@@ -409,7 +432,10 @@ fn lexical_rules() {
     let e = fs.write("x".repeat(256), "no").unwrap_err();
     assert!(e.to_string().contains("longer than 255 bytes"), "{e}");
     let nul = std::ffi::OsStr::from_bytes(b"a\0b");
-    assert!(matches!(fs.read(nul).unwrap_err(), FsError::InvalidPath { .. }));
+    assert!(matches!(
+        fs.read(nul).unwrap_err(),
+        FsError::InvalidPath { .. }
+    ));
 }
 
 #[test]
@@ -417,9 +443,15 @@ fn root_is_never_removed_or_moved() {
     let env = Env::new();
     let fs = VolumeFs::open(env.vol()).unwrap();
     for p in ["", ".", "a/..", "./"] {
-        assert!(matches!(fs.remove_all(p).unwrap_err(), FsError::IsRoot { .. }));
+        assert!(matches!(
+            fs.remove_all(p).unwrap_err(),
+            FsError::IsRoot { .. }
+        ));
         assert!(matches!(fs.remove(p).unwrap_err(), FsError::IsRoot { .. }));
-        assert!(matches!(fs.rename(p, "x").unwrap_err(), FsError::IsRoot { .. }));
+        assert!(matches!(
+            fs.rename(p, "x").unwrap_err(),
+            FsError::IsRoot { .. }
+        ));
     }
     assert!(env.vol().join("inside.txt").exists());
 }
@@ -448,16 +480,26 @@ fn read_only_refuses_every_change() {
     let fs = VolumeFs::open(env.vol()).unwrap().read_only();
     assert_eq!(fs.read("inside.txt").unwrap(), b"hello");
     for (name, _, op) in ops() {
-        if ["read", "read_to_string", "open_file", "exists", "list", "stat", "read_link"]
-            .contains(&name)
+        if [
+            "read",
+            "read_to_string",
+            "open_file",
+            "exists",
+            "list",
+            "stat",
+            "read_link",
+        ]
+        .contains(&name)
         {
             continue;
         }
         let r = op(&fs, Path::new("sub/newthing"));
-        assert!(
-            matches!(r, Err(FsError::ReadOnly { .. })),
-            "{name}: {r:?}"
-        );
+        assert!(matches!(r, Err(FsError::ReadOnly { .. })), "{name}: {r:?}");
     }
-    assert!(std::fs::read_dir(env.vol().join("sub")).unwrap().next().is_none());
+    assert!(
+        std::fs::read_dir(env.vol().join("sub"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
 }

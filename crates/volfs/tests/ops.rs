@@ -25,7 +25,10 @@ fn write_read_roundtrip() {
     assert_eq!(fs.stat("f").unwrap().len(), 5);
     assert_eq!(fs.stat("f").unwrap().mode() & 0o777, 0o644 & !umask());
     fs.write("bin", [0xff, 0xfe]).unwrap();
-    assert!(matches!(fs.read_to_string("bin").unwrap_err(), FsError::NotUtf8 { .. }));
+    assert!(matches!(
+        fs.read_to_string("bin").unwrap_err(),
+        FsError::NotUtf8 { .. }
+    ));
 }
 
 fn umask() -> u32 {
@@ -58,9 +61,18 @@ fn write_does_not_create_parents_but_mkdir_does() {
     fs.mkdir("a/b").unwrap();
     fs.write("a/b/c", "x").unwrap();
     assert!(t.path().join("v/a/b/c").is_file());
-    assert!(matches!(fs.mkdir("a/b/c/d").unwrap_err(), FsError::NotADirectory { .. }));
-    assert!(matches!(fs.read("a").unwrap_err(), FsError::IsADirectory { .. }));
-    assert!(matches!(fs.write("a", "x").unwrap_err(), FsError::IsADirectory { .. }));
+    assert!(matches!(
+        fs.mkdir("a/b/c/d").unwrap_err(),
+        FsError::NotADirectory { .. }
+    ));
+    assert!(matches!(
+        fs.read("a").unwrap_err(),
+        FsError::IsADirectory { .. }
+    ));
+    assert!(matches!(
+        fs.write("a", "x").unwrap_err(),
+        FsError::IsADirectory { .. }
+    ));
 }
 
 #[test]
@@ -73,10 +85,18 @@ fn create_dir_all_then_remove_dir_all() {
             fs.write(format!("d1/d2/f{i}"), "x").unwrap();
         }
         fs.symlink("d2", "d1/link").unwrap();
-        assert!(matches!(fs.remove("d1").unwrap_err(), FsError::DirectoryNotEmpty { .. }));
+        assert!(matches!(
+            fs.remove("d1").unwrap_err(),
+            FsError::DirectoryNotEmpty { .. }
+        ));
         fs.remove_all("d1").unwrap();
         assert!(!fs.exists("d1").unwrap());
-        assert!(std::fs::read_dir(t.path().join("v")).unwrap().next().is_none());
+        assert!(
+            std::fs::read_dir(t.path().join("v"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
         assert!(fs.remove_all("d1").unwrap_err().is_not_found());
     }
 }
@@ -139,12 +159,21 @@ fn copy_semantics() {
     fs.copy("src", "dst2").unwrap();
     assert_eq!(fs.read("dst2").unwrap(), b"content");
     // Onto itself, directly or through a link: refused, data kept.
-    assert!(matches!(fs.copy("src", "src").unwrap_err(), FsError::SameFile { .. }));
+    assert!(matches!(
+        fs.copy("src", "src").unwrap_err(),
+        FsError::SameFile { .. }
+    ));
     fs.symlink("src", "alias").unwrap();
-    assert!(matches!(fs.copy("src", "alias").unwrap_err(), FsError::SameFile { .. }));
+    assert!(matches!(
+        fs.copy("src", "alias").unwrap_err(),
+        FsError::SameFile { .. }
+    ));
     assert_eq!(fs.read("src").unwrap(), b"content");
     fs.mkdir("dir").unwrap();
-    assert!(matches!(fs.copy("dir", "x").unwrap_err(), FsError::IsADirectory { .. }));
+    assert!(matches!(
+        fs.copy("dir", "x").unwrap_err(),
+        FsError::IsADirectory { .. }
+    ));
     let big = vec![7u8; 3 << 20];
     fs.write("big", &big).unwrap();
     assert_eq!(fs.copy("big", "big2").unwrap(), big.len() as u64);
@@ -164,7 +193,10 @@ fn list_is_sorted_one_level() {
     assert_eq!(names, ["alpha", "dir", "link", "mid", "zeta"]);
     assert_eq!(l[1].kind(), FileKind::Dir);
     assert_eq!(l[2].kind(), FileKind::Symlink);
-    assert!(matches!(fs.list("alpha").unwrap_err(), FsError::NotADirectory { .. }));
+    assert!(matches!(
+        fs.list("alpha").unwrap_err(),
+        FsError::NotADirectory { .. }
+    ));
 }
 
 #[test]

@@ -85,7 +85,9 @@ fn std_fs_escapes_under_the_race() {
 fn race(resolver: Resolver) {
     let tmp = setup();
     let t = tmp.path();
-    let fs = VolumeFs::open(t.join("vol")).unwrap().with_resolver(resolver);
+    let fs = VolumeFs::open(t.join("vol"))
+        .unwrap()
+        .with_resolver(resolver);
     let swapper = Swapper::start(&t.join("vol/d"), &t.join("vol/l"));
     let mut escapes_refused = 0u64;
     let mut done_inside = 0u64;
@@ -98,7 +100,10 @@ fn race(resolver: Resolver) {
     };
     for i in 0..ITERATIONS {
         match i % 6 {
-            0 => tally(fs.read("d/f").map(|d| assert_ne!(d, SECRET, "read escaped"))),
+            0 => tally(
+                fs.read("d/f")
+                    .map(|d| assert_ne!(d, SECRET, "read escaped")),
+            ),
             1 => tally(fs.write("d/f", "inside")),
             2 => tally(fs.write("d/new", "x").and_then(|()| fs.remove("d/new"))),
             3 => tally(fs.mkdir("d/sub").and_then(|()| fs.remove("d/sub"))),
@@ -115,7 +120,10 @@ fn race(resolver: Resolver) {
          {escapes_refused} refused as escapes, 0 escapes"
     );
     assert!(swaps > 100, "the swapper barely ran ({swaps} swaps)");
-    assert!(escapes_refused > 0, "the race never reached an escape attempt");
+    assert!(
+        escapes_refused > 0,
+        "the race never reached an escape attempt"
+    );
     assert!(done_inside > 0, "nothing succeeded");
 }
 

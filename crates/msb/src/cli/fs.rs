@@ -1,1 +1,287 @@
-//! `msb volume fs`, `export` and `import`. (Being written for the VolumeFs issue.)
+//! `msb volume fs NAME ls|cat|write|mkdir|rm|stat|mv|cp`, `msb volume
+//! export` and `msb volume import`: host-side access to a volume's files
+//! through the confined [`VolumeFs`].
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+use msb_blockdev::LoopDevice;
+use msb_spec::{VolumeKind, VolumeName};
+use msb_store::{AttachMode, Attachment, Store};
+use msb_volfs::archive::{self, Progress};
+use msb_volfs::{FileKind, VolumeFs};
+use rustix::mount::MountAttrFlags;
+
+use super::CliResult;
+
+/// File commands, flattened into `msb volume`.
+#[derive(Debug, Subcommand)]
+pub enum FsCommand {
+    /// Read and write a volume's files from the host (no sandbox needed).
+    Fs(FsArgs),
+    /// Write a volume's files to a tar archive (modes, symlinks, metadata
+    /// records kept).
+    Export {
+        /// The volume.
+        #[arg(value_parser = parse_name)]
+        name: VolumeName,
+        /// Archive file, or - for stdout.
+        #[arg(short, long, default_value = "-")]
+        output: PathBuf,
+    },
+    /// Extract a tar archive into an existing volume, safely.
+    Import {
+        /// The volume.
+        #[arg(value_parser = parse_name)]
+        name: VolumeName,
+        /// Archive file, or - for stdin.
+        input: PathBuf,
+    },
+}
+
+/// `msb volume fs NAME ...`.
+#[derive(Debug, Args)]
+pub struct FsArgs {
+    /// The volume.
+    #[arg(value_parser = parse_name)]
+    name: VolumeName,
+    #[command(subcommand)]
+    op: FsOp,
+}
+
+/// One file operation; every PATH is relative to the volume root.
+#[derive(Debug, Subcommand)]
+enum FsOp {
+    /// List a directory (directories end in '/', symlinks show their target).
+    Ls { path: Option<PathBuf> },
+    /// Print a file.
+    Cat { path: PathBuf },
+    /// Write stdin to a file (created or truncated; parents must exist).
+    Write { path: PathBuf },
+    /// Create a directory and its parents.
+    Mkdir { path: PathBuf },
+    /// Remove a file, symlink or empty directory (-r: a whole tree).
+    Rm {
+        #[arg(short, long)]
+        recursive: bool,
+        path: PathBuf,
+    },
+    /// Show metadata (a final symlink is described, not followed).
+    Stat { path: PathBuf },
+    /// Rename a file or directory.
+    Mv { from: PathBuf, to: PathBuf },
+    /// Copy a file.
+    Cp { from: PathBuf, to: PathBuf },
+}
+
+fn parse_name(s: &str) -> Result<VolumeName, String> {
+    VolumeName::new(s).map_err(|e| e.to_string())
+}
+
+/// A volume opened for host-side access, with what keeps it open.
+struct Opened {
+    fs: VolumeFs,
+    // Dropped after `fs` (field order): the detached mount goes first, then
+    // the loop device, then the attachment that kept sandboxes out.
+    _loop: Option<LoopDevice>,
+    _attachment: Option<Attachment>,
+}
+
+/// Opens `name` for host-side access. A directory volume is its data
+/// directory, charged to its quota. A disk volume is the ext4 filesystem
+/// inside its image, mounted detached (never visible in any mount table):
+/// for writing it must not be attached anywhere else, and for reading no
+/// one may have it attached read-write.
+fn open_volume(
+    store: &Store,
+    name: &VolumeName,
+    write: bool,
+) -> Result<Opened, Box<dyn std::error::Error>> {
+    let info = store.get(name)?;
+    match info.kind {
+        VolumeKind::Dir => {
+            let mut fs = VolumeFs::open(&info.path)?;
+            if let Some(b) = store.budget(&info)? {
+                fs = fs.with_budget(Arc::new(b));
+            }
+            Ok(Opened {
+                fs,
+                _loop: None,
+                _attachment: None,
+            })
+        }
+        VolumeKind::Disk => {
+            let mode = if write {
+                AttachMode::ReadWrite
+            } else {
+                AttachMode::ReadOnly
+            };
+            let holder = format!("host:msb-volume-fs:{}", std::process::id());
+            let attachment = store.attach(name, &holder, mode)?;
+            let image = info
+                .disk_image
+                .clone()
+                .unwrap_or_else(|| store.layout().disk_image(name));
+            let dev = LoopDevice::attach_path(&image, !write)?;
+            let mut attrs = MountAttrFlags::MOUNT_ATTR_NOSUID
+                | MountAttrFlags::MOUNT_ATTR_NODEV
+                | MountAttrFlags::MOUNT_ATTR_NOEXEC;
+            if !write {
+                attrs |= MountAttrFlags::MOUNT_ATTR_RDONLY;
+            }
+            let mount = msb_blockdev::mount_detached(dev.path(), "ext4", !write, attrs)?;
+            let mut fs = VolumeFs::from_root_fd(mount.into_fd(), image)?;
+            if !write {
+                fs = fs.read_only();
+            }
+            Ok(Opened {
+                fs,
+                _loop: Some(dev),
+                _attachment: Some(attachment),
+            })
+        }
+    }
+}
+
+pub fn run(store: &Store, cmd: FsCommand) -> CliResult {
+    match cmd {
+        FsCommand::Fs(args) => run_op(store, args),
+        FsCommand::Export { name, output } => {
+            let v = open_volume(store, &name, false)?;
+            let mut bar = Progress::stderr("exporting", Some(info_used(store, &name)));
+            let mut tick = |n| bar.update(n);
+            let report = if output.as_os_str() == "-" {
+                archive::export(&v.fs, io::stdout().lock(), &mut tick)?
+            } else {
+                let file = std::fs::File::create(&output)
+                    .map_err(|e| format!("cannot create {}: {e}", output.display()))?;
+                archive::export(&v.fs, file, &mut tick)?
+            };
+            bar.finish();
+            for p in &report.skipped {
+                eprintln!("skipped socket: {}", p.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FsCommand::Import { name, input } => {
+            let v = open_volume(store, &name, true)?;
+            let result = if input.as_os_str() == "-" {
+                let mut bar = Progress::stderr("importing", None);
+                let r = archive::import(&v.fs, io::stdin().lock(), &mut |n| bar.update(n));
+                bar.finish();
+                r
+            } else {
+                let file = std::fs::File::open(&input)
+                    .map_err(|e| format!("cannot open {}: {e}", input.display()))?;
+                let len = file.metadata().map(|m| m.len()).ok();
+                let mut bar = Progress::stderr("importing", len);
+                let r = archive::import(&v.fs, file, &mut |n| bar.update(n));
+                bar.finish();
+                r
+            };
+            match result {
+                Ok(report) => {
+                    eprintln!("imported {report}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(failure) => {
+                    for p in &failure.written.paths {
+                        eprintln!("written: {}", p.display());
+                    }
+                    Err(failure.into())
+                }
+            }
+        }
+    }
+}
+
+fn info_used(store: &Store, name: &VolumeName) -> u64 {
+    store.get(name).map(|i| i.used_bytes).unwrap_or(0)
+}
+
+fn run_op(store: &Store, args: FsArgs) -> CliResult {
+    let write = matches!(
+        args.op,
+        FsOp::Write { .. }
+            | FsOp::Mkdir { .. }
+            | FsOp::Rm { .. }
+            | FsOp::Mv { .. }
+            | FsOp::Cp { .. }
+    );
+    let v = open_volume(store, &args.name, write)?;
+    let fs = &v.fs;
+    let mut out = io::stdout().lock();
+    match args.op {
+        FsOp::Ls { path } => {
+            let path = path.unwrap_or_default();
+            let meta = fs.stat(&path)?;
+            if meta.kind() != FileKind::Dir && meta.kind() != FileKind::Symlink {
+                writeln!(out, "{}", path.display())?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            for e in fs.list(&path)? {
+                let name = e.name().to_string_lossy();
+                match e.kind() {
+                    FileKind::Dir => writeln!(out, "{name}/")?,
+                    FileKind::Symlink => {
+                        let target = fs.read_link(path.join(e.name()))?;
+                        writeln!(out, "{name} -> {}", target.display())?
+                    }
+                    _ => writeln!(out, "{name}")?,
+                }
+            }
+        }
+        FsOp::Cat { path } => {
+            let mut file = fs.open_file(&path)?;
+            io::copy(&mut file, &mut out)?;
+        }
+        FsOp::Write { path } => {
+            let mut w = fs.create(&path)?;
+            io::copy(&mut io::stdin().lock(), &mut w).map_err(
+                |e| -> Box<dyn std::error::Error> {
+                    match e.into_inner() {
+                        Some(inner) => inner,
+                        None => "cannot read stdin".into(),
+                    }
+                },
+            )?;
+            w.finish()?;
+        }
+        FsOp::Mkdir { path } => fs.mkdir(&path)?,
+        FsOp::Rm { recursive, path } => {
+            if recursive {
+                fs.remove_all(&path)?
+            } else {
+                fs.remove(&path)?
+            }
+        }
+        FsOp::Stat { path } => {
+            let m = fs.stat(&path)?;
+            writeln!(out, "Path:     {}", path.display())?;
+            writeln!(out, "Kind:     {}", m.kind().as_str())?;
+            writeln!(out, "Size:     {}", m.len())?;
+            writeln!(out, "Mode:     {:04o}", m.mode())?;
+            writeln!(out, "Links:    {}", m.nlink())?;
+            writeln!(out, "Owner:    {}:{}", m.uid(), m.gid())?;
+            writeln!(out, "Modified: {}", rfc3339(m.modified()))?;
+            if m.kind() == FileKind::Symlink {
+                writeln!(out, "Target:   {}", fs.read_link(&path)?.display())?;
+            }
+        }
+        FsOp::Mv { from, to } => fs.rename(&from, &to)?,
+        FsOp::Cp { from, to } => {
+            fs.copy(&from, &to)?;
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

@@ -73,6 +73,8 @@ pub enum VolumeCommand {
     },
     /// Finish interrupted operations, recount usage, report orphaned data.
     Doctor,
+    #[command(flatten)]
+    Files(super::fs::FsCommand),
     /// Serve a directory volume on a host directory (foreground; -d detaches).
     Mount(super::mount::MountArgs),
     /// Unmount a volume mounted with `msb volume mount`.
@@ -209,6 +211,7 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             eprintln!("removed {} volume(s)", removed.len());
             Ok(ExitCode::SUCCESS)
         }
+        VolumeCommand::Files(cmd) => super::fs::run(&store, cmd),
         VolumeCommand::Doctor => {
             let r = store.doctor()?;
             for line in &r.repaired {
