@@ -214,11 +214,8 @@ pub fn export(
     )
     .map_err(|e| FsError::from_errno("open", Path::new("."), e))?;
     // Depth-first with an explicit stack: (directory, its path, names left).
-    let mut stack = vec![(
-        root,
-        PathBuf::new(),
-        sorted_names(vfs, &PathBuf::new(), None)?,
-    )];
+    let names = sorted_names(&root, Path::new("."))?;
+    let mut stack = vec![(root, PathBuf::new(), names)];
     while let Some((dir, prefix, names)) = stack.last_mut() {
         let Some(name) = names.pop() else {
             stack.pop();
@@ -252,7 +249,7 @@ pub fn export(
                 builder
                     .append_data(&mut header, OsStr::from_bytes(&dirname), io::empty())
                     .map_err(ArchiveError::WriteArchive)?;
-                let names = sorted_names(vfs, &rel, Some(&fd))?;
+                let names = sorted_names(&fd, &rel)?;
                 stack.push((fd, rel, names));
             }
             FileType::RegularFile => {
@@ -336,16 +333,8 @@ pub fn export(
 }
 
 /// A directory's entry names, last first (so `pop` yields name order).
-fn sorted_names(
-    vfs: &VolumeFs,
-    rel: &Path,
-    dir: Option<&OwnedFd>,
-) -> Result<Vec<CString>, ArchiveError> {
-    let fd = match dir {
-        Some(d) => d.try_clone(),
-        None => vfs.root_fd().try_clone_to_owned(),
-    }
-    .map_err(|e| FsError::io("list", rel, e))?;
+fn sorted_names(dir: &OwnedFd, rel: &Path) -> Result<Vec<CString>, ArchiveError> {
+    let fd = dir.try_clone().map_err(|e| FsError::io("list", rel, e))?;
     let mut names: Vec<CString> = crate::tree::names(fd)
         .map_err(|e| FsError::from_errno("list", rel, e))?
         .into_iter()

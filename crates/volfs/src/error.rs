@@ -191,5 +191,8 @@ impl FsError {
 
 /// How a caller's path appears in messages.
 pub(crate) fn shown(path: &Path) -> String {
+    if path.as_os_str().is_empty() {
+        return ".".into();
+    }
     path.to_string_lossy().into_owned()
 }
