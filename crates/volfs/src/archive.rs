@@ -485,6 +485,7 @@ fn import_entries(
     };
     let mut archive = tar::Archive::new(reader);
     let mut buf = vec![0u8; BUF];
+    let mut dir_times: Vec<(PathBuf, u64)> = Vec::new();
     let entries = archive.entries().map_err(ArchiveError::ReadArchive)?;
     for entry in entries {
         let mut entry = entry.map_err(ArchiveError::ReadArchive)?;
@@ -508,6 +509,8 @@ fn import_entries(
                 let dir = vfs.parent_dir(&p, &rel)?;
                 let fd = open_nofollow(&dir, p.leaf(), OFlags::DIRECTORY, &rel)?;
                 finish_object(&fd, mode, &xattrs, None, &rel)?;
+                // Entries added below would change it again: set it last.
+                dir_times.push((rel.clone(), mtime));
                 report.dirs += 1;
             }
             EntryType::Regular | EntryType::Continuous => {
@@ -554,6 +557,9 @@ fn import_entries(
                 let dir = prepare_leaf(vfs, &p, &rel)?;
                 drop(dir);
                 vfs.symlink(OsStr::from_bytes(&target), &rel)?;
+                let dir = vfs.parent_dir(&p, &rel)?;
+                fs::utimensat(&dir, p.leaf(), &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| FsError::from_errno("set times of", &rel, e))?;
                 report.symlinks += 1;
             }
             EntryType::Link => {
@@ -598,7 +604,25 @@ fn import_entries(
         report.paths.push(rel);
         progress(archive_pos(&entry));
     }
+    for (rel, mtime) in dir_times.iter().rev() {
+        let p = Clean::parse(rel)?;
+        let dir = vfs.parent_dir(&p, rel)?;
+        let fd = open_nofollow(&dir, p.leaf(), OFlags::DIRECTORY, rel)?;
+        fs::futimens(&fd, &times(*mtime))
+            .map_err(|e| FsError::from_errno("set times of", rel, e))?;
+    }
     Ok(())
+}
+
+fn times(mtime: u64) -> Timestamps {
+    let t = Timespec {
+        tv_sec: mtime.min(i64::MAX as u64) as i64,
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
 }
 
 fn archive_pos<R: Read>(entry: &tar::Entry<'_, R>) -> u64 {
@@ -696,18 +720,7 @@ fn finish_object(
             .map_err(|e| FsError::from_errno("set metadata record of", rel, e))?;
     }
     if let Some(m) = mtime {
-        let t = Timespec {
-            tv_sec: m as i64,
-            tv_nsec: 0,
-        };
-        fs::futimens(
-            &fd,
-            &Timestamps {
-                last_access: t,
-                last_modification: t,
-            },
-        )
-        .map_err(|e| FsError::from_errno("set times of", rel, e))?;
+        fs::futimens(&fd, &times(m)).map_err(|e| FsError::from_errno("set times of", rel, e))?;
     }
     Ok(())
 }

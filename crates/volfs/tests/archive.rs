@@ -117,6 +117,23 @@ fn tree(root: &Path) -> Vec<(String, String)> {
 fn export_import_round_trip() {
     let env = Env::new();
     let xattrs = populate(&env);
+    let old = rustix::fs::Timespec {
+        tv_sec: 1_000_000_000,
+        tv_nsec: 0,
+    };
+    let old = rustix::fs::Timestamps {
+        last_access: old,
+        last_modification: old,
+    };
+    for p in ["a/etc", "a/cfg"] {
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            env.p(p),
+            &old,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+    }
     let mut archive = Vec::new();
     let rep = archive::export(&env.fs("a"), &mut archive, &mut |_| {}).unwrap();
     assert!(rep.entries >= 12, "{rep:?}");
@@ -141,6 +158,9 @@ fn export_import_round_trip() {
     }
     let mtime = |p: &str| std::fs::metadata(env.p(p)).unwrap().mtime();
     assert_eq!(mtime("a/etc/deep/er/big"), mtime("b/etc/deep/er/big"));
+    assert_eq!(mtime("b/etc"), 1_000_000_000);
+    let link_mtime = std::fs::symlink_metadata(env.p("b/cfg")).unwrap().mtime();
+    assert_eq!(link_mtime, 1_000_000_000);
     env.assert_outside_intact();
 }
 
