@@ -39,8 +39,12 @@
 //! where the other names live, so writing through it could change a host
 //! file. Such a file may still be read, removed (which drops only the name
 //! inside the volume) or renamed: its bytes are already stored in the volume
-//! and counted against its quota, so reading them reveals nothing the volume
-//! does not hold. To write it, remove it and write it again.
+//! and counted against its quota, and with `fs.protected_hardlinks` (the
+//! kernel default) only someone who owns the outside file, or may read and
+//! write it, can have planted the link. To write it, remove it and write it
+//! again (which makes a new, single-link file). This also applies to files
+//! hard-linked to each other inside the volume, for example by the guest or
+//! by an import.
 //!
 //! # Writes
 //!
