@@ -152,6 +152,11 @@ fn walk(
             _ if st.st_dev != root_dev => return Err(Errno::XDEV),
             FileType::Directory if !last => stack.push(probe),
             _ if !last => return Err(Errno::NOTDIR),
+            FileType::Directory if oflags.contains(OFlags::PATH) => return Ok(probe),
+            // O_PATH skips the kernel's own O_DIRECTORY check on reopen.
+            t if t != FileType::Directory && oflags.contains(OFlags::DIRECTORY) => {
+                return Err(Errno::NOTDIR);
+            }
             _ => {
                 if oflags.contains(OFlags::PATH) {
                     return Ok(probe);

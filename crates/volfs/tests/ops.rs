@@ -55,7 +55,14 @@ fn streaming_writer_and_reader() {
 
 #[test]
 fn write_does_not_create_parents_but_mkdir_does() {
+    for resolver in [Resolver::Auto, Resolver::Walk] {
+        parents(resolver);
+    }
+}
+
+fn parents(resolver: Resolver) {
     let (t, fs) = vol();
+    let fs = fs.with_resolver(resolver);
     assert!(fs.write("a/b/c", "x").unwrap_err().is_not_found());
     fs.mkdir("a/b").unwrap();
     fs.mkdir("a/b").unwrap();
