@@ -228,8 +228,20 @@ impl VolumeFs {
             Err(Errno::NOENT) => {}
             Err(e) => return Err(FsError::from_errno("create directory", path, e)),
         }
-        let mut parent = DirFd::Root(self.root.as_fd());
-        for (i, name) in p.components().enumerate() {
+        // Usually only the last level is missing: start from the parent if
+        // it exists, else from the root.
+        let depth = p.components().count();
+        let (mut parent, start) = match p.parent() {
+            None => (DirFd::Root(self.root.as_fd()), 0),
+            Some(pp) => {
+                match self.open_at(&pp, OFlags::PATH | OFlags::DIRECTORY, Mode::empty(), true) {
+                    Ok(fd) => (DirFd::Sub(fd), depth - 1),
+                    Err(Errno::NOENT) => (DirFd::Root(self.root.as_fd()), 0),
+                    Err(e) => return Err(FsError::from_errno("create directory", path, e)),
+                }
+            }
+        };
+        for (i, name) in p.components().enumerate().skip(start) {
             let name = std::ffi::CString::new(name).expect("validated component");
             match self.mkdir_in(&parent, &name, 0o755, path) {
                 Ok(()) | Err(FsError::AlreadyExists { .. }) => {}

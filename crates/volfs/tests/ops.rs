@@ -7,16 +7,46 @@ use std::sync::Arc;
 use msb_quota::Budget;
 use msb_volfs::{FileKind, FsError, Resolver, VolumeFs};
 
-fn vol() -> (tempfile::TempDir, VolumeFs) {
+fn vol(resolver: Resolver) -> (tempfile::TempDir, VolumeFs) {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir(tmp.path().join("v")).unwrap();
-    let fs = VolumeFs::open(tmp.path().join("v")).unwrap();
+    let fs = VolumeFs::open(tmp.path().join("v"))
+        .unwrap()
+        .with_resolver(resolver);
     (tmp, fs)
 }
 
-#[test]
-fn write_read_roundtrip() {
-    let (_t, fs) = vol();
+/// Runs a test body with each resolver.
+macro_rules! both {
+    ($($body:ident),* $(,)?) => {
+        $(mod $body {
+            #[test]
+            fn openat2() {
+                super::$body(msb_volfs::Resolver::Auto)
+            }
+            #[test]
+            fn walk() {
+                super::$body(msb_volfs::Resolver::Walk)
+            }
+        })*
+    };
+}
+
+both!(
+    write_read_roundtrip,
+    streaming_writer_and_reader,
+    write_does_not_create_parents_but_mkdir_does,
+    create_dir_all_then_remove_dir_all,
+    deep_tree_removal_uses_no_recursion,
+    rename_semantics,
+    copy_semantics,
+    list_is_sorted_one_level,
+    exists_follows_inside_links,
+    quota_is_enforced_and_usage_stays_exact,
+);
+
+fn write_read_roundtrip(r: Resolver) {
+    let (_t, fs) = vol(r);
     let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
     fs.write("f", &data).unwrap();
     assert_eq!(fs.read("f").unwrap(), data);
@@ -37,9 +67,8 @@ fn umask() -> u32 {
     old.bits()
 }
 
-#[test]
-fn streaming_writer_and_reader() {
-    let (_t, fs) = vol();
+fn streaming_writer_and_reader(r: Resolver) {
+    let (_t, fs) = vol(r);
     let mut w = fs.create("big").unwrap();
     for i in 0..1000u32 {
         w.write_all(&i.to_le_bytes().repeat(256)).unwrap();
@@ -53,16 +82,8 @@ fn streaming_writer_and_reader() {
     assert_eq!(&buf[1024..1028], &1u32.to_le_bytes());
 }
 
-#[test]
-fn write_does_not_create_parents_but_mkdir_does() {
-    for resolver in [Resolver::Auto, Resolver::Walk] {
-        parents(resolver);
-    }
-}
-
-fn parents(resolver: Resolver) {
-    let (t, fs) = vol();
-    let fs = fs.with_resolver(resolver);
+fn write_does_not_create_parents_but_mkdir_does(r: Resolver) {
+    let (t, fs) = vol(r);
     assert!(fs.write("a/b/c", "x").unwrap_err().is_not_found());
     fs.mkdir("a/b").unwrap();
     fs.mkdir("a/b").unwrap();
@@ -82,11 +103,9 @@ fn parents(resolver: Resolver) {
     ));
 }
 
-#[test]
-fn create_dir_all_then_remove_dir_all() {
-    for resolver in [Resolver::Auto, Resolver::Walk] {
-        let (t, fs) = vol();
-        let fs = fs.with_resolver(resolver);
+fn create_dir_all_then_remove_dir_all(r: Resolver) {
+    {
+        let (t, fs) = vol(r);
         fs.mkdir("d1/d2/d3/d4").unwrap();
         for i in 0..20 {
             fs.write(format!("d1/d2/f{i}"), "x").unwrap();
@@ -108,9 +127,8 @@ fn create_dir_all_then_remove_dir_all() {
     }
 }
 
-#[test]
-fn deep_tree_removal_uses_no_recursion() {
-    let (_t, fs) = vol();
+fn deep_tree_removal_uses_no_recursion(r: Resolver) {
+    let (_t, fs) = vol(r);
     let mut p = String::from("x");
     fs.mkdir(&p).unwrap();
     for _ in 0..300 {
@@ -125,9 +143,8 @@ fn deep_tree_removal_uses_no_recursion() {
     assert!(!fs.exists("x").unwrap());
 }
 
-#[test]
-fn rename_semantics() {
-    let (_t, fs) = vol();
+fn rename_semantics(r: Resolver) {
+    let (_t, fs) = vol(r);
     fs.write("a", "A").unwrap();
     fs.write("b", "B").unwrap();
     fs.rename("a", "b").unwrap();
@@ -149,9 +166,8 @@ fn rename_semantics() {
     ));
 }
 
-#[test]
-fn copy_semantics() {
-    let (t, fs) = vol();
+fn copy_semantics(r: Resolver) {
+    let (t, fs) = vol(r);
     fs.write("src", "content").unwrap();
     std::fs::set_permissions(
         t.path().join("v/src"),
@@ -187,9 +203,8 @@ fn copy_semantics() {
     assert_eq!(fs.read("big2").unwrap(), big);
 }
 
-#[test]
-fn list_is_sorted_one_level() {
-    let (_t, fs) = vol();
+fn list_is_sorted_one_level(r: Resolver) {
+    let (_t, fs) = vol(r);
     for n in ["zeta", "alpha", "mid"] {
         fs.write(n, "").unwrap();
     }
@@ -206,9 +221,8 @@ fn list_is_sorted_one_level() {
     ));
 }
 
-#[test]
-fn exists_follows_inside_links() {
-    let (_t, fs) = vol();
+fn exists_follows_inside_links(r: Resolver) {
+    let (_t, fs) = vol(r);
     fs.symlink("nothing", "dangling").unwrap();
     assert!(!fs.exists("dangling").unwrap());
     assert!(fs.exists("").unwrap());
@@ -238,13 +252,15 @@ fn scanned(root: &std::path::Path) -> u64 {
     msb_quota::scan(std::fs::File::open(root).unwrap()).unwrap()
 }
 
-#[test]
-fn quota_is_enforced_and_usage_stays_exact() {
+fn quota_is_enforced_and_usage_stays_exact(r: Resolver) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("v");
     std::fs::create_dir(&root).unwrap();
     let budget = budget_for(&root, &tmp.path().join("usage"), 1 << 20);
-    let fs = VolumeFs::open(&root).unwrap().with_budget(budget.clone());
+    let fs = VolumeFs::open(&root)
+        .unwrap()
+        .with_budget(budget.clone())
+        .with_resolver(r);
 
     fs.mkdir("d/e").unwrap();
     fs.write("d/a", vec![1u8; 300_000]).unwrap();
