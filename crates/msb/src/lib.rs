@@ -18,10 +18,17 @@
 //! ```
 
 mod error;
+mod mount;
+mod sandbox;
 mod volume;
 
 pub use error::Error;
 pub use msb_spec::{LabelFilter, Labels, VolumeConfig, VolumeKind, VolumeName};
+pub use mount::{
+    BindExpect, DiskFormat, DiskOptions, GuestPath, HostPerms, Mount, MountError, MountOptions,
+    NamedMode, NamedVolumeOptions, StatVirt, TmpfsOptions,
+};
+pub use sandbox::{RunBuilder, RunOutput, SandboxError, Security, sandbox_init_hook};
 pub use volume::{Volume, VolumeBuilder, VolumeHandle, VolumeStore};
 
 /// Result of the msb API.

@@ -3,7 +3,20 @@
 //! the same [`InitPlan`] (its guest agent applies it) and returns a
 //! [`Running`] sandbox.
 
+use std::os::fd::OwnedFd;
+
 use crate::plan::InitPlan;
+
+/// Where the sandbox's standard streams go; `None` inherits ours.
+#[derive(Debug, Default)]
+pub struct SandboxStdio {
+    /// Standard input.
+    pub stdin: Option<OwnedFd>,
+    /// Standard output.
+    pub stdout: Option<OwnedFd>,
+    /// Standard error.
+    pub stderr: Option<OwnedFd>,
+}
 
 /// Starts sandboxes from resolved plans.
 pub trait Backend {
@@ -14,7 +27,7 @@ pub trait Backend {
 
     /// Sets the sandbox up and starts its command. Returns once the command
     /// runs, or with the reason the sandbox could not start.
-    fn start(&self, plan: &InitPlan) -> Result<Self::Running, Self::Error>;
+    fn start(&self, plan: &InitPlan, stdio: SandboxStdio) -> Result<Self::Running, Self::Error>;
 }
 
 /// A sandbox whose command runs.

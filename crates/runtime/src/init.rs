@@ -65,8 +65,13 @@ pub fn is_init() -> bool {
 /// the command was killed by signal N, or 126/127 (cannot execute / not
 /// found) and 1 (setup failed) with the reason sent to the supervisor.
 pub fn main() -> i32 {
+    // As pid 1, unhandled signals would be dropped; blocked, they queue for
+    // forwarding, and SIGCHLD wakes the reaper at once.
+    block_signals();
     // SAFETY: STATUS_FD was set up by the backend for this process alone.
     let mut status = unsafe { std::fs::File::from_raw_fd(STATUS_FD) };
+    // The command must not inherit it: the supervisor reads until we close it.
+    let _ = rustix::io::fcntl_setfd(&status, rustix::io::FdFlags::CLOEXEC);
     let plan = std::env::var(PLAN_ENV).unwrap_or_default();
     // SAFETY: the init is single-threaded here; nothing reads env concurrently.
     unsafe { std::env::remove_var(PLAN_ENV) };

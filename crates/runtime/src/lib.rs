@@ -19,7 +19,7 @@ mod ns;
 mod plan;
 mod prepare;
 
-pub use backend::{Backend, Running};
+pub use backend::{Backend, Running, SandboxStdio};
 pub use ns::{InitProgram, NamespaceBackend, NsError, NsSandbox};
 pub use plan::{InitMount, InitPlan, InitSource, SandboxSpec, Security};
 pub use prepare::{DryRun, DryRunMount, PrepareError, Prepared, dry_run, prepare};
@@ -31,6 +31,12 @@ use msb_store::Store;
 /// before any thread starts, when using [`Running::wait`] with forwarding.
 pub fn block_signals() {
     init::block_signals();
+}
+
+/// A close-on-exec pipe `(read, write)`, e.g. to capture a sandbox's
+/// output through [`SandboxStdio`].
+pub fn pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
 /// Why [`run`] failed.
@@ -56,16 +62,17 @@ impl RunError {
 /// Runs `spec` once in a namespace sandbox: prepares mounts, starts the
 /// command, waits for it, tears everything down. A sandbox whose command
 /// could not start removes the volumes it created. Returns the command's
-/// exit status.
+/// exit status. `stdio` says where the command's streams go.
 pub fn run(
     spec: &SandboxSpec,
     store: &Store,
     backend: &NamespaceBackend,
     holder: &str,
+    stdio: SandboxStdio,
     forward_signals: bool,
 ) -> Result<i32, RunError> {
     let prepared = prepare(spec, store, holder)?;
-    let mut sandbox = match backend.start(&prepared.plan) {
+    let mut sandbox = match backend.start(&prepared.plan, stdio) {
         Ok(s) => s,
         Err(e) => {
             prepared.rollback();

@@ -8,12 +8,12 @@
 //! init, and the mount namespace with its last process.
 
 use std::ffi::{CString, OsString};
-use std::io::{self, Read};
+use std::io::{self, BufRead};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use crate::backend::{Backend, Running};
+use crate::backend::{Backend, Running, SandboxStdio};
 use crate::init::{PLAN_ENV, STATUS_FD, exit_code, wait_signal};
 use crate::plan::InitPlan;
 
@@ -75,7 +75,7 @@ impl Backend for NamespaceBackend {
     type Error = NsError;
     type Running = NsSandbox;
 
-    fn start(&self, plan: &InitPlan) -> Result<NsSandbox, NsError> {
+    fn start(&self, plan: &InitPlan, stdio: SandboxStdio) -> Result<NsSandbox, NsError> {
         // Everything the child needs is built before the clone: between
         // clone and exec it may only make async-signal-safe calls.
         let program = cstring(self.init.program.as_os_str().as_bytes())?;
@@ -98,6 +98,11 @@ impl Backend for NamespaceBackend {
         let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| NsError::Clone(e.into()))?;
         let write_fd = write.as_raw_fd();
+        let streams = [
+            stdio.stdin.as_ref().map(|f| f.as_raw_fd()),
+            stdio.stdout.as_ref().map(|f| f.as_raw_fd()),
+            stdio.stderr.as_ref().map(|f| f.as_raw_fd()),
+        ];
         let flags = libc::CLONE_NEWNS
             | libc::CLONE_NEWPID
             | libc::CLONE_NEWIPC
@@ -116,23 +121,35 @@ impl Backend for NamespaceBackend {
             // SAFETY: see above; the child never returns from this block.
             unsafe {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                if write_fd == STATUS_FD {
-                    libc::fcntl(STATUS_FD, libc::F_SETFD, 0);
-                } else {
-                    libc::dup2(write_fd, STATUS_FD);
+                // The status pipe goes above the streams first, so placing
+                // a stream on 0..2 cannot clobber it (dup2 clears CLOEXEC).
+                let status = libc::fcntl(write_fd, libc::F_DUPFD_CLOEXEC, 10);
+                for (target, fd) in streams.iter().enumerate() {
+                    match fd {
+                        Some(fd) if *fd == target as i32 => {
+                            libc::fcntl(*fd, libc::F_SETFD, 0);
+                        }
+                        Some(fd) => {
+                            libc::dup2(*fd, target as i32);
+                        }
+                        None => {}
+                    }
                 }
+                libc::dup2(status, STATUS_FD);
                 libc::execve(program.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
                 libc::_exit(127);
             }
         }
         drop(write);
+        drop(stdio);
         let mut sandbox = NsSandbox {
             pid: pid as i32,
             status: None,
         };
+        // One line: `ok`, or `err CODE MESSAGE`; EOF first means the init died.
         let mut report = String::new();
-        std::fs::File::from(read)
-            .read_to_string(&mut report)
+        std::io::BufReader::new(std::fs::File::from(read))
+            .read_line(&mut report)
             .map_err(NsError::Status)?;
         if report == "ok\n" {
             return Ok(sandbox);

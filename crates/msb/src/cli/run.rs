@@ -146,7 +146,14 @@ pub fn run(args: RunArgs) -> CliResult {
         args: vec!["run".into(), "--sandbox-init".into()],
     });
     let holder = format!("sandbox:run-{}", std::process::id());
-    match msb_runtime::run(&spec, &store, &backend, &holder, true) {
+    match msb_runtime::run(
+        &spec,
+        &store,
+        &backend,
+        &holder,
+        msb_runtime::SandboxStdio::default(),
+        true,
+    ) {
         Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
         Err(e) => {
             super::report(&e);

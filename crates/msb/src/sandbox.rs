@@ -1,0 +1,266 @@
+//! One-shot sandboxes: run one command with mounts applied and wait for it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), msb::SandboxError> {
+//! use msb::{Mount, MountOptions, VolumeName};
+//! let out = msb::RunBuilder::new("sh")
+//!     .args(["-c", "echo hello > /data/greeting && cat /data/greeting"])
+//!     .volume("/data", Mount::named(VolumeName::new("demo").unwrap(), MountOptions::default()))
+//!     .output()
+//!     .await?;
+//! assert_eq!(out.status, 0);
+//! # Ok(()) }
+//! ```
+//!
+//! Sandboxes are started by re-executing an init program inside the new
+//! namespaces: the `msb` binary (found through `$MSB_BIN`, next to the
+//! current program, or on `PATH`), or the current program itself if it
+//! calls [`sandbox_init_hook`] first thing in `main`.
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use msb_runtime::{InitProgram, NamespaceBackend, RunError, SandboxSpec, SandboxStdio};
+use msb_spec::{GuestPath, Mount, MountError, MountTable};
+use msb_store::{Store, StoreError};
+
+pub use msb_runtime::Security;
+
+/// Errors of one-shot sandboxes.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("invalid mount")]
+    Mount(#[from] MountError),
+    #[error("invalid working directory")]
+    Workdir(#[source] MountError),
+    #[error("the command is empty")]
+    NoCommand,
+    #[error("cannot open the volume store")]
+    Store(#[source] StoreError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(
+        "cannot find the msb binary that starts sandboxes; set MSB_BIN or call msb::sandbox_init_hook() first in main"
+    )]
+    NoInit,
+    #[error("cannot connect the command's output")]
+    Io(#[source] std::io::Error),
+    #[error("background task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+static HOOKED: AtomicBool = AtomicBool::new(false);
+
+/// Lets the current program serve as the sandbox init: call it first in
+/// `main`. Inside a new sandbox it runs the init and exits; otherwise it
+/// returns at once and later sandboxes re-execute this program.
+pub fn sandbox_init_hook() {
+    if msb_runtime::init::is_init() {
+        std::process::exit(msb_runtime::init::main());
+    }
+    HOOKED.store(true, Ordering::Relaxed);
+}
+
+fn init_program() -> Result<InitProgram, SandboxError> {
+    let msb = |program: PathBuf| InitProgram {
+        program,
+        args: vec!["run".into(), "--sandbox-init".into()],
+    };
+    if let Some(bin) = std::env::var_os("MSB_BIN").filter(|b| !b.is_empty()) {
+        return Ok(msb(bin.into()));
+    }
+    let exe = std::env::current_exe().map_err(|_| SandboxError::NoInit)?;
+    if HOOKED.load(Ordering::Relaxed) {
+        return Ok(InitProgram {
+            program: exe,
+            args: Vec::new(),
+        });
+    }
+    let near = exe.ancestors().skip(1).take(2).map(|d| d.join("msb"));
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("msb"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    near.chain(on_path)
+        .find(|p| p.is_file())
+        .map(msb)
+        .ok_or(SandboxError::NoInit)
+}
+
+/// What a command run with [`RunBuilder::output`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutput {
+    /// Exit status: the code, or 128+N when killed by signal N.
+    pub status: i32,
+    /// Everything written to standard output.
+    pub stdout: Vec<u8>,
+    /// Everything written to standard error.
+    pub stderr: Vec<u8>,
+}
+
+/// Describes a one-shot sandbox.
+#[derive(Debug, Clone, Default)]
+pub struct RunBuilder {
+    command: Vec<String>,
+    mounts: Vec<(String, Mount)>,
+    rootfs: Option<PathBuf>,
+    workdir: Option<String>,
+    env: Vec<(String, String)>,
+    security: Security,
+    home: Option<PathBuf>,
+}
+
+impl RunBuilder {
+    /// A sandbox that runs `program` (looked up on the sandbox's PATH).
+    pub fn new(program: impl Into<String>) -> Self {
+        Self {
+            command: vec![program.into()],
+            ..Self::default()
+        }
+    }
+
+    /// Adds an argument.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.command.push(arg.into());
+        self
+    }
+
+    /// Adds arguments.
+    pub fn args(mut self, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.command.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Mounts `mount` at `guest_path` (any order; parents are mounted first).
+    pub fn volume(mut self, guest_path: impl Into<String>, mount: Mount) -> Self {
+        self.mounts.push((guest_path.into(), mount));
+        self
+    }
+
+    /// Uses `dir` as the root filesystem instead of the host's (read-only).
+    pub fn rootfs(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.rootfs = Some(dir.into());
+        self
+    }
+
+    /// Working directory inside the sandbox.
+    pub fn workdir(mut self, dir: impl Into<String>) -> Self {
+        self.workdir = Some(dir.into());
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Security profile.
+    pub fn security(mut self, profile: Security) -> Self {
+        self.security = profile;
+        self
+    }
+
+    /// Uses the volume store at `home` instead of `$MSB_HOME` or
+    /// `~/.microsandbox`.
+    pub fn home(mut self, home: impl Into<PathBuf>) -> Self {
+        self.home = Some(home.into());
+        self
+    }
+
+    /// Validates everything, once, at the edge.
+    fn spec(&self) -> Result<SandboxSpec, SandboxError> {
+        if self.command.first().is_none_or(String::is_empty) {
+            return Err(SandboxError::NoCommand);
+        }
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        let mut mounts = Vec::new();
+        for (guest, mount) in &self.mounts {
+            mounts.push((GuestPath::new(guest.as_str())?, mount.clone()));
+        }
+        let workdir = match self.workdir.as_deref() {
+            None | Some("/") => None,
+            Some(w) => Some(GuestPath::new(w).map_err(SandboxError::Workdir)?),
+        };
+        Ok(SandboxSpec {
+            rootfs: self.rootfs.as_ref().map(|r| absolute(r, &cwd)),
+            workdir,
+            env: self.env.clone(),
+            security: self.security,
+            mounts: MountTable::new(mounts, &cwd)?,
+            command: self.command.clone(),
+        })
+    }
+
+    fn execute(&self, stdio: SandboxStdio) -> Result<i32, SandboxError> {
+        let spec = self.spec()?;
+        let init = init_program()?;
+        let home = match &self.home {
+            Some(h) => h.clone(),
+            None => msb_store::default_home().map_err(SandboxError::Store)?,
+        };
+        let store = Store::open(home).map_err(SandboxError::Store)?;
+        let holder = format!("sandbox:run-{}", std::process::id());
+        Ok(msb_runtime::run(
+            &spec,
+            &store,
+            &NamespaceBackend::new(init),
+            &holder,
+            stdio,
+            false,
+        )?)
+    }
+
+    /// Runs the command with this process's standard streams and returns
+    /// its exit status.
+    pub async fn status(self) -> Result<i32, SandboxError> {
+        tokio::task::spawn_blocking(move || self.execute(SandboxStdio::default())).await?
+    }
+
+    /// Runs the command with no input, capturing its output.
+    pub async fn output(self) -> Result<RunOutput, SandboxError> {
+        tokio::task::spawn_blocking(move || {
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            let null = std::fs::File::open("/dev/null").map_err(SandboxError::Io)?;
+            let readers = [out_r, err_r].map(|r| {
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    std::fs::File::from(r).read_to_end(&mut buf).map(|_| buf)
+                })
+            });
+            let status = self.execute(SandboxStdio {
+                stdin: Some(null.into()),
+                stdout: Some(out_w),
+                stderr: Some(err_w),
+            });
+            let [stdout, stderr] = readers.map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("reader panicked")))
+            });
+            Ok(RunOutput {
+                status: status?,
+                stdout: stdout.map_err(SandboxError::Io)?,
+                stderr: stderr.map_err(SandboxError::Io)?,
+            })
+        })
+        .await?
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
+    msb_runtime::pipe().map_err(SandboxError::Io)
+}
+
+fn absolute(p: &Path, cwd: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        cwd.join(p)
+    }
+}

@@ -1,0 +1,400 @@
+//! `msb run` as users run it: the real binary, real namespaces and mounts,
+//! a real store in a temporary MSB_HOME. Needs root (skips with a reason
+//! otherwise).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0) {
+        eprintln!("skipped: msb run needs root");
+        return false;
+    }
+    true
+}
+
+fn msb(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_msb"))
+        .args(args)
+        .env("MSB_HOME", home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Starts `msb run ...` and waits for the line `ready` on its stdout.
+fn spawn_ready(home: &Path, args: &[&str]) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_msb"))
+        .args(args)
+        .env("MSB_HOME", home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    (child, out)
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            let ppid: u32 = after.split(' ').nth(1).unwrap().parse().unwrap();
+            if ppid == pid {
+                v.push(p);
+            }
+        }
+    }
+    v
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s[s.rfind(')').unwrap()..].starts_with(") Z"))
+}
+
+fn loops_under(dir: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        if let Ok(f) = std::fs::read_to_string(e.path().join("loop/backing_file"))
+            && f.contains(dir.to_str().unwrap())
+        {
+            v.push(f);
+        }
+    }
+    v
+}
+
+fn host_mounts_under(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(dir.to_str().unwrap()))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn readme_main_job() {
+    if !root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let o = msb(home.path(), &["volume", "create", "demo"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = msb(
+        home.path(),
+        &[
+            "run",
+            "-v",
+            "demo:/data",
+            "--",
+            "sh",
+            "-c",
+            "echo hello > /data/greeting",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(home.path().join("volumes/demo/greeting")).unwrap(),
+        "hello\n"
+    );
+    // A second sandbox sees it.
+    let o = msb(
+        home.path(),
+        &["run", "-v", "demo:/data", "--", "cat", "/data/greeting"],
+    );
+    assert_eq!(text(&o.stdout), "hello\n");
+    // -v with an unknown name creates a directory volume (ensure-exists).
+    let o = msb(
+        home.path(),
+        &["run", "-v", "fresh:/f", "--", "touch", "/f/x"],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = msb(home.path(), &["volume", "ls", "-q"]);
+    assert_eq!(text(&o.stdout), "fresh\ndemo\n");
+}
+
+#[test]
+fn stdio_and_exit_status_pass_through() {
+    if !root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_msb"))
+        .args(["run", "--", "sh", "-c", "tr a-z A-Z; echo err >&2; exit 3"])
+        .env("MSB_HOME", home.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"input\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(text(&o.stdout), "INPUT\n");
+    assert_eq!(text(&o.stderr), "err\n");
+    assert_eq!(o.status.code(), Some(3));
+    let o = msb(home.path(), &["run", "--", "sh", "-c", "kill -TERM $$"]);
+    assert_eq!(o.status.code(), Some(143));
+    let o = msb(home.path(), &["run", "--", "no-such-command"]);
+    assert_eq!(o.status.code(), Some(127));
+    assert!(text(&o.stderr).contains("command not found: no-such-command"));
+    let o = msb(
+        home.path(),
+        &[
+            "run",
+            "-w",
+            "/etc",
+            "-e",
+            "A=b",
+            "--",
+            "sh",
+            "-c",
+            "echo $A $(pwd) $HOME",
+        ],
+    );
+    assert_eq!(text(&o.stdout), "b /etc /root\n");
+}
+
+#[test]
+fn malformed_specs_exit_2_naming_spec_and_problem() {
+    let home = tempfile::tempdir().unwrap();
+    for (args, needle) in [
+        (vec!["-v", "demo"], "missing guest path"),
+        (vec!["-v", "/x:data"], "missing guest path"),
+        (vec!["-v", "/x:/"], "cannot be /"),
+        (vec!["-v", "/x:/a/../b"], "contains '..'"),
+        (vec!["-v", "/x:/d:bogus"], "unknown option \"bogus\""),
+        (vec!["--mount-named", "v:/d:mode=maybe"], "mode \"maybe\""),
+        (
+            vec!["--mount-named", "v:/d:kind=dir,size=1G"],
+            "size is only for disk",
+        ),
+        (
+            vec!["--mount-disk", "/i.img:/d:format=iso"],
+            "unknown disk format",
+        ),
+        (vec!["--tmpfs", "/t:stat-virt=off"], "take no stat-virt"),
+        (vec!["--tmpfs", "/t:10X"], "size"),
+        (
+            vec!["-v", "/x:/d:stat-virt=off,host-perms=mirror"],
+            "off cannot be combined",
+        ),
+        (vec!["-v", "/x:/d", "--tmpfs", "/d"], "mounted twice"),
+        (vec!["--workdir", "rel"], "--workdir"),
+        (vec!["--env", "=x"], "--env"),
+    ] {
+        let mut full = vec!["run"];
+        full.extend(&args);
+        full.extend(["--", "true"]);
+        let o = msb(home.path(), &full);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        if args[0] != "--workdir" && args[0] != "--env" && !needle.contains("twice") {
+            assert!(err.contains(args[1]), "{args:?}: {err}");
+        }
+    }
+    let o = msb(home.path(), &["run", "--security", "lax", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_runs_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let host = tempfile::tempdir().unwrap();
+    let o = msb(home.path(), &["volume", "create", "have"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let bind = format!("{}:/b:ro", host.path().display());
+    let o = msb(
+        home.path(),
+        &[
+            "run",
+            "--dry-run",
+            "--security",
+            "restricted",
+            "-v",
+            &bind,
+            "-v",
+            "have:/h",
+            "--mount-named",
+            "newvol:/h/n:quota=10M",
+            "--tmpfs",
+            "/t:8M",
+            "--",
+            "sh",
+            "-c",
+            "touch /b/x",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mounts = plan["mounts"].as_array().unwrap();
+    let guests: Vec<_> = mounts
+        .iter()
+        .map(|m| m["guest"].as_str().unwrap())
+        .collect();
+    assert_eq!(guests, ["/b", "/h", "/t", "/h/n"]);
+    assert_eq!(mounts[1]["action"], "reuse");
+    assert_eq!(mounts[3]["action"], "create");
+    assert_eq!(mounts[3]["volume"]["quota_mib"], 10);
+    assert_eq!(mounts[2]["options"]["size_mib"], 8);
+    assert_eq!(mounts[0]["flags"]["readonly"], true);
+    assert_eq!(
+        mounts[0]["flags"]["nosuid"], true,
+        "restricted forces nosuid"
+    );
+    assert_eq!(plan["security"], "restricted");
+    assert_eq!(plan["command"][2], "touch /b/x");
+    // Nothing ran and nothing was created.
+    assert!(!host.path().join("x").exists());
+    let o = msb(home.path(), &["volume", "ls", "-q"]);
+    assert_eq!(text(&o.stdout), "have\n");
+}
+
+#[test]
+fn sigterm_and_sigint_are_forwarded() {
+    if !root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    for (sig, code) in [("TERM", 42), ("INT", 43)] {
+        let script =
+            format!("trap 'echo got; exit {code}' {sig}; echo ready; while :; do sleep 0.05; done");
+        let (mut child, mut out) = spawn_ready(home.path(), &["run", "--", "sh", "-c", &script]);
+        let kill = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let status = child.wait().unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        assert_eq!(rest, "got\n");
+        assert_eq!(status.code(), Some(code));
+    }
+}
+
+#[test]
+fn in_use_while_running_and_sigkill_leaves_nothing() {
+    if !root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let qcow_ok = Command::new("qemu-img").arg("--version").output().is_ok();
+    let o = msb(home.path(), &["volume", "create", "demo"]);
+    assert!(o.status.success());
+    let o = msb(
+        home.path(),
+        &["volume", "create", "dk", "--kind", "disk", "--size", "32M"],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let mut args = vec![
+        "run".to_string(),
+        "-v".into(),
+        "demo:/data".into(),
+        "--mount-named".into(),
+        "dk:/dk".into(),
+        "--tmpfs".into(),
+        "/t:4M".into(),
+    ];
+    if qcow_ok {
+        let img = home.path().join("img.qcow2");
+        let out = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&img)
+            .arg("32M")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        // Format the qcow2 through a first sandbox-free path: mke2fs on a
+        // raw image, then convert.
+        let raw = home.path().join("img.raw");
+        std::fs::File::create(&raw)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
+        assert!(
+            Command::new("mke2fs")
+                .args(["-q", "-F", "-t", "ext4"])
+                .arg(&raw)
+                .status()
+                .unwrap()
+                .success()
+        );
+        std::fs::remove_file(&img).unwrap();
+        assert!(
+            Command::new("qemu-img")
+                .args(["convert", "-f", "raw", "-O", "qcow2"])
+                .arg(&raw)
+                .arg(&img)
+                .status()
+                .unwrap()
+                .success()
+        );
+        args.push("--mount-disk".into());
+        args.push(format!("{}:/q", img.display()));
+    } else {
+        eprintln!("qcow2 part skipped: qemu-img (qemu-utils) not installed");
+    }
+    args.extend(["--", "sh", "-c", "echo ready; exec sleep 1000"].map(String::from));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut child, _out) = spawn_ready(home.path(), &argv);
+    let pid = child.id();
+    // In use, naming the sandbox.
+    let o = msb(home.path(), &["volume", "rm", "demo"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains(&format!("in use by sandbox:run-{pid}")),
+        "{}",
+        text(&o.stderr)
+    );
+    let helpers = children_of(pid);
+    assert_eq!(helpers.len(), if qcow_ok { 2 } else { 1 }, "{helpers:?}");
+    assert!(!loops_under(home.path()).is_empty());
+    // SIGKILL the supervisor: the kernel tears everything down.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_until("sandbox processes to die", || {
+        helpers.iter().all(|p| !alive(*p))
+    });
+    wait_until("loop devices to detach", || {
+        loops_under(home.path()).is_empty()
+    });
+    assert!(host_mounts_under(home.path()).is_empty());
+    let qemu_left = Command::new("pgrep")
+        .args(["-f", "qemu-storage-daemon"])
+        .output()
+        .unwrap();
+    for p in text(&qemu_left.stdout).lines() {
+        let p: u32 = p.trim().parse().unwrap();
+        assert!(!helpers.contains(&p), "qemu daemon {p} survived");
+    }
+    // The attach records died with it: the volumes can be removed.
+    let o = msb(home.path(), &["volume", "rm", "demo", "dk"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
