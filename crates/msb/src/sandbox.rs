@@ -238,6 +238,7 @@ impl RunBuilder {
                 stdin: Some(null.into()),
                 stdout: Some(out_w),
                 stderr: Some(err_w),
+                ..Default::default()
             });
             let [stdout, stderr] = readers.map(|h| {
                 h.join()

@@ -117,10 +117,9 @@ fn readme_main_job() {
         ],
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
-    assert_eq!(
-        std::fs::read_to_string(home.path().join("volumes/demo/greeting")).unwrap(),
-        "hello\n"
-    );
+    let o = msb(home.path(), &["volume", "fs", "demo", "cat", "greeting"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "hello\n");
     // A second sandbox sees it.
     let o = msb(
         home.path(),
@@ -260,6 +259,11 @@ fn dry_run_prints_the_plan_and_runs_nothing() {
     assert_eq!(guests, ["/b", "/h", "/t", "/h/n"]);
     assert_eq!(mounts[1]["action"], "reuse");
     assert_eq!(mounts[3]["action"], "create");
+    assert_eq!(
+        mounts[3]["served"], true,
+        "a quota needs the filesystem server"
+    );
+    assert_eq!(mounts[0]["served"], false);
     assert_eq!(mounts[3]["volume"]["quota_mib"], 10);
     assert_eq!(mounts[2]["options"]["size_mib"], 8);
     assert_eq!(mounts[0]["flags"]["readonly"], true);
@@ -397,4 +401,34 @@ fn in_use_while_running_and_sigkill_leaves_nothing() {
     // The attach records died with it: the volumes can be removed.
     let o = msb(home.path(), &["volume", "rm", "demo", "dk"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+#[test]
+fn quota_volume_is_a_hard_limit_in_the_sandbox() {
+    if !root() || !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: needs root and /dev/fuse");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let o = msb(
+        home.path(),
+        &[
+            "run",
+            "--mount-named",
+            "capped:/c:quota=4M",
+            "--",
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/c/f bs=1M count=8 2>&1; df -k /c | tail -1",
+        ],
+    );
+    let out = text(&o.stdout);
+    assert!(out.contains("No space left on device"), "{out}");
+    assert!(out.contains(" 4096 "), "{out}");
+    let o = msb(home.path(), &["volume", "ls", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["name"], "capped");
+    assert_eq!(v[0]["quota_mib"], 4);
+    let used = v[0]["used_bytes"].as_u64().unwrap();
+    assert!(used > 3 << 20 && used <= 4 << 20, "{used}");
 }

@@ -16,6 +16,9 @@ pub struct SandboxStdio {
     pub stdout: Option<OwnedFd>,
     /// Standard error.
     pub stderr: Option<OwnedFd>,
+    /// Descriptors handed to the sandbox's init as 4, 5, ... (see
+    /// [`crate::Prepared::take_passed_fds`]).
+    pub passed: Vec<OwnedFd>,
 }
 
 /// Starts sandboxes from resolved plans.

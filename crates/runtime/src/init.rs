@@ -30,6 +30,8 @@ use msb_spec::MountFlags;
 pub const PLAN_ENV: &str = "MSB_SANDBOX_PLAN";
 /// The descriptor on which the init reports `ok` or `err CODE MESSAGE`.
 pub const STATUS_FD: RawFd = 3;
+/// The first descriptor number of those the supervisor passes (FUSE).
+pub const PASSED_FD_BASE: RawFd = 4;
 
 /// Why the sandbox could not be set up (sent to the supervisor as text).
 #[derive(Debug, thiserror::Error)]
@@ -532,6 +534,22 @@ fn open_user_mount(m: &InitMount) -> Result<OwnedFd, InitError> {
             Ok(fd)
         }
         InitSource::Tmpfs { size_mib } => tmpfs(*size_mib, "1777", a),
+        InitSource::Fuse { fd, data } => {
+            // SAFETY: the backend placed this descriptor for us alone; it
+            // is closed once mounted (the mount keeps the connection).
+            let fuse = unsafe { OwnedFd::from_raw_fd(*fd) };
+            let mut opts = Vec::new();
+            let mut flags = Vec::new();
+            for o in data.split(',') {
+                match o.split_once('=') {
+                    Some(kv) => opts.push(kv),
+                    None => flags.push(o),
+                }
+            }
+            let mounted = new_fs("fuse", &opts, &flags, Some(Path::new("msb")), a);
+            drop(fuse);
+            mounted
+        }
         InitSource::Block { device, fstype } => {
             let flags: &[&str] = if m.flags.readonly { &["ro"] } else { &[] };
             new_fs(fstype, &[], flags, Some(device), a)

@@ -68,10 +68,11 @@ pub fn run(
     store: &Store,
     backend: &NamespaceBackend,
     holder: &str,
-    stdio: SandboxStdio,
+    mut stdio: SandboxStdio,
     forward_signals: bool,
 ) -> Result<i32, RunError> {
-    let prepared = prepare(spec, store, holder)?;
+    let mut prepared = prepare(spec, store, holder)?;
+    stdio.passed.extend(prepared.take_passed_fds());
     let mut sandbox = match backend.start(&prepared.plan, stdio) {
         Ok(s) => s,
         Err(e) => {
@@ -79,6 +80,11 @@ pub fn run(
             return Err(e.into());
         }
     };
+    if let Err(e) = prepared.start_servers() {
+        drop(sandbox);
+        prepared.rollback();
+        return Err(e.into());
+    }
     let status = sandbox.wait(forward_signals);
     drop(sandbox);
     prepared.finish();

@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use crate::backend::{Backend, Running, SandboxStdio};
-use crate::init::{PLAN_ENV, STATUS_FD, exit_code, wait_signal};
+use crate::init::{PASSED_FD_BASE, PLAN_ENV, STATUS_FD, exit_code, wait_signal};
 use crate::plan::InitPlan;
 
 /// Errors of the namespace backend.
@@ -97,12 +97,22 @@ impl Backend for NamespaceBackend {
             .collect();
         let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| NsError::Clone(e.into()))?;
-        let write_fd = write.as_raw_fd();
-        let streams = [
-            stdio.stdin.as_ref().map(|f| f.as_raw_fd()),
-            stdio.stdout.as_ref().map(|f| f.as_raw_fd()),
-            stdio.stderr.as_ref().map(|f| f.as_raw_fd()),
-        ];
+        // Where each descriptor goes in the child: streams on 0..2, the
+        // status pipe on 3, passed descriptors from 4 on.
+        let mut moves: Vec<(i32, i32)> = Vec::new();
+        for (target, fd) in [&stdio.stdin, &stdio.stdout, &stdio.stderr]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(fd) = fd {
+                moves.push((fd.as_raw_fd(), target as i32));
+            }
+        }
+        moves.push((write.as_raw_fd(), STATUS_FD));
+        for (i, fd) in stdio.passed.iter().enumerate() {
+            moves.push((fd.as_raw_fd(), PASSED_FD_BASE + i as i32));
+        }
+        let mut high = vec![-1; moves.len()];
         let flags = libc::CLONE_NEWNS
             | libc::CLONE_NEWPID
             | libc::CLONE_NEWIPC
@@ -121,21 +131,14 @@ impl Backend for NamespaceBackend {
             // SAFETY: see above; the child never returns from this block.
             unsafe {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                // The status pipe goes above the streams first, so placing
-                // a stream on 0..2 cannot clobber it (dup2 clears CLOEXEC).
-                let status = libc::fcntl(write_fd, libc::F_DUPFD_CLOEXEC, 10);
-                for (target, fd) in streams.iter().enumerate() {
-                    match fd {
-                        Some(fd) if *fd == target as i32 => {
-                            libc::fcntl(*fd, libc::F_SETFD, 0);
-                        }
-                        Some(fd) => {
-                            libc::dup2(*fd, target as i32);
-                        }
-                        None => {}
-                    }
+                // Copy every source far up first (close-on-exec copies), so
+                // placing one on its target cannot clobber another source.
+                for (i, (src, _)) in moves.iter().enumerate() {
+                    high[i] = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 1000);
                 }
-                libc::dup2(status, STATUS_FD);
+                for (i, (_, target)) in moves.iter().enumerate() {
+                    libc::dup2(high[i], *target);
+                }
                 libc::execve(program.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
                 libc::_exit(127);
             }

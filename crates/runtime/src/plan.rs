@@ -97,6 +97,14 @@ pub enum InitSource {
         /// Size limit in MiB.
         size_mib: Option<u32>,
     },
+    /// A FUSE mount served by the supervisor's filesystem server (policies,
+    /// quota, stat virtualization).
+    Fuse {
+        /// The `/dev/fuse` descriptor's number in the init.
+        fd: i32,
+        /// Mount options (`fd=..,rootmode=..,...`).
+        data: String,
+    },
     /// A filesystem on a block device the supervisor attached.
     Block {
         /// Device node.

@@ -5,12 +5,14 @@
 //! back exactly what it did, removing only volumes it created.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use msb_blockdev::{DiskView, ViewError};
 use msb_spec::{
-    BindExpect, GuestPath, Mount, MountError, MountFlags, MountOptions, NamedMode,
-    NamedVolumeOptions, VolumeKind, VolumeName,
+    BindExpect, GuestPath, HostPerms, Mount, MountError, MountFlags, MountOptions, NamedMode,
+    NamedVolumeOptions, StatVirt, VolumeKind, VolumeName,
 };
 use msb_store::{AttachMode, Attachment, Store, StoreError, VolumeInfo};
 use serde::Serialize;
@@ -58,16 +60,27 @@ pub enum PrepareError {
         "mount at {guest}: volume {name} is a disk volume; stat-virt and host-perms apply only to bind mounts and directory volumes"
     )]
     PolicyOnDisk { guest: GuestPath, name: VolumeName },
-    #[error(
-        "mount at {guest}: {why} needs the msb filesystem server, which this build does not have yet"
-    )]
-    NeedsServer { guest: GuestPath, why: String },
+    #[error("mount at {guest}: cannot start the filesystem server")]
+    Server {
+        guest: GuestPath,
+        #[source]
+        source: msb_fsserver::FsServerError,
+    },
     #[error("mount at {guest}")]
     Disk {
         guest: GuestPath,
         #[source]
         source: ViewError,
     },
+}
+
+/// A filesystem server to start once the sandbox has mounted its FUSE
+/// descriptor (the server's handshake needs the mount to exist).
+struct PendingServer {
+    guest: GuestPath,
+    root: OwnedFd,
+    fuse: OwnedFd,
+    cfg: msb_fsserver::ServeConfig,
 }
 
 /// Everything a sandbox holds on the host while it runs: attachments (the
@@ -80,9 +93,12 @@ pub struct Prepared<'s> {
     store: &'s Store,
     // Drop order: block devices, then the in-use registrations.
     views: Vec<DiskView>,
+    servers: Vec<msb_fsserver::Server>,
+    pending: Vec<PendingServer>,
     attachments: Vec<Attachment>,
     created: Vec<VolumeName>,
     recount: Vec<VolumeInfo>,
+    passed: Vec<OwnedFd>,
 }
 
 impl std::fmt::Debug for Prepared<'_> {
@@ -100,6 +116,30 @@ impl Prepared<'_> {
         &self.created
     }
 
+    /// Descriptors the init must receive (see [`SandboxStdio::passed`]);
+    /// [`InitSource::Fuse`] mounts refer to them by number.
+    ///
+    /// [`SandboxStdio::passed`]: crate::SandboxStdio::passed
+    pub fn take_passed_fds(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.passed)
+    }
+
+    /// Starts the filesystem servers of FUSE mounts. Call it once the
+    /// backend has started the sandbox: until then the mounts do not exist,
+    /// and the sandbox's first access to them waits for this.
+    pub fn start_servers(&mut self) -> Result<(), PrepareError> {
+        for s in std::mem::take(&mut self.pending) {
+            let server = msb_fsserver::serve(s.root, s.fuse, s.cfg).map_err(|source| {
+                PrepareError::Server {
+                    guest: s.guest,
+                    source,
+                }
+            })?;
+            self.servers.push(server);
+        }
+        Ok(())
+    }
+
     /// Pids of qemu daemons serving disk views.
     pub fn daemon_pids(&self) -> Vec<u32> {
         self.views.iter().filter_map(DiskView::daemon_pid).collect()
@@ -109,6 +149,7 @@ impl Prepared<'_> {
     /// this sandbox created (never one that already existed).
     pub fn rollback(mut self) {
         self.views.clear();
+        self.servers.clear();
         self.attachments.clear();
         for name in std::mem::take(&mut self.created) {
             let _ = self.store.remove(&name);
@@ -120,6 +161,7 @@ impl Prepared<'_> {
     /// bypassed the usage counter), then releases the attachments.
     pub fn finish(mut self) {
         self.views.clear();
+        self.servers.clear();
         for info in std::mem::take(&mut self.recount) {
             recount(self.store, &info);
         }
@@ -198,9 +240,12 @@ pub fn prepare<'s>(
         },
         store,
         views: Vec::new(),
+        servers: Vec::new(),
+        pending: Vec::new(),
         attachments: Vec::new(),
         created: Vec::new(),
         recount: Vec::new(),
+        passed: Vec::new(),
     };
     for entry in spec.mounts.entries() {
         let flags = effective_flags(entry.mount.flags(), spec.security);
@@ -249,7 +294,11 @@ fn add_mount(
                     expected,
                 });
             }
-            check_server(guest, options, None)?;
+            if meta.is_dir()
+                && let Some(cfg) = server_config(options, flags, None)
+            {
+                return serve(p, guest, host_path, true, cfg);
+            }
             Ok(InitSource::Bind {
                 path: host_path.clone(),
                 dir: meta.is_dir(),
@@ -272,9 +321,13 @@ fn add_mount(
             };
             match info.kind {
                 VolumeKind::Dir => {
-                    check_server(guest, options, info.quota_mib.filter(|_| !flags.readonly))?;
                     p.attachments
                         .push(p.store.attach(name, holder, mode).map_err(store_err)?);
+                    let quota = info.quota_mib.filter(|_| !flags.readonly);
+                    if let Some(mut cfg) = server_config(options, flags, quota) {
+                        cfg.budget = p.store.budget(&info).map_err(store_err)?.map(Arc::new);
+                        return serve(p, guest, &info.path, false, cfg);
+                    }
                     if !flags.readonly {
                         p.recount.push(info.clone());
                     }
@@ -337,27 +390,70 @@ fn attach_disk(
     Ok(source)
 }
 
-/// Policies a kernel bind mount cannot provide. Without the filesystem
-/// server they are refused rather than silently ignored.
-fn check_server(
-    guest: &GuestPath,
+/// The server configuration for a mount that needs the filesystem server,
+/// or `None` when a kernel bind mount gives the same result: no stat
+/// virtualization record (strict/relaxed), no permission mirroring and no
+/// quota to enforce. Unstated stat virtualization on a server-backed mount
+/// is `off`, the raw host metadata a bind mount shows too.
+fn server_config(
     options: &MountOptions,
+    flags: MountFlags,
     quota_mib: Option<u32>,
-) -> Result<(), PrepareError> {
-    let why = if let Some(s) = options.stat_virt {
-        Some(format!("stat-virt={s}"))
-    } else if let Some(h) = options.host_perms {
-        Some(format!("host-perms={h}"))
-    } else {
-        quota_mib.map(|q| format!("enforcing the {q} MiB quota of a writable mount"))
-    };
-    match why {
-        Some(why) => Err(PrepareError::NeedsServer {
-            guest: guest.clone(),
-            why,
+) -> Option<msb_fsserver::ServeConfig> {
+    let virt = matches!(
+        options.stat_virt,
+        Some(StatVirt::Strict | StatVirt::Relaxed)
+    );
+    let mirror = options.host_perms == Some(HostPerms::Mirror);
+    (virt || mirror || quota_mib.is_some()).then(|| msb_fsserver::ServeConfig {
+        readonly: flags.readonly,
+        stat_virt: options.stat_virt.unwrap_or(if mirror {
+            StatVirt::Strict
+        } else {
+            StatVirt::Off
         }),
-        None => Ok(()),
-    }
+        host_perms: options.host_perms.unwrap_or_default(),
+        budget: None,
+        owner: (0, 0),
+    })
+}
+
+/// Serves `dir` through a filesystem server (started by
+/// [`Prepared::start_servers`]); the init mounts it from the `/dev/fuse`
+/// descriptor passed to it.
+fn serve(
+    p: &mut Prepared<'_>,
+    guest: &GuestPath,
+    dir: &Path,
+    follow_symlinks: bool,
+    cfg: msb_fsserver::ServeConfig,
+) -> Result<InitSource, PrepareError> {
+    let server_err = |source| PrepareError::Server {
+        guest: guest.clone(),
+        source,
+    };
+    let root = msb_fsserver::open_root(dir, follow_symlinks).map_err(server_err)?;
+    let fuse = rustix::fs::open(
+        "/dev/fuse",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| server_err(msb_fsserver::FsServerError::OpenFuse(e.into())))?;
+    let for_init = fuse
+        .try_clone()
+        .map_err(|e| server_err(msb_fsserver::FsServerError::OpenFuse(e)))?;
+    p.pending.push(PendingServer {
+        guest: guest.clone(),
+        root,
+        fuse,
+        cfg,
+    });
+    let fd = crate::init::PASSED_FD_BASE + p.passed.len() as i32;
+    p.passed.push(for_init);
+    Ok(InitSource::Fuse {
+        fd,
+        data: msb_fsserver::mount_data(fd),
+    })
 }
 
 /// Looks the volume up or creates it, as `opts.mode` says.
@@ -484,6 +580,9 @@ pub struct DryRunMount {
     /// Host path used (volume root, image), when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_path: Option<PathBuf>,
+    /// Whether the filesystem server carries it (stat virtualization,
+    /// permission mirroring, quota) instead of a kernel bind mount.
+    pub served: bool,
 }
 
 /// Describes what [`prepare`] would do, without doing it.
@@ -491,25 +590,42 @@ pub fn dry_run(spec: &SandboxSpec, store: &Store) -> Result<DryRun, PrepareError
     let mut mounts = Vec::new();
     for entry in spec.mounts.entries() {
         let flags = effective_flags(entry.mount.flags(), spec.security);
+        let mut served = false;
         let (action, host_path) = match &entry.mount {
-            Mount::Bind { host_path, .. } => ("bind", Some(host_path.clone())),
+            Mount::Bind {
+                host_path, options, ..
+            } => {
+                served = host_path.is_dir() && server_config(options, flags, None).is_some();
+                ("bind", Some(host_path.clone()))
+            }
             Mount::Tmpfs { .. } => ("tmpfs", None),
             Mount::Disk { host_path, .. } => ("attach", Some(host_path.clone())),
-            Mount::Named { name, volume, .. } => match store.get(name) {
+            Mount::Named {
+                name,
+                volume,
+                options,
+            } => match store.get(name) {
                 Ok(info) if volume.mode != NamedMode::Create => {
                     if volume.mode == NamedMode::EnsureExists {
                         check_compatible(&entry.guest, &info, volume)?;
                     }
+                    let quota = info.quota_mib.filter(|_| !flags.readonly);
+                    served = info.kind == VolumeKind::Dir
+                        && server_config(options, flags, quota).is_some();
                     let path = info.disk_image.clone().unwrap_or(info.path.clone());
                     ("reuse", Some(path))
                 }
                 Err(StoreError::NotFound(_)) if volume.mode != NamedMode::Existing => {
-                    volume
-                        .volume_config(name)
-                        .map_err(|source| PrepareError::Config {
-                            guest: entry.guest.clone(),
-                            source,
-                        })?;
+                    let config =
+                        volume
+                            .volume_config(name)
+                            .map_err(|source| PrepareError::Config {
+                                guest: entry.guest.clone(),
+                                source,
+                            })?;
+                    let quota = config.quota_mib().filter(|_| !flags.readonly);
+                    served = config.kind() == VolumeKind::Dir
+                        && server_config(options, flags, quota).is_some();
                     ("create", None)
                 }
                 Ok(_) => {
@@ -531,6 +647,7 @@ pub fn dry_run(spec: &SandboxSpec, store: &Store) -> Result<DryRun, PrepareError
             flags,
             action,
             host_path,
+            served,
         });
     }
     Ok(DryRun {

@@ -85,6 +85,7 @@ fn run(e: &Env, spec: &SandboxSpec) -> Result<Out, RunError> {
             stdin: None,
             stdout: Some(out_w),
             stderr: Some(err_w),
+            ..Default::default()
         },
         false,
     );
@@ -710,4 +711,78 @@ fn rootfs_directory() {
         "w\n"
     );
     assert!(!out.contains("home"), "{out}");
+}
+
+#[test]
+fn quota_and_stat_virt_go_through_the_filesystem_server() {
+    if !root() {
+        return;
+    }
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: needs /dev/fuse");
+        return;
+    }
+    let e = env();
+    let cfg = VolumeConfig::new(
+        name("q"),
+        VolumeKind::Dir,
+        None,
+        Some(4),
+        Default::default(),
+    )
+    .unwrap();
+    e.store.create(&cfg).unwrap();
+    // The quota is a hard limit inside the sandbox, and usage is counted.
+    let out = run(
+        &e,
+        &spec(
+            vec![("/q", Mount::named(name("q"), MountOptions::default()))],
+            "dd if=/dev/zero of=/q/big bs=1M count=8; echo dd=$?; grep ' /q ' /proc/self/mountinfo",
+        ),
+    )
+    .unwrap();
+    assert!(
+        out.stderr.contains("No space left on device"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("dd=1"), "{}", out.stdout);
+    assert!(out.stdout.contains(" - fuse msb "), "{}", out.stdout);
+    let used = e.store.get(&name("q")).unwrap().used_bytes;
+    assert!(used > 3 << 20 && used <= 4 << 20, "{used}");
+    // Read-only through the server too.
+    let ro = MountOptions {
+        readonly: true,
+        ..Default::default()
+    };
+    let out = run(
+        &e,
+        &spec(vec![("/q", Mount::named(name("q"), ro))], "rm /q/big"),
+    )
+    .unwrap();
+    assert_ne!(out.status, 0);
+    assert!(
+        out.stderr.contains("Read-only file system"),
+        "{}",
+        out.stderr
+    );
+
+    // Stat virtualization on a bind mount: guest ownership lives in the
+    // record, host files stay private.
+    let host = tempfile::tempdir().unwrap();
+    let strict = MountOptions {
+        stat_virt: Some(msb_spec::StatVirt::Strict),
+        ..Default::default()
+    };
+    let out = ok(
+        &e,
+        &spec(
+            vec![("/s", Mount::bind(host.path(), strict))],
+            "touch /s/f && chown 1234:5678 /s/f && chmod 0755 /s/f && stat -c '%u %g %a' /s/f",
+        ),
+    );
+    assert_eq!(out, "1234 5678 755\n");
+    let meta = std::fs::metadata(host.path().join("f")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o600));
 }
