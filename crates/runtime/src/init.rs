@@ -198,7 +198,9 @@ pub(crate) fn exit_code(status: i32) -> i32 {
 }
 
 /// Host paths never bound into a default root: each gets a fresh instance.
-const OWN: [&str; 4] = ["proc", "dev", "sys", "tmp"];
+/// `/run` holds the host's service sockets, which a read-only mount does
+/// not protect (connecting to a socket is not a write to the filesystem).
+const OWN: [&str; 5] = ["proc", "dev", "sys", "tmp", "run"];
 /// Device nodes bound from the host into the minimal /dev.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
@@ -471,6 +473,11 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
     )?;
     let shm_fd = tmpfs(None, "1777", nosuid_nodev)?;
     let tmp_fd = tmpfs(None, "1777", nosuid_nodev)?;
+    let run_fd = tmpfs(
+        None,
+        "0755",
+        nosuid_nodev | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )?;
     let mut user = Vec::new();
     for m in &plan.mounts {
         user.push((m, open_user_mount(m)?));
@@ -507,6 +514,9 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
         }
     }
     attach(&root, "tmp", &tmp_fd, true)?;
+    if plan.rootfs.is_none() {
+        attach(&root, "run", &run_fd, true)?;
+    }
     for (m, fd) in &user {
         let dir = !matches!(m.source, InitSource::Bind { dir: false, .. });
         attach(&root, m.guest.relative(), fd, dir)?;

@@ -35,6 +35,8 @@ pub enum PrepareError {
         path: PathBuf,
         expected: &'static str,
     },
+    #[error("mount at {guest}: {path} is a file; stat-virt and host-perms apply to directories")]
+    PolicyOnFile { guest: GuestPath, path: PathBuf },
     #[error("mount at {guest}")]
     Store {
         guest: GuestPath,
@@ -294,9 +296,13 @@ fn add_mount(
                     expected,
                 });
             }
-            if meta.is_dir()
-                && let Some(cfg) = server_config(options, flags, None)
-            {
+            if let Some(cfg) = server_config(options, flags, None) {
+                if !meta.is_dir() {
+                    return Err(PrepareError::PolicyOnFile {
+                        guest: guest.clone(),
+                        path: host_path.clone(),
+                    });
+                }
                 return serve(p, guest, host_path, true, cfg);
             }
             Ok(InitSource::Bind {

@@ -160,7 +160,7 @@ fn default_root_is_readonly_host_with_fresh_proc_dev_tmp() {
             vec![],
             "echo pid=$$; hostname; touch /usr/msb-probe 2>&1; echo touch=$?; \
              echo t > /tmp/t && cat /tmp/t; ls /dev | tr '\\n' ' '; echo; \
-             head -c 4 /dev/urandom | wc -c; ip link 2>/dev/null | grep -c '^[0-9]' || cat /proc/net/dev | tail -n +3 | wc -l",
+             head -c 4 /dev/urandom | wc -c; echo runfiles=$(ls /run | wc -l); ip link 2>/dev/null | grep -c '^[0-9]' || cat /proc/net/dev | tail -n +3 | wc -l",
         ),
     );
     assert!(out.contains("pid=2\n"), "{out}");
@@ -174,6 +174,10 @@ fn default_root_is_readonly_host_with_fresh_proc_dev_tmp() {
         assert!(out.contains(d), "{d} missing: {out}");
     }
     assert!(out.contains("4\n"), "{out}");
+    assert!(
+        out.contains("runfiles=0\n"),
+        "the host's /run is not exposed: {out}"
+    );
     // Only loopback in the new network namespace.
     assert!(out.trim_end().ends_with('1'), "{out}");
     assert!(!Path::new("/usr/msb-probe").exists());
@@ -238,6 +242,20 @@ fn bind_dir_file_readonly_and_flags() {
     for line in out.lines().filter(|l| l.contains(" - ")) {
         assert!(line.contains(" ro,"), "{line}");
     }
+    // A policy needs the filesystem server, which serves directories only.
+    let strict = MountOptions {
+        stat_virt: Some(msb_spec::StatVirt::Strict),
+        ..Default::default()
+    };
+    let s = spec(
+        vec![("/f", Mount::bind(host.path().join("f"), strict))],
+        "true",
+    );
+    let err = chain(&run(&e, &s).unwrap_err());
+    assert!(
+        err.contains("is a file; stat-virt and host-perms apply to directories"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -626,6 +644,25 @@ fn disk_volume_single_writer() {
     drop(p);
     ok(&e, &s);
     assert!(e.store.users(&name("dv")).unwrap().is_empty());
+    // Read-only sharing is allowed, and excludes a writer meanwhile.
+    let ro = spec(
+        vec![(
+            "/v",
+            Mount::named(
+                name("dv"),
+                MountOptions {
+                    readonly: true,
+                    ..Default::default()
+                },
+            ),
+        )],
+        "cat /v/x",
+    );
+    let first = prepare(&ro, &e.store, "sandbox:reader").unwrap();
+    assert_eq!(ok(&e, &ro), "x\n");
+    let err = chain(&run(&e, &s).unwrap_err());
+    assert!(err.contains("in use by sandbox:reader"), "{err}");
+    drop(first);
 }
 
 #[test]
