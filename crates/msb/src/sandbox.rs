@@ -205,7 +205,12 @@ impl RunBuilder {
             None => msb_store::default_home().map_err(SandboxError::Store)?,
         };
         let store = Store::open(home).map_err(SandboxError::Store)?;
-        let holder = format!("sandbox:run-{}", std::process::id());
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let holder = format!(
+            "sandbox:run-{}-{}",
+            std::process::id(),
+            RUNS.fetch_add(1, Ordering::Relaxed)
+        );
         Ok(msb_runtime::run(
             &spec,
             &store,

@@ -83,7 +83,11 @@ pub fn main() -> i32 {
         .and_then(|plan| spawn(&plan).map(|pid| (plan, pid)));
     match result {
         Ok((_, pid)) => {
-            let _ = status.write_all(b"ok\n");
+            if status.write_all(b"ok\n").is_err() {
+                // The supervisor died before the death signal was armed:
+                // nobody owns this sandbox, so end it.
+                return 1;
+            }
             drop(status);
             supervise(pid)
         }

@@ -50,7 +50,7 @@ pub enum NsError {
 pub struct InitProgram {
     /// Path of the binary.
     pub program: PathBuf,
-    /// Arguments after argv[0].
+    /// Arguments after the program name.
     pub args: Vec<OsString>,
 }
 

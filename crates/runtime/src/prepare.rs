@@ -142,11 +142,6 @@ impl Prepared<'_> {
         Ok(())
     }
 
-    /// Pids of qemu daemons serving disk views.
-    pub fn daemon_pids(&self) -> Vec<u32> {
-        self.views.iter().filter_map(DiskView::daemon_pid).collect()
-    }
-
     /// Undoes a failed start: releases everything and removes the volumes
     /// this sandbox created (never one that already existed).
     pub fn rollback(mut self) {
