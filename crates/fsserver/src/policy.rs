@@ -7,12 +7,12 @@
 //! and no host symlink is ever followed by the server. Data I/O reopens the
 //! node's own inode through `/proc/self/fd`, which never resolves a path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use msb_quota::Budget;
 use msb_spec::{HostPerms, StatVirt};
@@ -69,12 +69,52 @@ pub enum PolicyError {
 }
 
 struct Inode {
-    /// `O_PATH | O_NOFOLLOW` descriptor of the host object.
-    fd: OwnedFd,
     key: (u64, u64),
+    /// Kernel file handle to reopen the object once its descriptor was
+    /// closed to stay within the descriptor budget; `None` keeps it open.
+    handle: Option<Box<[u8]>>,
+    /// `O_PATH | O_NOFOLLOW` descriptor of the host object, while cached.
+    fd: Mutex<Option<Arc<OwnedFd>>>,
     refs: AtomicU64,
     /// Serializes metered size changes so before/after accounting is exact.
     io: Mutex<()>,
+    /// Passthrough opens on an unlimited budget: how many, and the host
+    /// allocation when the first one opened (settled when the last closes).
+    passthrough: Mutex<Option<(u32, i64)>>,
+}
+
+impl Inode {
+    fn new(key: (u64, u64), fd: OwnedFd, handle: Option<Box<[u8]>>) -> Self {
+        Inode {
+            key,
+            handle,
+            fd: Mutex::new(Some(Arc::new(fd))),
+            refs: AtomicU64::new(1),
+            io: Mutex::new(()),
+            passthrough: Mutex::new(None),
+        }
+    }
+}
+
+/// A node in use: the inode and a descriptor of it held for the operation.
+struct Node {
+    inode: Arc<Inode>,
+    fd: Arc<OwnedFd>,
+}
+
+impl std::ops::Deref for Node {
+    type Target = Inode;
+    fn deref(&self) -> &Inode {
+        &self.inode
+    }
+}
+
+/// Inodes whose descriptors are open and may be closed again, oldest first.
+/// Keeps the server within its descriptor limit however many nodes the
+/// kernel references.
+struct FdCache {
+    open: VecDeque<Weak<Inode>>,
+    cap: usize,
 }
 
 struct Inodes {
@@ -89,6 +129,8 @@ const SYNTHETIC: u64 = 1 << 63;
 
 struct FileHandle {
     file: OwnedFd,
+    /// The node, when its data moves by passthrough (settled on release).
+    passthrough: Option<Node>,
 }
 
 struct DirItem {
@@ -105,7 +147,10 @@ struct DirHandle {
 /// The policy passthrough filesystem over one host directory.
 pub struct PolicyFs {
     policy: Policy,
+    /// The served root, also the mount fd for reopening file handles.
+    root: Arc<OwnedFd>,
     inodes: RwLock<Inodes>,
+    cache: Mutex<FdCache>,
     files: RwLock<HashMap<u64, Arc<FileHandle>>>,
     dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
     next_fh: AtomicU64,
@@ -164,6 +209,53 @@ fn reopen(fd: BorrowedFd<'_>, flags: OFlags) -> FsResult<OwnedFd> {
     rustix::fs::openat(CWD, proc_path(fd), flags | OFlags::CLOEXEC, Mode::empty())
 }
 
+/// The kernel's handle for the object behind `fd`, if its file system has
+/// them: raw `struct file_handle` bytes.
+fn file_handle(fd: BorrowedFd<'_>) -> Option<Box<[u8]>> {
+    const MAX: usize = 128;
+    let mut buf = vec![0u8; std::mem::size_of::<libc::file_handle>() + MAX];
+    let mut mount_id = 0;
+    // SAFETY: `buf` is a zeroed, large enough and suitably aligned (the
+    // allocator aligns to at least 8) file_handle with handle_bytes set
+    // below; the empty path with AT_EMPTY_PATH names `fd` itself.
+    let rc = unsafe {
+        let fh = buf.as_mut_ptr().cast::<libc::file_handle>();
+        (*fh).handle_bytes = MAX as u32;
+        libc::name_to_handle_at(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            fh,
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let used = u32::from_ne_bytes(buf[..4].try_into().ok()?) as usize;
+    buf.truncate(std::mem::size_of::<libc::file_handle>() + used);
+    Some(buf.into_boxed_slice())
+}
+
+/// Reopens an object from its handle as an `O_PATH` descriptor.
+fn open_by_handle(mount: BorrowedFd<'_>, handle: &[u8]) -> FsResult<OwnedFd> {
+    let mut buf = handle.to_vec();
+    // SAFETY: `buf` holds a file_handle produced by name_to_handle_at; the
+    // kernel only reads it. A non-negative result is a new descriptor we own.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            mount.as_raw_fd(),
+            buf.as_mut_ptr().cast::<libc::file_handle>(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 fn host_type(st: &Stat) -> u32 {
     st.st_mode & S_IFMT
 }
@@ -194,11 +286,14 @@ impl PolicyFs {
                 .map_err(|e| PolicyError::NoXattrs(io_err(e)))?;
         }
         let key = (st.st_dev, st.st_ino);
+        let root_fd = Arc::new(fd);
         let root = Arc::new(Inode {
-            fd,
             key,
+            handle: None,
+            fd: Mutex::new(Some(root_fd.clone())),
             refs: AtomicU64::new(1),
             io: Mutex::new(()),
+            passthrough: Mutex::new(None),
         });
         let inodes = Inodes {
             by_node: HashMap::from([(ROOT_NODE, root)]),
@@ -206,9 +301,20 @@ impl PolicyFs {
             root_dev: st.st_dev,
             next: SYNTHETIC,
         };
+        // Half the descriptor limit for cached nodes; the rest serves open
+        // files, directories and the transport.
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(1 << 20);
+        let cap = usize::try_from(limit / 2).unwrap_or(usize::MAX).clamp(64, 1 << 16);
         Ok(PolicyFs {
             policy,
+            root: root_fd,
             inodes: RwLock::new(inodes),
+            cache: Mutex::new(FdCache {
+                open: VecDeque::new(),
+                cap,
+            }),
             files: RwLock::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -232,9 +338,47 @@ impl PolicyFs {
         }
     }
 
-    fn inode(&self, node: u64) -> FsResult<Arc<Inode>> {
-        let t = self.inodes.read().map_err(|_| Errno::IO)?;
-        t.by_node.get(&node).cloned().ok_or(Errno::STALE)
+    fn inode(&self, node: u64) -> FsResult<Node> {
+        let inode = {
+            let t = self.inodes.read().map_err(|_| Errno::IO)?;
+            t.by_node.get(&node).cloned().ok_or(Errno::STALE)?
+        };
+        self.hold(inode)
+    }
+
+    /// Gets a descriptor for `inode`, reopening it by handle if it was closed.
+    fn hold(&self, inode: Arc<Inode>) -> FsResult<Node> {
+        let mut slot = inode.fd.lock().map_err(|_| Errno::IO)?;
+        if let Some(fd) = &*slot {
+            let fd = fd.clone();
+            drop(slot);
+            return Ok(Node { fd, inode });
+        }
+        let handle = inode.handle.as_deref().ok_or(Errno::STALE)?;
+        let fd = Arc::new(open_by_handle(self.root.as_fd(), handle)?);
+        *slot = Some(fd.clone());
+        drop(slot);
+        self.cached(&inode);
+        Ok(Node { inode, fd })
+    }
+
+    /// Notes that `inode` holds an open descriptor, closing the oldest
+    /// cached ones beyond the budget.
+    fn cached(&self, inode: &Arc<Inode>) {
+        if inode.handle.is_none() {
+            return;
+        }
+        let Ok(mut c) = self.cache.lock() else {
+            return;
+        };
+        c.open.push_back(Arc::downgrade(inode));
+        while c.open.len() > c.cap {
+            if let Some(old) = c.open.pop_front().and_then(|w| w.upgrade())
+                && let Ok(mut slot) = old.fd.lock()
+            {
+                *slot = None;
+            }
+        }
     }
 
     fn file(&self, fh: u64) -> FsResult<Arc<FileHandle>> {
@@ -252,11 +396,18 @@ impl PolicyFs {
         let key = (st.st_dev, st.st_ino);
         {
             let t = self.inodes.read().map_err(|_| Errno::IO)?;
-            if let Some(inode) = t.by_key.get(&key).and_then(|n| t.by_node.get(n)) {
+            if let Some(&node) = t.by_key.get(&key)
+                && let Some(inode) = t.by_node.get(&node)
+            {
                 inode.refs.fetch_add(1, Ordering::AcqRel);
-                return Ok(*t.by_key.get(&key).unwrap_or(&0));
+                return Ok(node);
             }
         }
+        // Objects on other file systems keep their descriptor: a handle is
+        // only reopened through the root's mount.
+        let root_dev = self.inodes.read().map_err(|_| Errno::IO)?.root_dev;
+        let same_fs = key.0 == root_dev;
+        let handle = if same_fs { file_handle(fd.as_fd()) } else { None };
         let mut t = self.inodes.write().map_err(|_| Errno::IO)?;
         if let Some(&node) = t.by_key.get(&key)
             && let Some(inode) = t.by_node.get(&node)
@@ -266,22 +417,17 @@ impl PolicyFs {
         }
         // Host inode numbers make stable node ids on the root's file system;
         // anything else (other mounts, the reserved ids) gets a synthetic one.
-        let node = if key.0 == t.root_dev && key.1 > ROOT_NODE && key.1 < SYNTHETIC {
+        let node = if same_fs && key.1 > ROOT_NODE && key.1 < SYNTHETIC {
             key.1
         } else {
             t.next += 1;
             t.next
         };
-        t.by_node.insert(
-            node,
-            Arc::new(Inode {
-                fd,
-                key,
-                refs: AtomicU64::new(1),
-                io: Mutex::new(()),
-            }),
-        );
+        let inode = Arc::new(Inode::new(key, fd, handle));
+        t.by_node.insert(node, inode.clone());
         t.by_key.insert(key, node);
+        drop(t);
+        self.cached(&inode);
         Ok(node)
     }
 
@@ -363,12 +509,12 @@ impl PolicyFs {
         }))
     }
 
-    fn stat_attr(&self, inode: &Inode) -> FsResult<Attr> {
+    fn stat_attr(&self, inode: &Node) -> FsResult<Attr> {
         let st = rustix::fs::fstat(&inode.fd)?;
         self.attr_of(inode.fd.as_fd(), &st)
     }
 
-    fn do_lookup(&self, parent: &Inode, name: &OsStr) -> FsResult<Entry> {
+    fn do_lookup(&self, parent: &Node, name: &OsStr) -> FsResult<Entry> {
         let fd = rustix::fs::openat(
             &parent.fd,
             name,
@@ -458,7 +604,7 @@ impl PolicyFs {
     fn finish_new(
         &self,
         ctx: &Context,
-        parent: &Inode,
+        parent: &Node,
         parent_attr: &Attr,
         name: &OsStr,
         guest_mode: u32,
@@ -519,7 +665,7 @@ impl PolicyFs {
     /// of the file's allocation afterwards.
     fn metered<T>(
         &self,
-        inode: &Inode,
+        inode: &Node,
         file: BorrowedFd<'_>,
         reserve: impl FnOnce(&Stat) -> u64,
         op: impl FnOnce() -> FsResult<T>,
@@ -531,16 +677,58 @@ impl PolicyFs {
         let before = rustix::fs::fstat(file)?;
         let reserved = self.reserve(reserve(&before))?;
         let res = op();
-        let after = rustix::fs::fstat(file).map(|st| allocated(&st));
-        self.settle(
-            allocated(&before),
-            after.unwrap_or(allocated(&before)),
-            reserved,
-        );
+        let after = rustix::fs::fstat(file)
+            .map(|st| allocated(&st))
+            .unwrap_or(allocated(&before));
+        self.settle(allocated(&before), after, reserved);
+        if let Ok(mut pt) = inode.passthrough.lock()
+            && let Some((_, base)) = pt.as_mut()
+        {
+            // Already accounted: the passthrough settlement must not count it again.
+            *base += after - allocated(&before);
+        }
         res
     }
 
-    fn truncate(&self, inode: &Inode, st: &Stat, size: u64) -> FsResult<()> {
+    /// Whether file data may bypass the server: always without a budget;
+    /// with an unlimited one too, settling usage when the file is closed.
+    fn passthrough_ok(&self) -> bool {
+        self.policy.budget.as_ref().is_none_or(|b| b.limit().is_none())
+    }
+
+    /// Notes a passthrough open of `inode` for later settlement.
+    fn passthrough_opened(&self, inode: &Node) -> FsResult<()> {
+        if self.policy.budget.is_none() {
+            return Ok(());
+        }
+        let mut pt = inode.passthrough.lock().map_err(|_| Errno::IO)?;
+        match pt.as_mut() {
+            Some((n, _)) => *n += 1,
+            None => *pt = Some((1, allocated(&rustix::fs::fstat(&inode.fd)?))),
+        }
+        Ok(())
+    }
+
+    /// Settles usage when the last passthrough open of `inode` closes.
+    fn passthrough_closed(&self, inode: &Node) {
+        let Some(budget) = &self.policy.budget else {
+            return;
+        };
+        let Ok(mut pt) = inode.passthrough.lock() else {
+            return;
+        };
+        if let Some((n, base)) = pt.as_mut() {
+            *n -= 1;
+            if *n == 0 {
+                if let Ok(st) = rustix::fs::fstat(&inode.fd) {
+                    budget.adjust(allocated(&st) - *base);
+                }
+                *pt = None;
+            }
+        }
+    }
+
+    fn truncate(&self, inode: &Node, st: &Stat, size: u64) -> FsResult<()> {
         match host_type(st) {
             S_IFREG => {}
             S_IFDIR => return Err(Errno::ISDIR),
@@ -562,21 +750,23 @@ impl PolicyFs {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn add_file(&self, file: OwnedFd) -> FsResult<u64> {
+    /// Registers an open file; data I/O needs the server only when writes
+    /// must be checked against a limit.
+    fn add_file(&self, file: OwnedFd, inode: Node) -> FsResult<Opened> {
+        let passthrough = self.passthrough_ok();
+        if passthrough {
+            self.passthrough_opened(&inode)?;
+        }
         let fh = self.new_fh();
+        let handle = FileHandle {
+            file,
+            passthrough: passthrough.then_some(inode),
+        };
         self.files
             .write()
             .map_err(|_| Errno::IO)?
-            .insert(fh, Arc::new(FileHandle { file }));
-        Ok(fh)
-    }
-
-    fn opened(&self, fh: u64) -> Opened {
-        Opened {
-            fh,
-            // Data I/O needs the server only for metering.
-            passthrough: self.policy.budget.is_none(),
-        }
+            .insert(fh, Arc::new(handle));
+        Ok(Opened { fh, passthrough })
     }
 
     /// Open flags for reopening a host file: creation and truncation were
@@ -622,7 +812,7 @@ impl PolicyFs {
     }
 
     /// The guest file type of a directory entry without taking a reference.
-    fn entry_kind(&self, parent: &Inode, item: &DirItem) -> u32 {
+    fn entry_kind(&self, parent: &Node, item: &DirItem) -> u32 {
         if !self.virt() || (item.kind != S_IFREG && item.kind != 0) {
             return item.kind;
         }
@@ -686,7 +876,7 @@ impl FileSystem for PolicyFs {
     }
 
     fn getattr(&self, node: u64) -> FsResult<Attr> {
-        self.stat_attr(&*self.inode(node)?)
+        self.stat_attr(&self.inode(node)?)
     }
 
     fn setattr(
@@ -968,8 +1158,7 @@ impl FileSystem for PolicyFs {
             return Err(Errno::ROFS);
         }
         let file = reopen(inode.fd.as_fd(), Self::io_flags(flags))?;
-        let fh = self.add_file(file)?;
-        Ok(self.opened(fh))
+        self.add_file(file, inode)
     }
 
     fn create(
@@ -1002,8 +1191,8 @@ impl FileSystem for PolicyFs {
             Err(e) => return Err(e),
         };
         let entry = self.finish_new(ctx, &p, &pattr, name, S_IFREG | (mode & 0o7777), 0)?;
-        let fh = self.add_file(file)?;
-        Ok((entry, self.opened(fh)))
+        let opened = self.add_file(file, self.inode(entry.node)?)?;
+        Ok((entry, opened))
     }
 
     fn passthrough_fd(&self, node: u64) -> FsResult<OwnedFd> {
@@ -1027,8 +1216,10 @@ impl FileSystem for PolicyFs {
     fn write(&self, _ctx: &Context, node: u64, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         self.writable()?;
         let h = self.file(fh)?;
-        let Some(budget) = &self.policy.budget else {
-            return rustix::io::pwrite(&h.file, data, offset).map(to_u32);
+        let budget = match &self.policy.budget {
+            // Unmetered, or settled when the file closes.
+            Some(b) if h.passthrough.is_none() => b,
+            _ => return rustix::io::pwrite(&h.file, data, offset).map(to_u32),
         };
         let inode = self.inode(node)?;
         let _guard = inode.io.lock().map_err(|_| Errno::IO)?;
@@ -1076,8 +1267,9 @@ impl FileSystem for PolicyFs {
     }
 
     fn release(&self, _node: u64, fh: u64) {
-        if let Ok(mut t) = self.files.write() {
-            t.remove(&fh);
+        let handle = self.files.write().ok().and_then(|mut t| t.remove(&fh));
+        if let Some(inode) = handle.as_ref().and_then(|h| h.passthrough.as_ref()) {
+            self.passthrough_closed(inode);
         }
     }
 

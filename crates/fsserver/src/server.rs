@@ -142,7 +142,8 @@ fn policy(cfg: ServeConfig) -> Policy {
     }
 }
 
-/// Lets the server hold a descriptor for every node the kernel references.
+/// Raises the descriptor limit as far as allowed: the node cache sizes
+/// itself from it.
 fn raise_fd_limit() {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let cur = getrlimit(Resource::Nofile);
@@ -166,7 +167,6 @@ fn raise_fd_limit() {
 }
 
 fn start(fs: PolicyFs, fuse: OwnedFd) -> Result<Server, FsServerError> {
-    raise_fd_limit();
     let running: Running = Arc::new(AtomicBool::new(true));
     let transport = FuseTransport::new(Arc::new(fs), running.clone());
     let thread = std::thread::Builder::new()
@@ -192,6 +192,7 @@ fn start(fs: PolicyFs, fuse: OwnedFd) -> Result<Server, FsServerError> {
 /// returned Server stops it (requests then fail with ENOTCONN; the threads
 /// end when the mount goes away).
 pub fn serve(root: OwnedFd, fuse: OwnedFd, cfg: ServeConfig) -> Result<Server, FsServerError> {
+    raise_fd_limit();
     let fs = PolicyFs::new(&root, policy(cfg))?;
     start(fs, fuse)
 }
@@ -202,6 +203,7 @@ pub fn serve(root: OwnedFd, fuse: OwnedFd, cfg: ServeConfig) -> Result<Server, F
 /// the mount if this process dies without unmounting.
 pub fn mount(root: OwnedFd, mountpoint: &Path, cfg: ServeConfig) -> Result<Server, FsServerError> {
     let readonly = cfg.readonly;
+    raise_fd_limit();
     let fs = PolicyFs::new(&root, policy(cfg))?;
     drop(root);
     let fuse = rustix::fs::open(
