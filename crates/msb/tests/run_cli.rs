@@ -377,6 +377,14 @@ fn in_use_while_running_and_sigkill_leaves_nothing() {
         "{}",
         text(&o.stderr)
     );
+    let o = msb(home.path(), &["volume", "prune", "--force"]);
+    assert!(
+        text(&o.stderr).contains(&format!("in use by sandbox:run-{pid}")),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = msb(home.path(), &["volume", "ls", "-q"]);
+    assert_eq!(text(&o.stdout), "dk\ndemo\n");
     let helpers = children_of(pid);
     assert_eq!(helpers.len(), if qcow_ok { 2 } else { 1 }, "{helpers:?}");
     assert!(!loops_under(home.path()).is_empty());
