@@ -20,7 +20,7 @@ use crate::plan::InitPlan;
 /// Errors of the namespace backend.
 #[derive(Debug, thiserror::Error)]
 pub enum NsError {
-    #[error("cannot create the sandbox process")]
+    #[error("cannot create the sandbox process in new namespaces (msb run needs root)")]
     Clone(#[source] io::Error),
     #[error("the init program path or arguments contain a NUL byte")]
     Nul,
@@ -96,7 +96,7 @@ impl Backend for NamespaceBackend {
             .chain(std::iter::once(std::ptr::null()))
             .collect();
         let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| NsError::Clone(e.into()))?;
+            .map_err(|e| NsError::Status(e.into()))?;
         // Where each descriptor goes in the child: streams on 0..2, the
         // status pipe on 3, passed descriptors from 4 on.
         let mut moves: Vec<(i32, i32)> = Vec::new();
