@@ -194,8 +194,8 @@ pub trait FileSystem: Send + Sync + 'static {
         flags: i32,
     ) -> FsResult<(Entry, Opened)>;
     /// A host descriptor the transport may hand to the kernel for passthrough
-    /// I/O on `node` (only asked for after an open that allowed it).
-    fn passthrough_fd(&self, node: u64) -> FsResult<std::os::fd::OwnedFd>;
+    /// I/O on `node` (only asked for after open `fh` allowed it).
+    fn passthrough_fd(&self, node: u64, fh: u64) -> FsResult<std::os::fd::OwnedFd>;
     /// Reads up to `size` bytes at `offset`.
     fn read(&self, node: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>>;
     /// Writes `data` at `offset`, returning how much was written.

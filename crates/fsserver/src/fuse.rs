@@ -74,7 +74,7 @@ impl<F: FileSystem> FuseTransport<F> {
         if let std::collections::hash_map::Entry::Vacant(slot) = backing.entry(node) {
             let id = self
                 .fs
-                .passthrough_fd(node)
+                .passthrough_fd(node, opened.fh)
                 .map_err(|e| std::io::Error::from_raw_os_error(e.raw_os_error()))
                 .and_then(|fd| reply.open_backing(fd));
             match id {

@@ -147,8 +147,9 @@ struct DirHandle {
 /// The policy passthrough filesystem over one host directory.
 pub struct PolicyFs {
     policy: Policy,
-    /// The served root, also the mount fd for reopening file handles.
-    root: Arc<OwnedFd>,
+    /// The served root opened for reading: the mount descriptor for
+    /// reopening file handles (which refuses `O_PATH` descriptors).
+    mount_fd: OwnedFd,
     inodes: RwLock<Inodes>,
     cache: Mutex<FdCache>,
     files: RwLock<HashMap<u64, Arc<FileHandle>>>,
@@ -286,6 +287,13 @@ impl PolicyFs {
                 .map_err(|e| PolicyError::NoXattrs(io_err(e)))?;
         }
         let key = (st.st_dev, st.st_ino);
+        let mount_fd = rustix::fs::openat(
+            &fd,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| PolicyError::Root(io_err(e)))?;
         let root_fd = Arc::new(fd);
         let root = Arc::new(Inode {
             key,
@@ -309,7 +317,7 @@ impl PolicyFs {
         let cap = usize::try_from(limit / 2).unwrap_or(usize::MAX).clamp(64, 1 << 16);
         Ok(PolicyFs {
             policy,
-            root: root_fd,
+            mount_fd,
             inodes: RwLock::new(inodes),
             cache: Mutex::new(FdCache {
                 open: VecDeque::new(),
@@ -355,7 +363,7 @@ impl PolicyFs {
             return Ok(Node { fd, inode });
         }
         let handle = inode.handle.as_deref().ok_or(Errno::STALE)?;
-        let fd = Arc::new(open_by_handle(self.root.as_fd(), handle)?);
+        let fd = Arc::new(open_by_handle(self.mount_fd.as_fd(), handle)?);
         *slot = Some(fd.clone());
         drop(slot);
         self.cached(&inode);
@@ -465,6 +473,16 @@ impl PolicyFs {
 
     /// What the client sees of a host object.
     fn attr_of(&self, fd: BorrowedFd<'_>, st: &Stat) -> FsResult<Attr> {
+        let record = if self.virt() {
+            self.read_record(fd, st)?
+        } else {
+            None
+        };
+        Ok(self.attr_with(st, record.as_ref()))
+    }
+
+    /// What the client sees of a host object with metadata record `record`.
+    fn attr_with(&self, st: &Stat, record: Option<&Record>) -> Attr {
         let mut a = Attr {
             ino: st.st_ino,
             size: to_u64(st.st_size),
@@ -480,9 +498,9 @@ impl PolicyFs {
             blksize: to_u32(st.st_blksize),
         };
         if !self.virt() {
-            return Ok(a);
+            return a;
         }
-        match self.read_record(fd, st)? {
+        match record {
             Some(r) => {
                 a.uid = r.uid;
                 a.gid = r.gid;
@@ -496,7 +514,7 @@ impl PolicyFs {
                 (a.uid, a.gid) = self.policy.owner;
             }
         }
-        Ok(a)
+        a
     }
 
     /// The record of an object, or one describing how it looks without one.
@@ -547,7 +565,7 @@ impl PolicyFs {
         st: &Stat,
         guest_mode: u32,
         rdev: u32,
-    ) -> FsResult<()> {
+    ) -> FsResult<Option<Record>> {
         let sgid_parent = parent.mode & S_ISGID != 0;
         let gid = if sgid_parent { parent.gid } else { ctx.gid };
         let mut mode = guest_mode;
@@ -573,20 +591,18 @@ impl PolicyFs {
                     AtFlags::empty(),
                 )?;
             }
-            return Ok(());
+            return Ok(None);
         }
         if is_link {
-            return Ok(());
+            return Ok(None);
         }
-        self.write_record(
-            fd,
-            &Record {
-                uid: ctx.uid,
-                gid,
-                mode,
-                rdev,
-            },
-        )?;
+        let record = Record {
+            uid: ctx.uid,
+            gid,
+            mode,
+            rdev,
+        };
+        self.write_record(fd, &record)?;
         if self.policy.host_perms == HostPerms::Mirror {
             let host = self.host_mode(mode, mode & S_IFMT == S_IFDIR);
             rustix::fs::chmodat(
@@ -596,7 +612,7 @@ impl PolicyFs {
                 AtFlags::empty(),
             )?;
         }
-        Ok(())
+        Ok(Some(record))
     }
 
     /// Finishes creating `name` in `parent`: opens it, sets its metadata and
@@ -618,9 +634,9 @@ impl PolicyFs {
                 Mode::empty(),
             )?;
             let st = rustix::fs::fstat(&fd)?;
-            self.init_meta(ctx, parent_attr, fd.as_fd(), &st, guest_mode, rdev)?;
+            let record = self.init_meta(ctx, parent_attr, fd.as_fd(), &st, guest_mode, rdev)?;
             let st = rustix::fs::fstat(&fd)?;
-            let attr = self.attr_of(fd.as_fd(), &st)?;
+            let attr = self.attr_with(&st, record.as_ref());
             Ok((fd, st, attr))
         })();
         match done {
@@ -771,9 +787,16 @@ impl PolicyFs {
 
     /// Open flags for reopening a host file: creation and truncation were
     /// handled already, appends arrive with explicit offsets.
-    fn io_flags(flags: i32) -> OFlags {
+    /// When data moves by passthrough, the handle's descriptor also
+    /// serves as the kernel's backing file, which must allow both
+    /// directions (the client's own open mode still limits the client).
+    fn io_flags(&self, flags: i32) -> OFlags {
         let strip = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_APPEND;
-        OFlags::from_bits_retain((flags & !strip) as u32) | OFlags::CLOEXEC
+        let mut flags = flags & !strip;
+        if self.passthrough_ok() && !self.policy.readonly {
+            flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
+        }
+        OFlags::from_bits_retain(flags as u32) | OFlags::CLOEXEC
     }
 
     fn check_xattr_name(name: &OsStr) -> FsResult<()> {
@@ -1157,7 +1180,7 @@ impl FileSystem for PolicyFs {
         {
             return Err(Errno::ROFS);
         }
-        let file = reopen(inode.fd.as_fd(), Self::io_flags(flags))?;
+        let file = reopen(inode.fd.as_fd(), self.io_flags(flags))?;
         self.add_file(file, inode)
     }
 
@@ -1174,7 +1197,7 @@ impl FileSystem for PolicyFs {
         let p = self.inode(parent)?;
         let pattr = self.stat_attr(&p)?;
         let host = self.host_mode(mode, false);
-        let oflags = Self::io_flags(flags) | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
+        let oflags = self.io_flags(flags) | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
         let file = match rustix::fs::openat(&p.fd, name, oflags, Mode::from_raw_mode(host)) {
             Ok(f) => f,
             Err(Errno::EXIST) if flags & libc::O_EXCL == 0 => {
@@ -1195,7 +1218,13 @@ impl FileSystem for PolicyFs {
         Ok((entry, opened))
     }
 
-    fn passthrough_fd(&self, node: u64) -> FsResult<OwnedFd> {
+    fn passthrough_fd(&self, node: u64, fh: u64) -> FsResult<OwnedFd> {
+        if let Ok(h) = self.file(fh)
+            && h.passthrough.is_some()
+        {
+            // Opened for both directions (see `io_flags`): share it.
+            return Ok(h.file.try_clone().map_err(|_| Errno::MFILE)?);
+        }
         let inode = self.inode(node)?;
         let flags = if self.policy.readonly {
             OFlags::RDONLY
