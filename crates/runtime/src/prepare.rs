@@ -663,3 +663,143 @@ pub fn dry_run(spec: &SandboxSpec, store: &Store) -> Result<DryRun, PrepareError
         mounts,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msb_spec::Labels;
+
+    fn gp() -> GuestPath {
+        GuestPath::new("/g").unwrap()
+    }
+
+    fn info(kind: VolumeKind, quota: Option<u32>, cap: Option<u64>, labels: Labels) -> VolumeInfo {
+        VolumeInfo {
+            name: VolumeName::new("v").unwrap(),
+            kind,
+            path: "/home/v".into(),
+            disk_image: None,
+            quota_mib: quota,
+            capacity_bytes: cap,
+            used_bytes: 0,
+            labels,
+            created_at: std::time::SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn kernel_bind_unless_a_policy_or_quota_needs_the_server() {
+        let rw = MountFlags::default();
+        assert!(server_config(&MountOptions::default(), rw, None).is_none());
+        let off = MountOptions {
+            stat_virt: Some(StatVirt::Off),
+            host_perms: Some(HostPerms::Private),
+            ..Default::default()
+        };
+        assert!(server_config(&off, rw, None).is_none());
+        let cfg = server_config(&MountOptions::default(), rw, Some(5)).unwrap();
+        assert_eq!(
+            cfg.stat_virt,
+            StatVirt::Off,
+            "quota alone keeps raw metadata"
+        );
+        let strict = MountOptions {
+            stat_virt: Some(StatVirt::Strict),
+            ..Default::default()
+        };
+        let ro = MountFlags {
+            readonly: true,
+            ..Default::default()
+        };
+        let cfg = server_config(&strict, ro, None).unwrap();
+        assert!(cfg.readonly);
+        assert_eq!(cfg.owner, (0, 0));
+        let mirror = MountOptions {
+            host_perms: Some(HostPerms::Mirror),
+            ..Default::default()
+        };
+        let cfg = server_config(&mirror, rw, None).unwrap();
+        assert_eq!(
+            (cfg.stat_virt, cfg.host_perms),
+            (StatVirt::Strict, HostPerms::Mirror)
+        );
+    }
+
+    #[test]
+    fn restricted_forces_nosuid_nodev() {
+        let f = MountFlags {
+            noexec: true,
+            ..Default::default()
+        };
+        assert_eq!(effective_flags(f, Security::Default), f);
+        let r = effective_flags(f, Security::Restricted);
+        assert!(r.nosuid && r.nodev && r.noexec && !r.readonly);
+    }
+
+    #[test]
+    fn env_overrides_defaults() {
+        let spec = SandboxSpec {
+            env: vec![("HOME".into(), "/work".into()), ("A".into(), "1".into())],
+            ..Default::default()
+        };
+        let env = merged_env(&spec);
+        let get = |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("HOME"), Some("/work"));
+        assert_eq!(get("A"), Some("1"));
+        assert!(get("PATH").unwrap().contains("/usr/bin"));
+        assert_eq!(env.iter().filter(|(k, _)| k == "HOME").count(), 1);
+    }
+
+    #[test]
+    fn ensure_exists_compatibility() {
+        let mut labels = Labels::new();
+        labels.insert("team", "ci").unwrap();
+        let dir = info(VolumeKind::Dir, Some(10), None, labels.clone());
+        let ok = |o: NamedVolumeOptions| check_compatible(&gp(), &dir, &o);
+        assert!(ok(NamedVolumeOptions::default()).is_ok());
+        assert!(
+            ok(NamedVolumeOptions {
+                quota_mib: Some(10),
+                labels: labels.clone(),
+                ..Default::default()
+            })
+            .is_ok()
+        );
+        let msg = |o| ok(o).unwrap_err().to_string();
+        assert!(
+            msg(NamedVolumeOptions {
+                kind: Some(VolumeKind::Disk),
+                ..Default::default()
+            })
+            .contains("kind dir, not kind disk")
+        );
+        assert!(
+            msg(NamedVolumeOptions {
+                quota_mib: Some(20),
+                ..Default::default()
+            })
+            .contains("quota 10 MiB, not quota 20 MiB")
+        );
+        let mut other = Labels::new();
+        other.insert("team", "web").unwrap();
+        assert!(
+            msg(NamedVolumeOptions {
+                labels: other,
+                ..Default::default()
+            })
+            .contains("label team=ci, not label team=web")
+        );
+        let disk = info(VolumeKind::Disk, None, Some(64 << 20), Labels::new());
+        let size = |s| NamedVolumeOptions {
+            size_mib: Some(s),
+            ..Default::default()
+        };
+        assert!(check_compatible(&gp(), &disk, &size(64)).is_ok());
+        assert!(
+            check_compatible(&gp(), &disk, &size(65))
+                .unwrap_err()
+                .to_string()
+                .contains("size 64 MiB, not size 65 MiB")
+        );
+    }
+}
