@@ -127,6 +127,9 @@ fn spec(args: &RunArgs) -> Result<SandboxSpec, String> {
 
 pub fn run(args: RunArgs) -> CliResult {
     if args.sandbox_init {
+        if !msb_runtime::init::is_init() {
+            return usage("--sandbox-init is internal: msb starts it inside a new sandbox");
+        }
         return Ok(ExitCode::from(msb_runtime::init::main() as u8));
     }
     // Before anything can start a thread: signals must queue for forwarding.
