@@ -153,13 +153,18 @@ pub trait FileSystem: Send + Sync + 'static {
     /// Current attributes.
     fn getattr(&self, node: u64) -> FsResult<Attr>;
     /// Changes attributes; `fh` is an open handle when the client has one.
-    fn setattr(&self, ctx: &Context, node: u64, fh: Option<u64>, set: &SetAttr)
-    -> FsResult<Attr>;
+    fn setattr(&self, ctx: &Context, node: u64, fh: Option<u64>, set: &SetAttr) -> FsResult<Attr>;
     /// Target of a symbolic link.
     fn readlink(&self, node: u64) -> FsResult<Vec<u8>>;
     /// Creates a regular file, device node, FIFO or socket.
-    fn mknod(&self, ctx: &Context, parent: u64, name: &OsStr, mode: u32, rdev: u32)
-    -> FsResult<Entry>;
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> FsResult<Entry>;
     /// Creates a directory.
     fn mkdir(&self, ctx: &Context, parent: u64, name: &OsStr, mode: u32) -> FsResult<Entry>;
     /// Removes a non-directory.
@@ -167,8 +172,7 @@ pub trait FileSystem: Send + Sync + 'static {
     /// Removes an empty directory.
     fn rmdir(&self, ctx: &Context, parent: u64, name: &OsStr) -> FsResult<()>;
     /// Creates a symbolic link to `target`.
-    fn symlink(&self, ctx: &Context, parent: u64, name: &OsStr, target: &OsStr)
-    -> FsResult<Entry>;
+    fn symlink(&self, ctx: &Context, parent: u64, name: &OsStr, target: &OsStr) -> FsResult<Entry>;
     /// Renames; `flags` are `renameat2` flags.
     fn rename(
         &self,
@@ -180,8 +184,7 @@ pub trait FileSystem: Send + Sync + 'static {
         flags: u32,
     ) -> FsResult<()>;
     /// Adds a hard link to `node`.
-    fn link(&self, ctx: &Context, node: u64, new_parent: u64, new_name: &OsStr)
-    -> FsResult<Entry>;
+    fn link(&self, ctx: &Context, node: u64, new_parent: u64, new_name: &OsStr) -> FsResult<Entry>;
     /// Opens a file; `flags` are `open(2)` flags.
     fn open(&self, ctx: &Context, node: u64, flags: i32) -> FsResult<Opened>;
     /// Creates and opens a file.
@@ -226,8 +229,14 @@ pub trait FileSystem: Send + Sync + 'static {
     /// Filesystem statistics.
     fn statfs(&self, node: u64) -> FsResult<StatFs>;
     /// Sets an extended attribute; `flags` are `setxattr(2)` flags.
-    fn setxattr(&self, ctx: &Context, node: u64, name: &OsStr, value: &[u8], flags: i32)
-    -> FsResult<()>;
+    fn setxattr(
+        &self,
+        ctx: &Context,
+        node: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> FsResult<()>;
     /// Reads an extended attribute.
     fn getxattr(&self, node: u64, name: &OsStr) -> FsResult<Vec<u8>>;
     /// Lists extended attribute names, each NUL terminated.

@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle,
     FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 
 use crate::filesystem::{self, Attr, Context, FileSystem, SetAttr, SetTime, Time};
@@ -98,7 +98,11 @@ impl<F: FileSystem> FuseTransport<F> {
     }
 
     fn drop_backing(&self, fh: u64) {
-        let node = self.passthrough_fhs.lock().ok().and_then(|mut m| m.remove(&fh));
+        let node = self
+            .passthrough_fhs
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&fh));
         if let (Some(node), Ok(mut backing)) = (node, self.backing.lock())
             && let Some((_, users)) = backing.get_mut(&node)
         {
@@ -136,14 +140,9 @@ impl ReplyOpenLike<'_> {
     fn passthrough(self, fh: FileHandle, id: &BackingId) {
         match self {
             ReplyOpenLike::Open(r) => r.opened_passthrough(fh, FopenFlags::empty(), id),
-            ReplyOpenLike::Create(r, attr) => r.created_passthrough(
-                &CACHE_TTL,
-                attr,
-                Generation(0),
-                fh,
-                FopenFlags::empty(),
-                id,
-            ),
+            ReplyOpenLike::Create(r, attr) => {
+                r.created_passthrough(&CACHE_TTL, attr, Generation(0), fh, FopenFlags::empty(), id)
+            }
         }
     }
 }
@@ -398,10 +397,14 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
         reply: ReplyEmpty,
     ) {
         live_or!(self, reply);
-        match self
-            .fs
-            .rename(&ctx(req), parent.0, name, newparent.0, newname, flags.bits())
-        {
+        match self.fs.rename(
+            &ctx(req),
+            parent.0,
+            name,
+            newparent.0,
+            newname,
+            flags.bits(),
+        ) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -581,20 +584,23 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
                     ),
                     // `.` and `..` carry no entry; the kernel skips them.
                     None => {
-                        let mut attr = file_attr(0, &Attr {
-                            ino: 0,
-                            size: 0,
-                            blocks: 0,
-                            atime: Time::default(),
-                            mtime: Time::default(),
-                            ctime: Time::default(),
-                            mode: libc::S_IFDIR,
-                            nlink: 0,
-                            uid: 0,
-                            gid: 0,
-                            rdev: 0,
-                            blksize: 0,
-                        });
+                        let mut attr = file_attr(
+                            0,
+                            &Attr {
+                                ino: 0,
+                                size: 0,
+                                blocks: 0,
+                                atime: Time::default(),
+                                mtime: Time::default(),
+                                ctime: Time::default(),
+                                mode: libc::S_IFDIR,
+                                nlink: 0,
+                                uid: 0,
+                                gid: 0,
+                                rdev: 0,
+                                blksize: 0,
+                            },
+                        );
                         attr.ino = INodeNo(0);
                         reply.add(
                             INodeNo(0),
@@ -761,4 +767,3 @@ fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
         reply.data(value);
     }
 }
-

@@ -58,7 +58,11 @@ impl Ready {
     /// Reports a successful start and disconnects from the terminal.
     pub fn ok(self) {
         self.send("ok");
-        if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        if let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
             for fd in 0..3 {
                 // SAFETY: replaces the standard descriptors with /dev/null.
                 unsafe { libc::dup2(null.as_raw_fd(), fd) };

@@ -178,7 +178,9 @@ fn time<S: TryInto<i64>, N: TryInto<u32>>(sec: S, nsec: N) -> Time {
 
 /// Host bytes allocated to an object.
 fn allocated(st: &Stat) -> i64 {
-    i64::try_from(to_u64(st.st_blocks)).unwrap_or(i64::MAX).saturating_mul(512)
+    i64::try_from(to_u64(st.st_blocks))
+        .unwrap_or(i64::MAX)
+        .saturating_mul(512)
 }
 
 fn round_up(n: u64) -> u64 {
@@ -314,7 +316,9 @@ impl PolicyFs {
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
             .current
             .unwrap_or(1 << 20);
-        let cap = usize::try_from(limit / 2).unwrap_or(usize::MAX).clamp(64, 1 << 16);
+        let cap = usize::try_from(limit / 2)
+            .unwrap_or(usize::MAX)
+            .clamp(64, 1 << 16);
         Ok(PolicyFs {
             policy,
             mount_fd,
@@ -415,7 +419,11 @@ impl PolicyFs {
         // only reopened through the root's mount.
         let root_dev = self.inodes.read().map_err(|_| Errno::IO)?.root_dev;
         let same_fs = key.0 == root_dev;
-        let handle = if same_fs { file_handle(fd.as_fd()) } else { None };
+        let handle = if same_fs {
+            file_handle(fd.as_fd())
+        } else {
+            None
+        };
         let mut t = self.inodes.write().map_err(|_| Errno::IO)?;
         if let Some(&node) = t.by_key.get(&key)
             && let Some(inode) = t.by_node.get(&node)
@@ -709,7 +717,10 @@ impl PolicyFs {
     /// Whether file data may bypass the server: always without a budget;
     /// with an unlimited one too, settling usage when the file is closed.
     fn passthrough_ok(&self) -> bool {
-        self.policy.budget.as_ref().is_none_or(|b| b.limit().is_none())
+        self.policy
+            .budget
+            .as_ref()
+            .is_none_or(|b| b.limit().is_none())
     }
 
     /// Notes a passthrough open of `inode` for later settlement.
@@ -1074,13 +1085,7 @@ impl FileSystem for PolicyFs {
         Ok(())
     }
 
-    fn symlink(
-        &self,
-        ctx: &Context,
-        parent: u64,
-        name: &OsStr,
-        target: &OsStr,
-    ) -> FsResult<Entry> {
+    fn symlink(&self, ctx: &Context, parent: u64, name: &OsStr, target: &OsStr) -> FsResult<Entry> {
         self.writable()?;
         let name = component(name)?;
         let target = target.as_bytes();
@@ -1102,12 +1107,19 @@ impl FileSystem for PolicyFs {
             let reserved = self.reserve(round_up(target.len() as u64) + SLACK);
             let written = reserved.and_then(|r| {
                 let n = rustix::io::pwrite(&file, target, 0);
-                let after = rustix::fs::fstat(&file).map(|st| allocated(&st)).unwrap_or(0);
+                let after = rustix::fs::fstat(&file)
+                    .map(|st| allocated(&st))
+                    .unwrap_or(0);
                 self.settle(0, after, r);
                 n
             });
-            if let Err(e) = written.and_then(|n| if n == target.len() { Ok(()) } else { Err(Errno::IO) })
-            {
+            if let Err(e) = written.and_then(|n| {
+                if n == target.len() {
+                    Ok(())
+                } else {
+                    Err(Errno::IO)
+                }
+            }) {
                 let _ = rustix::fs::unlinkat(&p.fd, name, AtFlags::empty());
                 if let Ok(st) = rustix::fs::fstat(&file) {
                     self.credit(&st);
@@ -1156,7 +1168,13 @@ impl FileSystem for PolicyFs {
         Ok(())
     }
 
-    fn link(&self, _ctx: &Context, node: u64, new_parent: u64, new_name: &OsStr) -> FsResult<Entry> {
+    fn link(
+        &self,
+        _ctx: &Context,
+        node: u64,
+        new_parent: u64,
+        new_name: &OsStr,
+    ) -> FsResult<Entry> {
         self.writable()?;
         let new_name = component(new_name)?;
         let inode = self.inode(node)?;
@@ -1223,7 +1241,7 @@ impl FileSystem for PolicyFs {
             && h.passthrough.is_some()
         {
             // Opened for both directions (see `io_flags`): share it.
-            return Ok(h.file.try_clone().map_err(|_| Errno::MFILE)?);
+            return h.file.try_clone().map_err(|_| Errno::MFILE);
         }
         let inode = self.inode(node)?;
         let flags = if self.policy.readonly {

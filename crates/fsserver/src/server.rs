@@ -206,12 +206,8 @@ pub fn mount(root: OwnedFd, mountpoint: &Path, cfg: ServeConfig) -> Result<Serve
     raise_fd_limit();
     let fs = PolicyFs::new(&root, policy(cfg))?;
     drop(root);
-    let fuse = rustix::fs::open(
-        "/dev/fuse",
-        OFlags::RDWR | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| FsServerError::OpenFuse(e.into()))?;
+    let fuse = rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| FsServerError::OpenFuse(e.into()))?;
     let data = CString::new(mount_data(fuse.as_raw_fd())).expect("no NUL in mount data");
     let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
     if readonly {
@@ -427,4 +423,3 @@ impl Drop for Server {
         }
     }
 }
-

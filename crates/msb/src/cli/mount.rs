@@ -47,10 +47,12 @@ fn parse_name(s: &str) -> Result<VolumeName, String> {
     VolumeName::new(s).map_err(|e| e.to_string())
 }
 fn parse_stat_virt(s: &str) -> Result<StatVirt, String> {
-    s.parse().map_err(|e: msb_spec::PolicyParseError| e.to_string())
+    s.parse()
+        .map_err(|e: msb_spec::PolicyParseError| e.to_string())
 }
 fn parse_host_perms(s: &str) -> Result<HostPerms, String> {
-    s.parse().map_err(|e: msb_spec::PolicyParseError| e.to_string())
+    s.parse()
+        .map_err(|e: msb_spec::PolicyParseError| e.to_string())
 }
 
 /// Runs `msb volume mount`: foreground until SIGINT/SIGTERM or until the
@@ -133,4 +135,3 @@ pub fn unmount(args: UnmountArgs) -> CliResult {
     msb_fsserver::unmount_path(&args.dir)?;
     Ok(ExitCode::SUCCESS)
 }
-

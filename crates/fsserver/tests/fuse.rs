@@ -1,0 +1,570 @@
+//! Real FUSE mounts of tempdirs through the server (needs root and
+//! /dev/fuse; skipped with a printed reason otherwise).
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use msb_fsserver::{HostPerms, ServeConfig, Server, StatVirt, open_root};
+use msb_quota::Budget;
+use tempfile::TempDir;
+
+const OWNER: (u32, u32) = (4242, 4343);
+const MIB: u64 = 1 << 20;
+
+fn fuse_available() -> bool {
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: /dev/fuse is missing");
+        return false;
+    }
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: FUSE mounts need root");
+        return false;
+    }
+    true
+}
+
+fn config(stat_virt: StatVirt) -> ServeConfig {
+    ServeConfig {
+        readonly: false,
+        stat_virt,
+        host_perms: HostPerms::Private,
+        budget: None,
+        owner: OWNER,
+    }
+}
+
+/// A host directory served on a mount point.
+struct Mounted {
+    host: TempDir,
+    mnt: TempDir,
+    server: Option<Server>,
+}
+
+impl Mounted {
+    fn new(cfg: ServeConfig) -> Self {
+        let host = tempfile::tempdir().unwrap();
+        Self::on(host, cfg)
+    }
+
+    fn on(host: TempDir, cfg: ServeConfig) -> Self {
+        let mnt = tempfile::tempdir().unwrap();
+        let root = open_root(host.path(), false).unwrap();
+        let server = msb_fsserver::mount(root, mnt.path(), cfg).unwrap();
+        Mounted {
+            host,
+            mnt,
+            server: Some(server),
+        }
+    }
+
+    fn m(&self, rel: &str) -> PathBuf {
+        self.mnt.path().join(rel)
+    }
+
+    fn h(&self, rel: &str) -> PathBuf {
+        self.host.path().join(rel)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.unmount().unwrap();
+        }
+        assert!(!msb_fsserver::is_served_mount(self.mnt.path()));
+    }
+}
+
+fn errno<T>(r: std::io::Result<T>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
+}
+
+fn budget(dir: &Path, limit: u64) -> Arc<Budget> {
+    let p = dir.join("usage");
+    if !p.exists() {
+        Budget::create(&p, 0).unwrap();
+    }
+    Arc::new(Budget::open(&p, Some(limit)).unwrap())
+}
+
+#[test]
+fn readonly_server_refuses_writes_even_on_a_writable_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("f"), b"data").unwrap();
+    std::fs::create_dir(host.path().join("d")).unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    // Mount read-write ourselves, so only the server can refuse.
+    let fuse = rustix::fs::open(
+        "/dev/fuse",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    let data = CString::new(msb_fsserver::mount_data(fuse.as_raw_fd())).unwrap();
+    rustix::mount::mount(
+        "msb",
+        mnt.path(),
+        "fuse.msb",
+        rustix::mount::MountFlags::empty(),
+        data.as_c_str(),
+    )
+    .unwrap();
+    let cfg = ServeConfig {
+        readonly: true,
+        ..config(StatVirt::Strict)
+    };
+    let server = msb_fsserver::serve(open_root(host.path(), false).unwrap(), fuse, cfg).unwrap();
+    let m = |r: &str| mnt.path().join(r);
+    let rofs = Some(libc::EROFS);
+    assert_eq!(std::fs::read(m("f")).unwrap(), b"data");
+    assert_eq!(errno(File::create(m("new"))), rofs);
+    assert_eq!(errno(OpenOptions::new().write(true).open(m("f"))), rofs);
+    assert_eq!(
+        errno(
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_TRUNC)
+                .open(m("f"))
+        ),
+        rofs
+    );
+    assert_eq!(errno(std::fs::create_dir(m("nd"))), rofs);
+    assert_eq!(errno(symlink("f", m("sl"))), rofs);
+    assert_eq!(errno(std::fs::hard_link(m("f"), m("hl"))), rofs);
+    assert_eq!(errno(std::fs::remove_file(m("f"))), rofs);
+    assert_eq!(errno(std::fs::remove_dir(m("d"))), rofs);
+    assert_eq!(errno(std::fs::rename(m("f"), m("g"))), rofs);
+    assert_eq!(
+        errno(std::fs::set_permissions(
+            m("f"),
+            std::fs::Permissions::from_mode(0o777)
+        )),
+        rofs
+    );
+    // SAFETY: plain libc calls on NUL-terminated paths.
+    unsafe {
+        assert_eq!(libc::mkfifo(cpath(&m("fifo")).as_ptr(), 0o644), -1);
+        assert_eq!(*libc::__errno_location(), libc::EROFS);
+        assert_eq!(libc::truncate(cpath(&m("f")).as_ptr(), 0), -1);
+        assert_eq!(*libc::__errno_location(), libc::EROFS);
+        assert_eq!(libc::chown(cpath(&m("f")).as_ptr(), 1, 1), -1);
+        assert_eq!(*libc::__errno_location(), libc::EROFS);
+    }
+    let set = rustix::fs::setxattr(m("f"), "user.a", b"1", rustix::fs::XattrFlags::empty());
+    assert_eq!(set, Err(rustix::io::Errno::ROFS));
+    let rm = rustix::fs::removexattr(m("f"), "user.a");
+    assert_eq!(rm, Err(rustix::io::Errno::ROFS));
+    assert_eq!(std::fs::read(host.path().join("f")).unwrap(), b"data");
+    assert_eq!(std::fs::read_dir(host.path()).unwrap().count(), 2);
+    server.unmount().unwrap();
+    msb_fsserver::unmount_path(mnt.path()).unwrap();
+}
+
+#[test]
+fn quota_fails_with_enospc_and_writes_nothing_past_the_limit() {
+    if !fuse_available() {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let limit = MIB;
+    let b = budget(state.path(), limit);
+    let cfg = ServeConfig {
+        budget: Some(b.clone()),
+        ..config(StatVirt::Strict)
+    };
+    let m = Mounted::new(cfg);
+    let mut f = File::create(m.m("big")).unwrap();
+    let chunk = vec![7u8; 64 << 10];
+    let mut written = 0u64;
+    let err = loop {
+        match f.write(&chunk) {
+            Ok(n) => written += n as u64,
+            Err(e) => break e,
+        }
+        assert!(written <= 4 * MIB, "writes never failed");
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+    drop(f);
+    let host_len = std::fs::metadata(m.h("big")).unwrap().len();
+    assert_eq!(host_len, written);
+    assert!(
+        written <= limit && written >= limit - 64 * 1024,
+        "{written}"
+    );
+    let used = msb_quota::scan(open_root(m.host.path(), false).unwrap()).unwrap();
+    assert!(
+        used <= limit,
+        "{used} bytes allocated past the {limit} limit"
+    );
+    assert!(b.used() <= limit);
+    // Extending truncate and fallocate past the limit fail too.
+    let f = OpenOptions::new().write(true).open(m.m("big")).unwrap();
+    assert_eq!(errno(f.set_len(4 * MIB)), Some(libc::ENOSPC));
+    let rc = rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, 4 * MIB);
+    assert_eq!(rc, Err(rustix::io::Errno::NOSPC));
+    assert_eq!(std::fs::metadata(m.h("big")).unwrap().len(), written);
+    // statfs shows the quota as size and the rest as free.
+    let st = rustix::fs::statfs(m.mnt.path()).unwrap();
+    assert_eq!(st.f_blocks as u64 * st.f_bsize as u64, limit);
+    assert!(st.f_bfree as u64 * st.f_bsize as u64 <= limit - b.used().min(limit) + 4096);
+    // Deleting credits the budget.
+    drop(f);
+    std::fs::remove_file(m.m("big")).unwrap();
+    assert!(b.used() < 64 * 1024, "{} bytes still counted", b.used());
+}
+
+#[test]
+fn concurrent_writers_on_two_mounts_never_overshoot_a_shared_budget() {
+    if !fuse_available() {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let limit = 4 * MIB;
+    let a = Mounted::new(ServeConfig {
+        budget: Some(budget(state.path(), limit)),
+        ..config(StatVirt::Strict)
+    });
+    // A second server over the same tree with its own mapping of the counter.
+    let host_root = open_root(a.host.path(), false).unwrap();
+    let mnt_b = tempfile::tempdir().unwrap();
+    let b = msb_fsserver::mount(
+        host_root,
+        mnt_b.path(),
+        ServeConfig {
+            budget: Some(budget(state.path(), limit)),
+            ..config(StatVirt::Strict)
+        },
+    )
+    .unwrap();
+    let writer = |path: PathBuf| {
+        std::thread::spawn(move || {
+            let mut f = File::create(path).unwrap();
+            let chunk = vec![1u8; 128 << 10];
+            let mut n = 0u64;
+            while let Ok(w) = f.write(&chunk) {
+                n += w as u64;
+            }
+            n
+        })
+    };
+    let t1 = writer(a.m("one"));
+    let t2 = writer(mnt_b.path().join("two"));
+    let total = t1.join().unwrap() + t2.join().unwrap();
+    let used = msb_quota::scan(open_root(a.host.path(), false).unwrap()).unwrap();
+    assert!(
+        used <= limit,
+        "{used} bytes allocated past the {limit} limit"
+    );
+    assert!(total <= limit && total >= limit - 512 * 1024, "{total}");
+    assert!(Budget::peek(&state.path().join("usage")).unwrap() <= limit);
+    b.unmount().unwrap();
+}
+
+#[test]
+fn strict_keeps_guest_metadata_in_the_record() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mounted::new(config(StatVirt::Strict));
+    std::fs::write(m.h("hostfile"), b"h").unwrap();
+    // No record: owned by the configured owner.
+    let md = std::fs::symlink_metadata(m.m("hostfile")).unwrap();
+    assert_eq!((md.uid(), md.gid()), OWNER);
+    std::fs::write(m.m("f"), b"x").unwrap();
+    std::os::unix::fs::chown(m.m("f"), Some(1234), Some(5678)).unwrap();
+    std::fs::set_permissions(m.m("f"), std::fs::Permissions::from_mode(0o4751)).unwrap();
+    let md = std::fs::metadata(m.m("f")).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o7777),
+        (1234, 5678, 0o4751)
+    );
+    let host = std::fs::metadata(m.h("f")).unwrap();
+    assert_eq!((host.uid(), host.mode() & 0o7777), (0, 0o600));
+    // Symlinks and device nodes are plain host files carrying the record.
+    symlink("target/of/link", m.m("sl")).unwrap();
+    assert_eq!(
+        std::fs::read_link(m.m("sl")).unwrap(),
+        Path::new("target/of/link")
+    );
+    assert!(
+        std::fs::symlink_metadata(m.h("sl"))
+            .unwrap()
+            .file_type()
+            .is_file()
+    );
+    let dev = rustix::fs::makedev(1, 3);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        m.m("null"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o640),
+        dev,
+    )
+    .unwrap();
+    let md = std::fs::symlink_metadata(m.m("null")).unwrap();
+    assert_eq!(md.mode() & libc::S_IFMT, libc::S_IFCHR);
+    assert_eq!(md.rdev(), dev);
+    let host = std::fs::symlink_metadata(m.h("null")).unwrap();
+    assert!(host.file_type().is_file() && host.len() == 0);
+}
+
+#[test]
+fn mirror_applies_rwx_bits_to_host_files() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mounted::new(ServeConfig {
+        host_perms: HostPerms::Mirror,
+        ..config(StatVirt::Strict)
+    });
+    std::fs::write(m.m("f"), b"x").unwrap();
+    std::fs::set_permissions(m.m("f"), std::fs::Permissions::from_mode(0o6755)).unwrap();
+    assert_eq!(std::fs::metadata(m.m("f")).unwrap().mode() & 0o7777, 0o6755);
+    // rwx reach the host, never setuid/setgid, with a floor of 0600.
+    assert_eq!(std::fs::metadata(m.h("f")).unwrap().mode() & 0o7777, 0o755);
+    std::fs::set_permissions(m.m("f"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    assert_eq!(std::fs::metadata(m.h("f")).unwrap().mode() & 0o7777, 0o600);
+}
+
+#[test]
+fn relaxed_and_off_keep_real_host_symlinks() {
+    if !fuse_available() {
+        return;
+    }
+    for mode in [StatVirt::Relaxed, StatVirt::Off] {
+        let m = Mounted::new(config(mode));
+        symlink("t", m.m("sl")).unwrap();
+        assert!(
+            std::fs::symlink_metadata(m.h("sl"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
+}
+
+#[test]
+fn off_shows_raw_host_metadata_and_refuses_chown_and_devices() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mounted::new(config(StatVirt::Off));
+    std::fs::write(m.h("hostfile"), b"h").unwrap();
+    std::os::unix::fs::chown(m.h("hostfile"), Some(77), Some(88)).unwrap();
+    let md = std::fs::metadata(m.m("hostfile")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (77, 88));
+    assert_eq!(
+        errno(std::os::unix::fs::chown(m.m("hostfile"), Some(1), None)),
+        Some(libc::EPERM)
+    );
+    let rc = rustix::fs::mknodat(
+        rustix::fs::CWD,
+        m.m("null"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o640),
+        rustix::fs::makedev(1, 3),
+    );
+    assert_eq!(rc, Err(rustix::io::Errno::OPNOTSUPP));
+    std::fs::set_permissions(m.m("hostfile"), std::fs::Permissions::from_mode(0o604)).unwrap();
+    assert_eq!(
+        std::fs::metadata(m.h("hostfile")).unwrap().mode() & 0o777,
+        0o604
+    );
+}
+
+#[test]
+fn the_record_is_invisible_to_clients() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mounted::new(config(StatVirt::Strict));
+    std::fs::write(m.m("f"), b"x").unwrap();
+    let none = rustix::fs::XattrFlags::empty();
+    rustix::fs::setxattr(m.m("f"), "user.mine", b"v", none).unwrap();
+    // The host file has the record.
+    assert!(rustix::fs::getxattr(m.h("f"), "user.msb.meta", &mut [0u8; 64][..]).is_ok());
+    let mut list = [0u8; 256];
+    let n = rustix::fs::listxattr(m.m("f"), &mut list[..]).unwrap();
+    assert_eq!(&list[..n], b"user.mine\0");
+    let perm = Err(rustix::io::Errno::PERM);
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        rustix::fs::getxattr(m.m("f"), "user.msb.meta", &mut buf[..]).map(|_| ()),
+        perm
+    );
+    assert_eq!(
+        rustix::fs::setxattr(m.m("f"), "user.msb.meta", b"x", none),
+        perm
+    );
+    assert_eq!(
+        rustix::fs::setxattr(m.m("f"), "user.msb.other", b"x", none),
+        perm
+    );
+    assert_eq!(rustix::fs::removexattr(m.m("f"), "user.msb.meta"), perm);
+    assert_eq!(std::fs::metadata(m.m("f")).unwrap().uid(), 0);
+}
+
+#[test]
+fn a_corrupt_record_gives_eio_and_the_server_lives_on() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mounted::new(config(StatVirt::Strict));
+    std::fs::write(m.h("bad"), b"x").unwrap();
+    std::fs::write(m.h("good"), b"x").unwrap();
+    let none = rustix::fs::XattrFlags::empty();
+    rustix::fs::setxattr(m.h("bad"), "user.msb.meta", &[9u8; 20], none).unwrap();
+    assert_eq!(errno(std::fs::metadata(m.m("bad"))), Some(libc::EIO));
+    assert_eq!(std::fs::read(m.m("good")).unwrap(), b"x");
+}
+
+#[test]
+fn setuid_is_cleared_when_another_user_writes() {
+    if !fuse_available() {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    // Passthrough (no budget) and server-side writes (metered).
+    for b in [None, Some(budget(state.path(), 64 * MIB))] {
+        let m = Mounted::new(ServeConfig {
+            budget: b,
+            ..config(StatVirt::Strict)
+        });
+        std::fs::write(m.m("f"), b"x").unwrap();
+        std::os::unix::fs::chown(m.m("f"), Some(1000), Some(1000)).unwrap();
+        std::fs::set_permissions(m.m("f"), std::fs::Permissions::from_mode(0o6775)).unwrap();
+        std::fs::set_permissions(m.mnt.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let status = Command::new("setpriv")
+            .args(["--reuid=1000", "--regid=1000", "--clear-groups", "sh", "-c"])
+            .arg(format!("echo more >> {}", m.m("f").display()))
+            .status();
+        let Ok(status) = status else {
+            eprintln!("skipped: setpriv is missing");
+            return;
+        };
+        assert!(status.success());
+        assert_eq!(std::fs::read(m.m("f")).unwrap(), b"xmore\n");
+        let mode = std::fs::metadata(m.m("f")).unwrap().mode();
+        assert_eq!(
+            mode & 0o7777,
+            0o775,
+            "setuid/setgid survived a write: {mode:o}"
+        );
+    }
+}
+
+/// Child side of `a_dying_server_gives_enotconn_and_leaves_no_mount`.
+fn serve_until_killed(spec: &str) -> ! {
+    let (host, mnt) = spec.split_once('\n').unwrap();
+    let root = open_root(Path::new(host), false).unwrap();
+    let _server = msb_fsserver::mount(root, Path::new(mnt), config(StatVirt::Strict)).unwrap();
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+#[test]
+fn a_dying_server_gives_enotconn_and_leaves_no_mount() {
+    if let Ok(spec) = std::env::var("MSB_FSSERVER_TEST_CHILD") {
+        serve_until_killed(&spec);
+    }
+    if !fuse_available() {
+        return;
+    }
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("f"), b"x").unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_dying_server_gives_enotconn_and_leaves_no_mount",
+            "--nocapture",
+        ])
+        .env(
+            "MSB_FSSERVER_TEST_CHILD",
+            format!("{}\n{}", host.path().display(), mnt.path().display()),
+        )
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !mnt.path().join("f").exists() {
+        assert!(Instant::now() < deadline, "the child never mounted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Opened before the death: the kernel must fail what only the server
+    // can answer (file data may bypass the server by passthrough).
+    let dir = File::open(mnt.path()).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Every request must fail promptly, not hang.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let stat = rustix::fs::statat(&dir, "g", rustix::fs::AtFlags::empty())
+            .map(|_| ())
+            .map_err(|e| Some(e.raw_os_error()));
+        let create = rustix::fs::openat(
+            &dir,
+            "new",
+            rustix::fs::OFlags::CREATE | rustix::fs::OFlags::WRONLY,
+            rustix::fs::Mode::from_raw_mode(0o644),
+        )
+        .map(|_| ())
+        .map_err(|e| Some(e.raw_os_error()));
+        let _ = tx.send((stat, create));
+    });
+    let (stat, create) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a request hung");
+    for res in [stat, create] {
+        assert!(
+            matches!(res, Err(Some(libc::ENOTCONN | libc::EIO))),
+            "{res:?}"
+        );
+    }
+    while msb_fsserver::is_served_mount(mnt.path()) {
+        assert!(Instant::now() < deadline, "the dead server's mount stayed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        std::fs::read_dir(mnt.path()).unwrap().count(),
+        0,
+        "the mount point is not back to the empty directory"
+    );
+}
+
+#[test]
+fn many_files_stay_reachable_beyond_the_descriptor_cache() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mounted::new(config(StatVirt::Strict));
+    // More nodes than the cache holds with a small descriptor limit would
+    // need descriptors; every one must stay usable.
+    let n = 3000;
+    for i in 0..n {
+        std::fs::write(m.m(&format!("f{i}")), i.to_string()).unwrap();
+    }
+    for i in 0..n {
+        assert_eq!(
+            std::fs::read_to_string(m.m(&format!("f{i}"))).unwrap(),
+            i.to_string()
+        );
+    }
+    assert_eq!(std::fs::read_dir(m.mnt.path()).unwrap().count(), n);
+    let err = std::fs::read(m.m("missing")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+}

@@ -1,0 +1,203 @@
+//! The policy filesystem called directly (no FUSE): containment, read-only
+//! refusals and the strict xattr probe, on real host directories.
+
+use std::ffi::OsStr;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use msb_fsserver::filesystem::{Context, Errno, FileSystem, ROOT_NODE, SetAttr};
+use msb_fsserver::policy::{Policy, PolicyError, PolicyFs};
+use msb_fsserver::{HostPerms, StatVirt, open_root};
+
+const CTX: Context = Context { uid: 0, gid: 0 };
+
+fn policy(readonly: bool, stat_virt: StatVirt) -> Policy {
+    Policy {
+        readonly,
+        stat_virt,
+        host_perms: HostPerms::Private,
+        budget: None,
+        owner: (1000, 1000),
+    }
+}
+
+fn fs_on(dir: &Path, readonly: bool, stat_virt: StatVirt) -> PolicyFs {
+    PolicyFs::new(open_root(dir, false).unwrap(), policy(readonly, stat_virt)).unwrap()
+}
+
+fn name(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+#[test]
+fn names_that_leave_a_directory_are_refused() {
+    let host = tempfile::tempdir().unwrap();
+    std::fs::create_dir(host.path().join("d")).unwrap();
+    let fs = fs_on(host.path(), false, StatVirt::Strict);
+    for bad in ["", ".", "..", "d/..", "a/b", "/etc"] {
+        assert_eq!(
+            fs.lookup(&CTX, ROOT_NODE, name(bad)).err(),
+            Some(Errno::INVAL),
+            "{bad:?}"
+        );
+        assert_eq!(
+            fs.mkdir(&CTX, ROOT_NODE, name(bad), 0o755).err(),
+            Some(Errno::INVAL)
+        );
+    }
+    let d = fs.lookup(&CTX, ROOT_NODE, name("d")).unwrap();
+    assert_eq!(
+        fs.lookup(&CTX, d.node, name("..")).err(),
+        Some(Errno::INVAL)
+    );
+}
+
+#[test]
+fn host_symlinks_are_never_followed() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), b"s").unwrap();
+    let host = tempfile::tempdir().unwrap();
+    symlink(outside.path(), host.path().join("out")).unwrap();
+    symlink(outside.path().join("new"), host.path().join("dangling")).unwrap();
+    symlink(outside.path().join("secret"), host.path().join("file")).unwrap();
+    for mode in [StatVirt::Strict, StatVirt::Relaxed, StatVirt::Off] {
+        let fs = fs_on(host.path(), false, mode);
+        let out = fs.lookup(&CTX, ROOT_NODE, name("out")).unwrap();
+        assert_eq!(out.attr.mode & libc::S_IFMT, libc::S_IFLNK);
+        // A symlink is no directory to the server.
+        assert_eq!(
+            fs.lookup(&CTX, out.node, name("secret")).err(),
+            Some(Errno::NOTDIR)
+        );
+        let file = fs.lookup(&CTX, ROOT_NODE, name("file")).unwrap();
+        assert_eq!(
+            fs.open(&CTX, file.node, libc::O_RDONLY).err(),
+            Some(Errno::LOOP)
+        );
+        // Creating through a dangling link must not create its target.
+        assert!(
+            fs.create(&CTX, ROOT_NODE, name("dangling"), 0o644, libc::O_WRONLY)
+                .is_err()
+        );
+        assert!(!outside.path().join("new").exists());
+        assert_eq!(
+            fs.readlink(file.node).unwrap(),
+            outside.path().join("secret").as_os_str().as_encoded_bytes()
+        );
+    }
+}
+
+#[test]
+fn root_is_opened_without_following_symlinks() {
+    let host = tempfile::tempdir().unwrap();
+    std::fs::create_dir(host.path().join("real")).unwrap();
+    symlink(host.path().join("real"), host.path().join("link")).unwrap();
+    assert!(open_root(&host.path().join("link"), false).is_err());
+    assert!(open_root(&host.path().join("link/."), false).is_err());
+    assert!(open_root(&host.path().join("link"), true).is_ok());
+    assert!(open_root(&host.path().join("real"), false).is_ok());
+}
+
+#[test]
+fn readonly_refuses_every_write_type_operation() {
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("f"), b"data").unwrap();
+    std::fs::create_dir(host.path().join("d")).unwrap();
+    let fs = fs_on(host.path(), true, StatVirt::Strict);
+    let rofs = Some(Errno::ROFS);
+    let f = fs.lookup(&CTX, ROOT_NODE, name("f")).unwrap();
+    assert_eq!(
+        fs.create(&CTX, ROOT_NODE, name("n"), 0o644, libc::O_WRONLY)
+            .err(),
+        rofs
+    );
+    assert_eq!(fs.mkdir(&CTX, ROOT_NODE, name("n"), 0o755).err(), rofs);
+    assert_eq!(
+        fs.mknod(&CTX, ROOT_NODE, name("n"), libc::S_IFIFO | 0o644, 0)
+            .err(),
+        rofs
+    );
+    assert_eq!(
+        fs.symlink(&CTX, ROOT_NODE, name("n"), name("f")).err(),
+        rofs
+    );
+    assert_eq!(fs.link(&CTX, f.node, ROOT_NODE, name("n")).err(), rofs);
+    assert_eq!(fs.unlink(&CTX, ROOT_NODE, name("f")).err(), rofs);
+    assert_eq!(fs.rmdir(&CTX, ROOT_NODE, name("d")).err(), rofs);
+    assert_eq!(
+        fs.rename(&CTX, ROOT_NODE, name("f"), ROOT_NODE, name("g"), 0)
+            .err(),
+        rofs
+    );
+    assert_eq!(fs.open(&CTX, f.node, libc::O_WRONLY).err(), rofs);
+    assert_eq!(fs.open(&CTX, f.node, libc::O_RDWR).err(), rofs);
+    assert_eq!(
+        fs.open(&CTX, f.node, libc::O_RDONLY | libc::O_TRUNC).err(),
+        rofs
+    );
+    for set in [
+        SetAttr {
+            mode: Some(0o777),
+            ..SetAttr::default()
+        },
+        SetAttr {
+            uid: Some(5),
+            ..SetAttr::default()
+        },
+        SetAttr {
+            size: Some(0),
+            ..SetAttr::default()
+        },
+    ] {
+        assert_eq!(fs.setattr(&CTX, f.node, None, &set).err(), rofs);
+    }
+    assert_eq!(
+        fs.setxattr(&CTX, f.node, name("user.a"), b"1", 0).err(),
+        rofs
+    );
+    assert_eq!(fs.removexattr(&CTX, f.node, name("user.a")).err(), rofs);
+    // Reads work; writes on a read handle are refused too.
+    let h = fs.open(&CTX, f.node, libc::O_RDONLY).unwrap();
+    assert_eq!(fs.read(f.node, h.fh, 0, 100).unwrap(), b"data");
+    assert_eq!(fs.write(&CTX, f.node, h.fh, 0, b"x").err(), rofs);
+    assert_eq!(fs.fallocate(f.node, h.fh, 0, 4096, 0).err(), rofs);
+    assert_eq!(
+        fs.copy_file_range(f.node, h.fh, 0, f.node, h.fh, 10, 4)
+            .err(),
+        rofs
+    );
+    assert_eq!(std::fs::read(host.path().join("f")).unwrap(), b"data");
+    assert!(!host.path().join("n").exists() && !host.path().join("g").exists());
+}
+
+#[test]
+fn strict_needs_user_xattrs_on_the_root() {
+    // procfs takes no user xattrs.
+    let root = open_root(Path::new("/proc/self"), true).unwrap();
+    match PolicyFs::new(root, policy(false, StatVirt::Strict)) {
+        Err(PolicyError::NoXattrs(_)) => {}
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("strict accepted a root without user xattrs"),
+    }
+    let root = open_root(Path::new("/proc/self"), true).unwrap();
+    assert!(PolicyFs::new(root, policy(false, StatVirt::Relaxed)).is_ok());
+}
+
+#[test]
+fn a_corrupt_record_is_an_io_error() {
+    let host = tempfile::tempdir().unwrap();
+    let f = host.path().join("f");
+    std::fs::write(&f, b"x").unwrap();
+    rustix::fs::setxattr(
+        &f,
+        "user.msb.meta",
+        b"garbage",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let fs = fs_on(host.path(), false, StatVirt::Strict);
+    assert_eq!(fs.lookup(&CTX, ROOT_NODE, name("f")).err(), Some(Errno::IO));
+    // off ignores records.
+    let fs = fs_on(host.path(), false, StatVirt::Off);
+    assert!(fs.lookup(&CTX, ROOT_NODE, name("f")).is_ok());
+}
