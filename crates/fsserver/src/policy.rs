@@ -779,8 +779,8 @@ impl PolicyFs {
 
     /// Registers an open file; data I/O needs the server only when writes
     /// must be checked against a limit.
-    fn add_file(&self, file: OwnedFd, inode: Node) -> FsResult<Opened> {
-        let passthrough = self.passthrough_ok();
+    fn add_file(&self, file: OwnedFd, inode: Node, both_ways: bool) -> FsResult<Opened> {
+        let passthrough = self.passthrough_ok() && both_ways;
         if passthrough {
             self.passthrough_opened(&inode)?;
         }
@@ -801,10 +801,10 @@ impl PolicyFs {
     /// When data moves by passthrough, the handle's descriptor also
     /// serves as the kernel's backing file, which must allow both
     /// directions (the client's own open mode still limits the client).
-    fn io_flags(&self, flags: i32) -> OFlags {
+    fn io_flags(&self, flags: i32, promote: bool) -> OFlags {
         let strip = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_APPEND;
         let mut flags = flags & !strip;
-        if self.passthrough_ok() && !self.policy.readonly {
+        if promote && self.passthrough_ok() && !self.policy.readonly {
             flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
         }
         OFlags::from_bits_retain(flags as u32) | OFlags::CLOEXEC
@@ -1198,8 +1198,17 @@ impl FileSystem for PolicyFs {
         {
             return Err(Errno::ROFS);
         }
-        let file = reopen(inode.fd.as_fd(), self.io_flags(flags))?;
-        self.add_file(file, inode)
+        let (file, both_ways) = match reopen(inode.fd.as_fd(), self.io_flags(flags, true)) {
+            Ok(f) => (f, true),
+            // A host file the server may not write (read-only host mount,
+            // immutable file): open it as asked and serve its I/O itself.
+            Err(Errno::ROFS | Errno::ACCESS | Errno::PERM | Errno::TXTBSY) => (
+                reopen(inode.fd.as_fd(), self.io_flags(flags, false))?,
+                false,
+            ),
+            Err(e) => return Err(e),
+        };
+        self.add_file(file, inode, both_ways)
     }
 
     fn create(
@@ -1215,7 +1224,7 @@ impl FileSystem for PolicyFs {
         let p = self.inode(parent)?;
         let pattr = self.stat_attr(&p)?;
         let host = self.host_mode(mode, false);
-        let oflags = self.io_flags(flags) | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
+        let oflags = self.io_flags(flags, true) | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
         let file = match rustix::fs::openat(&p.fd, name, oflags, Mode::from_raw_mode(host)) {
             Ok(f) => f,
             Err(Errno::EXIST) if flags & libc::O_EXCL == 0 => {
@@ -1232,7 +1241,7 @@ impl FileSystem for PolicyFs {
             Err(e) => return Err(e),
         };
         let entry = self.finish_new(ctx, &p, &pattr, name, S_IFREG | (mode & 0o7777), 0)?;
-        let opened = self.add_file(file, self.inode(entry.node)?)?;
+        let opened = self.add_file(file, self.inode(entry.node)?, true)?;
         Ok((entry, opened))
     }
 
@@ -1240,7 +1249,8 @@ impl FileSystem for PolicyFs {
         if let Ok(h) = self.file(fh)
             && h.passthrough.is_some()
         {
-            // Opened for both directions (see `io_flags`): share it.
+            // Opened for both directions (see `io_flags`, or read-only
+            // mounts, where reads are all there is): share it.
             return h.file.try_clone().map_err(|_| Errno::MFILE);
         }
         let inode = self.inode(node)?;
