@@ -25,6 +25,23 @@ pub(crate) const CACHE_TTL: Duration = Duration::from_secs(1);
 /// Largest write request (the kernel's default page limit allows 1 MiB).
 const MAX_WRITE: u32 = 1 << 20;
 
+/// Attributes sent where the kernel ignores them (negative entries, `.`
+/// and `..` in directory listings).
+const NO_ATTR: Attr = Attr {
+    ino: 0,
+    size: 0,
+    blocks: 0,
+    atime: Time { sec: 0, nsec: 0 },
+    mtime: Time { sec: 0, nsec: 0 },
+    ctime: Time { sec: 0, nsec: 0 },
+    mode: libc::S_IFDIR,
+    nlink: 0,
+    uid: 0,
+    gid: 0,
+    rdev: 0,
+    blksize: 0,
+};
+
 /// Whether the kernel is still being served; cleared when the owner stops
 /// the server while the mount may live on elsewhere.
 pub(crate) type Running = Arc<AtomicBool>;
@@ -262,6 +279,10 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
         live_or!(self, reply);
         match self.fs.lookup(&ctx(req), parent.0, name) {
             Ok(e) => reply.entry(&CACHE_TTL, &file_attr(e.node, &e.attr), Generation(0)),
+            // Node id 0 is a negative entry the kernel may cache like others.
+            Err(e) if e == filesystem::Errno::NOENT => {
+                reply.entry(&CACHE_TTL, &file_attr(0, &NO_ATTR), Generation(0))
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -583,34 +604,14 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
                         Generation(0),
                     ),
                     // `.` and `..` carry no entry; the kernel skips them.
-                    None => {
-                        let mut attr = file_attr(
-                            0,
-                            &Attr {
-                                ino: 0,
-                                size: 0,
-                                blocks: 0,
-                                atime: Time::default(),
-                                mtime: Time::default(),
-                                ctime: Time::default(),
-                                mode: libc::S_IFDIR,
-                                nlink: 0,
-                                uid: 0,
-                                gid: 0,
-                                rdev: 0,
-                                blksize: 0,
-                            },
-                        );
-                        attr.ino = INodeNo(0);
-                        reply.add(
-                            INodeNo(0),
-                            de.offset,
-                            de.name,
-                            &Duration::ZERO,
-                            &attr,
-                            Generation(0),
-                        )
-                    }
+                    None => reply.add(
+                        INodeNo(0),
+                        de.offset,
+                        de.name,
+                        &Duration::ZERO,
+                        &file_attr(0, &NO_ATTR),
+                        Generation(0),
+                    ),
                 }
             });
         match res {
