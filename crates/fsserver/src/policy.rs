@@ -333,11 +333,6 @@ impl PolicyFs {
         })
     }
 
-    /// Number of nodes currently referenced by the client (root included).
-    pub fn node_count(&self) -> usize {
-        self.inodes.read().map(|t| t.by_node.len()).unwrap_or(0)
-    }
-
     fn virt(&self) -> bool {
         self.policy.stat_virt != StatVirt::Off
     }
