@@ -464,6 +464,27 @@ fn setuid_is_cleared_when_another_user_writes() {
             0o775,
             "setuid/setgid survived a write: {mode:o}"
         );
+        // Truncation by another user clears them too.
+        std::fs::set_permissions(m.m("f"), std::fs::Permissions::from_mode(0o6775)).unwrap();
+        let status = Command::new("setpriv")
+            .args([
+                "--reuid=1000",
+                "--regid=1000",
+                "--clear-groups",
+                "truncate",
+                "-s",
+                "1",
+            ])
+            .arg(m.m("f"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let md = std::fs::metadata(m.m("f")).unwrap();
+        assert_eq!((md.len(), md.mode() & 0o7777), (1, 0o775));
+        // chown clears them even for root.
+        std::fs::set_permissions(m.m("f"), std::fs::Permissions::from_mode(0o6775)).unwrap();
+        std::os::unix::fs::chown(m.m("f"), Some(1001), None).unwrap();
+        assert_eq!(std::fs::metadata(m.m("f")).unwrap().mode() & 0o7777, 0o775);
     }
 }
 
