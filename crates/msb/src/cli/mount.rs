@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use msb_fsserver::host::{
     Detached, Ready, block_stop_signals, detach, invoking_user, wait_stop_signal,
@@ -130,8 +131,30 @@ fn serve(args: &MountArgs, ready: Option<Ready>) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs `msb volume unmount`.
+/// Runs `msb volume unmount`, returning once the serving process has let go
+/// of the volume (so a following `msb volume rm` finds it free).
 pub fn unmount(args: UnmountArgs) -> CliResult {
-    msb_fsserver::unmount_path(&args.dir)?;
+    let dir = std::path::absolute(&args.dir)?;
+    msb_fsserver::unmount_path(&dir)?;
+    let holder = format!("mount:{}", dir.display());
+    let store = Store::open_default()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held(&store, &holder) {
+        if Instant::now() > deadline {
+            return Err(format!("the server of {} did not exit", dir.display()).into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether some volume is still attached by `holder`.
+fn held(store: &Store, holder: &str) -> bool {
+    store.list(&[]).is_ok_and(|vols| {
+        vols.iter().any(|v| {
+            store
+                .users(&v.name)
+                .is_ok_and(|u| u.iter().any(|h| h == holder))
+        })
+    })
 }
