@@ -96,7 +96,16 @@ impl Catalog {
     /// Opens (creating if absent) the catalog at `path`. A database that is
     /// not ours, or is newer, is refused and left untouched.
     pub fn open(path: &Path) -> Result<Self, CatalogError> {
-        let name = || path.display().to_string();
+        // Identify an existing file through a read-only connection first: a
+        // read-write one could checkpoint someone else's WAL when it closes.
+        if path.exists() {
+            let probe = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            probe.busy_timeout(BUSY_TIMEOUT)?;
+            check_identity(&probe, path)?;
+        }
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -104,36 +113,13 @@ impl Catalog {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        // Reading the header fails with NOTADB on a file that is not SQLite.
-        let (app_id, version): (i32, i32) = match conn.query_row(
-            "SELECT * FROM pragma_application_id, pragma_user_version",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        ) {
-            Ok(v) => v,
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::NotADatabase =>
-            {
-                return Err(CatalogError::Foreign { path: name() });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if app_id != APPLICATION_ID && (app_id != 0 || version != 0 || has_tables(&conn)?) {
-            return Err(CatalogError::Foreign { path: name() });
-        }
-        if version > SCHEMA_VERSION {
-            return Err(CatalogError::Newer {
-                path: name(),
-                found: version,
-            });
-        }
+        let fresh = check_identity(&conn, path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // WAL with NORMAL survives any process crash; only a power loss can
         // drop the last commits, and the reconcile step repairs what follows.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
         let mut cat = Catalog { conn };
-        if app_id == 0 {
+        if fresh {
             cat.initialize(path)?;
         }
         Ok(cat)
@@ -292,6 +278,36 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VolumeRow> {
         created_us: r.get(6)?,
         token: r.get(7)?,
     })
+}
+
+/// Refuses a database that is not ours or is newer; returns whether it is
+/// still empty (to be initialized).
+fn check_identity(conn: &Connection, path: &Path) -> Result<bool, CatalogError> {
+    let name = || path.display().to_string();
+    // Reading the header fails with NOTADB on a file that is not SQLite.
+    let (app_id, version): (i32, i32) = match conn.query_row(
+        "SELECT * FROM pragma_application_id, pragma_user_version",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    ) {
+        Ok(v) => v,
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::NotADatabase =>
+        {
+            return Err(CatalogError::Foreign { path: name() });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if app_id != APPLICATION_ID && (app_id != 0 || version != 0 || has_tables(conn)?) {
+        return Err(CatalogError::Foreign { path: name() });
+    }
+    if version > SCHEMA_VERSION {
+        return Err(CatalogError::Newer {
+            path: name(),
+            found: version,
+        });
+    }
+    Ok(app_id == 0)
 }
 
 fn has_tables(conn: &Connection) -> Result<bool, rusqlite::Error> {

@@ -483,7 +483,8 @@ impl Store {
     /// nothing found here belongs to a live operation.
     fn reconcile(&self) -> Result<Vec<String>, StoreError> {
         let mut done = Vec::new();
-        for row in self.catalog().list_unfinished()? {
+        let unfinished = self.catalog().list_unfinished()?;
+        for row in unfinished {
             let staging = self.staging_path(&row);
             let target = self.layout.volume_dir(&row.name);
             match row.state {

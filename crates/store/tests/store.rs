@@ -268,23 +268,58 @@ fn failed_create_leaves_nothing() {
 
 #[test]
 fn foreign_database_is_refused_and_untouched() {
+    // A foreign WAL-mode database with commits still in its WAL, as another
+    // program leaves it while running: snapshot its three files.
+    let other = tempfile::tempdir().unwrap();
+    let src = other.path().join("msb.db");
+    let conn = rusqlite::Connection::open(&src).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.execute_batch(
+        "CREATE TABLE sandbox (id INTEGER PRIMARY KEY); INSERT INTO sandbox VALUES (1);",
+    )
+    .unwrap();
     let home = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(home.path().join("db")).unwrap();
-    let db = home.path().join("db/msb.db");
-    {
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.execute_batch(
-            "CREATE TABLE sandbox (id INTEGER PRIMARY KEY); INSERT INTO sandbox VALUES (1);",
+    for suffix in ["", "-wal", "-shm"] {
+        std::fs::copy(
+            other.path().join(format!("msb.db{suffix}")),
+            home.path().join(format!("db/msb.db{suffix}")),
         )
         .unwrap();
     }
-    let before = std::fs::read(&db).unwrap();
+    drop(conn);
+    let snapshot = |dir: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| {
+                (
+                    e.file_name().into_string().unwrap(),
+                    std::fs::read(e.path()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let db_before = snapshot(&home.path().join("db"));
+    assert!(
+        db_before
+            .iter()
+            .any(|(n, b)| n == "msb.db-wal" && !b.is_empty())
+    );
     let err = Store::open(home.path())
         .err()
         .expect("foreign database accepted");
     assert!(err.to_string().contains("not made by msb"), "{err}");
-    assert_eq!(std::fs::read(&db).unwrap(), before);
+    assert_eq!(snapshot(&home.path().join("db")), db_before);
+    // Nothing else was created in the home either.
+    assert_eq!(std::fs::read_dir(home.path()).unwrap().count(), 1);
 
+    let db = home.path().join("db/msb.db");
+    for suffix in ["-wal", "-shm"] {
+        std::fs::remove_file(home.path().join(format!("db/msb.db{suffix}"))).unwrap();
+    }
     std::fs::write(
         &db,
         b"this is not sqlite at all, just some text that is long enough......",

@@ -1,0 +1,202 @@
+//! Crash injection: `msb volume create` and `rm` are SIGKILLed at random
+//! instants; after the next command the store must be whole: every listed
+//! volume has its data, nothing is left half made, nothing is orphaned.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn msb(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_msb"));
+    c.env("MSB_HOME", home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+/// A small deterministic PRNG (xorshift64*), so a failure can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[derive(Default, Debug)]
+struct Seen {
+    creating_rows: usize,
+    removing_rows: usize,
+    staging_left: usize,
+    trash_left: usize,
+}
+
+fn dir_entries(p: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect()
+}
+
+/// Records what a killed process left, straight from disk and the database.
+fn observe(home: &Path, seen: &mut Seen) {
+    let conn = rusqlite::Connection::open(home.join("db/msb.db")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT state FROM volumes WHERE state != 'ready'")
+        .unwrap();
+    for state in stmt.query_map([], |r| r.get::<_, String>(0)).unwrap() {
+        match state.unwrap().as_str() {
+            "creating" => seen.creating_rows += 1,
+            "removing" => seen.removing_rows += 1,
+            other => panic!("unknown state {other}"),
+        }
+    }
+    seen.staging_left += dir_entries(&home.join("volumes/.staging")).len();
+    seen.trash_left += dir_entries(&home.join("volumes/.trash")).len();
+}
+
+/// The invariants, checked after a normal command has run.
+fn check(home: &Path) -> BTreeSet<String> {
+    let out = msb(home)
+        .args(["volume", "ls", "--format", "json"])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut names = BTreeSet::new();
+    let mut dir_names = BTreeSet::new();
+    for v in listed.as_array().unwrap() {
+        let name = v["name"].as_str().unwrap().to_string();
+        let path = home.join("volumes").join(&name);
+        match v["kind"].as_str().unwrap() {
+            "dir" => {
+                assert!(path.is_dir(), "{name} listed without its directory");
+                dir_names.insert(name.clone());
+            }
+            "disk" => {
+                let img = path.join("disk.raw");
+                let meta = std::fs::metadata(&img)
+                    .unwrap_or_else(|_| panic!("{name} listed without disk.raw"));
+                assert_eq!(meta.len(), v["capacity_bytes"].as_u64().unwrap());
+                let mut magic = [0u8; 2];
+                std::os::unix::fs::FileExt::read_exact_at(
+                    &std::fs::File::open(&img).unwrap(),
+                    &mut magic,
+                    1080,
+                )
+                .unwrap();
+                assert_eq!(magic, [0x53, 0xef], "{name}: image has no ext4 superblock");
+            }
+            k => panic!("kind {k}"),
+        }
+        names.insert(name);
+    }
+    let conn = rusqlite::Connection::open(home.join("db/msb.db")).unwrap();
+    let unfinished: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM volumes WHERE state != 'ready'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(unfinished, 0, "unfinished rows survived a command");
+    assert!(
+        dir_entries(&home.join("volumes/.staging")).is_empty(),
+        "staging not cleaned"
+    );
+    assert!(
+        dir_entries(&home.join("volumes/.trash")).is_empty(),
+        "trash not cleaned"
+    );
+    let on_disk: BTreeSet<_> = dir_entries(&home.join("volumes"))
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(on_disk, names, "orphaned or missing volume folders");
+    assert_eq!(
+        dir_entries(&home.join("usage")),
+        dir_names,
+        "usage counters out of step"
+    );
+    names
+}
+
+fn timed(home: &Path, args: &[&str]) -> Duration {
+    let start = Instant::now();
+    assert!(msb(home).args(args).status().unwrap().success());
+    start.elapsed()
+}
+
+#[test]
+fn sigkill_at_random_points_of_create_and_remove() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    // Calibrate the kill window on this machine: each kind of operation.
+    let dir_time = timed(h, &["volume", "create", "cal-dir"]);
+    let disk_time = timed(
+        h,
+        &[
+            "volume", "create", "cal-disk", "--kind", "disk", "--size", "20G",
+        ],
+    );
+    let rm_time = timed(h, &["volume", "rm", "cal-dir", "cal-disk"]) / 2;
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let mut seen = Seen::default();
+    let mut existing: Vec<String> = Vec::new();
+    for i in 0..240 {
+        let (args, window): (Vec<String>, Duration) = match rng.below(3) {
+            0 if !existing.is_empty() => {
+                let victim = existing[rng.below(existing.len() as u64) as usize].clone();
+                (vec!["volume".into(), "rm".into(), victim], rm_time)
+            }
+            1 => (
+                vec![
+                    "volume".into(),
+                    "create".into(),
+                    format!("disk{i}"),
+                    "--kind".into(),
+                    "disk".into(),
+                    "--size".into(),
+                    "20G".into(),
+                ],
+                disk_time,
+            ),
+            _ => (
+                vec!["volume".into(), "create".into(), format!("dir{i}")],
+                dir_time,
+            ),
+        };
+        let mut child = msb(h).args(&args).spawn().unwrap();
+        let delay = window.mul_f64(rng.below(1200) as f64 / 1000.0);
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        child.wait().unwrap();
+        observe(h, &mut seen);
+        let names = check(h);
+        existing = names.into_iter().collect();
+    }
+    eprintln!("interrupted states seen: {seen:?}");
+    // The kills must really have landed inside operations, or this test
+    // proves nothing.
+    assert!(seen.creating_rows + seen.staging_left > 0, "{seen:?}");
+    assert!(seen.removing_rows + seen.trash_left > 0, "{seen:?}");
+    // Doctor agrees the store is consistent.
+    let out = msb(h)
+        .arg("volume")
+        .arg("doctor")
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "store is consistent"
+    );
+}
