@@ -41,8 +41,23 @@
 //! only partly fits is shortened), and settle against the host allocation
 //! afterwards; unlinks, truncates and renames over files credit what they
 //! free. `statfs` reports the quota as size and what is left as free.
-//! Without a budget, file data moves by FUSE passthrough (the kernel reads
-//! and writes the host file directly).
+//! Without a limit, file data moves by FUSE passthrough (the kernel reads
+//! and writes the host file directly) and a file's growth is settled into
+//! the usage counter when its last handle closes.
+//!
+//! # Descriptors
+//!
+//! Every node the kernel references is resolved to an `O_PATH` descriptor,
+//! but only a bounded number stay open (half the descriptor limit, at most
+//! 65536): older ones are closed and reopened from their kernel file handle
+//! (`open_by_handle_at`) when used again, so a tree of any size can be
+//! served within the process limits.
+//!
+//! # Caching
+//!
+//! The kernel caches entries, negative lookups and attributes for one
+//! second (FUSE transport); changes made through the mount refresh its
+//! copy at once, so only host-side changes can be that late.
 
 pub mod filesystem;
 mod fuse;
