@@ -33,8 +33,8 @@ pub fn scan(root: impl AsFd) -> Result<u64, ScanError> {
     .map_err(|e| err(".", e))?;
     let mut stack: Vec<(OwnedFd, String)> = vec![(first, String::new())];
     while let Some((dir_fd, path)) = stack.pop() {
-        let mut dir = Dir::read_from(&dir_fd).map_err(|e| err(&path, e))?;
-        while let Some(entry) = dir.next() {
+        let dir = Dir::read_from(&dir_fd).map_err(|e| err(&path, e))?;
+        for entry in dir {
             let entry = entry.map_err(|e| err(&path, e))?;
             let name = entry.file_name();
             if name.to_bytes() == b"." || name.to_bytes() == b".." {

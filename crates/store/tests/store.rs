@@ -233,7 +233,7 @@ fn occupied_path_is_reported_and_left_alone() {
     ));
     assert!(store.list(&[]).unwrap().is_empty());
     let report = store.doctor().unwrap();
-    assert_eq!(report.orphans, [foreign.clone()]);
+    assert_eq!(report.orphans, std::slice::from_ref(&foreign));
     assert_eq!(std::fs::read(foreign.join("precious")).unwrap(), b"keep");
 }
 
