@@ -149,8 +149,14 @@ impl Store {
         let layout = Layout::new(home);
         let mut builder = std::fs::DirBuilder::new();
         builder.recursive(true).mode(0o755);
+        let db_dir = layout.db_dir();
+        builder
+            .create(&db_dir)
+            .map_err(io_err("cannot create", &db_dir))?;
+        // The catalog is checked before anything else is created, so a home
+        // that belongs to something else is left as it was.
+        let catalog = Catalog::open(&layout.db_file())?;
         for dir in [
-            layout.db_dir(),
             layout.staging_dir(),
             layout.trash_dir(),
             layout.usage_dir(),
@@ -160,7 +166,6 @@ impl Store {
                 .create(&dir)
                 .map_err(io_err("cannot create", &dir))?;
         }
-        let catalog = Catalog::open(&layout.db_file())?;
         let store = Store {
             layout,
             catalog: Mutex::new(catalog),
