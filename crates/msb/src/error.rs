@@ -21,6 +21,10 @@ pub enum Error {
     Io(#[source] StoreError),
     #[error("database error")]
     Database(#[source] StoreError),
+    #[error(transparent)]
+    Files(#[from] msb_volfs::FsError),
+    #[error("cannot open the disk volume's filesystem")]
+    Disk(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("background task failed")]
     Task(#[from] tokio::task::JoinError),
 }

@@ -18,16 +18,19 @@
 //! ```
 
 mod error;
+mod files;
 mod mount;
 mod sandbox;
 mod volume;
 
 pub use error::Error;
+pub use files::VolumeFiles;
 pub use mount::{
     BindExpect, DiskFormat, DiskOptions, GuestPath, HostPerms, Mount, MountError, MountOptions,
     NamedMode, NamedVolumeOptions, StatVirt, TmpfsOptions,
 };
 pub use msb_spec::{LabelFilter, Labels, VolumeConfig, VolumeKind, VolumeName};
+pub use msb_volfs::{FsError, VolumeFs};
 pub use sandbox::{RunBuilder, RunOutput, SandboxError, Security, sandbox_init_hook};
 pub use volume::{Volume, VolumeBuilder, VolumeHandle, VolumeStore};
 

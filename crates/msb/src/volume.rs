@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use msb_spec::{LabelFilter, Labels, VolumeConfig, VolumeKind, VolumeName};
 use msb_store::{Store, VolumeInfo};
 
-use crate::{Error, Result};
+use crate::{Error, Result, VolumeFiles};
 
 /// A store of volumes at one home directory. Cheap to clone.
 #[derive(Clone)]
@@ -84,6 +84,13 @@ impl VolumeStore {
     pub async fn remove(&self, name: &str) -> Result<()> {
         let name = parse_name(name)?;
         self.blocking(move |s| s.remove(&name)).await
+    }
+
+    /// Host-side access to a volume's files; `write` asks for write access.
+    pub async fn files(&self, name: &str, write: bool) -> Result<VolumeFiles> {
+        let name = parse_name(name)?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || VolumeFiles::open(&store, &name, write)).await?
     }
 
     /// A builder for a volume in this store.
@@ -167,6 +174,10 @@ impl Volume {
     pub async fn delete(self) -> Result<()> {
         self.store.remove(&self.name).await
     }
+    /// Host-side access to the volume's files (see [`VolumeFiles`]).
+    pub async fn fs(&self) -> Result<VolumeFiles> {
+        self.store.files(&self.name, true).await
+    }
 }
 
 /// Metadata of a volume, as returned by [`Volume::get`] and [`Volume::list`].
@@ -220,6 +231,15 @@ impl VolumeHandle {
     /// Deletes this volume (refused while a sandbox uses it).
     pub async fn delete(self) -> Result<()> {
         self.store.remove(self.info.name.as_str()).await
+    }
+    /// Host-side access to the volume's files (see [`VolumeFiles`]).
+    pub async fn fs(&self) -> Result<VolumeFiles> {
+        self.store.files(self.info.name.as_str(), true).await
+    }
+    /// Read-only host-side access; for a disk volume this is allowed while
+    /// sandboxes read it too.
+    pub async fn fs_read_only(&self) -> Result<VolumeFiles> {
+        self.store.files(self.info.name.as_str(), false).await
     }
 }
 

@@ -5,15 +5,12 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Args, Subcommand};
-use msb_blockdev::LoopDevice;
-use msb_spec::{VolumeKind, VolumeName};
-use msb_store::{AttachMode, Attachment, Store};
+use msb_spec::VolumeName;
+use msb_store::Store;
+use msb_volfs::FileKind;
 use msb_volfs::archive::{self, Progress};
-use msb_volfs::{FileKind, VolumeFs};
-use rustix::mount::MountAttrFlags;
 
 use super::CliResult;
 
@@ -81,69 +78,13 @@ fn parse_name(s: &str) -> Result<VolumeName, String> {
     VolumeName::new(s).map_err(|e| e.to_string())
 }
 
-/// A volume opened for host-side access, with what keeps it open.
-struct Opened {
-    fs: VolumeFs,
-    // Dropped after `fs` (field order): the detached mount goes first, then
-    // the loop device, then the attachment that kept sandboxes out.
-    _loop: Option<LoopDevice>,
-    _attachment: Option<Attachment>,
-}
-
-/// Opens `name` for host-side access. A directory volume is its data
-/// directory, charged to its quota. A disk volume is the ext4 filesystem
-/// inside its image, mounted detached (never visible in any mount table):
-/// for writing it must not be attached anywhere else, and for reading no
-/// one may have it attached read-write.
+/// Opens `name`'s files (see [`msb::VolumeFiles`]).
 fn open_volume(
     store: &Store,
     name: &VolumeName,
     write: bool,
-) -> Result<Opened, Box<dyn std::error::Error>> {
-    let info = store.get(name)?;
-    match info.kind {
-        VolumeKind::Dir => {
-            let mut fs = VolumeFs::open(&info.path)?;
-            if let Some(b) = store.budget(&info)? {
-                fs = fs.with_budget(Arc::new(b));
-            }
-            Ok(Opened {
-                fs,
-                _loop: None,
-                _attachment: None,
-            })
-        }
-        VolumeKind::Disk => {
-            let mode = if write {
-                AttachMode::ReadWrite
-            } else {
-                AttachMode::ReadOnly
-            };
-            let holder = format!("host:msb-volume-fs:{}", std::process::id());
-            let attachment = store.attach(name, &holder, mode)?;
-            let image = info
-                .disk_image
-                .clone()
-                .unwrap_or_else(|| store.layout().disk_image(name));
-            let dev = LoopDevice::attach_path(&image, !write)?;
-            let mut attrs = MountAttrFlags::MOUNT_ATTR_NOSUID
-                | MountAttrFlags::MOUNT_ATTR_NODEV
-                | MountAttrFlags::MOUNT_ATTR_NOEXEC;
-            if !write {
-                attrs |= MountAttrFlags::MOUNT_ATTR_RDONLY;
-            }
-            let mount = msb_blockdev::mount_detached(dev.path(), "ext4", !write, attrs)?;
-            let mut fs = VolumeFs::from_root_fd(mount.into_fd(), image)?;
-            if !write {
-                fs = fs.read_only();
-            }
-            Ok(Opened {
-                fs,
-                _loop: Some(dev),
-                _attachment: Some(attachment),
-            })
-        }
-    }
+) -> Result<msb::VolumeFiles, Box<dyn std::error::Error>> {
+    Ok(msb::VolumeFiles::open(store, name, write)?)
 }
 
 pub fn run(store: &Store, cmd: FsCommand) -> CliResult {
@@ -154,11 +95,11 @@ pub fn run(store: &Store, cmd: FsCommand) -> CliResult {
             let mut bar = Progress::stderr("exporting", Some(info_used(store, &name)));
             let mut tick = |n| bar.update(n);
             let report = if output.as_os_str() == "-" {
-                archive::export(&v.fs, io::stdout().lock(), &mut tick)?
+                archive::export(&v, io::stdout().lock(), &mut tick)?
             } else {
                 let file = std::fs::File::create(&output)
                     .map_err(|e| format!("cannot create {}: {e}", output.display()))?;
-                archive::export(&v.fs, file, &mut tick)?
+                archive::export(&v, file, &mut tick)?
             };
             bar.finish();
             for p in &report.skipped {
@@ -170,7 +111,7 @@ pub fn run(store: &Store, cmd: FsCommand) -> CliResult {
             let v = open_volume(store, &name, true)?;
             let result = if input.as_os_str() == "-" {
                 let mut bar = Progress::stderr("importing", None);
-                let r = archive::import(&v.fs, io::stdin().lock(), &mut |n| bar.update(n));
+                let r = archive::import(&v, io::stdin().lock(), &mut |n| bar.update(n));
                 bar.finish();
                 r
             } else {
@@ -178,7 +119,7 @@ pub fn run(store: &Store, cmd: FsCommand) -> CliResult {
                     .map_err(|e| format!("cannot open {}: {e}", input.display()))?;
                 let len = file.metadata().map(|m| m.len()).ok();
                 let mut bar = Progress::stderr("importing", len);
-                let r = archive::import(&v.fs, file, &mut |n| bar.update(n));
+                let r = archive::import(&v, file, &mut |n| bar.update(n));
                 bar.finish();
                 r
             };
@@ -212,7 +153,7 @@ fn run_op(store: &Store, args: FsArgs) -> CliResult {
             | FsOp::Cp { .. }
     );
     let v = open_volume(store, &args.name, write)?;
-    let fs = &v.fs;
+    let fs = &v;
     let mut out = io::stdout().lock();
     match args.op {
         FsOp::Ls { path } => {
