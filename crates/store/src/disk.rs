@@ -50,6 +50,8 @@ pub fn make_image(path: &Path, size_mib: u32) -> Result<(), DiskError> {
             "0",
             "-E",
             "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+            "-O",
+            "^resize_inode",
         ])
         .arg(path)
         .env("MKE2FS_CONFIG", "/etc/mke2fs.conf")

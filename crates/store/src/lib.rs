@@ -34,6 +34,7 @@ mod layout;
 
 use std::fs::File;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -260,7 +261,7 @@ impl Store {
     /// Looks a volume up.
     pub fn get(&self, name: &VolumeName) -> Result<VolumeInfo, StoreError> {
         match self.catalog().get(name)? {
-            Some(row) if row.state == State::Ready => Ok(self.info_with_usage(&row)),
+            Some(row) if row.state == State::Ready => Ok(self.info_with_usage(&row, None)),
             _ => Err(StoreError::NotFound(name.clone())),
         }
     }
@@ -268,10 +269,11 @@ impl Store {
     /// Lists volumes, newest first, keeping those matching every filter.
     pub fn list(&self, filters: &[LabelFilter]) -> Result<Vec<VolumeInfo>, StoreError> {
         let rows = self.catalog().list_ready()?;
+        let usage_dir = open_dir_nofollow(&self.layout.usage_dir()).ok();
         Ok(rows
             .iter()
             .filter(|r| filters.iter().all(|f| f.matches(&r.labels)))
-            .map(|r| self.info_with_usage(r))
+            .map(|r| self.info_with_usage(r, usage_dir.as_ref()))
             .collect())
     }
 
@@ -421,11 +423,15 @@ impl Store {
     /// Usage is a cheap read: a 16-byte counter for directories, the
     /// superblock for disks. An unreadable figure shows as 0 rather than
     /// failing a listing; `doctor` repairs counters.
-    fn info_with_usage(&self, row: &VolumeRow) -> VolumeInfo {
-        let used = match row.kind {
-            VolumeKind::Dir => Budget::peek(&self.layout.usage_file(&row.name)).unwrap_or(0),
-            VolumeKind::Disk => disk::used_bytes(&self.layout.disk_image(&row.name)).unwrap_or(0),
-        };
+    fn info_with_usage(&self, row: &VolumeRow, usage_dir: Option<&OwnedFd>) -> VolumeInfo {
+        let used = match (row.kind, usage_dir) {
+            (VolumeKind::Dir, Some(dir)) => Budget::peek_at(dir, Path::new(row.name.as_str())),
+            (VolumeKind::Dir, None) => Budget::peek(&self.layout.usage_file(&row.name)),
+            (VolumeKind::Disk, _) => {
+                Ok(disk::used_bytes(&self.layout.disk_image(&row.name)).unwrap_or(0))
+            }
+        }
+        .unwrap_or(0);
         self.info(row, used)
     }
 
@@ -572,7 +578,7 @@ fn open_lock_file(path: &Path) -> Result<File, StoreError> {
         .map_err(io_err("cannot open", path))
 }
 
-fn open_dir_nofollow(path: &Path) -> Result<std::os::fd::OwnedFd, StoreError> {
+fn open_dir_nofollow(path: &Path) -> Result<OwnedFd, StoreError> {
     use rustix::fs::{Mode, OFlags};
     rustix::fs::open(
         path,

@@ -131,7 +131,7 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             filters,
         } => {
             let vols = store.list(&filters)?;
-            let mut out = std::io::stdout().lock();
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             if quiet {
                 for v in &vols {
                     writeln!(out, "{}", v.name)?;
@@ -147,6 +147,7 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             } else {
                 print_table(&mut out, &vols)?;
             }
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
         VolumeCommand::Inspect { names, format } => {
@@ -161,7 +162,7 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
                     }
                 }
             }
-            let mut out = std::io::stdout().lock();
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             if format == Format::Json {
                 serde_json::to_writer_pretty(
                     &mut out,
@@ -176,6 +177,7 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
                     print_details(&mut out, &store, v)?;
                 }
             }
+            out.flush()?;
             Ok(exit(failed))
         }
         VolumeCommand::Rm { names, quiet } => {
