@@ -19,6 +19,8 @@ use crate::policy::{Policy, PolicyError, PolicyFs};
 
 /// Request-handling threads, each reading its own cloned `/dev/fuse` fd.
 const THREADS: usize = 4;
+/// `statfs` magic of FUSE file systems.
+const FUSE_SUPER_MAGIC: libc::__fsword_t = 0x6573_5546;
 /// Where the kernel's FUSE control file system lives.
 const FUSECTL: &str = "/sys/fs/fuse/connections";
 
@@ -213,20 +215,30 @@ pub fn mount(root: OwnedFd, mountpoint: &Path, cfg: ServeConfig) -> Result<Serve
     if readonly {
         flags |= MountFlags::RDONLY;
     }
-    rustix::mount::mount("msb", mountpoint, "fuse.msb", flags, data.as_c_str()).map_err(|e| {
-        FsServerError::Mount {
+    // The watchdog exists before the mount does, so no moment is left in
+    // which this process could die and leave the mount behind.
+    let watchdog = spawn_watchdog(mountpoint);
+    let fail = |watchdog: Option<(libc::pid_t, OwnedFd)>| {
+        if let Some((pid, _wake)) = watchdog {
+            reap(pid);
+        }
+    };
+    if let Err(e) = rustix::mount::mount("msb", mountpoint, "fuse.msb", flags, data.as_c_str()) {
+        fail(watchdog);
+        return Err(FsServerError::Mount {
             path: mountpoint.into(),
             source: e.into(),
-        }
-    })?;
+        });
+    }
     let mut server = match start(fs, fuse) {
         Ok(s) => s,
         Err(e) => {
+            fail(watchdog);
             let _ = rustix::mount::unmount(mountpoint, UnmountFlags::DETACH);
             return Err(e);
         }
     };
-    let (watchdog, wake) = match spawn_watchdog(mountpoint) {
+    let (watchdog, wake) = match watchdog {
         Some((pid, fd)) => (Some(pid), Some(fd)),
         None => (None, None),
     };
@@ -236,6 +248,15 @@ pub fn mount(root: OwnedFd, mountpoint: &Path, cfg: ServeConfig) -> Result<Serve
         _wake: wake,
     });
     Ok(server)
+}
+
+/// Stops and reaps a watchdog that is no longer needed.
+fn reap(pid: libc::pid_t) {
+    // SAFETY: signals and reaps our own child process.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
 }
 
 /// The fusectl abort file of the FUSE mount at `path`, mounting fusectl
@@ -256,12 +277,13 @@ fn abort_file(path: &Path) -> Option<PathBuf> {
     file.exists().then_some(file)
 }
 
-/// Starts a process that lazily unmounts `path` and aborts its connection
-/// once this process is gone (the pipe's write end closes), so a killed
-/// server never leaves a dead mount behind.
+/// Starts a process that lazily unmounts `path` once this process is gone
+/// (the pipe's write end closes), so a killed server never leaves a dead
+/// mount behind. By then every `/dev/fuse` descriptor is closed and the
+/// kernel has aborted the connection; the watchdog only unmounts a FUSE
+/// file system (or a dead one) at `path`.
 fn spawn_watchdog(path: &Path) -> Option<(libc::pid_t, OwnedFd)> {
     let target = CString::new(path.as_os_str().as_bytes()).ok()?;
-    let abort = abort_file(path).and_then(|p| CString::new(p.as_os_str().as_bytes()).ok());
     let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).ok()?;
     // SAFETY: the child only makes async-signal-safe system calls on data
     // prepared before the fork, then exits with _exit; it never returns into
@@ -281,12 +303,20 @@ fn spawn_watchdog(path: &Path) -> Option<(libc::pid_t, OwnedFd)> {
             while libc::read(0, (&raw mut b).cast(), 1) < 0
                 && *libc::__errno_location() == libc::EINTR
             {}
-            libc::umount2(target.as_ptr(), libc::MNT_DETACH);
-            if let Some(abort) = &abort {
-                let fd = libc::open(abort.as_ptr(), libc::O_WRONLY);
-                if fd >= 0 {
-                    libc::write(fd, b"1".as_ptr().cast(), 1);
-                }
+            let mut st: libc::statfs = std::mem::zeroed();
+            let rc = libc::statfs(target.as_ptr(), &mut st);
+            let fuse = if rc == 0 {
+                st.f_type == FUSE_SUPER_MAGIC
+            } else {
+                // A dead connection answers ENOTCONN, or ECONNABORTED once
+                // the kernel aborted it.
+                matches!(
+                    *libc::__errno_location(),
+                    libc::ENOTCONN | libc::ECONNABORTED
+                )
+            };
+            if fuse {
+                libc::umount2(target.as_ptr(), libc::MNT_DETACH);
             }
             libc::_exit(0);
         }
@@ -401,11 +431,7 @@ impl Server {
             return Ok(());
         };
         if let Some(pid) = m.watchdog {
-            // SAFETY: signals and reaps our own child process.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, std::ptr::null_mut(), 0);
-            }
+            reap(pid);
         }
         if is_served_mount(&m.path) {
             unmount_path(&m.path)?;

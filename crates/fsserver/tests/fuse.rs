@@ -552,7 +552,10 @@ fn a_dying_server_gives_enotconn_and_leaves_no_mount() {
         .expect("a request hung");
     for res in [stat, create] {
         assert!(
-            matches!(res, Err(Some(libc::ENOTCONN | libc::EIO))),
+            matches!(
+                res,
+                Err(Some(libc::ENOTCONN | libc::ECONNABORTED | libc::EIO))
+            ),
             "{res:?}"
         );
     }
