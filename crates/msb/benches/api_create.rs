@@ -12,7 +12,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn main() {
     let home = tempfile::tempdir_in("/var/tmp").unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let store = VolumeStore::open(home.path()).unwrap();
         let (mut create, mut get) = (Vec::new(), Vec::new());
@@ -25,7 +28,11 @@ fn main() {
             store.get(&format!("v{i}")).await.unwrap();
             get.push(t.elapsed());
         }
-        println!("create (dir) median: {:?} over {} runs", median(create), 500);
+        println!(
+            "create (dir) median: {:?} over {} runs",
+            median(create),
+            500
+        );
         println!("get median:          {:?} over {} runs", median(get), 500);
     });
 }
