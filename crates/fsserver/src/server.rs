@@ -9,8 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use msb_quota::Budget;
-use msb_spec::{HostPerms, StatVirt};
 use rustix::fs::{CWD, Mode, OFlags, ResolveFlags};
 use rustix::mount::{MountFlags, UnmountFlags};
 
@@ -24,20 +22,8 @@ const FUSE_SUPER_MAGIC: libc::__fsword_t = 0x6573_5546;
 /// Where the kernel's FUSE control file system lives.
 const FUSECTL: &str = "/sys/fs/fuse/connections";
 
-/// What a server enforces.
-#[derive(Clone)]
-pub struct ServeConfig {
-    /// Refuse every write-type operation with EROFS.
-    pub readonly: bool,
-    /// How ownership, mode and file type are presented.
-    pub stat_virt: StatVirt,
-    /// Whether guest permission changes reach host files.
-    pub host_perms: HostPerms,
-    /// Shared usage budget of the volume (quota and used_bytes); None = unmetered.
-    pub budget: Option<Arc<Budget>>,
-    /// uid/gid shown for files that carry no metadata record (the sandbox's user).
-    pub owner: (u32, u32),
-}
+/// What a server enforces: the policy of the served tree.
+pub type ServeConfig = Policy;
 
 /// Errors of starting or stopping a server.
 #[derive(Debug, thiserror::Error)]
@@ -134,16 +120,6 @@ pub fn mount_data(fuse_fd: RawFd) -> String {
     )
 }
 
-fn policy(cfg: ServeConfig) -> Policy {
-    Policy {
-        readonly: cfg.readonly,
-        stat_virt: cfg.stat_virt,
-        host_perms: cfg.host_perms,
-        budget: cfg.budget,
-        owner: cfg.owner,
-    }
-}
-
 /// Raises the descriptor limit as far as allowed: the node cache sizes
 /// itself from it.
 fn raise_fd_limit() {
@@ -195,7 +171,7 @@ fn start(fs: PolicyFs, fuse: OwnedFd) -> Result<Server, FsServerError> {
 /// end when the mount goes away).
 pub fn serve(root: OwnedFd, fuse: OwnedFd, cfg: ServeConfig) -> Result<Server, FsServerError> {
     raise_fd_limit();
-    let fs = PolicyFs::new(&root, policy(cfg))?;
+    let fs = PolicyFs::new(&root, cfg)?;
     start(fs, fuse)
 }
 
@@ -206,7 +182,7 @@ pub fn serve(root: OwnedFd, fuse: OwnedFd, cfg: ServeConfig) -> Result<Server, F
 pub fn mount(root: OwnedFd, mountpoint: &Path, cfg: ServeConfig) -> Result<Server, FsServerError> {
     let readonly = cfg.readonly;
     raise_fd_limit();
-    let fs = PolicyFs::new(&root, policy(cfg))?;
+    let fs = PolicyFs::new(&root, cfg)?;
     drop(root);
     let fuse = rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| FsServerError::OpenFuse(e.into()))?;
