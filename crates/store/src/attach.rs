@@ -120,11 +120,20 @@ impl Store {
         Ok(live)
     }
 
+    /// Live attachments' holders, then every sandbox that references the
+    /// volume (running or stopped) as `sandbox:NAME`.
     pub(crate) fn live_users(&self, name: &VolumeName) -> Result<Vec<String>, StoreError> {
-        Ok(self
+        let mut users: Vec<String> = self
             .live_attachments(name)?
             .into_iter()
             .map(|a| a.holder)
-            .collect())
+            .collect();
+        for sandbox in self.catalog().sandboxes_using(name)? {
+            let holder = format!("sandbox:{sandbox}");
+            if !users.contains(&holder) {
+                users.push(holder);
+            }
+        }
+        Ok(users)
     }
 }

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 /// Marks a SQLite file as ours (`PRAGMA application_id`, "msb1").
 const APPLICATION_ID: i32 = 0x6d73_6231;
 /// Schema version this build writes and understands.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 /// How long a writer waits for another process's transaction. Writers hold
 /// the database for microseconds, so reaching this means something is stuck.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -34,6 +34,22 @@ CREATE TABLE attachments (
     mode    TEXT NOT NULL CHECK (mode IN ('rw', 'ro'))
 ) STRICT;
 CREATE INDEX attachments_by_volume ON attachments (volume);
+";
+
+/// Version 2 adds named sandboxes and the volumes they reference; a version 1
+/// database is upgraded by creating these tables.
+const SCHEMA_V2: &str = "
+CREATE TABLE sandboxes (
+    name       TEXT PRIMARY KEY NOT NULL,
+    config     TEXT NOT NULL,
+    created_us INTEGER NOT NULL
+) STRICT;
+CREATE TABLE sandbox_volumes (
+    sandbox TEXT NOT NULL,
+    volume  TEXT NOT NULL,
+    PRIMARY KEY (sandbox, volume)
+) STRICT;
+CREATE INDEX sandbox_volumes_by_volume ON sandbox_volumes (volume);
 ";
 
 /// Errors of the catalog.
@@ -121,6 +137,8 @@ impl Catalog {
         let mut cat = Catalog { conn };
         if fresh {
             cat.initialize(path)?;
+        } else {
+            cat.upgrade()?;
         }
         Ok(cat)
     }
@@ -138,7 +156,29 @@ impl Catalog {
                 });
             }
             tx.execute_batch(SCHEMA)?;
+            tx.execute_batch(SCHEMA_V2)?;
             tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Brings an older schema of ours up to [`SCHEMA_VERSION`].
+    fn upgrade(&mut self) -> Result<(), CatalogError> {
+        let version: i32 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version >= SCHEMA_VERSION {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Another process may have upgraded it while we waited.
+        let version: i32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version == 1 {
+            tx.execute_batch(SCHEMA_V2)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
         tx.commit()?;
@@ -247,6 +287,117 @@ impl Catalog {
         self.conn
             .execute("DELETE FROM attachments WHERE id = ?1", [id])?;
         Ok(())
+    }
+}
+
+/// One row of the `sandboxes` table, with the volumes it references.
+#[derive(Debug, Clone)]
+pub struct SandboxRow {
+    pub name: String,
+    pub config: String,
+    pub created_us: i64,
+    pub volumes: Vec<VolumeName>,
+}
+
+impl Catalog {
+    /// Inserts a sandbox unless one of that name exists; returns whether it
+    /// was inserted.
+    pub fn insert_sandbox(&mut self, row: &SandboxRow) -> Result<bool, CatalogError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let inserted = tx.execute(
+            "INSERT INTO sandboxes (name, config, created_us) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO NOTHING",
+            params![row.name, row.config, row.created_us],
+        )?;
+        if inserted == 1 {
+            for v in &row.volumes {
+                tx.execute(
+                    "INSERT OR IGNORE INTO sandbox_volumes (sandbox, volume) VALUES (?1, ?2)",
+                    params![row.name, v.as_str()],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(inserted == 1)
+    }
+
+    pub fn get_sandbox(&self, name: &str) -> Result<Option<SandboxRow>, CatalogError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT name, config, created_us FROM sandboxes WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        row.map(|(name, config, created_us)| self.with_volumes(name, config, created_us))
+            .transpose()
+    }
+
+    /// Sandboxes, newest first.
+    pub fn list_sandboxes(&self) -> Result<Vec<SandboxRow>, CatalogError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT name, config, created_us FROM sandboxes ORDER BY created_us DESC, name",
+        )?;
+        let rows: Vec<(String, String, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(name, config, created_us)| self.with_volumes(name, config, created_us))
+            .collect()
+    }
+
+    fn with_volumes(
+        &self,
+        name: String,
+        config: String,
+        created_us: i64,
+    ) -> Result<SandboxRow, CatalogError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT volume FROM sandbox_volumes WHERE sandbox = ?1 ORDER BY volume",
+        )?;
+        let volumes = stmt
+            .query_map([&name], |r| {
+                let v: String = r.get(0)?;
+                VolumeName::new(v).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        0,
+                        rusqlite::types::Type::Text,
+                        e.to_string().into(),
+                    )
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(SandboxRow {
+            name,
+            config,
+            created_us,
+            volumes,
+        })
+    }
+
+    /// Deletes a sandbox and its volume references; returns whether it existed.
+    pub fn delete_sandbox(&mut self, name: &str) -> Result<bool, CatalogError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM sandbox_volumes WHERE sandbox = ?1", [name])?;
+        let deleted = tx.execute("DELETE FROM sandboxes WHERE name = ?1", [name])?;
+        tx.commit()?;
+        Ok(deleted == 1)
+    }
+
+    /// Names of the sandboxes referencing a volume.
+    pub fn sandboxes_using(&self, volume: &VolumeName) -> Result<Vec<String>, CatalogError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT sandbox FROM sandbox_volumes WHERE volume = ?1 ORDER BY sandbox",
+        )?;
+        let rows = stmt
+            .query_map([volume.as_str()], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
     }
 }
 

@@ -31,6 +31,7 @@ mod attach;
 mod catalog;
 pub mod disk;
 mod layout;
+mod sandbox;
 
 use std::fs::File;
 use std::io;
@@ -48,6 +49,7 @@ pub use attach::{AttachMode, Attachment};
 pub use catalog::CatalogError;
 pub use disk::DiskError;
 pub use layout::{DISK_IMAGE, Layout};
+pub use sandbox::SandboxRecord;
 
 /// Errors of the volume store.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,10 @@ pub enum StoreError {
     NotFound(VolumeName),
     #[error("volume already exists: {0}")]
     AlreadyExists(VolumeName),
+    #[error("sandbox not found: {0}")]
+    SandboxNotFound(String),
+    #[error("sandbox already exists: {0}")]
+    SandboxExists(String),
     #[error("volume {name} is in use by {}", users.join(", "))]
     InUse {
         name: VolumeName,
