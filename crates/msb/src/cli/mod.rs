@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod fs;
 mod mount;
 mod run;
+mod sandbox;
 mod volume;
 
 /// Sandboxes with real storage.
@@ -26,6 +27,14 @@ enum Command {
     Volume(volume::VolumeCommand),
     /// Run a command in a new sandbox with mounts applied.
     Run(run::RunArgs),
+    /// Create a named sandbox (recorded, with its volumes provisioned).
+    Create(sandbox::CreateArgs),
+    /// List named sandboxes.
+    Ls(sandbox::LsArgs),
+    /// Show a named sandbox's state and mounts as JSON.
+    Inspect(sandbox::NameArg),
+    /// Remove a named sandbox, releasing its volumes.
+    Rm(sandbox::NameArg),
 }
 
 /// A command's failure, already reported or to be printed as `error: ...`.
@@ -36,6 +45,10 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Volume(cmd) => volume::run(cmd),
         Command::Run(args) => run::run(args),
+        Command::Create(args) => sandbox::create(args),
+        Command::Ls(args) => sandbox::ls(args),
+        Command::Inspect(args) => sandbox::inspect(args),
+        Command::Rm(args) => sandbox::rm(args),
     };
     match result {
         Ok(code) => code,

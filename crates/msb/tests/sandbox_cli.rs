@@ -1,0 +1,213 @@
+//! Named sandboxes as users drive them: the real binary, real processes, a
+//! real store in a temporary MSB_HOME.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn msb_in(home: &Path, cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_msb"))
+        .args(args)
+        .env("MSB_HOME", home)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+fn msb(home: &Path, args: &[&str]) -> Output {
+    msb_in(home, home, args)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", stderr(o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn create_ls_inspect_rm() {
+    let home = tempfile::tempdir().unwrap();
+    let o = msb(
+        home.path(),
+        &[
+            "create",
+            "web",
+            "-v",
+            "data:/data",
+            "--tmpfs",
+            "/tmp:64m:noexec",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "web\n");
+    let o = msb(home.path(), &["create", "db"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = msb(home.path(), &["ls"]);
+    let table = stdout(&o);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{table}");
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(table.contains("web ") && table.contains("db "), "{table}");
+
+    let list = json(&msb(home.path(), &["ls", "--format", "json"]));
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert!(names.contains(&"web") && names.contains(&"db"));
+
+    let v = json(&msb(home.path(), &["inspect", "web"]));
+    assert_eq!(v["state"], "stopped");
+    assert_eq!(v["volumes"], serde_json::json!(["data"]));
+    let mounts = v["config"]["mounts"].as_array().unwrap();
+    assert_eq!(mounts.len(), 2);
+    assert_eq!(mounts[0]["guest"], "/data");
+    assert_eq!(mounts[0]["type"], "named");
+    assert_eq!(mounts[1]["guest"], "/tmp");
+    assert_eq!(mounts[1]["options"]["size_mib"], 64);
+    assert_eq!(mounts[1]["options"]["noexec"], true);
+
+    // The named volume was provisioned at create.
+    let o = msb(home.path(), &["volume", "inspect", "data"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = msb(home.path(), &["rm", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = msb(home.path(), &["inspect", "web"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("sandbox not found: web"),
+        "{}",
+        stderr(&o)
+    );
+    let list = json(&msb(home.path(), &["ls", "--format", "json"]));
+    assert_eq!(list.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn stopped_sandbox_keeps_its_volume_in_use_until_removed() {
+    let home = tempfile::tempdir().unwrap();
+    let o = msb(
+        home.path(),
+        &["create", "web", "--mount-named", "data:/data"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = msb(home.path(), &["volume", "rm", "data"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("volume data is in use by sandbox:web"),
+        "{}",
+        stderr(&o)
+    );
+    // Prune skips it as well.
+    let o = msb(home.path(), &["volume", "prune", "-f"]);
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(all.contains("sandbox:web"), "{all}");
+    let o = msb(home.path(), &["volume", "inspect", "data"]);
+    assert!(
+        o.status.success(),
+        "prune removed a referenced volume: {all}"
+    );
+
+    let o = msb(home.path(), &["rm", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = msb(home.path(), &["volume", "rm", "data"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn config_is_persisted_with_absolute_paths() {
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir(work.path().join("src")).unwrap();
+    std::fs::write(work.path().join("disk.img"), b"").unwrap();
+    let o = msb_in(
+        home.path(),
+        work.path(),
+        &[
+            "create",
+            "dev",
+            "--mount-dir",
+            "./src:/src:ro",
+            "--mount-disk",
+            "disk.img:/disk",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Inspected from elsewhere, the paths are the ones create resolved.
+    let v = json(&msb_in(home.path(), Path::new("/"), &["inspect", "dev"]));
+    let mounts = v["config"]["mounts"].as_array().unwrap();
+    let root = std::fs::canonicalize(work.path()).unwrap();
+    let src = mounts.iter().find(|m| m["guest"] == "/src").unwrap();
+    assert_eq!(src["host_path"], root.join("src").to_str().unwrap());
+    assert_eq!(src["options"]["readonly"], true);
+    let disk = mounts.iter().find(|m| m["guest"] == "/disk").unwrap();
+    assert_eq!(disk["host_path"], root.join("disk.img").to_str().unwrap());
+}
+
+#[test]
+fn bad_input_is_refused_with_clear_messages() {
+    let home = tempfile::tempdir().unwrap();
+    let o = msb(home.path(), &["create", "bad name"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("invalid sandbox name"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = msb(home.path(), &["create", "web", "-v", "data:relative"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).starts_with("error: "), "{}", stderr(&o));
+
+    let o = msb(home.path(), &["create", "web", "--rootfs", "/no/such/dir"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("invalid --rootfs"), "{}", stderr(&o));
+
+    // mode=existing on a missing volume: nothing is recorded or created.
+    let o = msb(
+        home.path(),
+        &["create", "web", "--mount-named", "gone:/g:mode=existing"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot provision volume gone for /g: volume not found: gone"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        json(&msb(home.path(), &["ls", "--format", "json"])),
+        serde_json::json!([])
+    );
+
+    let o = msb(home.path(), &["create", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = msb(home.path(), &["create", "web", "-v", "fresh:/f"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("sandbox already exists: web"),
+        "{}",
+        stderr(&o)
+    );
+    // The taken name was refused before anything was provisioned for it.
+    let o = msb(home.path(), &["volume", "inspect", "fresh"]);
+    assert_eq!(o.status.code(), Some(1));
+
+    let o = msb(home.path(), &["rm", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("sandbox not found: nope"),
+        "{}",
+        stderr(&o)
+    );
+}
