@@ -211,3 +211,160 @@ fn bad_input_is_refused_with_clear_messages() {
         stderr(&o)
     );
 }
+
+fn root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0) {
+        eprintln!("skipped: running sandboxes needs root");
+        return false;
+    }
+    true
+}
+
+fn state(home: &Path, name: &str) -> String {
+    json(&msb(home, &["inspect", name]))["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `(init pid, supervisor pid)` as the supervisor recorded them.
+fn pids(home: &Path, name: &str) -> (i32, i32) {
+    let s = std::fs::read_to_string(home.join(format!("run/sandboxes/{name}.pid"))).unwrap();
+    let (a, b) = s.trim().split_once(' ').unwrap();
+    (a.parse().unwrap(), b.parse().unwrap())
+}
+
+/// Whether `pid` is gone or a zombie (dead, not yet reaped by its new parent).
+fn dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'),
+    }
+}
+
+#[test]
+fn start_exec_stop_keeps_data_and_passes_status_through() {
+    if !root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let o = msb(
+        home.path(),
+        &[
+            "create",
+            "web",
+            "-v",
+            "data:/data",
+            "--tmpfs",
+            "/scratch",
+            "-e",
+            "GREETING=hi",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = msb(home.path(), &["exec", "web", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("sandbox web is not running"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = msb(home.path(), &["start", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(state(home.path(), "web"), "running");
+    let o = msb(home.path(), &["start", "web"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("already running"), "{}", stderr(&o));
+
+    let o = msb(
+        home.path(),
+        &[
+            "exec",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "echo $GREETING > /data/f && touch /scratch/t && echo pid=$$ && exit 7",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    // Joined the sandbox's pid namespace: its pids are small.
+    let pid: u32 = stdout(&o)
+        .trim()
+        .strip_prefix("pid=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(pid < 100, "{}", stdout(&o));
+    // The tmpfs of the running sandbox is shared between execs.
+    let o = msb(home.path(), &["exec", "web", "--", "ls", "/scratch"]);
+    assert_eq!(stdout(&o), "t\n", "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(home.path().join("volumes/data/f")).unwrap(),
+        "hi\n"
+    );
+
+    let o = msb(home.path(), &["rm", "web"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is running"), "{}", stderr(&o));
+
+    let (init, supervisor) = pids(home.path(), "web");
+    let o = msb(home.path(), &["stop", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(state(home.path(), "web"), "stopped");
+    assert!(dead(init) && dead(supervisor));
+    // Stopped, it still holds its volume.
+    let o = msb(home.path(), &["volume", "rm", "data"]);
+    assert!(stderr(&o).contains("sandbox:web"), "{}", stderr(&o));
+
+    // Started again, it mounts the same volume.
+    let o = msb(home.path(), &["start", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = msb(home.path(), &["exec", "web", "--", "cat", "/data/f"]);
+    assert_eq!(stdout(&o), "hi\n", "{}", stderr(&o));
+    let o = msb(home.path(), &["rm", "-f", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = msb(home.path(), &["volume", "rm", "data"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn killed_supervisor_leaves_the_sandbox_stopped() {
+    if !root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let o = msb(home.path(), &["create", "web", "-v", "data:/data"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = msb(home.path(), &["start", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (init, supervisor) = pids(home.path(), "web");
+    let pid = rustix::process::Pid::from_raw(supervisor).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !(dead(init) && dead(supervisor)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sandbox outlived its supervisor"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(state(home.path(), "web"), "stopped");
+    let o = msb(home.path(), &["exec", "web", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    // No live attachment is left: only the record holds the volume.
+    let o = msb(home.path(), &["volume", "rm", "data"]);
+    assert!(
+        stderr(&o).ends_with("in use by sandbox:web\n"),
+        "{}",
+        stderr(&o)
+    );
+    let o = msb(home.path(), &["start", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = msb(home.path(), &["exec", "web", "--", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = msb(home.path(), &["stop", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

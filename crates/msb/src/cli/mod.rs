@@ -34,7 +34,13 @@ enum Command {
     /// Show a named sandbox's state and mounts as JSON.
     Inspect(sandbox::NameArg),
     /// Remove a named sandbox, releasing its volumes.
-    Rm(sandbox::NameArg),
+    Rm(sandbox::RmArgs),
+    /// Start a named sandbox under a detached supervisor.
+    Start(sandbox::StartArgs),
+    /// Stop a running named sandbox.
+    Stop(sandbox::NameArg),
+    /// Run a command in a running named sandbox.
+    Exec(sandbox::ExecArgs),
 }
 
 /// A command's failure, already reported or to be printed as `error: ...`.
@@ -49,6 +55,9 @@ pub fn main() -> ExitCode {
         Command::Ls(args) => sandbox::ls(args),
         Command::Inspect(args) => sandbox::inspect(args),
         Command::Rm(args) => sandbox::rm(args),
+        Command::Start(args) => sandbox::start(args),
+        Command::Stop(args) => sandbox::stop(args),
+        Command::Exec(args) => sandbox::exec(args),
     };
     match result {
         Ok(code) => code,

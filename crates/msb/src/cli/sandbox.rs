@@ -1,14 +1,26 @@
-//! `msb create`, `msb ls`, `msb inspect`, `msb rm`: named sandboxes as
-//! records in the store. A record holds the validated config with absolute
-//! host paths, so the same sandbox means the same mounts from any directory,
+//! Named sandboxes: `msb create`, `ls`, `inspect`, `rm`, `start`, `exec`,
+//! `stop`. A sandbox is a record in the store holding the validated config
+//! with absolute host paths, so it means the same mounts from any directory,
 //! and keeps every named volume it references in use until it is removed.
+//!
+//! `start` spawns a detached supervisor (`msb start NAME --supervise`) that
+//! holds `<home>/run/sandboxes/NAME.lock` for as long as the sandbox runs,
+//! with the volume attachments and filesystem servers; the sandbox's init
+//! dies with it (PR_SET_PDEATHSIG), so a killed supervisor simply means
+//! stopped. `exec` joins the init's namespaces, like nsenter.
 
+use std::error::Error;
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::process::{ExitCode, Stdio};
 use std::time::SystemTime;
 
 use clap::ValueEnum;
-use msb_runtime::Security;
+use msb_runtime::{
+    Backend, InitProgram, NamespaceBackend, Running, SandboxSpec, SandboxStdio, Security,
+};
 use msb_spec::{
     CliFlag, GuestPath, Mount, MountError, MountTable, NamedMode, VolumeName, parse_cli,
 };
@@ -70,6 +82,16 @@ pub struct NameArg {
     pub name: String,
 }
 
+/// Arguments of `msb rm`.
+#[derive(Debug, clap::Args)]
+pub struct RmArgs {
+    /// The sandbox's name.
+    pub name: String,
+    /// Stop the sandbox first if it is running.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
 /// Output format of `msb ls`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -95,8 +117,7 @@ struct SandboxConfig {
 #[derive(Debug, Serialize)]
 struct View {
     name: String,
-    /// Sandboxes have no supervisor yet (`msb start` is not built), so every
-    /// recorded sandbox is stopped.
+    /// `running` while a supervisor holds the sandbox's lock, else `stopped`.
     state: &'static str,
     created_at: String,
     volumes: Vec<VolumeName>,
@@ -280,7 +301,8 @@ pub fn create(args: CreateArgs) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-fn view(rec: SandboxRecord) -> Result<View, SandboxCliError> {
+fn view(store: &Store, rec: SandboxRecord) -> Result<View, Box<dyn Error>> {
+    let running = RunFiles::new(store, &rec.name)?.running();
     let config =
         serde_json::from_str(&rec.config).map_err(|source| SandboxCliError::BadRecord {
             name: rec.name.clone(),
@@ -288,7 +310,7 @@ fn view(rec: SandboxRecord) -> Result<View, SandboxCliError> {
         })?;
     Ok(View {
         name: rec.name,
-        state: "stopped",
+        state: if running { "running" } else { "stopped" },
         created_at: rfc3339(rec.created_at),
         volumes: rec.volumes,
         config,
@@ -300,7 +322,7 @@ pub fn ls(args: LsArgs) -> CliResult {
     let views = store
         .sandboxes()?
         .into_iter()
-        .map(view)
+        .map(|rec| view(&store, rec))
         .collect::<Result<Vec<_>, _>>()?;
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&views)?),
@@ -323,13 +345,25 @@ pub fn ls(args: LsArgs) -> CliResult {
 
 pub fn inspect(args: NameArg) -> CliResult {
     let store = Store::open_default()?;
-    let v = view(store.sandbox(&args.name)?)?;
+    let v = view(&store, store.sandbox(&args.name)?)?;
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn rm(args: NameArg) -> CliResult {
+pub fn rm(args: RmArgs) -> CliResult {
     let store = Store::open_default()?;
+    let rec = store.sandbox(&args.name)?;
+    let files = RunFiles::new(&store, &rec.name)?;
+    if files.running() {
+        if !args.force {
+            return Err(format!(
+                "sandbox {} is running; stop it first or pass --force",
+                rec.name
+            )
+            .into());
+        }
+        halt(&files)?;
+    }
     store.remove_sandbox(&args.name)?;
     println!("{}", args.name);
     Ok(ExitCode::SUCCESS)
@@ -341,4 +375,267 @@ fn rfc3339(t: SystemTime) -> String {
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// Arguments of `msb start`.
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// The sandbox's name.
+    pub name: String,
+    /// Internal: be the sandbox's supervisor (detached by `msb start`).
+    #[arg(long, hide = true)]
+    pub supervise: bool,
+}
+
+/// Arguments of `msb exec`.
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// The sandbox's name.
+    pub name: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Runtime files of a named sandbox: a lock its supervisor holds while it
+/// runs, and the init's pid, written once the sandbox is up.
+struct RunFiles {
+    lock: PathBuf,
+    pid: PathBuf,
+}
+
+impl RunFiles {
+    fn new(store: &Store, name: &str) -> std::io::Result<Self> {
+        let dir = store.layout().run_dir().join("sandboxes");
+        std::fs::create_dir_all(&dir)?;
+        Ok(RunFiles {
+            lock: dir.join(format!("{name}.lock")),
+            pid: dir.join(format!("{name}.pid")),
+        })
+    }
+
+    /// Whether a live supervisor holds the lock. A dead one released it
+    /// with its last descriptor, so the sandbox then counts as stopped.
+    fn running(&self) -> bool {
+        match std::fs::File::open(&self.lock) {
+            Ok(f) => matches!(
+                rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared),
+                Err(rustix::io::Errno::WOULDBLOCK)
+            ),
+            Err(_) => false,
+        }
+    }
+
+    /// `(init pid, supervisor pid)` of a running sandbox.
+    fn pids(&self) -> Option<(i32, i32)> {
+        let s = std::fs::read_to_string(&self.pid).ok()?;
+        let (a, b) = s.trim().split_once(' ')?;
+        Some((a.parse().ok()?, b.parse().ok()?))
+    }
+}
+
+/// What keeps a started sandbox alive until it is stopped.
+const KEEP_ALIVE: [&str; 2] = ["sleep", "infinity"];
+
+fn load(store: &Store, name: &str) -> Result<(SandboxRecord, SandboxConfig), Box<dyn Error>> {
+    let rec = store.sandbox(name)?;
+    let config =
+        serde_json::from_str(&rec.config).map_err(|source| SandboxCliError::BadRecord {
+            name: rec.name.clone(),
+            source,
+        })?;
+    Ok((rec, config))
+}
+
+pub fn start(args: StartArgs) -> CliResult {
+    if args.supervise {
+        // Before anything can start a thread: signals must queue for forwarding.
+        msb_runtime::block_signals();
+    }
+    let store = Store::open_default()?;
+    let (rec, config) = load(&store, &args.name)?;
+    let files = RunFiles::new(&store, &rec.name)?;
+    if args.supervise {
+        return supervise(&store, &rec.name, config, &files);
+    }
+    if files.running() {
+        return Err(format!("sandbox {} is already running", rec.name).into());
+    }
+    let log_path = files.lock.with_extension("log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["start", &rec.name, "--supervise"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        // Its own session: the supervisor outlives this command and the
+        // terminal's signals.
+        .process_group(0)
+        .spawn()?;
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
+    out.read_line(&mut line)?;
+    if line == "ready\n" {
+        println!("{}", rec.name);
+        return Ok(ExitCode::SUCCESS);
+    }
+    child.wait()?;
+    let why = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let why = why.trim().trim_start_matches("error: ");
+    Err(format!("sandbox {} did not start: {why}", rec.name).into())
+}
+
+/// The detached process that owns a running sandbox: holds its lock, its
+/// volume attachments and filesystem servers, and tears all of it down
+/// when the sandbox stops.
+fn supervise(store: &Store, name: &str, config: SandboxConfig, files: &RunFiles) -> CliResult {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&files.lock)?;
+    if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        return Err(format!("sandbox {name} is already running").into());
+    }
+    let spec = SandboxSpec {
+        rootfs: config.rootfs,
+        workdir: config.workdir,
+        env: config.env,
+        security: config.security,
+        mounts: config.mounts,
+        command: KEEP_ALIVE.iter().map(|s| s.to_string()).collect(),
+    };
+    let mut prepared = msb_runtime::prepare(&spec, store, &format!("sandbox:{name}"))?;
+    let null = || std::fs::File::open("/dev/null").map(OwnedFd::from);
+    let mut stdio = SandboxStdio {
+        stdin: Some(null()?),
+        stdout: Some(null()?),
+        stderr: Some(null()?),
+        passed: Vec::new(),
+    };
+    stdio.passed.extend(prepared.take_passed_fds());
+    let backend = NamespaceBackend::new(InitProgram {
+        program: std::env::current_exe()?,
+        args: vec!["run".into(), "--sandbox-init".into()],
+    });
+    let mut sandbox = match backend.start(&prepared.plan, stdio) {
+        Ok(s) => s,
+        Err(e) => {
+            prepared.rollback();
+            return Err(e.into());
+        }
+    };
+    if let Err(e) = prepared.start_servers() {
+        drop(sandbox);
+        prepared.rollback();
+        return Err(e.into());
+    }
+    std::fs::write(
+        &files.pid,
+        format!("{} {}\n", sandbox.pid(), std::process::id()),
+    )?;
+    println!("ready");
+    let status = sandbox.wait(true);
+    drop(sandbox);
+    prepared.finish();
+    let _ = std::fs::remove_file(&files.pid);
+    drop(lock);
+    status?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn stop(args: NameArg) -> CliResult {
+    let store = Store::open_default()?;
+    let (rec, _) = load(&store, &args.name)?;
+    halt(&RunFiles::new(&store, &rec.name)?)?;
+    println!("{}", rec.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Stops the sandbox if it runs and waits until its supervisor is gone.
+fn halt(files: &RunFiles) -> Result<(), Box<dyn Error>> {
+    let Some((_, supervisor)) = files.pids().filter(|_| files.running()) else {
+        return Ok(());
+    };
+    let pid = rustix::process::Pid::from_raw(supervisor).ok_or("invalid supervisor pid")?;
+    // The supervisor forwards the signal and cleans up as the sandbox ends.
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while files.running() {
+        if std::time::Instant::now() > deadline {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+pub fn exec(args: ExecArgs) -> CliResult {
+    let store = Store::open_default()?;
+    let (rec, config) = load(&store, &args.name)?;
+    let files = RunFiles::new(&store, &rec.name)?;
+    let not_running = || {
+        format!(
+            "sandbox {} is not running; start it with `msb start`",
+            rec.name
+        )
+    };
+    let Some((init, _)) = files.pids().filter(|_| files.running()) else {
+        return Err(not_running().into());
+    };
+    if config.security != Security::Default {
+        return Err(format!(
+            "exec into a {:?} sandbox is not supported yet",
+            config.security
+        )
+        .into());
+    }
+    let open = |ns: &str| std::fs::File::open(format!("/proc/{init}/ns/{ns}"));
+    let pid_ns = open("pid")?;
+    let others = ["ipc", "uts", "net", "cgroup", "mnt"]
+        .into_iter()
+        .map(open)
+        .collect::<Result<Vec<_>, _>>()?;
+    // The pid file is only trusted while the lock says the init is ours.
+    if !files.running() {
+        return Err(not_running().into());
+    }
+    // Children of this process are born in the sandbox's pid namespace.
+    rustix::thread::move_into_link_name_space(
+        pid_ns.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::ProcessID),
+    )?;
+    let workdir = std::ffi::CString::new(
+        config
+            .workdir
+            .as_ref()
+            .map_or("/".to_string(), |w| w.to_string()),
+    )?;
+    let mut cmd = std::process::Command::new(&args.command[0]);
+    cmd.args(&args.command[1..])
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("HOME", "/root")
+        .envs(config.env.iter().map(|(k, v)| (k, v)));
+    // SAFETY: the closure runs in the forked child before exec; it only
+    // calls setns and chdir (async-signal-safe) on descriptors and a string
+    // prepared above, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            for ns in &others {
+                rustix::thread::move_into_link_name_space(ns.as_fd(), None)?;
+            }
+            rustix::process::chdir(workdir.as_c_str())?;
+            Ok(())
+        });
+    }
+    let status = cmd.status()?;
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1);
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
