@@ -368,3 +368,48 @@ fn killed_supervisor_leaves_the_sandbox_stopped() {
     let o = msb(home.path(), &["stop", "web"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// The effective capability mask of a process, from /proc/PID/status text.
+fn cap_eff(status: &str) -> u64 {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("CapEff:"))
+        .unwrap_or_else(|| panic!("no CapEff in {status}"));
+    u64::from_str_radix(line["CapEff:".len()..].trim(), 16).unwrap()
+}
+
+#[test]
+fn exec_gets_the_workload_privileges_not_the_supervisors() {
+    if !root() {
+        return;
+    }
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    let home = tempfile::tempdir().unwrap();
+    for (name, security) in [("dflt", "default"), ("strict", "restricted")] {
+        let o = msb(home.path(), &["create", name, "--security", security]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = msb(home.path(), &["start", name]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = msb(
+            home.path(),
+            &["exec", name, "--", "cat", "/proc/self/status"],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let caps = cap_eff(&stdout(&o));
+        assert_eq!(caps & CAP_SYS_ADMIN, 0, "{security}: {caps:x}");
+        if security == "restricted" {
+            assert_eq!(caps, 0, "{caps:x}");
+            assert!(stdout(&o).contains("NoNewPrivs:\t1"), "{}", stdout(&o));
+        } else {
+            assert_ne!(caps, 0);
+        }
+        // Mounting is refused like in the sandbox's own command.
+        let o = msb(
+            home.path(),
+            &["exec", name, "--", "mount", "-t", "tmpfs", "x", "/mnt"],
+        );
+        assert_ne!(o.status.code(), Some(0), "{security}: mount allowed");
+        let o = msb(home.path(), &["stop", name]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+}

@@ -15,11 +15,13 @@
 mod backend;
 mod caps;
 pub mod init;
+mod join;
 mod ns;
 mod plan;
 mod prepare;
 
 pub use backend::{Backend, Running, SandboxStdio};
+pub use join::{JoinError, join};
 pub use ns::{InitProgram, NamespaceBackend, NsError, NsSandbox};
 pub use plan::{InitMount, InitPlan, InitSource, SandboxSpec, Security};
 pub use prepare::{DryRun, DryRunMount, PrepareError, Prepared, dry_run, prepare};

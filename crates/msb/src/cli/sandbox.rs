@@ -7,11 +7,12 @@
 //! holds `<home>/run/sandboxes/NAME.lock` for as long as the sandbox runs,
 //! with the volume attachments and filesystem servers; the sandbox's init
 //! dies with it (PR_SET_PDEATHSIG), so a killed supervisor simply means
-//! stopped. `exec` joins the init's namespaces, like nsenter.
+//! stopped. `exec` joins the init's namespaces with the workload's
+//! privileges ([`msb_runtime::join`]).
 
 use std::error::Error;
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
@@ -583,34 +584,6 @@ pub fn exec(args: ExecArgs) -> CliResult {
     let Some((init, _)) = files.pids().filter(|_| files.running()) else {
         return Err(not_running().into());
     };
-    if config.security != Security::Default {
-        return Err(format!(
-            "exec into a {:?} sandbox is not supported yet",
-            config.security
-        )
-        .into());
-    }
-    let open = |ns: &str| std::fs::File::open(format!("/proc/{init}/ns/{ns}"));
-    let pid_ns = open("pid")?;
-    let others = ["ipc", "uts", "net", "cgroup", "mnt"]
-        .into_iter()
-        .map(open)
-        .collect::<Result<Vec<_>, _>>()?;
-    // The pid file is only trusted while the lock says the init is ours.
-    if !files.running() {
-        return Err(not_running().into());
-    }
-    // Children of this process are born in the sandbox's pid namespace.
-    rustix::thread::move_into_link_name_space(
-        pid_ns.as_fd(),
-        Some(rustix::thread::LinkNameSpaceType::ProcessID),
-    )?;
-    let workdir = std::ffi::CString::new(
-        config
-            .workdir
-            .as_ref()
-            .map_or("/".to_string(), |w| w.to_string()),
-    )?;
     let mut cmd = std::process::Command::new(&args.command[0]);
     cmd.args(&args.command[1..])
         .env_clear()
@@ -620,17 +593,14 @@ pub fn exec(args: ExecArgs) -> CliResult {
         )
         .env("HOME", "/root")
         .envs(config.env.iter().map(|(k, v)| (k, v)));
-    // SAFETY: the closure runs in the forked child before exec; it only
-    // calls setns and chdir (async-signal-safe) on descriptors and a string
-    // prepared above, and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            for ns in &others {
-                rustix::thread::move_into_link_name_space(ns.as_fd(), None)?;
-            }
-            rustix::process::chdir(workdir.as_c_str())?;
-            Ok(())
-        });
+    let workdir = config
+        .workdir
+        .as_ref()
+        .map_or("/".to_string(), |w| w.to_string());
+    msb_runtime::join(&mut cmd, init, &workdir, config.security)?;
+    // The pid file is only trusted while the lock says the init is ours.
+    if !files.running() {
+        return Err(not_running().into());
     }
     let status = cmd.status()?;
     let code = status
