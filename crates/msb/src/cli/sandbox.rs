@@ -469,9 +469,11 @@ pub fn start(args: StartArgs) -> CliResult {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
-        // Its own session: the supervisor outlives this command and the
-        // terminal's signals.
+        // Its own process group, so the terminal's Ctrl-C does not reach it;
+        // and not holding the caller's directory busy.
         .process_group(0)
+        .current_dir("/")
+        .env("MSB_HOME", std::fs::canonicalize(store.layout().home())?)
         .spawn()?;
     let mut line = String::new();
     let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
