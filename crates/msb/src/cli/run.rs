@@ -65,7 +65,21 @@ fn usage(msg: impl std::fmt::Display) -> CliResult {
     Ok(ExitCode::from(2))
 }
 
-fn chain(e: &MountError) -> String {
+/// Parses every mount flag's specs into one validated table (relative host
+/// paths resolved against the current directory), or a usage message.
+pub(super) fn mount_table(flags: [(CliFlag, &Vec<String>); 6]) -> Result<MountTable, String> {
+    let mut mounts = Vec::new();
+    for (flag, specs) in flags {
+        for s in specs {
+            mounts.push(parse_cli(flag, s).map_err(|e| chain(&e))?);
+        }
+    }
+    let cwd = std::env::current_dir()
+        .map_err(|e| format!("cannot resolve relative host paths: current directory: {e}"))?;
+    MountTable::new(mounts, &cwd).map_err(|e| chain(&e))
+}
+
+pub(super) fn chain(e: &MountError) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(c) = src {
@@ -77,22 +91,14 @@ fn chain(e: &MountError) -> String {
 
 /// The arguments as a validated sandbox spec, or a usage message.
 fn spec(args: &RunArgs) -> Result<SandboxSpec, String> {
-    let mut mounts = Vec::new();
-    for (flag, specs) in [
+    let mounts = mount_table([
         (CliFlag::Volume, &args.volumes),
         (CliFlag::MountDir, &args.mount_dirs),
         (CliFlag::MountFile, &args.mount_files),
         (CliFlag::MountNamed, &args.mount_named),
         (CliFlag::MountDisk, &args.mount_disks),
         (CliFlag::Tmpfs, &args.tmpfs),
-    ] {
-        for s in specs {
-            mounts.push(parse_cli(flag, s).map_err(|e| chain(&e))?);
-        }
-    }
-    let cwd = std::env::current_dir()
-        .map_err(|e| format!("cannot resolve relative host paths: current directory: {e}"))?;
-    let mounts = MountTable::new(mounts, &cwd).map_err(|e| chain(&e))?;
+    ])?;
     let workdir = match args.workdir.as_deref() {
         None | Some("/") => None,
         Some(w) => Some(GuestPath::new(w).map_err(|e| format!("invalid --workdir: {e}"))?),

@@ -22,9 +22,7 @@ use clap::ValueEnum;
 use msb_runtime::{
     Backend, InitProgram, NamespaceBackend, Running, SandboxSpec, SandboxStdio, Security,
 };
-use msb_spec::{
-    CliFlag, GuestPath, Mount, MountError, MountTable, NamedMode, VolumeName, parse_cli,
-};
+use msb_spec::{CliFlag, GuestPath, Mount, MountError, MountTable, NamedMode, VolumeName};
 use msb_store::{SandboxRecord, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -135,16 +133,6 @@ fn usage(msg: impl std::fmt::Display) -> CliResult {
     Ok(ExitCode::from(2))
 }
 
-fn chain(e: &MountError) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
-        s.push_str(&format!(": {c}"));
-        src = c.source();
-    }
-    s
-}
-
 fn sandbox_name(s: &str) -> Result<String, String> {
     VolumeName::new(s)
         .map(|n| n.as_str().to_string())
@@ -153,22 +141,14 @@ fn sandbox_name(s: &str) -> Result<String, String> {
 
 /// The arguments as a validated config, or a usage message.
 fn config(args: &CreateArgs) -> Result<SandboxConfig, String> {
-    let mut mounts = Vec::new();
-    for (flag, specs) in [
+    let mounts = super::run::mount_table([
         (CliFlag::Volume, &args.volumes),
         (CliFlag::MountDir, &args.mount_dirs),
         (CliFlag::MountFile, &args.mount_files),
         (CliFlag::MountNamed, &args.mount_named),
         (CliFlag::MountDisk, &args.mount_disks),
         (CliFlag::Tmpfs, &args.tmpfs),
-    ] {
-        for s in specs {
-            mounts.push(parse_cli(flag, s).map_err(|e| chain(&e))?);
-        }
-    }
-    let cwd = std::env::current_dir()
-        .map_err(|e| format!("cannot resolve relative host paths: current directory: {e}"))?;
-    let mounts = MountTable::new(mounts, &cwd).map_err(|e| chain(&e))?;
+    ])?;
     let workdir = match args.workdir.as_deref() {
         None | Some("/") => None,
         Some(w) => Some(GuestPath::new(w).map_err(|e| format!("invalid --workdir: {e}"))?),
