@@ -413,3 +413,57 @@ fn exec_gets_the_workload_privileges_not_the_supervisors() {
         assert!(o.status.success(), "{}", stderr(&o));
     }
 }
+
+#[test]
+fn two_sandboxes_share_a_volume_and_its_quota() {
+    if !root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let o = msb(h, &["volume", "create", "shared", "--quota", "8M"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for name in ["a", "b"] {
+        let o = msb(h, &["create", name, "-v", "shared:/data"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = msb(h, &["start", name]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let write = |name: &str, file: &str| {
+        msb(
+            h,
+            &[
+                "exec",
+                name,
+                "--",
+                "sh",
+                "-c",
+                &format!("dd if=/dev/zero of=/data/{file} bs=1M count=5 2>&1"),
+            ],
+        )
+    };
+    let o = write("a", "one");
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    // b sees a's write, and a's bytes count against the one shared quota.
+    let o = msb(h, &["exec", "b", "--", "sh", "-c", "wc -c < /data/one"]);
+    assert_eq!(stdout(&o).trim(), "5242880", "{}", stderr(&o));
+    let o = write("b", "two");
+    assert!(!o.status.success(), "second 5 MiB fit into an 8 MiB quota");
+    assert!(
+        stdout(&o).contains("No space left on device"),
+        "{}",
+        stdout(&o)
+    );
+    for name in ["a", "b"] {
+        let o = msb(h, &["stop", name]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let used = json(&msb(
+        h,
+        &["volume", "inspect", "shared", "--format", "json"],
+    ))[0]["used_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(used <= 8 << 20, "usage {used} passed the quota");
+    assert!(used >= 5 << 20, "usage {used} lost a's file");
+}
