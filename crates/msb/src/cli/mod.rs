@@ -68,6 +68,15 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// A timestamp as RFC 3339 in UTC, to the second (`2026-11-29T05:17:13Z`).
+pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t)
+        .replace_nanosecond(0)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 /// Prints `error: ...` with the chain of causes.
 pub(crate) fn report(e: &dyn std::error::Error) {
     let mut msg = format!("error: {e}");

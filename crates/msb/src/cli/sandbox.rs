@@ -16,7 +16,6 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
-use std::time::SystemTime;
 
 use clap::ValueEnum;
 use msb_runtime::{
@@ -292,7 +291,7 @@ fn view(store: &Store, rec: SandboxRecord) -> Result<View, Box<dyn Error>> {
     Ok(View {
         name: rec.name,
         state: if running { "running" } else { "stopped" },
-        created_at: rfc3339(rec.created_at),
+        created_at: super::rfc3339(rec.created_at),
         volumes: rec.volumes,
         config,
     })
@@ -348,14 +347,6 @@ pub fn rm(args: RmArgs) -> CliResult {
     store.remove_sandbox(&args.name)?;
     println!("{}", args.name);
     Ok(ExitCode::SUCCESS)
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    let t = time::OffsetDateTime::from(t)
-        .replace_nanosecond(0)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// Arguments of `msb start`.

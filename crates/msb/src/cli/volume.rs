@@ -291,17 +291,9 @@ impl<'a> From<&'a VolumeInfo> for JsonVolume<'a> {
             disk_format: disk.then_some("raw"),
             disk_fstype: disk.then_some("ext4"),
             labels: &v.labels,
-            created_at: rfc3339(v.created_at),
+            created_at: super::rfc3339(v.created_at),
         }
     }
-}
-
-fn rfc3339(t: std::time::SystemTime) -> String {
-    let t = time::OffsetDateTime::from(t)
-        .replace_nanosecond(0)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 fn limit(v: &VolumeInfo) -> String {
@@ -332,7 +324,7 @@ fn print_table(out: &mut impl Write, vols: &[VolumeInfo]) -> std::io::Result<()>
             v.kind.as_str(),
             format_bytes(v.used_bytes),
             limit(v),
-            rfc3339(v.created_at)
+            super::rfc3339(v.created_at)
         )?;
     }
     Ok(())
@@ -360,7 +352,7 @@ fn print_details(
     for (k, val) in v.labels.iter() {
         writeln!(out, "Label:     {k}={val}")?;
     }
-    writeln!(out, "Created:   {}", rfc3339(v.created_at))?;
+    writeln!(out, "Created:   {}", super::rfc3339(v.created_at))?;
     let users = store.users(&v.name)?;
     writeln!(
         out,
