@@ -28,6 +28,29 @@ pub struct RunArgs {
     /// Print the resolved plan as JSON and run nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub mounts: MountFlags,
+    /// Internal: run as the init of a new sandbox.
+    #[arg(long, hide = true)]
+    pub sandbox_init: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required_unless_present = "sandbox_init")]
+    pub command: Vec<String>,
+}
+
+fn parse_security(s: &str) -> Result<Security, String> {
+    s.parse()
+}
+
+/// A usage error: printed, exit 2.
+fn usage(msg: impl std::fmt::Display) -> CliResult {
+    eprintln!("error: {msg}");
+    Ok(ExitCode::from(2))
+}
+
+/// The mount flags shared by `msb run` and `msb create` (the peer's grammar).
+#[derive(Debug, clap::Args)]
+pub struct MountFlags {
     /// SRC:DEST[:OPTS]: a path-like SRC is bind-mounted, else it names a
     /// volume (created as a directory volume if missing).
     #[arg(short = 'v', long = "volume", value_name = "SRC:DEST[:OPTS]")]
@@ -47,36 +70,29 @@ pub struct RunArgs {
     /// PATH[:SIZE][:OPTS]: a fresh tmpfs.
     #[arg(long = "tmpfs", value_name = "PATH[:SIZE][:OPTS]")]
     pub tmpfs: Vec<String>,
-    /// Internal: run as the init of a new sandbox.
-    #[arg(long, hide = true)]
-    pub sandbox_init: bool,
-    /// The command and its arguments.
-    #[arg(last = true, required_unless_present = "sandbox_init")]
-    pub command: Vec<String>,
 }
 
-fn parse_security(s: &str) -> Result<Security, String> {
-    s.parse()
-}
-
-/// A usage error: printed, exit 2.
-fn usage(msg: impl std::fmt::Display) -> CliResult {
-    eprintln!("error: {msg}");
-    Ok(ExitCode::from(2))
-}
-
-/// Parses every mount flag's specs into one validated table (relative host
-/// paths resolved against the current directory), or a usage message.
-pub(super) fn mount_table(flags: [(CliFlag, &Vec<String>); 6]) -> Result<MountTable, String> {
-    let mut mounts = Vec::new();
-    for (flag, specs) in flags {
-        for s in specs {
-            mounts.push(parse_cli(flag, s).map_err(|e| chain(&e))?);
+impl MountFlags {
+    /// Parses every flag's specs into one validated table (relative host
+    /// paths resolved against the current directory), or a usage message.
+    pub fn table(&self) -> Result<MountTable, String> {
+        let mut mounts = Vec::new();
+        for (flag, specs) in [
+            (CliFlag::Volume, &self.volumes),
+            (CliFlag::MountDir, &self.mount_dirs),
+            (CliFlag::MountFile, &self.mount_files),
+            (CliFlag::MountNamed, &self.mount_named),
+            (CliFlag::MountDisk, &self.mount_disks),
+            (CliFlag::Tmpfs, &self.tmpfs),
+        ] {
+            for s in specs {
+                mounts.push(parse_cli(flag, s).map_err(|e| chain(&e))?);
+            }
         }
+        let cwd = std::env::current_dir()
+            .map_err(|e| format!("cannot resolve relative host paths: current directory: {e}"))?;
+        MountTable::new(mounts, &cwd).map_err(|e| chain(&e))
     }
-    let cwd = std::env::current_dir()
-        .map_err(|e| format!("cannot resolve relative host paths: current directory: {e}"))?;
-    MountTable::new(mounts, &cwd).map_err(|e| chain(&e))
 }
 
 pub(super) fn chain(e: &MountError) -> String {
@@ -91,14 +107,7 @@ pub(super) fn chain(e: &MountError) -> String {
 
 /// The arguments as a validated sandbox spec, or a usage message.
 fn spec(args: &RunArgs) -> Result<SandboxSpec, String> {
-    let mounts = mount_table([
-        (CliFlag::Volume, &args.volumes),
-        (CliFlag::MountDir, &args.mount_dirs),
-        (CliFlag::MountFile, &args.mount_files),
-        (CliFlag::MountNamed, &args.mount_named),
-        (CliFlag::MountDisk, &args.mount_disks),
-        (CliFlag::Tmpfs, &args.tmpfs),
-    ])?;
+    let mounts = args.mounts.table()?;
     let workdir = match args.workdir.as_deref() {
         None | Some("/") => None,
         Some(w) => Some(GuestPath::new(w).map_err(|e| format!("invalid --workdir: {e}"))?),

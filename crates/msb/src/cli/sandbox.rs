@@ -21,7 +21,7 @@ use clap::ValueEnum;
 use msb_runtime::{
     Backend, InitProgram, NamespaceBackend, Running, SandboxSpec, SandboxStdio, Security,
 };
-use msb_spec::{CliFlag, GuestPath, Mount, MountError, MountTable, NamedMode, VolumeName};
+use msb_spec::{GuestPath, Mount, MountError, MountTable, NamedMode, VolumeName};
 use msb_store::{SandboxRecord, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -44,25 +44,8 @@ pub struct CreateArgs {
     /// default or restricted (see `msb run --help`).
     #[arg(long, default_value = "default", value_parser = parse_security)]
     pub security: Security,
-    /// SRC:DEST[:OPTS]: a path-like SRC is bind-mounted, else it names a
-    /// volume (created as a directory volume if missing).
-    #[arg(short = 'v', long = "volume", value_name = "SRC:DEST[:OPTS]")]
-    pub volumes: Vec<String>,
-    /// HOST_DIR:DEST[:OPTS]: bind-mount a host directory.
-    #[arg(long = "mount-dir", value_name = "SRC:DEST[:OPTS]")]
-    pub mount_dirs: Vec<String>,
-    /// HOST_FILE:DEST[:OPTS]: bind-mount a single host file.
-    #[arg(long = "mount-file", value_name = "SRC:DEST[:OPTS]")]
-    pub mount_files: Vec<String>,
-    /// NAME:DEST[:OPTS] with kind=, size=, quota=, mode=existing|create|ensure.
-    #[arg(long = "mount-named", value_name = "NAME:DEST[:OPTS]")]
-    pub mount_named: Vec<String>,
-    /// IMG:DEST[:OPTS] with format=raw|qcow2|vmdk, fstype=.
-    #[arg(long = "mount-disk", value_name = "IMG:DEST[:OPTS]")]
-    pub mount_disks: Vec<String>,
-    /// PATH[:SIZE][:OPTS]: a fresh tmpfs.
-    #[arg(long = "tmpfs", value_name = "PATH[:SIZE][:OPTS]")]
-    pub tmpfs: Vec<String>,
+    #[command(flatten)]
+    pub mounts: super::run::MountFlags,
 }
 
 /// Arguments of `msb ls`.
@@ -140,14 +123,7 @@ fn sandbox_name(s: &str) -> Result<String, String> {
 
 /// The arguments as a validated config, or a usage message.
 fn config(args: &CreateArgs) -> Result<SandboxConfig, String> {
-    let mounts = super::run::mount_table([
-        (CliFlag::Volume, &args.volumes),
-        (CliFlag::MountDir, &args.mount_dirs),
-        (CliFlag::MountFile, &args.mount_files),
-        (CliFlag::MountNamed, &args.mount_named),
-        (CliFlag::MountDisk, &args.mount_disks),
-        (CliFlag::Tmpfs, &args.tmpfs),
-    ])?;
+    let mounts = args.mounts.table()?;
     let workdir = match args.workdir.as_deref() {
         None | Some("/") => None,
         Some(w) => Some(GuestPath::new(w).map_err(|e| format!("invalid --workdir: {e}"))?),
