@@ -201,18 +201,7 @@ impl VolumeFs {
 
     fn create_sized(&self, path: &Path, len: Option<u64>) -> Result<VolumeWriter> {
         self.writable("write", path)?;
-        let p = Clean::parse(path)?;
-        if p.is_root() {
-            return Err(FsError::IsADirectory { path: shown(path) });
-        }
-        let fd = self
-            .open_at(
-                &p,
-                OFlags::WRONLY | OFlags::CREATE | OFlags::NONBLOCK | OFlags::NOCTTY,
-                Mode::from_raw_mode(0o644),
-                true,
-            )
-            .map_err(|e| FsError::from_errno("create", path, e))?;
+        let fd = self.open_write_target(path)?;
         let st = self.check_writable_file(&fd, path)?;
         VolumeWriter::begin(fd, &st, len, self.budget.clone(), path)
     }
@@ -441,18 +430,7 @@ impl VolumeFs {
         let (from, to) = (from.as_ref(), to.as_ref());
         self.writable("copy to", to)?;
         let (src, sst) = self.open_regular(&Clean::parse(from)?, from)?;
-        let pt = Clean::parse(to)?;
-        if pt.is_root() {
-            return Err(FsError::IsADirectory { path: shown(to) });
-        }
-        let fd = self
-            .open_at(
-                &pt,
-                OFlags::WRONLY | OFlags::CREATE | OFlags::NONBLOCK | OFlags::NOCTTY,
-                Mode::from_raw_mode(0o644),
-                true,
-            )
-            .map_err(|e| FsError::from_errno("create", to, e))?;
+        let fd = self.open_write_target(to)?;
         let dst = fs::fstat(&fd).map_err(|e| FsError::from_errno("stat", to, e))?;
         if dst.st_ino == sst.st_ino && dst.st_dev == sst.st_dev {
             return Err(FsError::SameFile { path: shown(to) });
@@ -465,6 +443,22 @@ impl VolumeFs {
             .map_err(|e| FsError::from_errno("set mode of", to, e))?;
         w.finish()?;
         Ok(copied)
+    }
+
+    /// Opens (creating with mode 0o644 if missing) the file a write or copy
+    /// lands in; never the root.
+    fn open_write_target(&self, path: &Path) -> Result<OwnedFd> {
+        let p = Clean::parse(path)?;
+        if p.is_root() {
+            return Err(FsError::IsADirectory { path: shown(path) });
+        }
+        self.open_at(
+            &p,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::NONBLOCK | OFlags::NOCTTY,
+            Mode::from_raw_mode(0o644),
+            true,
+        )
+        .map_err(|e| FsError::from_errno("create", path, e))
     }
 
     // ---- helpers shared with the archive module ----
