@@ -31,7 +31,11 @@ pub use mount::{
 };
 pub use msb_spec::{LabelFilter, Labels, VolumeConfig, VolumeKind, VolumeName};
 pub use msb_volfs::{FsError, VolumeFs};
-pub use sandbox::{RunBuilder, RunOutput, SandboxError, Security, sandbox_init_hook};
+pub use sandbox::{
+    ExecBuilder, ExecError, ExecEvent, ExecOutput, ExecPty, ExecStream, LifecycleError, RunBuilder,
+    RunOutput, Sandbox, SandboxBuilder, SandboxConfig, SandboxError, SandboxState, SandboxStore,
+    Security, WindowSize, sandbox_init_hook, supervise_sandbox,
+};
 pub use volume::{Volume, VolumeBuilder, VolumeHandle, VolumeStore};
 
 /// Result of the msb API.

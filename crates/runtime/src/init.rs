@@ -4,8 +4,9 @@
 //! It builds the root filesystem from detached mounts (every source is
 //! opened before anything is attached, so covering a host directory can
 //! never hide a later source), pivots into it, starts the command, forwards
-//! signals to it, reaps orphans, and exits with the command's status. When
-//! it exits the kernel kills everything left in the pid namespace and drops
+//! signals to it, reaps orphans, and exits with the command's status. With
+//! no command (a named sandbox) it starts nothing and stays up until its
+//! supervisor tells it to stop. When it exits the kernel kills everything left in the pid namespace and drops
 //! the mount namespace with every mount in it.
 
 use std::io::{self, Write};
@@ -80,16 +81,25 @@ pub fn main() -> i32 {
     let result = serde_json::from_str::<InitPlan>(&plan)
         .map_err(InitError::Plan)
         .and_then(|plan| setup(&plan).map(|()| plan))
-        .and_then(|plan| spawn(&plan).map(|pid| (plan, pid)));
+        .and_then(|plan| {
+            if plan.command.is_empty() {
+                Ok(None)
+            } else {
+                spawn(&plan).map(Some)
+            }
+        });
     match result {
-        Ok((_, pid)) => {
+        Ok(pid) => {
             if status.write_all(b"ok\n").is_err() {
                 // The supervisor died before the death signal was armed:
                 // nobody owns this sandbox, so end it.
                 return 1;
             }
             drop(status);
-            supervise(pid)
+            match pid {
+                Some(pid) => supervise(pid),
+                None => keep_alive(),
+            }
         }
         Err(e) => {
             let code = match e {
@@ -186,6 +196,23 @@ fn supervise(pid: i32) -> i32 {
         {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(pid, sig) };
+        }
+    }
+}
+
+/// Wait mode, for a plan without a command (a named sandbox between
+/// `exec`s): reaps whatever joined processes leave behind and returns 0
+/// once a process (the supervisor stopping the sandbox) sends one of the
+/// forwarded signals. A dead supervisor ends it through `PR_SET_PDEATHSIG`.
+/// Needs nothing from the sandbox's root filesystem.
+fn keep_alive() -> i32 {
+    loop {
+        // SAFETY: plain waitpid on our own children.
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+        if let Some((sig, true)) = wait_signal(1000)
+            && sig != libc::SIGCHLD
+        {
+            return 0;
         }
     }
 }

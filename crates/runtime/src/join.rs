@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::process::{Child, Command};
 
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
@@ -35,53 +35,116 @@ pub enum JoinError {
     },
     #[error("working directory {0:?} contains a NUL byte")]
     Workdir(String),
+    #[error("cannot duplicate the sandbox's namespace descriptors")]
+    Dup(#[source] io::Error),
+    #[error("cannot return to this process's own pid namespace")]
+    OwnNamespace(#[source] io::Error),
+    #[error("cannot run {program} in the sandbox")]
+    Spawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
-/// Prepares `cmd` to run inside the sandbox whose init is host pid `init`:
-/// moves this process's future children into the init's pid namespace,
-/// and makes the child enter its other namespaces (root included), change
-/// to `workdir` and drop to the `security` profile's privileges before exec.
-/// Only the calling thread's children are affected by the pid namespace
-/// change, so spawn `cmd` from the same thread.
-pub fn join(
-    cmd: &mut Command,
-    init: i32,
-    workdir: &str,
-    security: Security,
-) -> Result<(), JoinError> {
-    let open = |ns: &'static str| {
-        File::open(format!("/proc/{init}/ns/{ns}")).map_err(|source| JoinError::Open {
-            ns,
-            pid: init,
-            source,
-        })
-    };
-    let pid_ns = open("pid")?;
-    let others = NAMESPACES
-        .into_iter()
-        .map(open)
-        .collect::<Result<Vec<_>, _>>()?;
-    move_into_link_name_space(pid_ns.as_fd(), Some(LinkNameSpaceType::ProcessID)).map_err(|e| {
-        JoinError::PidNamespace {
-            pid: init,
-            source: e.into(),
+impl JoinError {
+    /// The exit status a shell reports for this failure: 127 when the
+    /// command does not exist, 126 when it cannot be executed, else 1.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            JoinError::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound => 127,
+            JoinError::Spawn { .. } => 126,
+            _ => 1,
         }
-    })?;
-    let workdir = CString::new(workdir).map_err(|_| JoinError::Workdir(workdir.to_string()))?;
-    let keep = caps::keep_set(security);
-    let last_cap = caps::last_cap();
-    let restricted = security == Security::Restricted;
-    // SAFETY: the closure runs in the forked child before exec; it only
-    // makes async-signal-safe system calls (setns, chdir, prctl, capset) on
-    // descriptors and data prepared above, and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            for ns in &others {
-                move_into_link_name_space(ns.as_fd(), None)?;
-            }
-            rustix::process::chdir(workdir.as_c_str())?;
-            caps::apply(keep, last_cap, restricted)
-        });
     }
-    Ok(())
+}
+
+/// The namespaces of a running sandbox, opened from its init's host pid.
+/// Holding the descriptors pins the namespaces: once opened, a recycled
+/// pid cannot redirect [`SandboxNamespaces::spawn`] elsewhere.
+#[derive(Debug)]
+pub struct SandboxNamespaces {
+    init: i32,
+    pid: File,
+    others: Vec<File>,
+}
+
+impl SandboxNamespaces {
+    /// Opens the namespaces of the sandbox whose init is host pid `init`.
+    pub fn open(init: i32) -> Result<Self, JoinError> {
+        let open = |ns: &'static str| {
+            File::open(format!("/proc/{init}/ns/{ns}")).map_err(|source| JoinError::Open {
+                ns,
+                pid: init,
+                source,
+            })
+        };
+        Ok(Self {
+            init,
+            pid: open("pid")?,
+            others: NAMESPACES
+                .into_iter()
+                .map(open)
+                .collect::<Result<Vec<_>, _>>()?,
+        })
+    }
+
+    /// Spawns `cmd` inside the sandbox: in its pid namespace, entering its
+    /// other namespaces (root included), changing to `workdir` and dropping
+    /// to the `security` profile's privileges before exec. Pre-exec hooks
+    /// the caller registered on `cmd` run first, still with full privileges.
+    ///
+    /// The calling thread enters the sandbox's pid namespace for its
+    /// children only for the duration of the spawn, so any thread may call
+    /// this.
+    pub fn spawn(
+        &self,
+        cmd: &mut Command,
+        workdir: &str,
+        security: Security,
+    ) -> Result<Child, JoinError> {
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let workdir = CString::new(workdir).map_err(|_| JoinError::Workdir(workdir.to_string()))?;
+        let keep = caps::keep_set(security);
+        let last_cap = caps::last_cap();
+        let restricted = security == Security::Restricted;
+        // The hook owns its copies, so `cmd` stays valid on its own.
+        let others = self
+            .others
+            .iter()
+            .map(File::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(JoinError::Dup)?;
+        // SAFETY: the closure runs in the forked child before exec; it only
+        // makes async-signal-safe system calls (setns, chdir, prctl, capset)
+        // on descriptors and data prepared above, and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                for ns in &others {
+                    move_into_link_name_space(ns.as_fd(), None)?;
+                }
+                rustix::process::chdir(workdir.as_c_str())?;
+                caps::apply(keep, last_cap, restricted)
+            });
+        }
+        let own =
+            File::open("/proc/thread-self/ns/pid_for_children").map_err(JoinError::OwnNamespace)?;
+        move_into_link_name_space(self.pid.as_fd(), Some(LinkNameSpaceType::ProcessID)).map_err(
+            |e| JoinError::PidNamespace {
+                pid: self.init,
+                source: e.into(),
+            },
+        )?;
+        let child = cmd.spawn();
+        let restored = move_into_link_name_space(own.as_fd(), Some(LinkNameSpaceType::ProcessID));
+        let mut child = child.map_err(|source| JoinError::Spawn { program, source })?;
+        if let Err(e) = restored {
+            // This thread would fork into the sandbox from now on; refuse
+            // rather than leave a command the caller cannot account for.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(JoinError::OwnNamespace(e.into()));
+        }
+        Ok(child)
+    }
 }

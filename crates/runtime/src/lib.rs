@@ -21,7 +21,7 @@ mod plan;
 mod prepare;
 
 pub use backend::{Backend, Running, SandboxStdio};
-pub use join::{JoinError, join};
+pub use join::{JoinError, SandboxNamespaces};
 pub use ns::{InitProgram, NamespaceBackend, NsError, NsSandbox};
 pub use plan::{InitMount, InitPlan, InitSource, SandboxSpec, Security};
 pub use prepare::{DryRun, DryRunMount, PrepareError, Prepared, dry_run, prepare};

@@ -47,7 +47,8 @@ pub struct SandboxSpec {
     pub security: Security,
     /// The mounts.
     pub mounts: MountTable,
-    /// The command and its arguments.
+    /// The command and its arguments. Empty: no command; the sandbox stays
+    /// up, running whatever joins it, until it is signalled to stop.
     pub command: Vec<String>,
 }
 
@@ -64,7 +65,7 @@ pub struct InitPlan {
     pub env: Vec<(String, String)>,
     /// Privileges of the workload.
     pub security: Security,
-    /// The command and its arguments.
+    /// The command and its arguments (empty: wait until signalled).
     pub command: Vec<String>,
     /// Host name inside the sandbox.
     pub hostname: String,

@@ -12,21 +12,18 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Sandboxes are started by re-executing an init program inside the new
-//! namespaces: the `msb` binary (found through `$MSB_BIN`, next to the
-//! current program, or on `PATH`), or the current program itself if it
-//! calls [`sandbox_init_hook`] first thing in `main`.
+//! The sandbox's init is the helper program described in [`crate::sandbox`].
 
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
-use msb_runtime::{InitProgram, NamespaceBackend, RunError, SandboxSpec, SandboxStdio};
+use msb_runtime::{NamespaceBackend, RunError, SandboxSpec, SandboxStdio, Security};
 use msb_spec::{GuestPath, Mount, MountError, MountTable};
 use msb_store::{Store, StoreError};
 
-pub use msb_runtime::Security;
+use super::Helper;
 
 /// Errors of one-shot sandboxes.
 #[derive(Debug, thiserror::Error)]
@@ -49,47 +46,6 @@ pub enum SandboxError {
     Io(#[source] std::io::Error),
     #[error("background task failed")]
     Task(#[from] tokio::task::JoinError),
-}
-
-static HOOKED: AtomicBool = AtomicBool::new(false);
-
-/// Lets the current program serve as the sandbox init: call it first in
-/// `main`. Inside a new sandbox it runs the init and exits; otherwise it
-/// returns at once and later sandboxes re-execute this program.
-pub fn sandbox_init_hook() {
-    if msb_runtime::init::is_init() {
-        std::process::exit(msb_runtime::init::main());
-    }
-    HOOKED.store(true, Ordering::Relaxed);
-}
-
-fn init_program() -> Result<InitProgram, SandboxError> {
-    let msb = |program: PathBuf| InitProgram {
-        program,
-        args: vec!["run".into(), "--sandbox-init".into()],
-    };
-    if let Some(bin) = std::env::var_os("MSB_BIN").filter(|b| !b.is_empty()) {
-        return Ok(msb(bin.into()));
-    }
-    let exe = std::env::current_exe().map_err(|_| SandboxError::NoInit)?;
-    if HOOKED.load(Ordering::Relaxed) {
-        return Ok(InitProgram {
-            program: exe,
-            args: Vec::new(),
-        });
-    }
-    let near = exe.ancestors().skip(1).take(2).map(|d| d.join("msb"));
-    let on_path = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("msb"))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    near.chain(on_path)
-        .find(|p| p.is_file())
-        .map(msb)
-        .ok_or(SandboxError::NoInit)
 }
 
 /// What a command run with [`RunBuilder::output`] produced.
@@ -199,7 +155,7 @@ impl RunBuilder {
 
     fn execute(&self, stdio: SandboxStdio) -> Result<i32, SandboxError> {
         let spec = self.spec()?;
-        let init = init_program()?;
+        let init = Helper::find().ok_or(SandboxError::NoInit)?.init();
         let home = match &self.home {
             Some(h) => h.clone(),
             None => msb_store::default_home().map_err(SandboxError::Store)?,

@@ -1,0 +1,490 @@
+//! Commands in a running named sandbox. A command joins the sandbox's
+//! namespaces (like `nsenter`) with the workload's privileges, the
+//! sandbox's environment and working directory, and then runs in one of
+//! three ways: collected ([`ExecBuilder::output`]), streamed
+//! ([`ExecBuilder::spawn`] and [`ExecStream`]), or on a terminal
+//! ([`ExecBuilder::spawn_pty`] and [`ExecPty`]).
+//!
+//! ```no_run
+//! # async fn demo(sb: msb::Sandbox) -> Result<(), msb::ExecError> {
+//! use msb::ExecEvent;
+//! let mut run = sb.exec_stream("sh", ["-c", "for i in 1 2 3; do echo $i; sleep 1; done"]).await?;
+//! while let Some(event) = run.next().await {
+//!     if let ExecEvent::Stdout(bytes) = event {
+//!         print!("{}", String::from_utf8_lossy(&bytes));
+//!     }
+//! }
+//! assert_eq!(run.wait().await?, 0);
+//! # Ok(()) }
+//! ```
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+
+use msb_runtime::{JoinError, SandboxNamespaces};
+use msb_spec::{GuestPath, MountError};
+use tokio::sync::{mpsc, oneshot};
+
+use super::Sandbox;
+
+/// Errors of running a command in a named sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("sandbox {0} is not running")]
+    NotRunning(String),
+    #[error("the command is empty")]
+    NoCommand,
+    #[error("invalid environment variable name {0:?}")]
+    Env(String),
+    #[error("invalid working directory")]
+    Workdir(#[source] MountError),
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    #[error("cannot allocate a terminal in the sandbox")]
+    Pty(#[source] io::Error),
+    #[error("cannot collect the command's output")]
+    Io(#[source] io::Error),
+    #[error("cannot wait for the command")]
+    Wait(#[source] io::Error),
+    #[error("cannot signal the command")]
+    Signal(#[source] io::Error),
+    #[error("background task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl ExecError {
+    /// The exit status a shell reports for this failure: 127 when the
+    /// command does not exist, 126 when it cannot be executed, else 1.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExecError::Join(e) => e.exit_code(),
+            _ => 1,
+        }
+    }
+}
+
+type Result<T, E = ExecError> = std::result::Result<T, E>;
+
+/// What a command run with [`ExecBuilder::output`] (or [`Sandbox::exec`])
+/// produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Exit status: the code, or 128+N when killed by signal N.
+    pub status: i32,
+    /// Everything written to standard output.
+    pub stdout: Vec<u8>,
+    /// Everything written to standard error.
+    pub stderr: Vec<u8>,
+}
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
+/// The environment every command gets before the sandbox's and its own.
+const BASE_ENV: [(&str, &str); 3] = [
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("HOME", "/root"),
+    ("HOSTNAME", "msb"),
+];
+
+/// A shell's exit status: the code, or 128+N when killed by signal N.
+fn status_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+/// Describes a command to run in a running named sandbox; see
+/// [`Sandbox::command`].
+#[derive(Debug, Clone)]
+pub struct ExecBuilder {
+    sandbox: Sandbox,
+    command: Vec<String>,
+    env: Vec<(String, String)>,
+    workdir: Option<String>,
+}
+
+impl ExecBuilder {
+    pub(super) fn new(sandbox: Sandbox, program: String) -> Self {
+        Self {
+            sandbox,
+            command: vec![program],
+            env: Vec::new(),
+            workdir: None,
+        }
+    }
+
+    /// Adds an argument.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.command.push(arg.into());
+        self
+    }
+
+    /// Adds arguments.
+    pub fn args(mut self, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.command.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets an environment variable for this command, over the sandbox's.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Working directory of this command instead of the sandbox's.
+    pub fn workdir(mut self, dir: impl Into<String>) -> Self {
+        self.workdir = Some(dir.into());
+        self
+    }
+
+    /// Joins the sandbox and spawns the command with `stdio`; `setup`
+    /// runs in the child first (with full privileges).
+    fn spawn_with(self, stdio: [Stdio; 3], setup: Option<fn() -> io::Result<()>>) -> Result<Child> {
+        let config = self.sandbox.config();
+        if self.command[0].is_empty() {
+            return Err(ExecError::NoCommand);
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
+                return Err(ExecError::Env(k.clone()));
+            }
+        }
+        let workdir = match &self.workdir {
+            Some(w) if w == "/" => "/".to_string(),
+            Some(w) => GuestPath::new(w.as_str())
+                .map_err(ExecError::Workdir)?
+                .to_string(),
+            None => config
+                .workdir()
+                .map_or_else(|| "/".to_string(), |w| w.to_string()),
+        };
+        let not_running = || ExecError::NotRunning(self.sandbox.name().to_string());
+        let files = self.sandbox.files();
+        let init = files.init_pid().ok_or_else(not_running)?;
+        let namespaces = SandboxNamespaces::open(init)?;
+        // The pid file is trusted only while the lock says the init is ours.
+        if !files.running() {
+            return Err(not_running());
+        }
+        let [stdin, stdout, stderr] = stdio;
+        let mut cmd = Command::new(&self.command[0]);
+        cmd.args(&self.command[1..])
+            .env_clear()
+            .envs(BASE_ENV)
+            .envs(config.env().iter().map(|(k, v)| (k, v)))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr);
+        if let Some(setup) = setup {
+            // SAFETY: `setup` makes only async-signal-safe system calls.
+            unsafe { cmd.pre_exec(setup) };
+        }
+        Ok(namespaces.spawn(&mut cmd, &workdir, config.security())?)
+    }
+
+    /// Runs the command with no input, collecting its exit status and
+    /// output.
+    pub async fn output(self) -> Result<ExecOutput> {
+        tokio::task::spawn_blocking(move || {
+            let child = self.spawn_with([Stdio::null(), Stdio::piped(), Stdio::piped()], None)?;
+            let out = child.wait_with_output().map_err(ExecError::Io)?;
+            Ok(ExecOutput {
+                status: status_code(out.status),
+                stdout: out.stdout,
+                stderr: out.stderr,
+            })
+        })
+        .await?
+    }
+
+    /// Runs the command with this process's standard streams and returns
+    /// its exit status.
+    pub async fn status(self) -> Result<i32> {
+        tokio::task::spawn_blocking(move || {
+            let mut child =
+                self.spawn_with([Stdio::inherit(), Stdio::inherit(), Stdio::inherit()], None)?;
+            Ok(status_code(child.wait().map_err(ExecError::Wait)?))
+        })
+        .await?
+    }
+
+    /// Starts the command with piped standard streams and returns at once;
+    /// its output arrives through [`ExecStream::next`].
+    pub async fn spawn(self) -> Result<ExecStream> {
+        tokio::task::spawn_blocking(move || {
+            let child = self.spawn_with([Stdio::piped(), Stdio::piped(), Stdio::piped()], None)?;
+            ExecStream::new(child)
+        })
+        .await?
+    }
+
+    /// Starts the command on a new terminal of the sandbox's own
+    /// `/dev/pts` (so `tty` names it), as its controlling terminal, sized
+    /// `size` if given. Input and output go through [`ExecPty::master`].
+    pub async fn spawn_pty(self, size: Option<WindowSize>) -> Result<ExecPty> {
+        tokio::task::spawn_blocking(move || {
+            let init = self
+                .sandbox
+                .files()
+                .init_pid()
+                .ok_or_else(|| ExecError::NotRunning(self.sandbox.name().to_string()))?;
+            let (master, slave) = open_pty(init).map_err(ExecError::Pty)?;
+            if let Some(size) = size {
+                resize(&master, size)?;
+            }
+            let copy = || slave.try_clone().map(Stdio::from).map_err(ExecError::Pty);
+            let stdio = [copy()?, copy()?, copy()?];
+            let child = self.spawn_with(stdio, Some(controlling_terminal))?;
+            // The command holds the only slave descriptors now, so reading
+            // the master ends (EIO) when the command and its children close it.
+            drop(slave);
+            Ok(ExecPty {
+                master,
+                child: Some(child),
+            })
+        })
+        .await?
+    }
+}
+
+/// In the child: a new session with standard input, the pty slave, as its
+/// controlling terminal.
+fn controlling_terminal() -> io::Result<()> {
+    rustix::process::setsid()?;
+    // SAFETY: descriptor 0 is the slave, set up by the spawn.
+    let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+    rustix::process::ioctl_tiocsctty(stdin)?;
+    Ok(())
+}
+
+/// Opens a pty pair on the devpts instance of the sandbox whose init is
+/// host pid `init`, so the slave exists under the sandbox's `/dev/pts`.
+fn open_pty(init: i32) -> io::Result<(File, OwnedFd)> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::pty::OpenptFlags;
+    let master = rustix::fs::open(
+        format!("/proc/{init}/root/dev/pts/ptmx"),
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    rustix::pty::unlockpt(&master)?;
+    // Opened through the master, not by a path looked up on the host.
+    let slave = rustix::pty::ioctl_tiocgptpeer(
+        &master,
+        OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC,
+    )?;
+    Ok((File::from(master), slave))
+}
+
+fn resize(master: &File, size: WindowSize) -> Result<()> {
+    let ws = rustix::termios::Winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    rustix::termios::tcsetwinsize(master, ws).map_err(|e| ExecError::Pty(e.into()))
+}
+
+/// A chunk of a streamed command's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    /// Bytes the command wrote to standard output.
+    Stdout(Vec<u8>),
+    /// Bytes the command wrote to standard error.
+    Stderr(Vec<u8>),
+}
+
+/// A command started with [`ExecBuilder::spawn`] or
+/// [`Sandbox::exec_stream`]: its output as a stream of events, its input,
+/// its exit status.
+#[derive(Debug)]
+pub struct ExecStream {
+    stdin: Option<ChildStdin>,
+    events: mpsc::Receiver<ExecEvent>,
+    exit: oneshot::Receiver<io::Result<ExitStatus>>,
+    pidfd: OwnedFd,
+}
+
+impl ExecStream {
+    fn new(mut child: Child) -> Result<Self> {
+        // A pidfd names this process even after it is reaped, so a late
+        // signal can never hit a recycled pid.
+        let pidfd = rustix::process::Pid::from_raw(child.id() as i32)
+            .ok_or(rustix::io::Errno::SRCH)
+            .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()));
+        let pidfd = match pidfd {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ExecError::Signal(e.into()));
+            }
+        };
+        let (tx, events) = mpsc::channel(64);
+        let readers = [
+            child
+                .stdout
+                .take()
+                .map(|r| (Box::new(r) as Box<dyn Read + Send>, true)),
+            child
+                .stderr
+                .take()
+                .map(|r| (Box::new(r) as Box<dyn Read + Send>, false)),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|(mut r, out)| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0; 64 * 1024];
+                loop {
+                    match r.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            let chunk = buf[..n].to_vec();
+                            let event = if out {
+                                ExecEvent::Stdout(chunk)
+                            } else {
+                                ExecEvent::Stderr(chunk)
+                            };
+                            // A dropped stream discards the rest.
+                            if tx.blocking_send(event).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+            })
+        })
+        .collect::<Vec<_>>();
+        drop(tx);
+        let (exit_tx, exit) = oneshot::channel();
+        let stdin = child.stdin.take();
+        std::thread::spawn(move || {
+            let status = child.wait();
+            for r in readers {
+                let _ = r.join();
+            }
+            let _ = exit_tx.send(status);
+        });
+        Ok(Self {
+            stdin,
+            events,
+            exit,
+            pidfd,
+        })
+    }
+
+    /// The command's standard input: a blocking writer (write from a
+    /// blocking task or thread). [`ExecStream::close_stdin`] sends end of file.
+    pub fn stdin(&mut self) -> Option<&mut ChildStdin> {
+        self.stdin.as_mut()
+    }
+
+    /// Closes the command's standard input.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// The next chunk of output, in the order it was read; `None` once both
+    /// streams are closed.
+    pub async fn next(&mut self) -> Option<ExecEvent> {
+        self.events.recv().await
+    }
+
+    /// Sends `signal` (e.g. 15 for SIGTERM) to the command.
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        let sig = rustix::process::Signal::from_named_raw(signal)
+            .ok_or_else(|| ExecError::Signal(io::Error::from(io::ErrorKind::InvalidInput)))?;
+        match rustix::process::pidfd_send_signal(&self.pidfd, sig) {
+            // Already gone: nothing left to signal.
+            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(e) => Err(ExecError::Signal(e.into())),
+        }
+    }
+
+    /// Closes standard input, discards output not yet read, and returns
+    /// the exit status once the command ends.
+    pub async fn wait(mut self) -> Result<i32> {
+        self.stdin = None;
+        while self.events.recv().await.is_some() {}
+        self.exit_status().await
+    }
+
+    /// Closes standard input and collects the output not yet read and the
+    /// exit status.
+    pub async fn output(mut self) -> Result<ExecOutput> {
+        self.stdin = None;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(event) = self.events.recv().await {
+            match event {
+                ExecEvent::Stdout(b) => stdout.extend(b),
+                ExecEvent::Stderr(b) => stderr.extend(b),
+            }
+        }
+        Ok(ExecOutput {
+            status: self.exit_status().await?,
+            stdout,
+            stderr,
+        })
+    }
+
+    async fn exit_status(self) -> Result<i32> {
+        let status = self
+            .exit
+            .await
+            .map_err(|_| ExecError::Wait(io::Error::other("the waiting thread ended")))?;
+        Ok(status_code(status.map_err(ExecError::Wait)?))
+    }
+}
+
+/// A command started on a terminal with [`ExecBuilder::spawn_pty`].
+/// Dropping it hangs the terminal up.
+#[derive(Debug)]
+pub struct ExecPty {
+    master: File,
+    child: Option<Child>,
+}
+
+impl ExecPty {
+    /// The terminal's master side: what is written to it is the command's
+    /// input, what is read from it the command's output. Reading fails
+    /// (EIO) once every process of the command has closed the terminal.
+    /// `try_clone` it to read and write from separate threads.
+    pub fn master(&self) -> &File {
+        &self.master
+    }
+
+    /// Tells the command the terminal's new size (it gets SIGWINCH).
+    pub fn resize(&self, size: WindowSize) -> Result<()> {
+        resize(&self.master, size)
+    }
+
+    /// Waits for the command to end and returns its exit status. The
+    /// terminal stays open, so output still buffered in it can be read.
+    pub async fn wait(&mut self) -> Result<i32> {
+        let Some(mut child) = self.child.take() else {
+            return Err(ExecError::Wait(io::Error::other("already waited for")));
+        };
+        let status = tokio::task::spawn_blocking(move || child.wait()).await?;
+        Ok(status_code(status.map_err(ExecError::Wait)?))
+    }
+}
