@@ -393,10 +393,10 @@ impl ExecStream {
         })
     }
 
-    /// The command's standard input: a blocking writer (write from a
-    /// blocking task or thread). [`ExecStream::close_stdin`] sends end of file.
-    pub fn stdin(&mut self) -> Option<&mut ChildStdin> {
-        self.stdin.as_mut()
+    /// Takes the command's standard input: a blocking writer (write from a
+    /// blocking task or thread); dropping it sends end of file.
+    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.stdin.take()
     }
 
     /// Closes the command's standard input.
