@@ -467,3 +467,168 @@ fn two_sandboxes_share_a_volume_and_its_quota() {
     assert!(used <= 8 << 20, "usage {used} passed the quota");
     assert!(used >= 5 << 20, "usage {used} lost a's file");
 }
+
+/// Reads a pty master until every slave is closed (EIO).
+fn read_master(master: std::fs::File) -> String {
+    use std::io::Read;
+    let mut master = master;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn exec_tty_gives_the_command_a_terminal() {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    if !root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let o = msb(h, &["create", "term"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = msb(h, &["start", "term"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // Our side is a terminal too (as a user's would be), sized 33x101.
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().unwrap())
+        .unwrap();
+    let size = rustix::termios::Winsize {
+        ws_row: 33,
+        ws_col: 101,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    rustix::termios::tcsetwinsize(&slave, size).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_msb"))
+        .args(["exec", "-t", "term", "--", "sh", "-c"])
+        .arg("tty; stty size; [ -t 0 ] && echo stdin-is-a-tty; exit 6")
+        .env("MSB_HOME", h)
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let reader = std::thread::spawn(move || read_master(std::fs::File::from(master)));
+    let status = child.wait().unwrap();
+    drop(child);
+    let out = reader.join().unwrap();
+    assert_eq!(status.code(), Some(6), "{out}");
+    // A terminal of the sandbox's own /dev/pts, sized like ours.
+    assert!(out.contains("/dev/pts/0\r\n"), "{out:?}");
+    assert!(out.contains("33 101\r\n"), "{out:?}");
+    assert!(out.contains("stdin-is-a-tty"), "{out:?}");
+
+    // Without a terminal on our side, -t still gives the command one, and
+    // piped input reaches it, ended by the terminal's end-of-file.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_msb"))
+        .args([
+            "exec",
+            "-t",
+            "term",
+            "--",
+            "sh",
+            "-c",
+            "tty; read x; echo got:$x",
+        ])
+        .env("MSB_HOME", h)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hello\n").unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The terminal echoes the input, as terminals do.
+    assert!(stdout(&o).contains("/dev/pts/"), "{:?}", stdout(&o));
+    assert!(stdout(&o).contains("got:hello\r\n"), "{:?}", stdout(&o));
+
+    let o = msb(h, &["stop", "term"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn exec_without_a_command_runs_a_shell() {
+    if !root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let o = msb(h, &["create", "sh", "-w", "/tmp", "-e", "WHO=sandbox"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = msb(h, &["start", "sh"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_msb"))
+        .args(["exec", "sh"])
+        .env("MSB_HOME", h)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"echo $0 in $(pwd) as $WHO; exit 9\n")
+            .unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(9), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "/bin/sh in /tmp as sandbox\n");
+    // A command that does not exist: 127, as a shell reports it.
+    let o = msb(h, &["exec", "sh", "--", "no-such-command"]);
+    assert_eq!(o.status.code(), Some(127), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot run no-such-command"),
+        "{}",
+        stderr(&o)
+    );
+    let o = msb(h, &["rm", "-f", "sh"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn create_refuses_an_incompatible_ensure_exists_volume() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let o = msb(h, &["volume", "create", "q", "--quota", "8M"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = msb(
+        h,
+        &[
+            "create",
+            "web",
+            "--mount-named",
+            "q:/q:mode=ensure-exists,quota=16M",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("volume q exists with quota 8 MiB, not quota 16 MiB"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        json(&msb(h, &["ls", "--format", "json"])),
+        serde_json::json!([])
+    );
+}
