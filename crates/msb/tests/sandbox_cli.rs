@@ -483,9 +483,30 @@ fn read_master(master: std::fs::File) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A pty pair on the host sized `rows` x `cols`: `(master, slave)`.
+fn host_pty(rows: u16, cols: u16) -> (std::os::fd::OwnedFd, std::fs::File) {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().unwrap())
+        .unwrap();
+    let size = rustix::termios::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    rustix::termios::tcsetwinsize(&slave, size).unwrap();
+    (master, slave)
+}
+
 #[test]
 fn exec_tty_gives_the_command_a_terminal() {
-    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
     if !root() {
         return;
     }
@@ -497,22 +518,7 @@ fn exec_tty_gives_the_command_a_terminal() {
     assert!(o.status.success(), "{}", stderr(&o));
 
     // Our side is a terminal too (as a user's would be), sized 33x101.
-    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
-    grantpt(&master).unwrap();
-    unlockpt(&master).unwrap();
-    let name = ptsname(&master, Vec::new()).unwrap();
-    let slave = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(name.to_str().unwrap())
-        .unwrap();
-    let size = rustix::termios::Winsize {
-        ws_row: 33,
-        ws_col: 101,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    rustix::termios::tcsetwinsize(&slave, size).unwrap();
+    let (master, slave) = host_pty(33, 101);
     let mut child = Command::new(env!("CARGO_BIN_EXE_msb"))
         .args(["exec", "-t", "term", "--", "sh", "-c"])
         .arg("tty; stty size; [ -t 0 ] && echo stdin-is-a-tty; exit 6")
@@ -531,6 +537,52 @@ fn exec_tty_gives_the_command_a_terminal() {
     assert!(out.contains("/dev/pts/0\r\n"), "{out:?}");
     assert!(out.contains("33 101\r\n"), "{out:?}");
     assert!(out.contains("stdin-is-a-tty"), "{out:?}");
+
+    // A change of our terminal's size reaches the command (SIGWINCH).
+    let (master, slave) = host_pty(33, 101);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_msb"))
+        .args(["exec", "-t", "term", "--", "sh", "-c"])
+        .arg("trap 'stty size; exit 7' WINCH; echo armed; while :; do sleep 0.05; done")
+        .env("MSB_HOME", h)
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut reader = std::fs::File::from(master.try_clone().unwrap());
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut until = |what: &str| {
+        while !seen.contains(what) {
+            let chunk = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("no {what:?} in {seen:?}"));
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    until("armed");
+    let size = rustix::termios::Winsize {
+        ws_row: 40,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    rustix::termios::tcsetwinsize(&slave, size).unwrap();
+    // What a terminal emulator does after resizing: signal the program on it.
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::WINCH).unwrap();
+    until("40 120");
+    assert_eq!(child.wait().unwrap().code(), Some(7));
+    drop((master, slave));
 
     // Without a terminal on our side, -t still gives the command one, and
     // piped input reaches it, ended by the terminal's end-of-file.

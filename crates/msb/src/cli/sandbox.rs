@@ -284,6 +284,10 @@ pub fn exec(args: ExecArgs) -> CliResult {
         Ok(e) => e,
         Err(msg) => return usage(msg),
     };
+    if args.tty {
+        // Before any thread starts, so every thread inherits the mask.
+        block_window_changes();
+    }
     let store = SandboxStore::default_home()?;
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     let sb = rt.block_on(store.get(&args.name))?;
@@ -359,6 +363,50 @@ fn window_size() -> Option<WindowSize> {
     })
 }
 
+/// SIGWINCH as a one-signal set.
+fn winch_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialize it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGWINCH);
+        set
+    }
+}
+
+/// Blocks SIGWINCH in this thread and those it starts later, so it queues
+/// for [`forward_window_changes`] (unblocked, its default is to be dropped).
+fn block_window_changes() {
+    let set = winch_set();
+    // SAFETY: `set` is initialized; the old mask is not needed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// Passes every change of our terminal's size on to the sandbox's
+/// terminal `master`, for as long as the process lives.
+fn forward_window_changes(master: std::fs::File) {
+    std::thread::spawn(move || {
+        let set = winch_set();
+        loop {
+            let mut sig = 0;
+            // SAFETY: `set` and `sig` are live, initialized locals.
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                return;
+            }
+            if let Some(size) = window_size() {
+                let ws = rustix::termios::Winsize {
+                    ws_row: size.rows,
+                    ws_col: size.cols,
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                };
+                // The kernel signals the command's foreground group.
+                let _ = rustix::termios::tcsetwinsize(&master, ws);
+            }
+        }
+    });
+}
+
 /// Runs `cmd` on a new terminal in the sandbox, copying our standard
 /// input to it and its output to our standard output.
 async fn on_terminal(cmd: msb::ExecBuilder) -> Result<i32, ExecError> {
@@ -366,7 +414,10 @@ async fn on_terminal(cmd: msb::ExecBuilder) -> Result<i32, ExecError> {
     let mut pty = cmd.spawn_pty(size).await?;
     let raw = RawMode::enter();
     let is_tty = raw.is_some();
-    let io = |e| ExecError::Io(e);
+    let io = ExecError::Io;
+    if size.is_some() {
+        forward_window_changes(pty.master().try_clone().map_err(io)?);
+    }
     let mut input = pty.master().try_clone().map_err(io)?;
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
