@@ -16,6 +16,24 @@
 //! Volume::remove("cache").await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Sandboxes run commands with those volumes and other mounts: once
+//! ([`RunBuilder`]), or as named sandboxes that stay up between commands
+//! and can be stopped and started again ([`Sandbox`], or a
+//! [`SandboxStore`] on an explicit home). Running them needs root and a
+//! helper program (see [`sandbox_init_hook`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use msb::{Mount, MountOptions, NamedMode, NamedVolumeOptions, Sandbox, VolumeName};
+//! let ensure = NamedVolumeOptions { mode: NamedMode::EnsureExists, ..Default::default() };
+//! let cache = Mount::named_with(VolumeName::new("cache")?, MountOptions::default(), ensure);
+//! let sb = Sandbox::builder("dev").volume("/cache", cache).workdir("/cache").create().await?;
+//! let out = sb.exec("sh", ["-c", "echo hi > f && cat f"]).await?;
+//! assert_eq!((out.status, &out.stdout[..]), (0, &b"hi\n"[..]));
+//! sb.stop().await?;
+//! # Ok(()) }
+//! ```
 
 mod error;
 mod files;

@@ -20,28 +20,41 @@ const NAMESPACES: [&str; 5] = ["ipc", "uts", "net", "cgroup", "mnt"];
 /// Errors of joining a sandbox.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
+    /// A namespace of the init cannot be opened (is it gone?).
     #[error("cannot open namespace {ns} of sandbox init {pid}")]
     Open {
+        /// The namespace (`pid`, `mnt`, ...).
         ns: &'static str,
+        /// The init's host pid.
         pid: i32,
+        /// The system's reason.
         #[source]
         source: io::Error,
     },
+    /// The calling thread cannot enter the init's pid namespace.
     #[error("cannot enter the pid namespace of sandbox init {pid}")]
     PidNamespace {
+        /// The init's host pid.
         pid: i32,
+        /// The system's reason.
         #[source]
         source: io::Error,
     },
+    /// The working directory contains a NUL byte.
     #[error("working directory {0:?} contains a NUL byte")]
     Workdir(String),
+    /// The namespace descriptors cannot be duplicated for the command.
     #[error("cannot duplicate the sandbox's namespace descriptors")]
     Dup(#[source] io::Error),
+    /// The calling thread cannot return to its own pid namespace.
     #[error("cannot return to this process's own pid namespace")]
     OwnNamespace(#[source] io::Error),
+    /// The command could not be started in the sandbox.
     #[error("cannot run {program} in the sandbox")]
     Spawn {
+        /// The program.
         program: String,
+        /// The system's reason (not found, permission denied, ...).
         #[source]
         source: io::Error,
     },

@@ -33,24 +33,36 @@ use super::Sandbox;
 /// Errors of running a command in a named sandbox.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
+    /// The sandbox is stopped.
     #[error("sandbox {0} is not running")]
     NotRunning(String),
+    /// The program name is empty.
     #[error("the command is empty")]
     NoCommand,
+    /// An environment variable name is empty or holds `=` or NUL (or its
+    /// value holds NUL).
     #[error("invalid environment variable name {0:?}")]
     Env(String),
+    /// The working directory is not an absolute guest path.
     #[error("invalid working directory")]
     Workdir(#[source] MountError),
+    /// Entering the sandbox or starting the command failed
+    /// ([`ExecError::exit_code`] tells "not found" apart).
     #[error(transparent)]
     Join(#[from] JoinError),
+    /// The terminal could not be set up.
     #[error("cannot allocate a terminal in the sandbox")]
     Pty(#[source] io::Error),
+    /// The command's streams could not be read.
     #[error("cannot collect the command's output")]
     Io(#[source] io::Error),
+    /// Waiting for the command failed.
     #[error("cannot wait for the command")]
     Wait(#[source] io::Error),
+    /// Signalling the command failed.
     #[error("cannot signal the command")]
     Signal(#[source] io::Error),
+    /// A blocking task panicked or was cancelled.
     #[error("background task failed")]
     Task(#[from] tokio::task::JoinError),
 }

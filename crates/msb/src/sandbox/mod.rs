@@ -37,6 +37,11 @@ static HOOKED: AtomicBool = AtomicBool::new(false);
 /// and started as a named sandbox's supervisor it runs the supervisor; both
 /// exit when done. Otherwise it returns at once, and later sandboxes
 /// re-execute this program.
+///
+/// Sandboxes need a helper program: inside a new sandbox it is the init
+/// (pid 1), and for a named sandbox it is also the detached supervisor. It
+/// is, in this order: `$MSB_BIN`; the current program, if it called this
+/// hook; the `msb` binary next to the current program or on `PATH`.
 pub fn sandbox_init_hook() {
     if msb_runtime::init::is_init() {
         std::process::exit(msb_runtime::init::main());

@@ -3,8 +3,10 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use msb::{Mount, MountOptions, Sandbox, VolumeName};
-//! let data = Mount::named(VolumeName::new("data")?, MountOptions::default());
+//! use msb::{Mount, MountOptions, NamedMode, NamedVolumeOptions, Sandbox, VolumeName};
+//! // Created with the sandbox if missing, kept when the sandbox is removed.
+//! let ensure = NamedVolumeOptions { mode: NamedMode::EnsureExists, ..Default::default() };
+//! let data = Mount::named_with(VolumeName::new("data")?, MountOptions::default(), ensure);
 //! let sb = Sandbox::builder("web").volume("/data", data).env("MODE", "dev").create().await?;
 //! let out = sb.exec("sh", ["-c", "echo $MODE > /data/mode"]).await?;
 //! assert_eq!(out.status, 0);
@@ -47,76 +49,118 @@ use super::exec::ExecBuilder;
 /// Errors of named sandboxes' lifecycle.
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
+    /// The name is not a valid sandbox name.
     #[error("invalid sandbox name {name:?}")]
     InvalidName {
+        /// The name as given.
         name: String,
+        /// What is wrong with it.
         #[source]
         source: NameError,
     },
+    /// A mount is invalid.
     #[error("invalid mount")]
     Mount(#[from] MountError),
+    /// The working directory is not an absolute guest path.
     #[error("invalid working directory")]
     Workdir(#[source] MountError),
+    /// An environment variable name is empty or holds `=` or NUL (or its
+    /// value holds NUL).
     #[error("invalid environment variable name {0:?}")]
     Env(String),
+    /// The root filesystem directory cannot be resolved.
     #[error("cannot use root filesystem {path}")]
     Rootfs {
+        /// The directory as given.
         path: PathBuf,
+        /// Why it cannot be resolved.
         #[source]
         source: std::io::Error,
     },
+    /// No sandbox has this name.
     #[error("sandbox not found: {0}")]
     NotFound(String),
+    /// The name is taken.
     #[error("sandbox already exists: {0}")]
     AlreadyExists(String),
+    /// Start of a sandbox that runs.
     #[error("sandbox {0} is already running")]
     AlreadyRunning(String),
+    /// Removal of a sandbox that runs (stop it, or force the removal).
     #[error("sandbox {0} is running; stop it first")]
     Running(String),
+    /// A named volume could not be looked up or created.
     #[error("cannot provision volume {name} for {guest}")]
     Provision {
+        /// The volume.
         name: VolumeName,
+        /// Where it was to be mounted.
         guest: GuestPath,
+        /// The store's reason.
         #[source]
         source: StoreError,
     },
+    /// A named volume's creation settings are invalid.
     #[error("invalid settings for volume {name} at {guest}")]
     Settings {
+        /// The volume.
         name: VolumeName,
+        /// Where it was to be mounted.
         guest: GuestPath,
+        /// What is wrong.
         #[source]
         source: MountError,
     },
+    /// An existing volume does not match its ensure-exists mount.
     #[error("cannot reuse an existing volume")]
     Incompatible(#[source] PrepareError),
+    /// The recorded config cannot be read (or written).
     #[error("stored config of sandbox {name} is unreadable")]
     BadRecord {
+        /// The sandbox.
         name: String,
+        /// The decoding error.
         #[source]
         source: serde_json::Error,
     },
+    /// The store failed.
     #[error("the sandbox store failed")]
     Store(#[source] StoreError),
+    /// No helper program was found (see [`crate::sandbox_init_hook`]).
     #[error(
         "cannot find the msb binary that runs sandboxes; set MSB_BIN or call msb::sandbox_init_hook() first in main"
     )]
     NoHelper,
+    /// The supervisor process could not be started or talked to.
     #[error("cannot start the supervisor of sandbox {name}")]
     Supervisor {
+        /// The sandbox.
         name: String,
+        /// The system's reason.
         #[source]
         source: std::io::Error,
     },
+    /// The supervisor could not start the sandbox.
     #[error("sandbox {name} did not start: {reason}")]
-    StartFailed { name: String, reason: String },
+    StartFailed {
+        /// The sandbox.
+        name: String,
+        /// The supervisor's explanation.
+        reason: String,
+    },
+    /// In the supervisor: the sandbox could not be set up.
     #[error("cannot set the sandbox up")]
     Setup(#[from] RunError),
+    /// A file under `<home>/run/sandboxes` cannot be used.
     #[error("cannot use the runtime file {path}")]
     RunFile {
+        /// The file.
         path: PathBuf,
+        /// The system's reason.
         #[source]
         source: std::io::Error,
     },
+    /// A blocking task panicked or was cancelled.
     #[error("background task failed")]
     Task(#[from] tokio::task::JoinError),
 }

@@ -12,7 +12,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The sandbox's init is the helper program described in [`crate::sandbox`].
+//! The sandbox's init is the helper program (see [`crate::sandbox_init_hook`]).
 
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -28,22 +28,30 @@ use super::Helper;
 /// Errors of one-shot sandboxes.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// A mount is invalid.
     #[error("invalid mount")]
     Mount(#[from] MountError),
+    /// The working directory is not an absolute guest path.
     #[error("invalid working directory")]
     Workdir(#[source] MountError),
+    /// The program name is empty.
     #[error("the command is empty")]
     NoCommand,
+    /// The volume store cannot be opened.
     #[error("cannot open the volume store")]
     Store(#[source] StoreError),
+    /// The sandbox could not be set up or run.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// No helper program was found (see [`crate::sandbox_init_hook`]).
     #[error(
         "cannot find the msb binary that starts sandboxes; set MSB_BIN or call msb::sandbox_init_hook() first in main"
     )]
     NoInit,
+    /// The command's output could not be connected or read.
     #[error("cannot connect the command's output")]
     Io(#[source] std::io::Error),
+    /// A blocking task panicked or was cancelled.
     #[error("background task failed")]
     Task(#[from] tokio::task::JoinError),
 }
