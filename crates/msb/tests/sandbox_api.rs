@@ -316,6 +316,55 @@ async fn refusals_are_typed_and_leave_nothing_behind() {
 }
 
 #[tokio::test]
+async fn a_volume_created_for_a_sandbox_is_reused_by_later_starts() {
+    if !root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let store = SandboxStore::open(home.path()).unwrap();
+    let create = Mount::named_with(
+        VolumeName::new("own").unwrap(),
+        MountOptions::default(),
+        NamedVolumeOptions {
+            mode: NamedMode::Create,
+            ..Default::default()
+        },
+    );
+    let sb = store
+        .builder("owner")
+        .volume("/own", create)
+        .create()
+        .await
+        .unwrap();
+    let out = sb.exec("sh", ["-c", "echo kept > /own/f"]).await.unwrap();
+    assert_eq!(out.status, 0, "{}", text(&out.stderr));
+    sb.stop().await.unwrap();
+    // `create` applied once, at create: starting again mounts that volume.
+    let sb = store.start("owner").await.unwrap();
+    let out = sb.exec("cat", ["/own/f"]).await.unwrap();
+    assert_eq!(text(&out.stdout), "kept\n", "{}", text(&out.stderr));
+    store.force_remove("owner").await.unwrap();
+    // Another sandbox asking to create it is refused: it exists.
+    let err = store
+        .builder("second")
+        .volume(
+            "/own",
+            Mount::named_with(
+                VolumeName::new("own").unwrap(),
+                MountOptions::default(),
+                NamedVolumeOptions {
+                    mode: NamedMode::Create,
+                    ..Default::default()
+                },
+            ),
+        )
+        .create_stopped()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LifecycleError::Provision { .. }), "{err}");
+}
+
+#[tokio::test]
 async fn a_sandbox_that_cannot_start_is_not_kept() {
     if !root() {
         return;

@@ -324,7 +324,8 @@ pub enum ExecEvent {
 
 /// A command started with [`ExecBuilder::spawn`] or
 /// [`Sandbox::exec_stream`]: its output as a stream of events, its input,
-/// its exit status.
+/// its exit status. Dropping it leaves the command running, with its
+/// standard input closed and its output discarded.
 #[derive(Debug)]
 pub struct ExecStream {
     stdin: Option<ChildStdin>,
@@ -469,7 +470,7 @@ impl ExecStream {
 }
 
 /// A command started on a terminal with [`ExecBuilder::spawn_pty`].
-/// Dropping it hangs the terminal up.
+/// Dropping it hangs the terminal up (the command gets SIGHUP).
 #[derive(Debug)]
 pub struct ExecPty {
     master: File,
@@ -498,5 +499,14 @@ impl ExecPty {
         };
         let status = tokio::task::spawn_blocking(move || child.wait()).await?;
         Ok(status_code(status.map_err(ExecError::Wait)?))
+    }
+}
+
+impl Drop for ExecPty {
+    fn drop(&mut self) {
+        // Reaped whenever it ends, so a long-lived caller collects no zombies.
+        if let Some(mut child) = self.child.take() {
+            std::thread::spawn(move || child.wait());
+        }
     }
 }
