@@ -393,10 +393,9 @@ impl SandboxStore {
         if let Err(e @ PrepareError::Incompatible { .. }) = msb_runtime::dry_run(&spec, store) {
             return Err(LifecycleError::Incompatible(e));
         }
-        let (used, created) = provision(store, &config.mounts)?;
         // A volume created here is the sandbox's from now on: later starts
         // use it rather than ask for a new one.
-        config.mounts = MountTable::new(
+        let recorded_mounts = MountTable::new(
             config.mounts.entries().iter().map(|e| {
                 let mut mount = e.mount.clone();
                 if let Mount::Named { volume, .. } = &mut mount
@@ -408,6 +407,8 @@ impl SandboxStore {
             }),
             Path::new("/"),
         )?;
+        let (used, created) = provision(store, &config.mounts)?;
+        config.mounts = recorded_mounts;
         let recorded = serde_json::to_string(&config)
             .map_err(|source| LifecycleError::BadRecord {
                 name: name.to_string(),
