@@ -10,6 +10,37 @@ use msb::{
     SandboxState, SandboxStore, VolumeName, VolumeStore,
 };
 
+/// A temporary MSB_HOME whose running sandboxes are stopped when it goes
+/// away, so a failing test leaves no supervisor behind.
+struct Home(tempfile::TempDir);
+
+impl Home {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        let Ok(dir) = std::fs::read_dir(self.path().join("run/sandboxes")) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            if entry.path().extension().is_some_and(|e| e == "pid")
+                && let Ok(pids) = std::fs::read_to_string(entry.path())
+                && let Some(pid) = pids.split_whitespace().nth(1)
+                && let Some(pid) = pid.parse().ok().and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+fn home() -> Home {
+    Home(tempfile::tempdir().unwrap())
+}
+
 fn root() -> bool {
     use std::os::unix::fs::MetadataExt;
     if std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0) {
@@ -40,7 +71,7 @@ async fn create_exec_output_stop_start_remove() {
     if !root() {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = home();
     let store = SandboxStore::open(home.path()).unwrap();
     let sb = store
         .builder("web")
@@ -144,7 +175,7 @@ async fn streaming_exec_delivers_output_before_the_command_ends() {
     if !root() {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = home();
     let store = SandboxStore::open(home.path()).unwrap();
     let sb = store.builder("stream").create().await.unwrap();
     let mut run = sb
@@ -192,7 +223,7 @@ async fn a_rootfs_without_sleep_starts_and_runs_commands() {
         eprintln!("skipped: needs /usr/bin/dash and /usr/lib64 (a Debian-like host)");
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = home();
     let rootfs = tempfile::tempdir().unwrap();
     // Nothing in it but the layout: a shell and its libraries come from
     // the host through mounts, and there is no `sleep` anywhere.
@@ -231,7 +262,7 @@ async fn a_rootfs_without_sleep_starts_and_runs_commands() {
 
 #[tokio::test]
 async fn refusals_are_typed_and_leave_nothing_behind() {
-    let home = tempfile::tempdir().unwrap();
+    let home = home();
     let store = SandboxStore::open(home.path()).unwrap();
     let volumes = VolumeStore::open(home.path()).unwrap();
 
@@ -325,7 +356,7 @@ async fn a_volume_created_for_a_sandbox_is_reused_by_later_starts() {
     if !root() {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = home();
     let store = SandboxStore::open(home.path()).unwrap();
     let create = Mount::named_with(
         VolumeName::new("own").unwrap(),
@@ -374,7 +405,7 @@ async fn a_sandbox_that_cannot_start_is_not_kept() {
     if !root() {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = home();
     let store = SandboxStore::open(home.path()).unwrap();
     let missing = home.path().join("no-such-dir");
     let err = store

@@ -4,6 +4,37 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// A temporary MSB_HOME whose running sandboxes are stopped when it goes
+/// away, so a failing test leaves no supervisor behind.
+struct Home(tempfile::TempDir);
+
+impl Home {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        let Ok(dir) = std::fs::read_dir(self.path().join("run/sandboxes")) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            if entry.path().extension().is_some_and(|e| e == "pid")
+                && let Ok(pids) = std::fs::read_to_string(entry.path())
+                && let Some(pid) = pids.split_whitespace().nth(1)
+                && let Some(pid) = pid.parse().ok().and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+fn home() -> Home {
+    Home(tempfile::tempdir().unwrap())
+}
+
 fn msb_in(home: &Path, cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_msb"))
         .args(args)
@@ -32,7 +63,7 @@ fn json(o: &Output) -> serde_json::Value {
 
 #[test]
 fn create_ls_inspect_rm() {
-    let home = tempfile::tempdir().unwrap();
+    let home = home();
     let o = msb(
         home.path(),
         &[
@@ -96,7 +127,7 @@ fn create_ls_inspect_rm() {
 
 #[test]
 fn stopped_sandbox_keeps_its_volume_in_use_until_removed() {
-    let home = tempfile::tempdir().unwrap();
+    let home = home();
     let o = msb(
         home.path(),
         &["create", "web", "--mount-named", "data:/data"],
@@ -127,7 +158,7 @@ fn stopped_sandbox_keeps_its_volume_in_use_until_removed() {
 
 #[test]
 fn config_is_persisted_with_absolute_paths() {
-    let home = tempfile::tempdir().unwrap();
+    let home = home();
     let work = tempfile::tempdir().unwrap();
     std::fs::create_dir(work.path().join("src")).unwrap();
     std::fs::write(work.path().join("disk.img"), b"").unwrap();
@@ -157,7 +188,7 @@ fn config_is_persisted_with_absolute_paths() {
 
 #[test]
 fn bad_input_is_refused_with_clear_messages() {
-    let home = tempfile::tempdir().unwrap();
+    let home = home();
     let o = msb(home.path(), &["create", "bad name"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
@@ -248,7 +279,7 @@ fn start_exec_stop_keeps_data_and_passes_status_through() {
     if !root() {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = home();
     let o = msb(
         home.path(),
         &[
@@ -335,7 +366,7 @@ fn killed_supervisor_leaves_the_sandbox_stopped() {
     if !root() {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = home();
     let o = msb(home.path(), &["create", "web", "-v", "data:/data"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = msb(home.path(), &["start", "web"]);
@@ -384,7 +415,7 @@ fn exec_gets_the_workload_privileges_not_the_supervisors() {
         return;
     }
     const CAP_SYS_ADMIN: u64 = 1 << 21;
-    let home = tempfile::tempdir().unwrap();
+    let home = home();
     for (name, security) in [("dflt", "default"), ("strict", "restricted")] {
         let o = msb(home.path(), &["create", name, "--security", security]);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -419,7 +450,7 @@ fn two_sandboxes_share_a_volume_and_its_quota() {
     if !root() {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = home();
     let h = home.path();
     let o = msb(h, &["volume", "create", "shared", "--quota", "8M"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -510,7 +541,7 @@ fn exec_tty_gives_the_command_a_terminal() {
     if !root() {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = home();
     let h = home.path();
     let o = msb(h, &["create", "term"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -622,7 +653,7 @@ fn exec_without_a_command_runs_a_shell() {
     if !root() {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = home();
     let h = home.path();
     let o = msb(h, &["create", "sh", "-w", "/tmp", "-e", "WHO=sandbox"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -660,7 +691,7 @@ fn exec_without_a_command_runs_a_shell() {
 
 #[test]
 fn create_refuses_an_incompatible_ensure_exists_volume() {
-    let home = tempfile::tempdir().unwrap();
+    let home = home();
     let h = home.path();
     let o = msb(h, &["volume", "create", "q", "--quota", "8M"]);
     assert!(o.status.success(), "{}", stderr(&o));
