@@ -165,7 +165,11 @@ impl ExecBuilder {
 
     /// Joins the sandbox and spawns the command with `stdio`; `setup`
     /// runs in the child first (with full privileges).
-    fn spawn_with(self, stdio: [Stdio; 3], setup: Option<fn() -> io::Result<()>>) -> Result<Child> {
+    fn spawn_with(
+        self,
+        stdio: impl FnOnce(i32) -> Result<[Stdio; 3]>,
+        setup: Option<fn() -> io::Result<()>>,
+    ) -> Result<Child> {
         let config = self.sandbox.config();
         if self.command[0].is_empty() {
             return Err(ExecError::NoCommand);
@@ -192,7 +196,7 @@ impl ExecBuilder {
         if !files.running() {
             return Err(not_running());
         }
-        let [stdin, stdout, stderr] = stdio;
+        let [stdin, stdout, stderr] = stdio(init)?;
         let mut cmd = Command::new(&self.command[0]);
         cmd.args(&self.command[1..])
             .env_clear()
@@ -213,7 +217,10 @@ impl ExecBuilder {
     /// output.
     pub async fn output(self) -> Result<ExecOutput> {
         tokio::task::spawn_blocking(move || {
-            let child = self.spawn_with([Stdio::null(), Stdio::piped(), Stdio::piped()], None)?;
+            let child = self.spawn_with(
+                |_| Ok([Stdio::null(), Stdio::piped(), Stdio::piped()]),
+                None,
+            )?;
             let out = child.wait_with_output().map_err(ExecError::Io)?;
             Ok(ExecOutput {
                 status: status_code(out.status),
@@ -228,8 +235,10 @@ impl ExecBuilder {
     /// its exit status.
     pub async fn status(self) -> Result<i32> {
         tokio::task::spawn_blocking(move || {
-            let mut child =
-                self.spawn_with([Stdio::inherit(), Stdio::inherit(), Stdio::inherit()], None)?;
+            let mut child = self.spawn_with(
+                |_| Ok([Stdio::inherit(), Stdio::inherit(), Stdio::inherit()]),
+                None,
+            )?;
             Ok(status_code(child.wait().map_err(ExecError::Wait)?))
         })
         .await?
@@ -239,7 +248,10 @@ impl ExecBuilder {
     /// its output arrives through [`ExecStream::next`].
     pub async fn spawn(self) -> Result<ExecStream> {
         tokio::task::spawn_blocking(move || {
-            let child = self.spawn_with([Stdio::piped(), Stdio::piped(), Stdio::piped()], None)?;
+            let child = self.spawn_with(
+                |_| Ok([Stdio::piped(), Stdio::piped(), Stdio::piped()]),
+                None,
+            )?;
             ExecStream::new(child)
         })
         .await?
@@ -250,21 +262,22 @@ impl ExecBuilder {
     /// `size` if given. Input and output go through [`ExecPty::master`].
     pub async fn spawn_pty(self, size: Option<WindowSize>) -> Result<ExecPty> {
         tokio::task::spawn_blocking(move || {
-            let init = self
-                .sandbox
-                .files()
-                .init_pid()
-                .ok_or_else(|| ExecError::NotRunning(self.sandbox.name().to_string()))?;
-            let (master, slave) = open_pty(init).map_err(ExecError::Pty)?;
-            if let Some(size) = size {
-                resize(&master, size)?;
-            }
-            let copy = || slave.try_clone().map(Stdio::from).map_err(ExecError::Pty);
-            let stdio = [copy()?, copy()?, copy()?];
-            let child = self.spawn_with(stdio, Some(controlling_terminal))?;
-            // The command holds the only slave descriptors now, so reading
-            // the master ends (EIO) when the command and its children close it.
-            drop(slave);
+            let mut master = None;
+            // Allocated on the devpts of the very sandbox the command joins.
+            let terminal = |init| {
+                let (m, slave) = open_pty(init).map_err(ExecError::Pty)?;
+                if let Some(size) = size {
+                    resize(&m, size)?;
+                }
+                master = Some(m);
+                let copy = || slave.try_clone().map(Stdio::from).map_err(ExecError::Pty);
+                // The command holds the only slave descriptors once spawned,
+                // so reading the master ends (EIO) when the command and its
+                // children close them.
+                Ok([copy()?, copy()?, Stdio::from(slave)])
+            };
+            let child = self.spawn_with(terminal, Some(controlling_terminal))?;
+            let master = master.expect("the terminal was allocated");
             Ok(ExecPty {
                 master,
                 child: Some(child),
