@@ -202,15 +202,17 @@ fn supervise(pid: i32) -> i32 {
 
 /// Wait mode, for a plan without a command (a named sandbox between
 /// `exec`s): reaps whatever joined processes leave behind and returns 0
-/// once a process (the supervisor stopping the sandbox) sends one of the
-/// forwarded signals. A dead supervisor ends it through `PR_SET_PDEATHSIG`.
-/// Needs nothing from the sandbox's root filesystem.
+/// once a process (the supervisor stopping the sandbox) sends SIGTERM,
+/// SIGINT, SIGHUP or SIGQUIT; other signals are ignored. A dead supervisor
+/// ends it through `PR_SET_PDEATHSIG`. Needs nothing from the sandbox's
+/// root filesystem.
 fn keep_alive() -> i32 {
+    const STOP: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
     loop {
         // SAFETY: plain waitpid on our own children.
         while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
         if let Some((sig, true)) = wait_signal(1000)
-            && sig != libc::SIGCHLD
+            && STOP.contains(&sig)
         {
             return 0;
         }

@@ -92,8 +92,15 @@ fn wait_mode_needs_nothing_from_the_rootfs_and_stops_when_signalled() {
         "the thread stayed joined"
     );
 
-    // Still up after the joined command ended; a stop signal ends it cleanly.
-    assert!(Path::new(&format!("/proc/{init}")).exists());
+    // Still up after the joined command ended, and after a signal that
+    // does not mean stop; a stop signal ends it cleanly.
+    sandbox
+        .signal(rustix::process::Signal::USR1.as_raw())
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let state = std::fs::read_to_string(format!("/proc/{init}/stat")).unwrap();
+    let state = state.rsplit_once(')').unwrap().1.trim_start();
+    assert!(!state.starts_with('Z'), "init ended on SIGUSR1: {state}");
     sandbox.signal(libc_sigterm()).unwrap();
     assert_eq!(sandbox.wait(false).unwrap(), 0);
     drop(sandbox);
