@@ -425,3 +425,24 @@ async fn a_sandbox_that_cannot_start_is_not_kept() {
     let volumes = VolumeStore::open(home.path()).unwrap();
     assert!(volumes.get("made").await.is_err());
 }
+
+#[test]
+fn handles_and_futures_can_move_between_threads() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+    let home = home();
+    let store = SandboxStore::open(home.path()).unwrap();
+    send_sync(&store);
+    send(&store.builder("x").create());
+    send(&store.get("x"));
+    let sb = async {
+        let sb = store.get("x").await.unwrap();
+        send_sync(&sb);
+        send(&sb.exec("true", ["a"]));
+        send(&sb.exec_stream("true", ["a"]));
+        send(&sb.command("true").spawn_pty(None));
+        send(&sb.stop());
+    };
+    // Only compiled: the store has no sandbox "x".
+    drop(sb);
+}
