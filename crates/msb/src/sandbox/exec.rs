@@ -191,11 +191,13 @@ impl ExecBuilder {
         let not_running = || ExecError::NotRunning(self.sandbox.name().to_string());
         let files = self.sandbox.files();
         let init = files.init_pid().ok_or_else(not_running)?;
-        let namespaces = SandboxNamespaces::open(init)?;
-        // The pid file is trusted only while the lock says the init is ours.
+        let namespaces = SandboxNamespaces::open(init);
+        // The pid file is trusted only while the lock says the init is ours
+        // (a sandbox stopping meanwhile is just not running).
         if !files.running() {
             return Err(not_running());
         }
+        let namespaces = namespaces?;
         let [stdin, stdout, stderr] = stdio(init)?;
         let mut cmd = Command::new(&self.command[0]);
         cmd.args(&self.command[1..])
