@@ -2,7 +2,7 @@
 //! who has them attached.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use msb_spec::{Labels, VolumeKind, VolumeName};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
@@ -112,6 +112,22 @@ impl Catalog {
     /// Opens (creating if absent) the catalog at `path`. A database that is
     /// not ours, or is newer, is refused and left untouched.
     pub fn open(path: &Path) -> Result<Self, CatalogError> {
+        // Some steps (a read-only look at a file another process is turning
+        // into WAL, the switch to WAL itself) report "busy" at once instead
+        // of calling the busy handler, so the whole open waits and retries
+        // while another process sets the file up.
+        let start = Instant::now();
+        loop {
+            match Self::open_once(path) {
+                Err(CatalogError::Sqlite(e)) if is_busy(&e) && start.elapsed() < BUSY_TIMEOUT => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                done => return done,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Self, CatalogError> {
         // Identify an existing file through a read-only connection first: a
         // read-write one could checkpoint someone else's WAL when it closes.
         if path.exists() {
@@ -429,6 +445,13 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VolumeRow> {
         created_us: r.get(6)?,
         token: r.get(7)?,
     })
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Refuses a database that is not ours or is newer; returns whether it is
