@@ -361,6 +361,57 @@ fn start_exec_stop_keeps_data_and_passes_status_through() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// Waits until `path` exists (a command in a sandbox got going).
+fn wait_for(path: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !path.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn stop_gives_commands_a_chance_to_finish() {
+    if !root() {
+        return;
+    }
+    let home = home();
+    let o = msb(home.path(), &["create", "web", "-v", "data:/data"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = msb(home.path(), &["start", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let exec = |script: &str| {
+        Command::new(env!("CARGO_BIN_EXE_msb"))
+            .args(["exec", "web", "--", "sh", "-c", script])
+            .env("MSB_HOME", home.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let data = home.path().join("volumes/data");
+    // One command saves its work on SIGTERM, one ignores it.
+    let mut polite = exec(
+        "trap 'echo saved > /data/state; exit 3' TERM; touch /data/up1; while :; do sleep 0.05; done",
+    );
+    let mut stubborn = exec("trap '' TERM; touch /data/up2; while :; do sleep 0.05; done");
+    wait_for(&data.join("up1"));
+    wait_for(&data.join("up2"));
+    let o = msb(home.path(), &["stop", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(polite.wait().unwrap().code(), Some(3));
+    assert_eq!(
+        std::fs::read_to_string(data.join("state")).unwrap(),
+        "saved\n"
+    );
+    // Killed once the grace period is over: 128 + SIGKILL.
+    assert_eq!(stubborn.wait().unwrap().code(), Some(137));
+    assert_eq!(state(home.path(), "web"), "stopped");
+}
+
 #[test]
 fn killed_supervisor_leaves_the_sandbox_stopped() {
     if !root() {

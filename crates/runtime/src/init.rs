@@ -14,6 +14,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use rustix::fs::{CWD, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
@@ -200,22 +201,55 @@ fn supervise(pid: i32) -> i32 {
     }
 }
 
+/// How long the commands of a stopping sandbox get to exit after SIGTERM
+/// before the init exits and the kernel kills what is left. Stays below
+/// the time a stopping client waits for the supervisor.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// Wait mode, for a plan without a command (a named sandbox between
-/// `exec`s): reaps whatever joined processes leave behind and returns 0
-/// once a process (the supervisor stopping the sandbox) sends SIGTERM,
-/// SIGINT, SIGHUP or SIGQUIT; other signals are ignored. A dead supervisor
-/// ends it through `PR_SET_PDEATHSIG`. Needs nothing from the sandbox's
-/// root filesystem.
+/// `exec`s): reaps whatever joined processes leave behind until a process
+/// (the supervisor stopping the sandbox) sends SIGTERM, SIGINT, SIGHUP or
+/// SIGQUIT; other signals are ignored. Then it stops the sandbox's
+/// processes gracefully and returns 0. A dead supervisor ends it at once
+/// through `PR_SET_PDEATHSIG`. Needs nothing from the sandbox's root
+/// filesystem.
 fn keep_alive() -> i32 {
     const STOP: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
     loop {
-        // SAFETY: plain waitpid on our own children.
-        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+        reap_all();
         if let Some((sig, true)) = wait_signal(1000)
             && STOP.contains(&sig)
         {
+            drain();
             return 0;
         }
+    }
+}
+
+fn reap_all() {
+    // SAFETY: plain waitpid on our own children.
+    while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+}
+
+/// Sends SIGTERM to every other process of the sandbox and waits until
+/// none is left or [`STOP_GRACE`] is over, so commands can save their work.
+fn drain() {
+    // SAFETY: kill(-1) from the init of a pid namespace reaches every other
+    // process of that namespace and nothing outside it; it fails (ESRCH)
+    // when there is none.
+    if unsafe { libc::kill(-1, libc::SIGTERM) } != 0 {
+        return;
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline {
+        reap_all();
+        // SAFETY: signal 0 only asks whether any process is left.
+        if unsafe { libc::kill(-1, 0) } != 0 {
+            return;
+        }
+        // Wakes early on SIGCHLD; joined commands are not our children, so
+        // their exits are polled.
+        wait_signal(10);
     }
 }
 

@@ -37,7 +37,7 @@ enum Command {
     Rm(sandbox::RmArgs),
     /// Start a named sandbox under a detached supervisor.
     Start(sandbox::StartArgs),
-    /// Stop a running named sandbox.
+    /// Stop a running named sandbox (its commands get SIGTERM, then SIGKILL after 5 s).
     Stop(sandbox::NameArg),
     /// Run a command in a running named sandbox.
     Exec(sandbox::ExecArgs),

@@ -314,7 +314,8 @@ impl SandboxStore {
     }
 
     /// Stops a sandbox if it runs and waits until it is down (its mounts,
-    /// servers and locks gone). Commands still running in it are killed.
+    /// servers and locks gone). Commands still running in it get SIGTERM
+    /// and five seconds to exit before they are killed.
     pub async fn stop(&self, name: &str) -> Result<()> {
         let name = name.to_string();
         self.blocking(move |s| {
@@ -942,7 +943,8 @@ impl Sandbox {
         }
     }
 
-    /// Stops it if it runs and waits until it is down.
+    /// Stops it if it runs and waits until it is down (see
+    /// [`SandboxStore::stop`]).
     pub async fn stop(&self) -> Result<()> {
         let files = self.files.clone();
         tokio::task::spawn_blocking(move || files.halt()).await?
