@@ -11,6 +11,23 @@ use msb_store::{Store, VolumeInfo};
 
 use crate::{Error, Result, VolumeFiles};
 
+/// The store at `$MSB_HOME`, else `~/.microsandbox`, opened once per
+/// process and home and shared by volumes and sandboxes.
+pub(crate) fn default_store() -> Result<Arc<Store>, msb_store::StoreError> {
+    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Arc<Store>>>> = OnceLock::new();
+    let home = msb_store::default_home()?;
+    let mut open = OPEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = open.get(&home) {
+        return Ok(s.clone());
+    }
+    let s = Arc::new(Store::open(home.clone())?);
+    open.insert(home, s.clone());
+    Ok(s)
+}
+
 /// A store of volumes at one home directory. Cheap to clone.
 #[derive(Clone)]
 pub struct VolumeStore {
@@ -28,18 +45,9 @@ impl VolumeStore {
     /// The store at `$MSB_HOME`, else `~/.microsandbox`, opened once per
     /// process and home.
     pub fn default_home() -> Result<Self> {
-        static OPEN: OnceLock<Mutex<HashMap<PathBuf, VolumeStore>>> = OnceLock::new();
-        let home = msb_store::default_home()?;
-        let mut open = OPEN
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = open.get(&home) {
-            return Ok(s.clone());
-        }
-        let s = Self::open(home.clone())?;
-        open.insert(home, s.clone());
-        Ok(s)
+        Ok(Self {
+            store: default_store()?,
+        })
     }
 
     /// The home directory.

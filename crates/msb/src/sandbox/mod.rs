@@ -17,6 +17,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use msb_runtime::InitProgram;
+use msb_spec::{GuestPath, Mount, MountError};
 
 pub use exec::{ExecBuilder, ExecError, ExecEvent, ExecOutput, ExecPty, ExecStream, WindowSize};
 pub use msb_runtime::Security;
@@ -25,6 +26,22 @@ pub use named::{
     supervise_sandbox,
 };
 pub use run::{RunBuilder, RunOutput, SandboxError};
+
+/// Checks the guest paths of builder mounts (given in any order).
+fn guest_mounts(mounts: &[(String, Mount)]) -> Result<Vec<(GuestPath, Mount)>, MountError> {
+    mounts
+        .iter()
+        .map(|(guest, mount)| Ok((GuestPath::new(guest.as_str())?, mount.clone())))
+        .collect()
+}
+
+/// Checks a builder's working directory; `/` and none are the same.
+fn guest_workdir(dir: Option<&str>) -> Result<Option<GuestPath>, MountError> {
+    match dir {
+        None | Some("/") => Ok(None),
+        Some(w) => GuestPath::new(w).map(Some),
+    }
+}
 
 /// Set in a hooked program started as a named sandbox's supervisor: the
 /// sandbox's name (the home comes through `MSB_HOME`).

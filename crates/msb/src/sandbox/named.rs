@@ -27,13 +27,12 @@
 //! ([`Sandbox::exec`]). The init dies with the supervisor
 //! (`PR_SET_PDEATHSIG`), so a killed supervisor simply means stopped.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use msb_runtime::{
@@ -261,18 +260,9 @@ impl SandboxStore {
     /// The store at `$MSB_HOME`, else `~/.microsandbox`, opened once per
     /// process and home.
     pub fn default_home() -> Result<Self> {
-        static OPEN: OnceLock<Mutex<HashMap<PathBuf, SandboxStore>>> = OnceLock::new();
-        let home = msb_store::default_home()?;
-        let mut open = OPEN
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = open.get(&home) {
-            return Ok(s.clone());
-        }
-        let s = Self::open(home.clone())?;
-        open.insert(home, s.clone());
-        Ok(s)
+        Ok(Self {
+            store: crate::volume::default_store()?,
+        })
     }
 
     /// The home directory.
@@ -792,14 +782,9 @@ impl SandboxBuilder {
             .as_str()
             .to_string();
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-        let mut mounts = Vec::new();
-        for (guest, mount) in &self.mounts {
-            mounts.push((GuestPath::new(guest.as_str())?, mount.clone()));
-        }
-        let workdir = match self.workdir.as_deref() {
-            None | Some("/") => None,
-            Some(w) => Some(GuestPath::new(w).map_err(LifecycleError::Workdir)?),
-        };
+        let mounts = super::guest_mounts(&self.mounts)?;
+        let workdir =
+            super::guest_workdir(self.workdir.as_deref()).map_err(LifecycleError::Workdir)?;
         let mut env: Vec<(String, String)> = Vec::new();
         for (k, v) in &self.env {
             if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use msb_runtime::{NamespaceBackend, RunError, SandboxSpec, SandboxStdio, Security};
-use msb_spec::{GuestPath, Mount, MountError, MountTable};
+use msb_spec::{Mount, MountError, MountTable};
 use msb_store::{Store, StoreError};
 
 use super::Helper;
@@ -143,14 +143,9 @@ impl RunBuilder {
             return Err(SandboxError::NoCommand);
         }
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-        let mut mounts = Vec::new();
-        for (guest, mount) in &self.mounts {
-            mounts.push((GuestPath::new(guest.as_str())?, mount.clone()));
-        }
-        let workdir = match self.workdir.as_deref() {
-            None | Some("/") => None,
-            Some(w) => Some(GuestPath::new(w).map_err(SandboxError::Workdir)?),
-        };
+        let mounts = super::guest_mounts(&self.mounts)?;
+        let workdir =
+            super::guest_workdir(self.workdir.as_deref()).map_err(SandboxError::Workdir)?;
         Ok(SandboxSpec {
             rootfs: self.rootfs.as_ref().map(|r| absolute(r, &cwd)),
             workdir,
