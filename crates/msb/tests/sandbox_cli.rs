@@ -205,6 +205,39 @@ fn bad_input_is_refused_with_clear_messages() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("invalid --rootfs"), "{}", stderr(&o));
 
+    // Host paths that start could not mount are refused at create, before
+    // any named volume is provisioned.
+    let file = home.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let dir_spec = format!("{}:/d", file.display());
+    for (args, message) in [
+        (
+            vec!["create", "web", "-v", "/no/such/dir:/d", "-v", "v1:/v"],
+            "cannot mount a host path: mount at /d: cannot use host path /no/such/dir",
+        ),
+        (
+            vec![
+                "create",
+                "web",
+                "--mount-dir",
+                dir_spec.as_str(),
+                "-v",
+                "v1:/v",
+            ],
+            "is not a directory",
+        ),
+        (
+            vec!["create", "web", "--mount-disk", "/no/such.img:/d"],
+            "cannot use host path /no/such.img",
+        ),
+    ] {
+        let o = msb(home.path(), &args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(message), "{}", stderr(&o));
+    }
+    let o = msb(home.path(), &["volume", "inspect", "v1"]);
+    assert_eq!(o.status.code(), Some(1));
+
     // mode=existing on a missing volume: nothing is recorded or created.
     let o = msb(
         home.path(),

@@ -261,6 +261,41 @@ pub fn prepare<'s>(
     Ok(p)
 }
 
+/// A bind mount's host path: present, of the expected type, and a
+/// directory when a policy needs the filesystem server.
+fn check_bind(
+    guest: &GuestPath,
+    host_path: &Path,
+    expect: BindExpect,
+    options: &MountOptions,
+    flags: MountFlags,
+) -> Result<std::fs::Metadata, PrepareError> {
+    let meta = std::fs::metadata(host_path).map_err(|source| PrepareError::HostPath {
+        guest: guest.clone(),
+        path: host_path.to_path_buf(),
+        source,
+    })?;
+    let expected = match expect {
+        BindExpect::Dir if !meta.is_dir() => Some("directory"),
+        BindExpect::File if meta.is_dir() => Some("file"),
+        _ => None,
+    };
+    if let Some(expected) = expected {
+        return Err(PrepareError::WrongType {
+            guest: guest.clone(),
+            path: host_path.to_path_buf(),
+            expected,
+        });
+    }
+    if server_config(options, flags, None).is_some() && !meta.is_dir() {
+        return Err(PrepareError::PolicyOnFile {
+            guest: guest.clone(),
+            path: host_path.to_path_buf(),
+        });
+    }
+    Ok(meta)
+}
+
 fn add_mount(
     p: &mut Prepared<'_>,
     guest: &GuestPath,
@@ -274,30 +309,8 @@ fn add_mount(
             expect,
             options,
         } => {
-            let meta = std::fs::metadata(host_path).map_err(|source| PrepareError::HostPath {
-                guest: guest.clone(),
-                path: host_path.clone(),
-                source,
-            })?;
-            let expected = match expect {
-                BindExpect::Dir if !meta.is_dir() => Some("directory"),
-                BindExpect::File if meta.is_dir() => Some("file"),
-                _ => None,
-            };
-            if let Some(expected) = expected {
-                return Err(PrepareError::WrongType {
-                    guest: guest.clone(),
-                    path: host_path.clone(),
-                    expected,
-                });
-            }
+            let meta = check_bind(guest, host_path, *expect, options, flags)?;
             if let Some(cfg) = server_config(options, flags, None) {
-                if !meta.is_dir() {
-                    return Err(PrepareError::PolicyOnFile {
-                        guest: guest.clone(),
-                        path: host_path.clone(),
-                    });
-                }
                 return serve(p, guest, host_path, true, cfg);
             }
             Ok(InitSource::Bind {
@@ -594,13 +607,23 @@ pub fn dry_run(spec: &SandboxSpec, store: &Store) -> Result<DryRun, PrepareError
         let mut served = false;
         let (action, host_path) = match &entry.mount {
             Mount::Bind {
-                host_path, options, ..
+                host_path,
+                expect,
+                options,
             } => {
-                served = host_path.is_dir() && server_config(options, flags, None).is_some();
+                let meta = check_bind(&entry.guest, host_path, *expect, options, flags)?;
+                served = meta.is_dir() && server_config(options, flags, None).is_some();
                 ("bind", Some(host_path.clone()))
             }
             Mount::Tmpfs { .. } => ("tmpfs", None),
-            Mount::Disk { host_path, .. } => ("attach", Some(host_path.clone())),
+            Mount::Disk { host_path, .. } => {
+                std::fs::metadata(host_path).map_err(|source| PrepareError::HostPath {
+                    guest: entry.guest.clone(),
+                    path: host_path.clone(),
+                    source,
+                })?;
+                ("attach", Some(host_path.clone()))
+            }
             Mount::Named {
                 name,
                 volume,

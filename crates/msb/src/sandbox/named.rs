@@ -110,6 +110,10 @@ pub enum LifecycleError {
         #[source]
         source: MountError,
     },
+    /// A bind or disk mount's host path is missing, of the wrong type, or
+    /// a file where a policy needs a directory.
+    #[error("cannot mount a host path")]
+    HostPath(#[source] PrepareError),
     /// An existing volume does not match its ensure-exists mount.
     #[error("cannot reuse an existing volume")]
     Incompatible(#[source] PrepareError),
@@ -381,8 +385,17 @@ impl SandboxStore {
             mounts: config.mounts.clone(),
             ..SandboxSpec::default()
         };
-        if let Err(e @ PrepareError::Incompatible { .. }) = msb_runtime::dry_run(&spec, store) {
-            return Err(LifecycleError::Incompatible(e));
+        match msb_runtime::dry_run(&spec, store) {
+            Err(e @ PrepareError::Incompatible { .. }) => {
+                return Err(LifecycleError::Incompatible(e));
+            }
+            // A host path that start could not mount is refused now too.
+            Err(
+                e @ (PrepareError::HostPath { .. }
+                | PrepareError::WrongType { .. }
+                | PrepareError::PolicyOnFile { .. }),
+            ) => return Err(LifecycleError::HostPath(e)),
+            _ => {}
         }
         // A volume created here is the sandbox's from now on: later starts
         // use it rather than ask for a new one.
