@@ -75,7 +75,15 @@ impl DiskView {
         };
         let fstype = match fstype {
             Some(t) => t.to_string(),
-            None => crate::detect_fstype(device.path())?.to_string(),
+            // Named after the image the user gave, not the loop device.
+            None => crate::detect_fstype(device.path())
+                .map_err(|e| match e {
+                    crate::DetectError::Unknown(_) => {
+                        crate::DetectError::Unknown(image.display().to_string())
+                    }
+                    e => e,
+                })?
+                .to_string(),
         };
         Ok(Self {
             device: Some(device),

@@ -204,7 +204,7 @@ fn bad_images_fail_clearly() {
     let msg = DiskView::open(&blank, DiskFormat::Raw, None, false)
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("holds no filesystem"), "{msg}");
+    assert!(msg.contains("blank.raw holds no filesystem"), "{msg}");
     let missing = DiskView::open(&dir.path().join("nope.raw"), DiskFormat::Raw, None, false);
     assert!(
         missing

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::path::Path;
 
 use msb::{
-    ExecError, ExecEvent, LifecycleError, Mount, MountOptions, NamedMode, NamedVolumeOptions,
-    SandboxState, SandboxStore, VolumeName, VolumeStore,
+    DiskOptions, ExecError, ExecEvent, LifecycleError, Mount, MountOptions, NamedMode,
+    NamedVolumeOptions, SandboxState, SandboxStore, VolumeName, VolumeStore,
 };
 
 /// A temporary MSB_HOME whose running sandboxes are stopped when it goes
@@ -407,17 +407,20 @@ async fn a_sandbox_that_cannot_start_is_not_kept() {
     }
     let home = home();
     let store = SandboxStore::open(home.path()).unwrap();
-    let missing = home.path().join("no-such-dir");
+    // An image holding no filesystem passes create's checks and fails to
+    // mount at start.
+    let image = home.path().join("blank.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
     let err = store
         .builder("broken")
         .volume("/v", ensure("made", NamedVolumeOptions::default()))
-        .volume("/h", Mount::bind(&missing, MountOptions::default()))
+        .volume("/h", Mount::disk(&image, DiskOptions::default()))
         .create()
         .await
         .unwrap_err();
     assert!(
         matches!(&err, LifecycleError::StartFailed { name, reason }
-            if name == "broken" && reason.contains("no-such-dir")),
+            if name == "broken" && reason.contains("blank.img holds no filesystem")),
         "{err}"
     );
     assert!(store.list().await.unwrap().is_empty());
