@@ -62,9 +62,14 @@ fn convert(raw: &Path, format: &str) -> PathBuf {
     out_path
 }
 
-fn loop_attached(dev: &Path) -> bool {
+/// The file a loop device is attached to, if it is. Tests compare it
+/// rather than ask "attached at all": a test running alongside may reuse
+/// the device number as soon as it is free.
+fn backing(dev: &Path) -> Option<String> {
     let name = dev.file_name().unwrap().to_str().unwrap();
-    Path::new(&format!("/sys/block/{name}/loop/backing_file")).exists()
+    std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
 }
 
 fn read_at_root(root: impl AsFd, name: &str) -> String {
@@ -97,11 +102,11 @@ fn raw_image_loop_detect_and_detached_mount() {
     }
     let dir = tempfile::tempdir().unwrap();
     let img = ext4_image(dir.path());
-    let dev_path;
+    let (dev_path, was);
     {
         let dev = LoopDevice::attach_path(&img, false).unwrap();
         dev_path = dev.path().to_path_buf();
-        assert!(loop_attached(&dev_path));
+        was = backing(&dev_path).expect("attached");
         assert_eq!(detect_fstype(dev.path()).unwrap(), "ext4");
         let m = mount_detached(dev.path(), "ext4", false, MountAttrFlags::empty()).unwrap();
         assert_eq!(read_at_root(&m, "hello.txt"), "hello from ext4\n");
@@ -115,8 +120,9 @@ fn raw_image_loop_detect_and_detached_mount() {
         drop(m);
     }
     // Autoclear detached the device once the mount and our descriptor went.
-    assert!(
-        !loop_attached(&dev_path),
+    assert_ne!(
+        backing(&dev_path).as_ref(),
+        Some(&was),
         "{} still attached",
         dev_path.display()
     );
@@ -158,7 +164,7 @@ fn qcow2_and_vmdk_views() {
     let raw = ext4_image(dir.path());
     for (fmt, format) in [("qcow2", DiskFormat::Qcow2), ("vmdk", DiskFormat::Vmdk)] {
         let img = convert(&raw, fmt);
-        let (pid, dev_path) = {
+        let (pid, dev_path, was) = {
             let view = DiskView::open(&img, format, None, false).unwrap();
             assert_eq!(view.fstype(), "ext4", "{fmt}");
             let pid = view.daemon_pid().expect("a daemon serves the view");
@@ -169,11 +175,13 @@ fn qcow2_and_vmdk_views() {
             let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
             assert!(!host.contains("msb-view"), "{host}");
             drop(m);
-            (pid, view.device().to_path_buf())
+            let was = backing(view.device()).expect("attached");
+            (pid, view.device().to_path_buf(), was)
         };
         assert!(!pid_alive(pid), "qemu-storage-daemon {pid} left running");
-        assert!(
-            !loop_attached(&dev_path),
+        assert_ne!(
+            backing(&dev_path).as_ref(),
+            Some(&was),
             "{} left attached",
             dev_path.display()
         );
