@@ -597,8 +597,14 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
     rustix::process::pivot_root(".", ".").map_err(sys("pivot into the sandbox root"))?;
     rustix::mount::unmount(".", UnmountFlags::DETACH).map_err(sys("detach the host root"))?;
     rustix::process::chdir("/").map_err(sys("enter /"))?;
-    rustix::process::chdir(plan.workdir.as_str())
-        .map_err(sys(format!("enter the working directory {}", plan.workdir)))?;
+    // A sandbox kept up for later commands stays at `/`: its working
+    // directory may sit on a FUSE mount whose server starts only once this
+    // init reports ready, so entering it here would wait forever (each
+    // joined command enters its own working directory).
+    if !plan.command.is_empty() {
+        rustix::process::chdir(plan.workdir.as_str())
+            .map_err(sys(format!("enter the working directory {}", plan.workdir)))?;
+    }
     Ok(())
 }
 

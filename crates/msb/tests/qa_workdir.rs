@@ -1,0 +1,97 @@
+//! A named sandbox whose working directory is on a volume served by the
+//! filesystem server (one with a quota) starts: the real binary, a real store, real FUSE.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0) {
+        eprintln!("skipped: running sandboxes needs root");
+        return false;
+    }
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: no /dev/fuse");
+        return false;
+    }
+    true
+}
+
+fn msb(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_msb"));
+    c.env("MSB_HOME", home).current_dir(home);
+    c
+}
+
+/// Kills every process started with this `MSB_HOME` (a hung start leaves
+/// its supervisor behind, and the supervisor wrote no pid file yet).
+fn kill_all(home: &Path) {
+    let mark = format!("MSB_HOME={}", home.display());
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|v| v == mark.as_bytes())
+            && let Some(pid) = rustix::process::Pid::from_raw(pid)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+#[test]
+fn start_with_workdir_on_a_served_volume_does_not_hang() {
+    if !root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    // A quota puts the volume behind the filesystem server.
+    let o = msb(home.path())
+        .args(["volume", "create", "data", "--quota", "10M"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = msb(home.path())
+        .args(["create", "web", "-v", "data:/data", "-w", "/data"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut start = msb(home.path())
+        .args(["start", "web"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = start.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let Some(status) = status else {
+        kill_all(home.path());
+        let _ = start.wait();
+        panic!("msb start hung: the init waited on the volume's server before it ran");
+    };
+    assert!(status.success());
+    let o = msb(home.path())
+        .args(["exec", "web", "--", "sh", "-c", "pwd; echo hi > f"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let rm = msb(home.path()).args(["rm", "-f", "web"]).output().unwrap();
+    kill_all(home.path());
+    assert_eq!(out, "/data\n", "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(rm.status.success());
+    assert_eq!(
+        std::fs::read_to_string(home.path().join("volumes/data/f")).unwrap(),
+        "hi\n"
+    );
+}
