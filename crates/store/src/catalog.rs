@@ -458,8 +458,12 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 /// still empty (to be initialized).
 fn check_identity(conn: &Connection, path: &Path) -> Result<bool, CatalogError> {
     let name = || path.display().to_string();
+    // One read transaction for the header and the table list: read as two
+    // snapshots, another opener's schema could appear in between and a file
+    // being set up would look foreign. Dropping it rolls back (a no-op).
+    let snapshot = conn.unchecked_transaction()?;
     // Reading the header fails with NOTADB on a file that is not SQLite.
-    let (app_id, version): (i32, i32) = match conn.query_row(
+    let (app_id, version): (i32, i32) = match snapshot.query_row(
         "SELECT * FROM pragma_application_id, pragma_user_version",
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
@@ -472,7 +476,7 @@ fn check_identity(conn: &Connection, path: &Path) -> Result<bool, CatalogError> 
         }
         Err(e) => return Err(e.into()),
     };
-    if app_id != APPLICATION_ID && (app_id != 0 || version != 0 || has_tables(conn)?) {
+    if app_id != APPLICATION_ID && (app_id != 0 || version != 0 || has_tables(&snapshot)?) {
         return Err(CatalogError::Foreign { path: name() });
     }
     if version > SCHEMA_VERSION {

@@ -457,3 +457,28 @@ fn dead_holder_releases_the_volume() {
         0
     );
 }
+
+/// Many openers racing to set up one fresh home: every one must succeed.
+/// (A check that read the header and the table list as two snapshots once
+/// saw another opener's schema appear in between and called the file foreign.)
+#[test]
+fn concurrent_first_opens_all_succeed() {
+    use std::sync::{Arc, Barrier};
+    const OPENERS: usize = 8;
+    for _ in 0..150 {
+        let home = tempfile::tempdir().unwrap();
+        let barrier = Arc::new(Barrier::new(OPENERS));
+        let openers: Vec<_> = (0..OPENERS)
+            .map(|_| {
+                let (home, barrier) = (home.path().to_owned(), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    Store::open(&home).map(|_| ())
+                })
+            })
+            .collect();
+        for o in openers {
+            o.join().unwrap().unwrap();
+        }
+    }
+}
