@@ -446,6 +446,55 @@ fn stop_gives_commands_a_chance_to_finish() {
 }
 
 #[test]
+fn exec_passes_signals_on_to_the_command() {
+    if !root() {
+        return;
+    }
+    let home = home();
+    let o = msb(home.path(), &["create", "web", "-v", "data:/data"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = msb(home.path(), &["start", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let data = home.path().join("volumes/data");
+    for (signal, name, tty) in [
+        (rustix::process::Signal::TERM, "TERM", false),
+        (rustix::process::Signal::HUP, "HUP", false),
+        (rustix::process::Signal::TERM, "TERM", true),
+    ] {
+        let ready = data.join(format!("up-{name}-{tty}"));
+        let _ = std::fs::remove_file(data.join("got"));
+        let script = format!(
+            "trap 'echo {name} > /data/got; exit 3' {name}; touch /data/up-{name}-{tty}; \
+             while :; do sleep 0.05; done"
+        );
+        let mut args = vec!["exec", "web"];
+        if tty {
+            args.push("-t");
+        }
+        args.extend(["--", "sh", "-c", &script]);
+        let mut client = Command::new(env!("CARGO_BIN_EXE_msb"))
+            .args(&args)
+            .env("MSB_HOME", home.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(&ready);
+        let pid = rustix::process::Pid::from_raw(client.id() as i32).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+        // The client outlives the signal and reports how the command ended.
+        assert_eq!(client.wait().unwrap().code(), Some(3), "{name} tty={tty}");
+        assert_eq!(
+            std::fs::read_to_string(data.join("got")).unwrap(),
+            format!("{name}\n")
+        );
+    }
+    let o = msb(home.path(), &["stop", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
 fn killed_supervisor_leaves_the_sandbox_stopped() {
     if !root() {
         return;

@@ -35,6 +35,20 @@ pub fn block_signals() {
     init::block_signals();
 }
 
+/// Waits for the next signal blocked by [`block_signals`] that another
+/// process sent and returns its number, for a caller to pass on. SIGCHLD
+/// and the signals of a terminal's keys (the whole foreground process
+/// group, the command included, already got those) are skipped.
+pub fn next_sent_signal() -> i32 {
+    loop {
+        if let Some((sig, true)) = init::wait_signal(60_000)
+            && sig != libc::SIGCHLD
+        {
+            return sig;
+        }
+    }
+}
+
 /// A close-on-exec pipe `(read, write)`, e.g. to capture a sandbox's
 /// output through [`SandboxStdio`].
 pub fn pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {

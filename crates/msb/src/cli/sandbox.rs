@@ -284,8 +284,10 @@ pub fn exec(args: ExecArgs) -> CliResult {
         Ok(e) => e,
         Err(msg) => return usage(msg),
     };
+    // Before any thread starts, so every thread inherits the mask: signals
+    // sent to us queue for forwarding to the command.
+    msb_runtime::block_signals();
     if args.tty {
-        // Before any thread starts, so every thread inherits the mask.
         block_window_changes();
     }
     let store = SandboxStore::default_home()?;
@@ -307,7 +309,11 @@ pub fn exec(args: ExecArgs) -> CliResult {
     let status = if args.tty {
         rt.block_on(on_terminal(cmd))
     } else {
-        rt.block_on(cmd.status())
+        rt.block_on(async {
+            let run = cmd.spawn_attached().await?;
+            forward_signals(run.signaller()?);
+            run.wait().await
+        })
     };
     match status {
         Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
@@ -319,6 +325,16 @@ pub fn exec(args: ExecArgs) -> CliResult {
             Ok(ExitCode::from(e.exit_code().clamp(1, 255) as u8))
         }
     }
+}
+
+/// Passes the signals other processes send us (SIGTERM from `kill`, say) on
+/// to the command, for as long as the process lives.
+fn forward_signals(to: msb::ExecSignaller) {
+    std::thread::spawn(
+        move || {
+            while to.signal(msb_runtime::next_sent_signal()).is_ok() {}
+        },
+    );
 }
 
 /// Restores the caller's terminal settings when dropped.
@@ -412,6 +428,7 @@ fn forward_window_changes(master: std::fs::File) {
 async fn on_terminal(cmd: msb::ExecBuilder) -> Result<i32, ExecError> {
     let size = window_size();
     let mut pty = cmd.spawn_pty(size).await?;
+    forward_signals(pty.signaller()?);
     let raw = RawMode::enter();
     let is_tty = raw.is_some();
     let io = ExecError::Io;

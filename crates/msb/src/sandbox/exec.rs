@@ -236,12 +236,19 @@ impl ExecBuilder {
     /// Runs the command with this process's standard streams and returns
     /// its exit status.
     pub async fn status(self) -> Result<i32> {
+        self.spawn_attached().await?.wait().await
+    }
+
+    /// Starts the command with this process's standard streams and returns
+    /// at once, so it can be signalled while it runs (a CLI forwarding its
+    /// own signals, say); [`ExecStream::next`] yields nothing.
+    pub async fn spawn_attached(self) -> Result<ExecStream> {
         tokio::task::spawn_blocking(move || {
-            let mut child = self.spawn_with(
+            let child = self.spawn_with(
                 |_| Ok([Stdio::inherit(), Stdio::inherit(), Stdio::inherit()]),
                 None,
             )?;
-            Ok(status_code(child.wait().map_err(ExecError::Wait)?))
+            ExecStream::new(child)
         })
         .await?
     }
@@ -278,11 +285,13 @@ impl ExecBuilder {
                 // children close them.
                 Ok([copy()?, copy()?, Stdio::from(slave)])
             };
-            let child = self.spawn_with(terminal, Some(controlling_terminal))?;
+            let mut child = self.spawn_with(terminal, Some(controlling_terminal))?;
             let master = master.expect("the terminal was allocated");
+            let pidfd = ExecSignaller::open(&mut child)?;
             Ok(ExecPty {
                 master,
                 child: Some(child),
+                pidfd,
             })
         })
         .await?
@@ -346,24 +355,54 @@ pub struct ExecStream {
     stdin: Option<ChildStdin>,
     events: mpsc::Receiver<ExecEvent>,
     exit: oneshot::Receiver<io::Result<ExitStatus>>,
+    pidfd: ExecSignaller,
+}
+
+/// Sends signals to one command started in a sandbox, from any thread or
+/// task, also while another awaits its end; see [`ExecStream::signaller`].
+#[derive(Debug)]
+pub struct ExecSignaller {
+    // A pidfd names the process even after it is reaped, so a late signal
+    // can never hit a recycled pid.
     pidfd: OwnedFd,
+}
+
+impl ExecSignaller {
+    /// A pidfd for `child`, which is killed and reaped if there is none.
+    fn open(child: &mut Child) -> Result<Self> {
+        let pidfd = rustix::process::Pid::from_raw(child.id() as i32)
+            .ok_or(rustix::io::Errno::SRCH)
+            .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()));
+        match pidfd {
+            Ok(pidfd) => Ok(Self { pidfd }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(ExecError::Signal(e.into()))
+            }
+        }
+    }
+
+    fn try_clone(&self) -> Result<Self> {
+        let pidfd = self.pidfd.try_clone().map_err(ExecError::Signal)?;
+        Ok(Self { pidfd })
+    }
+
+    /// Sends signal number `signal` (e.g. `libc::SIGTERM`) to the command; a
+    /// command that already ended is not an error.
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        let sig = rustix::process::Signal::from_named_raw(signal)
+            .ok_or_else(|| ExecError::Signal(io::Error::from(io::ErrorKind::InvalidInput)))?;
+        match rustix::process::pidfd_send_signal(&self.pidfd, sig) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(e) => Err(ExecError::Signal(e.into())),
+        }
+    }
 }
 
 impl ExecStream {
     fn new(mut child: Child) -> Result<Self> {
-        // A pidfd names this process even after it is reaped, so a late
-        // signal can never hit a recycled pid.
-        let pidfd = rustix::process::Pid::from_raw(child.id() as i32)
-            .ok_or(rustix::io::Errno::SRCH)
-            .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()));
-        let pidfd = match pidfd {
-            Ok(fd) => fd,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(ExecError::Signal(e.into()));
-            }
-        };
+        let pidfd = ExecSignaller::open(&mut child)?;
         let (tx, events) = mpsc::channel(64);
         let readers = [
             child
@@ -438,15 +477,16 @@ impl ExecStream {
         self.events.recv().await
     }
 
-    /// Sends `signal` (e.g. 15 for SIGTERM) to the command.
+    /// Sends `signal` (e.g. 15 for SIGTERM) to the command; a command that
+    /// already ended is not an error.
     pub fn signal(&self, signal: i32) -> Result<()> {
-        let sig = rustix::process::Signal::from_named_raw(signal)
-            .ok_or_else(|| ExecError::Signal(io::Error::from(io::ErrorKind::InvalidInput)))?;
-        match rustix::process::pidfd_send_signal(&self.pidfd, sig) {
-            // Already gone: nothing left to signal.
-            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
-            Err(e) => Err(ExecError::Signal(e.into())),
-        }
+        self.pidfd.signal(signal)
+    }
+
+    /// A handle that signals the command independently of this stream, so
+    /// it can be used while [`ExecStream::wait`] runs.
+    pub fn signaller(&self) -> Result<ExecSignaller> {
+        self.pidfd.try_clone()
     }
 
     /// Closes standard input, discards output not yet read, and returns
@@ -490,6 +530,7 @@ impl ExecStream {
 pub struct ExecPty {
     master: File,
     child: Option<Child>,
+    pidfd: ExecSignaller,
 }
 
 impl ExecPty {
@@ -504,6 +545,12 @@ impl ExecPty {
     /// Tells the command the terminal's new size (it gets SIGWINCH).
     pub fn resize(&self, size: WindowSize) -> Result<()> {
         resize(&self.master, size)
+    }
+
+    /// A handle that signals the command, usable while
+    /// [`ExecPty::wait`] runs.
+    pub fn signaller(&self) -> Result<ExecSignaller> {
+        self.pidfd.try_clone()
     }
 
     /// Waits for the command to end and returns its exit status. The

@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use msb_runtime::InitProgram;
 use msb_spec::{GuestPath, Mount, MountError};
 
-pub use exec::{ExecBuilder, ExecError, ExecEvent, ExecOutput, ExecPty, ExecStream, WindowSize};
+pub use exec::{
+    ExecBuilder, ExecError, ExecEvent, ExecOutput, ExecPty, ExecSignaller, ExecStream, WindowSize,
+};
 pub use msb_runtime::Security;
 pub use named::{
     LifecycleError, Sandbox, SandboxBuilder, SandboxConfig, SandboxState, SandboxStore,
