@@ -35,16 +35,16 @@ pub fn block_signals() {
     init::block_signals();
 }
 
-/// Waits for the next signal blocked by [`block_signals`] that another
-/// process sent and returns its number, for a caller to pass on. SIGCHLD
-/// and the signals of a terminal's keys (the whole foreground process
-/// group, the command included, already got those) are skipped.
-pub fn next_sent_signal() -> i32 {
+/// Waits for the next signal blocked by [`block_signals`] other than
+/// SIGCHLD and returns its number and whether another process sent it (as
+/// opposed to the kernel, e.g. a terminal's ^C, which the whole foreground
+/// process group got, or a change of its size).
+pub fn next_signal() -> (i32, bool) {
     loop {
-        if let Some((sig, true)) = init::wait_signal(60_000)
+        if let Some((sig, sent)) = init::wait_signal(60_000)
             && sig != libc::SIGCHLD
         {
-            return sig;
+            return (sig, sent);
         }
     }
 }

@@ -287,9 +287,6 @@ pub fn exec(args: ExecArgs) -> CliResult {
     // Before any thread starts, so every thread inherits the mask: signals
     // sent to us queue for forwarding to the command.
     msb_runtime::block_signals();
-    if args.tty {
-        block_window_changes();
-    }
     let store = SandboxStore::default_home()?;
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     let sb = rt.block_on(store.get(&args.name))?;
@@ -311,7 +308,7 @@ pub fn exec(args: ExecArgs) -> CliResult {
     } else {
         rt.block_on(async {
             let run = cmd.spawn_attached().await?;
-            forward_signals(run.signaller()?);
+            relay_signals(run.signaller()?, None);
             run.wait().await
         })
     };
@@ -327,14 +324,31 @@ pub fn exec(args: ExecArgs) -> CliResult {
     }
 }
 
-/// Passes the signals other processes send us (SIGTERM from `kill`, say) on
-/// to the command, for as long as the process lives.
-fn forward_signals(to: msb::ExecSignaller) {
-    std::thread::spawn(
-        move || {
-            while to.signal(msb_runtime::next_sent_signal()).is_ok() {}
-        },
-    );
+/// For as long as the process lives, passes the signals other processes
+/// send us (SIGTERM from `kill`, say) on to the command, and with a
+/// `terminal` (the master of the command's), every change of our
+/// terminal's size on to it; the kernel then signals the command.
+fn relay_signals(to: msb::ExecSignaller, terminal: Option<std::fs::File>) {
+    std::thread::spawn(move || {
+        loop {
+            let (sig, sent) = msb_runtime::next_signal();
+            if sig == libc::SIGWINCH
+                && let Some(master) = &terminal
+            {
+                if let Some(size) = window_size() {
+                    let ws = rustix::termios::Winsize {
+                        ws_row: size.rows,
+                        ws_col: size.cols,
+                        ws_xpixel: 0,
+                        ws_ypixel: 0,
+                    };
+                    let _ = rustix::termios::tcsetwinsize(master, ws);
+                }
+            } else if sent && to.signal(sig).is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// Restores the caller's terminal settings when dropped.
@@ -379,62 +393,19 @@ fn window_size() -> Option<WindowSize> {
     })
 }
 
-/// SIGWINCH as a one-signal set.
-fn winch_set() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialize it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGWINCH);
-        set
-    }
-}
-
-/// Blocks SIGWINCH in this thread and those it starts later, so it queues
-/// for [`forward_window_changes`] (unblocked, its default is to be dropped).
-fn block_window_changes() {
-    let set = winch_set();
-    // SAFETY: `set` is initialized; the old mask is not needed.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-}
-
-/// Passes every change of our terminal's size on to the sandbox's
-/// terminal `master`, for as long as the process lives.
-fn forward_window_changes(master: std::fs::File) {
-    std::thread::spawn(move || {
-        let set = winch_set();
-        loop {
-            let mut sig = 0;
-            // SAFETY: `set` and `sig` are live, initialized locals.
-            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-                return;
-            }
-            if let Some(size) = window_size() {
-                let ws = rustix::termios::Winsize {
-                    ws_row: size.rows,
-                    ws_col: size.cols,
-                    ws_xpixel: 0,
-                    ws_ypixel: 0,
-                };
-                // The kernel signals the command's foreground group.
-                let _ = rustix::termios::tcsetwinsize(&master, ws);
-            }
-        }
-    });
-}
-
 /// Runs `cmd` on a new terminal in the sandbox, copying our standard
 /// input to it and its output to our standard output.
 async fn on_terminal(cmd: msb::ExecBuilder) -> Result<i32, ExecError> {
     let size = window_size();
     let mut pty = cmd.spawn_pty(size).await?;
-    forward_signals(pty.signaller()?);
+    let io = ExecError::Io;
+    let terminal = match size {
+        Some(_) => Some(pty.master().try_clone().map_err(io)?),
+        None => None,
+    };
+    relay_signals(pty.signaller()?, terminal);
     let raw = RawMode::enter();
     let is_tty = raw.is_some();
-    let io = ExecError::Io;
-    if size.is_some() {
-        forward_window_changes(pty.master().try_clone().map_err(io)?);
-    }
     let mut input = pty.master().try_clone().map_err(io)?;
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
