@@ -52,6 +52,9 @@ pub enum FsServerError {
         #[source]
         source: io::Error,
     },
+    /// A detached FUSE mount could not be created.
+    #[error("cannot create a FUSE mount")]
+    MountDetached(#[source] io::Error),
     /// umount(2) failed.
     #[error("cannot unmount {path}")]
     Unmount {
@@ -120,6 +123,30 @@ pub fn mount_data(fuse_fd: RawFd) -> String {
     )
 }
 
+/// Creates a FUSE mount backed by `fuse` that is not attached anywhere
+/// yet: the returned mount descriptor can be attached with `move_mount(2)`
+/// by any process it is passed to, in its own mount namespace (a
+/// sandbox's). Start the server with [`serve`] at once: the kernel has sent
+/// its handshake, and the first access waits for the answer.
+pub fn mount_detached(fuse: &OwnedFd) -> Result<OwnedFd, FsServerError> {
+    use rustix::mount::{
+        FsMountFlags, FsOpenFlags, MountAttrFlags, fsconfig_create, fsconfig_set_flag,
+        fsconfig_set_string, fsmount, fsopen,
+    };
+    let err = |e: rustix::io::Errno| FsServerError::MountDetached(e.into());
+    let fs = fsopen("fuse", FsOpenFlags::FSOPEN_CLOEXEC).map_err(err)?;
+    fsconfig_set_string(&fs, "source", "msb").map_err(err)?;
+    for option in mount_data(fuse.as_raw_fd()).split(',') {
+        match option.split_once('=') {
+            Some((key, value)) => fsconfig_set_string(&fs, key, value),
+            None => fsconfig_set_flag(&fs, option),
+        }
+        .map_err(err)?;
+    }
+    fsconfig_create(&fs).map_err(err)?;
+    fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty()).map_err(err)
+}
+
 /// Raises the descriptor limit as far as allowed: the node cache sizes
 /// itself from it.
 fn raise_fd_limit() {
@@ -165,10 +192,11 @@ fn start(fs: PolicyFs, fuse: OwnedFd) -> Result<Server, FsServerError> {
 }
 
 /// Serves the directory `root` on an already opened `/dev/fuse` descriptor.
-/// The caller performs mount(2) itself (before or after this call), with data
-/// from [`mount_data`]. The server runs on background threads; dropping the
-/// returned Server stops it (requests then fail with ENOTCONN; the threads
-/// end when the mount goes away).
+/// The caller mounts it itself (before or after this call), with
+/// [`mount_detached`] or mount(2) and data from [`mount_data`]. The server
+/// runs on background threads; dropping the returned Server stops it
+/// (requests then fail with ENOTCONN; the threads end when the mount goes
+/// away).
 pub fn serve(root: OwnedFd, fuse: OwnedFd, cfg: ServeConfig) -> Result<Server, FsServerError> {
     raise_fd_limit();
     let fs = PolicyFs::new(&root, cfg)?;

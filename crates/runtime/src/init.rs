@@ -597,10 +597,8 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
     rustix::process::pivot_root(".", ".").map_err(sys("pivot into the sandbox root"))?;
     rustix::mount::unmount(".", UnmountFlags::DETACH).map_err(sys("detach the host root"))?;
     rustix::process::chdir("/").map_err(sys("enter /"))?;
-    // A sandbox kept up for later commands stays at `/`: its working
-    // directory may sit on a FUSE mount whose server starts only once this
-    // init reports ready, so entering it here would wait forever (each
-    // joined command enters its own working directory).
+    // A sandbox kept up for later commands stays at `/`: each joined
+    // command enters its own working directory.
     if !plan.command.is_empty() {
         rustix::process::chdir(plan.workdir.as_str())
             .map_err(sys(format!("enter the working directory {}", plan.workdir)))?;
@@ -617,21 +615,12 @@ fn open_user_mount(m: &InitMount) -> Result<OwnedFd, InitError> {
             Ok(fd)
         }
         InitSource::Tmpfs { size_mib } => tmpfs(*size_mib, "1777", a),
-        InitSource::Fuse { fd, data } => {
-            // SAFETY: the backend placed this descriptor for us alone; it
-            // is closed once mounted (the mount keeps the connection).
-            let fuse = unsafe { OwnedFd::from_raw_fd(*fd) };
-            let mut opts = Vec::new();
-            let mut flags = Vec::new();
-            for o in data.split(',') {
-                match o.split_once('=') {
-                    Some(kv) => opts.push(kv),
-                    None => flags.push(o),
-                }
-            }
-            let mounted = new_fs("fuse", &opts, &flags, Some(Path::new("msb")), a);
-            drop(fuse);
-            mounted
+        InitSource::Fuse { fd } => {
+            // SAFETY: the backend placed this descriptor, a detached mount
+            // made by the supervisor, for us alone.
+            let mount = unsafe { OwnedFd::from_raw_fd(*fd) };
+            set_attrs(&mount, a, false).map_err(sys(format!("set flags on {}", m.guest)))?;
+            Ok(mount)
         }
         InitSource::Block { device, fstype } => {
             let flags: &[&str] = if m.flags.readonly { &["ro"] } else { &[] };

@@ -96,11 +96,6 @@ pub fn run(
             return Err(e.into());
         }
     };
-    if let Err(e) = prepared.start_servers() {
-        drop(sandbox);
-        prepared.rollback();
-        return Err(e.into());
-    }
     let status = sandbox.wait(forward_signals);
     drop(sandbox);
     prepared.finish();

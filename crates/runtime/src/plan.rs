@@ -100,11 +100,12 @@ pub enum InitSource {
     },
     /// A FUSE mount served by the supervisor's filesystem server (policies,
     /// quota, stat virtualization).
+    /// The supervisor makes the mount and starts its server before the
+    /// sandbox starts, so the init can use it at once (a working directory
+    /// or a nested mount point on it).
     Fuse {
-        /// The `/dev/fuse` descriptor's number in the init.
+        /// The number in the init of the detached mount's descriptor.
         fd: i32,
-        /// Mount options (`fd=..,rootmode=..,...`).
-        data: String,
     },
     /// A filesystem on a block device the supervisor attached.
     Block {

@@ -76,15 +76,6 @@ pub enum PrepareError {
     },
 }
 
-/// A filesystem server to start once the sandbox has mounted its FUSE
-/// descriptor (the server's handshake needs the mount to exist).
-struct PendingServer {
-    guest: GuestPath,
-    root: OwnedFd,
-    fuse: OwnedFd,
-    cfg: msb_fsserver::ServeConfig,
-}
-
 /// Everything a sandbox holds on the host while it runs: attachments (the
 /// in-use registration), block devices, and the record of volumes created
 /// for it. Dropping it releases all of that; [`Prepared::rollback`] also
@@ -96,7 +87,6 @@ pub struct Prepared<'s> {
     // Drop order: block devices, then the in-use registrations.
     views: Vec<DiskView>,
     servers: Vec<msb_fsserver::Server>,
-    pending: Vec<PendingServer>,
     attachments: Vec<Attachment>,
     created: Vec<VolumeName>,
     recount: Vec<VolumeInfo>,
@@ -124,22 +114,6 @@ impl Prepared<'_> {
     /// [`SandboxStdio::passed`]: crate::SandboxStdio::passed
     pub fn take_passed_fds(&mut self) -> Vec<OwnedFd> {
         std::mem::take(&mut self.passed)
-    }
-
-    /// Starts the filesystem servers of FUSE mounts. Call it once the
-    /// backend has started the sandbox: until then the mounts do not exist,
-    /// and the sandbox's first access to them waits for this.
-    pub fn start_servers(&mut self) -> Result<(), PrepareError> {
-        for s in std::mem::take(&mut self.pending) {
-            let server = msb_fsserver::serve(s.root, s.fuse, s.cfg).map_err(|source| {
-                PrepareError::Server {
-                    guest: s.guest,
-                    source,
-                }
-            })?;
-            self.servers.push(server);
-        }
-        Ok(())
     }
 
     /// Undoes a failed start: releases everything and removes the volumes
@@ -238,7 +212,6 @@ pub fn prepare<'s>(
         store,
         views: Vec::new(),
         servers: Vec::new(),
-        pending: Vec::new(),
         attachments: Vec::new(),
         created: Vec::new(),
         recount: Vec::new(),
@@ -432,9 +405,8 @@ fn server_config(
     })
 }
 
-/// Serves `dir` through a filesystem server (started by
-/// [`Prepared::start_servers`]); the init mounts it from the `/dev/fuse`
-/// descriptor passed to it.
+/// Serves `dir` through a filesystem server, started now on a detached
+/// FUSE mount that the init attaches.
 fn serve(
     p: &mut Prepared<'_>,
     guest: &GuestPath,
@@ -453,21 +425,14 @@ fn serve(
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| server_err(msb_fsserver::FsServerError::OpenFuse(e.into())))?;
-    let for_init = fuse
-        .try_clone()
-        .map_err(|e| server_err(msb_fsserver::FsServerError::OpenFuse(e)))?;
-    p.pending.push(PendingServer {
-        guest: guest.clone(),
-        root,
-        fuse,
-        cfg,
-    });
+    let mount = msb_fsserver::mount_detached(&fuse).map_err(server_err)?;
+    p.servers
+        .push(msb_fsserver::serve(root, fuse, cfg).map_err(server_err)?);
+    // The init holds the only reference to the mount, so the file system
+    // (and with it the server) ends with the sandbox.
     let fd = crate::init::PASSED_FD_BASE + p.passed.len() as i32;
-    p.passed.push(for_init);
-    Ok(InitSource::Fuse {
-        fd,
-        data: msb_fsserver::mount_data(fd),
-    })
+    p.passed.push(mount);
+    Ok(InitSource::Fuse { fd })
 }
 
 /// Looks the volume up or creates it, as `opts.mode` says.

@@ -699,11 +699,6 @@ pub fn supervise_sandbox(name: &str) -> Result<()> {
             return Err(RunError::from(e).into());
         }
     };
-    if let Err(e) = prepared.start_servers() {
-        drop(sandbox);
-        prepared.rollback();
-        return Err(RunError::from(e).into());
-    }
     std::fs::write(
         &files.pid,
         format!("{} {}\n", sandbox.pid(), std::process::id()),

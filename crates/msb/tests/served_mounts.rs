@@ -1,5 +1,7 @@
-//! A named sandbox whose working directory is on a volume served by the
-//! filesystem server (one with a quota) starts: the real binary, a real store, real FUSE.
+//! Sandboxes use volumes served by the filesystem server (here: ones with a
+//! quota) from their first step: as working directory, as the home of the
+//! command, under a nested mount point. The real binary, a real store, real
+//! FUSE.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -94,4 +96,57 @@ fn start_with_workdir_on_a_served_volume_does_not_hang() {
         std::fs::read_to_string(home.path().join("volumes/data/f")).unwrap(),
         "hi\n"
     );
+}
+
+#[test]
+fn one_shot_run_starts_on_a_served_volume() {
+    if !root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let o = msb(home.path())
+        .args(["volume", "create", "data", "--quota", "10M"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A program that lives on the volume.
+    let tool = home.path().join("volumes/data/tool");
+    std::fs::write(&tool, "#!/bin/sh\necho tool ran in $(pwd)\n").unwrap();
+    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut run = msb(home.path())
+        .args([
+            "run",
+            "-v",
+            "data:/data",
+            "--tmpfs",
+            "/data/scratch",
+            "-w",
+            "/data",
+            "--",
+            "sh",
+            "-c",
+            "/data/tool; echo x > scratch/f; stat -f -c %T /data/scratch",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while run.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            kill_all(home.path());
+            let _ = run.wait();
+            panic!("msb run hung: the init waited on the volume's server");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = run.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "tool ran in /data\ntmpfs\n"
+    );
+    // The scratch file went to the tmpfs, not to the volume.
+    assert!(home.path().join("volumes/data/scratch").is_dir());
+    assert!(!home.path().join("volumes/data/scratch/f").exists());
 }
