@@ -68,6 +68,6 @@ mod server;
 
 pub use msb_spec::{HostPerms, StatVirt};
 pub use server::{
-    FsServerError, ServeConfig, Server, is_served_mount, mount, mount_data, mount_detached,
-    open_root, serve, unmount_path,
+    FsServerError, ServeConfig, Server, detach_mounts_of, is_served_mount, mount, mount_data,
+    mount_detached, open_root, serve, unmount_path,
 };

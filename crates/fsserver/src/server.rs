@@ -203,15 +203,17 @@ pub fn serve(root: OwnedFd, fuse: OwnedFd, cfg: ServeConfig) -> Result<Server, F
     start(fs, fuse)
 }
 
-/// Host convenience (used by `msb volume mount`): opens /dev/fuse, mounts at
-/// `mountpoint` (nosuid, nodev; read-only when the policy is), serves; the
-/// Server unmounts on drop / [`Server::unmount`]. A watchdog process removes
-/// the mount if this process dies without unmounting.
-pub fn mount(root: OwnedFd, mountpoint: &Path, cfg: ServeConfig) -> Result<Server, FsServerError> {
+/// Host convenience (used by `msb volume mount`): serves the directory `dir`
+/// (reached without following symlinks) at `mountpoint` (nosuid, nodev;
+/// read-only when the policy is); the Server unmounts on drop /
+/// [`Server::unmount`]. The mount table names `dir` as the source (see
+/// [`detach_mounts_of`]). A watchdog process removes the mount if this process
+/// dies without unmounting.
+pub fn mount(dir: &Path, mountpoint: &Path, cfg: ServeConfig) -> Result<Server, FsServerError> {
     let readonly = cfg.readonly;
     raise_fd_limit();
-    let fs = PolicyFs::new(&root, cfg)?;
-    drop(root);
+    let fs = PolicyFs::new(&open_root(dir, false)?, cfg)?;
+    let source = CString::new(dir.as_os_str().as_bytes()).expect("a path holds no NUL");
     let fuse = rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| FsServerError::OpenFuse(e.into()))?;
     let data = CString::new(mount_data(fuse.as_raw_fd())).expect("no NUL in mount data");
@@ -227,7 +229,13 @@ pub fn mount(root: OwnedFd, mountpoint: &Path, cfg: ServeConfig) -> Result<Serve
             reap(pid);
         }
     };
-    if let Err(e) = rustix::mount::mount("msb", mountpoint, "fuse.msb", flags, data.as_c_str()) {
+    if let Err(e) = rustix::mount::mount(
+        source.as_c_str(),
+        mountpoint,
+        "fuse.msb",
+        flags,
+        data.as_c_str(),
+    ) {
         fail(watchdog);
         return Err(FsServerError::Mount {
             path: mountpoint.into(),
@@ -354,16 +362,38 @@ pub fn is_served_mount(path: &Path) -> bool {
     let Some(point) = mount_point_path(path) else {
         return false;
     };
+    host_mounts().into_iter().any(|(_, p)| p == point)
+}
+
+/// Detaches every mount of `dir` made by [`mount`] in this mount namespace
+/// and returns where they were. For the owner of `dir` once it knows that
+/// no server is left (the volume was removed, which needs every holder
+/// gone): a server killed together with its watchdog leaves a dead mount
+/// that only fails with ENOTCONN.
+pub fn detach_mounts_of(dir: &Path) -> Vec<PathBuf> {
+    host_mounts()
+        .into_iter()
+        .filter(|(source, point)| source == dir && unmount_path(point).is_ok())
+        .map(|(_, point)| point)
+        .collect()
+}
+
+/// `(source, mount point)` of every mount made by [`mount`].
+fn host_mounts() -> Vec<(PathBuf, PathBuf)> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
+        return Vec::new();
     };
-    info.lines().any(|line| {
-        let Some((left, right)) = line.split_once(" - ") else {
-            return false;
-        };
-        right.split(' ').next() == Some("fuse.msb")
-            && left.split(' ').nth(4).map(unescape).as_deref() == Some(point.as_path())
-    })
+    info.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut right = right.split(' ');
+            if right.next() != Some("fuse.msb") {
+                return None;
+            }
+            let source = unescape(right.next()?);
+            Some((source, unescape(left.split(' ').nth(4)?)))
+        })
+        .collect()
 }
 
 /// `path` made absolute through its parent only: resolving the mount point

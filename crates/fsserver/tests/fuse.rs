@@ -55,8 +55,7 @@ impl Mounted {
 
     fn on(host: TempDir, cfg: ServeConfig) -> Self {
         let mnt = tempfile::tempdir().unwrap();
-        let root = open_root(host.path(), false).unwrap();
-        let server = msb_fsserver::mount(root, mnt.path(), cfg).unwrap();
+        let server = msb_fsserver::mount(host.path(), mnt.path(), cfg).unwrap();
         Mounted {
             host,
             mnt,
@@ -239,10 +238,9 @@ fn concurrent_writers_on_two_mounts_never_overshoot_a_shared_budget() {
         ..config(StatVirt::Strict)
     });
     // A second server over the same tree with its own mapping of the counter.
-    let host_root = open_root(a.host.path(), false).unwrap();
     let mnt_b = tempfile::tempdir().unwrap();
     let b = msb_fsserver::mount(
-        host_root,
+        a.host.path(),
         mnt_b.path(),
         ServeConfig {
             budget: Some(budget(state.path(), limit)),
@@ -491,8 +489,8 @@ fn setuid_is_cleared_when_another_user_writes() {
 /// Child side of `a_dying_server_gives_enotconn_and_leaves_no_mount`.
 fn serve_until_killed(spec: &str) -> ! {
     let (host, mnt) = spec.split_once('\n').unwrap();
-    let root = open_root(Path::new(host), false).unwrap();
-    let _server = msb_fsserver::mount(root, Path::new(mnt), config(StatVirt::Strict)).unwrap();
+    let _server =
+        msb_fsserver::mount(Path::new(host), Path::new(mnt), config(StatVirt::Strict)).unwrap();
     loop {
         std::thread::sleep(Duration::from_secs(60));
     }

@@ -88,10 +88,16 @@ impl VolumeStore {
             .collect())
     }
 
-    /// Removes a volume and its data; refused while it is in use.
+    /// Removes a volume and its data; refused while it is in use. A host
+    /// mount of it whose server was killed is detached.
     pub async fn remove(&self, name: &str) -> Result<()> {
         let name = parse_name(name)?;
-        self.blocking(move |s| s.remove(&name)).await
+        self.blocking(move |s| {
+            s.remove(&name)?;
+            msb_fsserver::detach_mounts_of(&s.layout().volume_dir(&name));
+            Ok(())
+        })
+        .await
     }
 
     /// Host-side access to a volume's files; `write` asks for write access.

@@ -96,7 +96,6 @@ fn serve(args: &MountArgs, ready: Option<Ready>) -> CliResult {
         };
         let attachment = store.attach(&args.name, &format!("mount:{}", dir.display()), mode)?;
         let budget = store.budget(&info)?.map(Arc::new);
-        let root = msb_fsserver::open_root(&info.path, false)?;
         block_stop_signals()?;
         let cfg = ServeConfig {
             readonly: args.readonly,
@@ -105,7 +104,7 @@ fn serve(args: &MountArgs, ready: Option<Ready>) -> CliResult {
             budget,
             owner: invoking_user(),
         };
-        let server = msb_fsserver::mount(root, &dir, cfg)?;
+        let server = msb_fsserver::mount(&info.path, &dir, cfg)?;
         Ok((server, attachment, dir))
     })();
     let (server, attachment, dir) = match (started, ready) {

@@ -187,7 +187,11 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
                     .map_err(|e| -> Box<dyn std::error::Error> {
                         format!("invalid volume name {name:?}: {e}").into()
                     })
-                    .and_then(|n| store.remove(&n).map_err(Into::into));
+                    .and_then(|n| {
+                        store.remove(&n)?;
+                        detach_dead_mounts(&store, &n);
+                        Ok(())
+                    });
                 match result {
                     Ok(()) if !quiet => println!("{name}"),
                     Ok(()) => {}
@@ -205,6 +209,7 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             }
             let (removed, skipped) = store.prune(&filters)?;
             for name in &removed {
+                detach_dead_mounts(&store, name);
                 println!("{name}");
             }
             for e in &skipped {
@@ -364,4 +369,15 @@ fn print_details(
         }
     )?;
     Ok(())
+}
+
+/// Detaches what is left of host mounts of a removed volume (a server
+/// killed together with its watchdog leaves a dead mount behind).
+fn detach_dead_mounts(store: &Store, name: &VolumeName) {
+    for point in msb_fsserver::detach_mounts_of(&store.layout().volume_dir(name)) {
+        eprintln!(
+            "detached the dead mount of {name} at {} (its server was gone)",
+            point.display()
+        );
+    }
 }
