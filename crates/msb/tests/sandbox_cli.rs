@@ -446,6 +446,50 @@ fn stop_gives_commands_a_chance_to_finish() {
 }
 
 #[test]
+fn stop_time_sets_the_grace_period() {
+    if !root() {
+        return;
+    }
+    let home = home();
+    let o = msb(home.path(), &["create", "web", "-v", "data:/data"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let data = home.path().join("volumes/data");
+    // A command that needs about 6 s to save its work after SIGTERM.
+    let slow = |tag: &str| {
+        let o = msb(home.path(), &["start", "web"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let script = format!(
+            "trap 'sleep 6; echo saved > /data/{tag}; exit 3' TERM; touch /data/up-{tag}; \
+             while :; do sleep 0.05; done"
+        );
+        let child = Command::new(env!("CARGO_BIN_EXE_msb"))
+            .args(["exec", "web", "--", "sh", "-c", &script])
+            .env("MSB_HOME", home.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(&data.join(format!("up-{tag}")));
+        child
+    };
+    // --time 0: killed at once, the work is lost.
+    let mut child = slow("now");
+    let o = msb(home.path(), &["stop", "--time", "0", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(child.wait().unwrap().code(), Some(137));
+    assert!(!data.join("now").exists());
+    // More than the default 5 s: the work is saved.
+    let mut child = slow("later");
+    let o = msb(home.path(), &["stop", "-t", "60", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(child.wait().unwrap().code(), Some(3));
+    assert_eq!(
+        std::fs::read_to_string(data.join("later")).unwrap(),
+        "saved\n"
+    );
+    assert_eq!(state(home.path(), "web"), "stopped");
+}
+
+#[test]
 fn exec_passes_signals_on_to_the_command() {
     if !root() {
         return;

@@ -160,10 +160,44 @@ pub(crate) fn block_signals() {
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 }
 
-/// Waits up to `timeout_ms` for a blocked signal; returns it and whether a
-/// process sent it (as opposed to the kernel, e.g. a terminal's ^C that the
-/// whole foreground process group, the command included, already got).
-pub(crate) fn wait_signal(timeout_ms: i64) -> Option<(i32, bool)> {
+/// A signal taken from the queue by [`wait_signal`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Received {
+    pub signo: i32,
+    /// A process sent it, as opposed to the kernel (e.g. a terminal's ^C,
+    /// which the whole foreground process group, the command included,
+    /// already got).
+    pub sent: bool,
+    /// The value it carries when sent with sigqueue(3).
+    pub value: Option<usize>,
+}
+
+impl Received {
+    /// Sends the same signal, with the same value, to `pid`.
+    pub fn resend(&self, pid: i32) -> io::Result<()> {
+        let rc = match self.value {
+            Some(v) => queue_signal(pid, self.signo, v),
+            // SAFETY: a plain kill(2); the caller owns `pid` (its child).
+            None => unsafe { libc::kill(pid, self.signo) },
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// sigqueue(3): `signo` to `pid`, carrying `value`.
+pub(crate) fn queue_signal(pid: i32, signo: i32, value: usize) -> i32 {
+    let value = libc::sigval {
+        sival_ptr: value as *mut libc::c_void,
+    };
+    // SAFETY: a plain system call; the pointer member is only a value here.
+    unsafe { libc::sigqueue(pid, signo, value) }
+}
+
+/// Waits up to `timeout_ms` for a blocked signal.
+pub(crate) fn wait_signal(timeout_ms: i64) -> Option<Received> {
     let set = signal_set(true);
     let ts = libc::timespec {
         tv_sec: timeout_ms / 1000,
@@ -172,8 +206,14 @@ pub(crate) fn wait_signal(timeout_ms: i64) -> Option<(i32, bool)> {
     // SAFETY: siginfo_t is plain data filled by the kernel.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: all pointers refer to live, initialized locals.
-    let sig = unsafe { libc::sigtimedwait(&set, &mut info, &ts) };
-    (sig > 0).then_some((sig, info.si_code <= 0))
+    let signo = unsafe { libc::sigtimedwait(&set, &mut info, &ts) };
+    (signo > 0).then(|| Received {
+        signo,
+        sent: info.si_code <= 0,
+        // SAFETY: the kernel filled the value member for SI_QUEUE.
+        value: (info.si_code == libc::SI_QUEUE)
+            .then(|| unsafe { info.si_value() }.sival_ptr as usize),
+    })
 }
 
 /// Forwards signals to `pid` and reaps children until `pid` exits.
@@ -191,39 +231,42 @@ fn supervise(pid: i32) -> i32 {
                 return exit_code(st);
             }
         }
-        if let Some((sig, sent)) = wait_signal(1000)
-            && sig != libc::SIGCHLD
-            && sent
+        if let Some(r) = wait_signal(1000)
+            && r.signo != libc::SIGCHLD
+            && r.sent
         {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, sig) };
+            let _ = r.resend(pid);
         }
     }
 }
-
-/// How long the commands of a stopping sandbox get to exit after SIGTERM
-/// before the init exits and the kernel kills what is left. Stays below
-/// the time a stopping client waits for the supervisor.
-const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Wait mode, for a plan without a command (a named sandbox between
 /// `exec`s): reaps whatever joined processes leave behind until a process
 /// (the supervisor stopping the sandbox) sends SIGTERM, SIGINT, SIGHUP or
 /// SIGQUIT; other signals are ignored. Then it stops the sandbox's
-/// processes gracefully and returns 0. A dead supervisor ends it at once
+/// processes gracefully (within the grace period in milliseconds that the
+/// signal carries, see [`crate::request_stop`], else
+/// [`crate::DEFAULT_STOP_GRACE`]) and returns 0. A dead supervisor ends it at once
 /// through `PR_SET_PDEATHSIG`. Needs nothing from the sandbox's root
 /// filesystem.
 fn keep_alive() -> i32 {
-    const STOP: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
     loop {
         reap_all();
-        if let Some((sig, true)) = wait_signal(1000)
-            && STOP.contains(&sig)
-        {
-            drain();
+        if let Some(grace) = wait_signal(1000).and_then(stop_request) {
+            drain(grace);
             return 0;
         }
     }
+}
+
+/// The grace period a stop request asks for, if `r` is one.
+fn stop_request(r: Received) -> Option<Duration> {
+    const STOP: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
+    (r.sent && STOP.contains(&r.signo)).then(|| {
+        r.value.map_or(crate::DEFAULT_STOP_GRACE, |ms| {
+            Duration::from_millis(ms as u64)
+        })
+    })
 }
 
 fn reap_all() {
@@ -232,24 +275,29 @@ fn reap_all() {
 }
 
 /// Sends SIGTERM to every other process of the sandbox and waits until
-/// none is left or [`STOP_GRACE`] is over, so commands can save their work.
-fn drain() {
+/// none is left or `grace` is over, so commands can save their work.
+fn drain(grace: Duration) {
     // SAFETY: kill(-1) from the init of a pid namespace reaches every other
     // process of that namespace and nothing outside it; it fails (ESRCH)
     // when there is none.
     if unsafe { libc::kill(-1, libc::SIGTERM) } != 0 {
         return;
     }
-    let deadline = Instant::now() + STOP_GRACE;
-    while Instant::now() < deadline {
+    // No deadline for a grace period too long to add.
+    let mut deadline = Instant::now().checked_add(grace);
+    while deadline.is_none_or(|d| Instant::now() < d) {
         reap_all();
         // SAFETY: signal 0 only asks whether any process is left.
         if unsafe { libc::kill(-1, 0) } != 0 {
             return;
         }
         // Wakes early on SIGCHLD; joined commands are not our children, so
-        // their exits are polled.
-        wait_signal(10);
+        // their exits are polled. A new stop request may shorten the wait.
+        if let Some(grace) = wait_signal(10).and_then(stop_request)
+            && let Some(sooner) = Instant::now().checked_add(grace)
+        {
+            deadline = Some(deadline.map_or(sooner, |d| d.min(sooner)));
+        }
     }
 }
 

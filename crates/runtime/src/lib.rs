@@ -41,12 +41,28 @@ pub fn block_signals() {
 /// process group got, or a change of its size).
 pub fn next_signal() -> (i32, bool) {
     loop {
-        if let Some((sig, sent)) = init::wait_signal(60_000)
-            && sig != libc::SIGCHLD
+        if let Some(r) = init::wait_signal(60_000)
+            && r.signo != libc::SIGCHLD
         {
-            return (sig, sent);
+            return (r.signo, r.sent);
         }
     }
+}
+
+/// How long a stopping kept sandbox gives its commands between SIGTERM and
+/// SIGKILL unless [`request_stop`] says otherwise.
+pub const DEFAULT_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Asks the supervisor `pid` of a kept sandbox (one started without a
+/// command) to stop it: every process in it gets SIGTERM, and those left
+/// after `grace` are killed.
+pub fn request_stop(pid: i32, grace: std::time::Duration) -> std::io::Result<()> {
+    let ms = usize::try_from(grace.as_millis()).unwrap_or(usize::MAX);
+    // The supervisor passes the signal on as received, value included.
+    if init::queue_signal(pid, libc::SIGTERM, ms) < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A close-on-exec pipe `(read, write)`, e.g. to capture a sandbox's

@@ -230,11 +230,13 @@ impl Running for NsSandbox {
             }
             // A bounded wait: a SIGCHLD that arrived before the signals were
             // blocked is not queued, so poll now and then as well.
-            if let Some((sig, sent)) = wait_signal(200)
-                && sig != libc::SIGCHLD
-                && sent
+            if let Some(r) = wait_signal(200)
+                && r.signo != libc::SIGCHLD
+                && r.sent
+                && self.status.is_none()
             {
-                self.signal(sig)?;
+                // As received: a stop request's grace period goes along.
+                r.resend(self.pid).map_err(NsError::Signal)?;
             }
         }
     }

@@ -37,8 +37,8 @@ enum Command {
     Rm(sandbox::RmArgs),
     /// Start a named sandbox under a detached supervisor.
     Start(sandbox::StartArgs),
-    /// Stop a running named sandbox (its commands get SIGTERM, then SIGKILL after 5 s).
-    Stop(sandbox::NameArg),
+    /// Stop a running named sandbox (its commands get SIGTERM, then SIGKILL after --time seconds).
+    Stop(sandbox::StopArgs),
     /// Run a command in a running named sandbox.
     Exec(sandbox::ExecArgs),
 }

@@ -47,11 +47,21 @@ pub struct LsArgs {
     pub format: Format,
 }
 
-/// Arguments of `msb inspect` and `msb stop`.
+/// Arguments of `msb inspect`.
 #[derive(Debug, clap::Args)]
 pub struct NameArg {
     /// The sandbox's name.
     pub name: String,
+}
+
+/// Arguments of `msb stop`.
+#[derive(Debug, clap::Args)]
+pub struct StopArgs {
+    /// The sandbox's name.
+    pub name: String,
+    /// Seconds its commands get between SIGTERM and SIGKILL.
+    #[arg(short = 't', long = "time", value_name = "SECS", default_value_t = 5)]
+    pub time: u32,
 }
 
 /// Arguments of `msb rm`.
@@ -273,8 +283,9 @@ pub fn start(args: StartArgs) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn stop(args: NameArg) -> CliResult {
-    block_on(SandboxStore::default_home()?.stop(&args.name))??;
+pub fn stop(args: StopArgs) -> CliResult {
+    let grace = std::time::Duration::from_secs(args.time.into());
+    block_on(SandboxStore::default_home()?.stop_with_grace(&args.name, grace))??;
     println!("{}", args.name);
     Ok(ExitCode::SUCCESS)
 }

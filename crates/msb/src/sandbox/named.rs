@@ -311,10 +311,17 @@ impl SandboxStore {
     /// servers and locks gone). Commands still running in it get SIGTERM
     /// and five seconds to exit before they are killed.
     pub async fn stop(&self, name: &str) -> Result<()> {
+        self.stop_with_grace(name, msb_runtime::DEFAULT_STOP_GRACE)
+            .await
+    }
+
+    /// Like [`SandboxStore::stop`], with `grace` between SIGTERM and the
+    /// kill instead of five seconds (zero kills at once).
+    pub async fn stop_with_grace(&self, name: &str, grace: Duration) -> Result<()> {
         let name = name.to_string();
         self.blocking(move |s| {
             let sb = s.load(&name)?;
-            sb.files.halt()
+            sb.files.halt(grace)
         })
         .await
     }
@@ -483,7 +490,7 @@ impl SandboxStore {
     fn remove_blocking(&self, name: &str, force: bool) -> Result<()> {
         let sb = self.load(name)?;
         if force {
-            sb.files.halt()?;
+            sb.files.halt(msb_runtime::DEFAULT_STOP_GRACE)?;
         }
         // Holding the lock keeps the sandbox from starting meanwhile.
         let Some(lock) = sb.files.try_lock()? else {
@@ -624,20 +631,23 @@ impl RunFiles {
         self.pids().filter(|_| self.running()).map(|(init, _)| init)
     }
 
-    /// Stops the sandbox if it runs and waits until its supervisor is gone.
-    fn halt(&self) -> Result<()> {
+    /// Stops the sandbox if it runs, its commands given `grace` to exit,
+    /// and waits until its supervisor is gone.
+    fn halt(&self, grace: Duration) -> Result<()> {
         let Some((_, supervisor)) = self.pids().filter(|_| self.running()) else {
             return Ok(());
         };
         let Some(pid) = rustix::process::Pid::from_raw(supervisor) else {
             return Ok(());
         };
-        // The supervisor forwards the signal to the init and cleans up as
+        // The supervisor forwards the request to the init and cleans up as
         // the sandbox ends.
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let _ = msb_runtime::request_stop(supervisor, grace);
+        // Past the grace period and a margin, the supervisor is killed (the
+        // sandbox dies with it).
+        let deadline = Instant::now().checked_add(grace.saturating_add(Duration::from_secs(5)));
         while self.running() {
-            if Instant::now() > deadline {
+            if deadline.is_some_and(|d| Instant::now() > d) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -939,8 +949,14 @@ impl Sandbox {
     /// Stops it if it runs and waits until it is down (see
     /// [`SandboxStore::stop`]).
     pub async fn stop(&self) -> Result<()> {
+        self.stop_with_grace(msb_runtime::DEFAULT_STOP_GRACE).await
+    }
+
+    /// Like [`Sandbox::stop`], with `grace` between SIGTERM and the kill
+    /// (see [`SandboxStore::stop_with_grace`]).
+    pub async fn stop_with_grace(&self, grace: Duration) -> Result<()> {
         let files = self.files.clone();
-        tokio::task::spawn_blocking(move || files.halt()).await?
+        tokio::task::spawn_blocking(move || files.halt(grace)).await?
     }
 
     /// Describes a command to run in the running sandbox.
