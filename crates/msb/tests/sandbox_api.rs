@@ -2,8 +2,8 @@
 //! in a temporary home; the helper is the `msb` binary next to the test
 //! executable.
 
-use std::io::Write;
 use std::path::Path;
+use tokio::io::AsyncWriteExt;
 
 use msb::{
     DiskOptions, ExecError, ExecEvent, LifecycleError, Mount, MountOptions, NamedMode,
@@ -193,11 +193,9 @@ async fn streaming_exec_delivers_output_before_the_command_ends() {
         run.next().await,
         Some(ExecEvent::Stdout(b"ready\n".to_vec()))
     );
-    let mut stdin = run.take_stdin().unwrap();
-    tokio::task::spawn_blocking(move || stdin.write_all(b"ping\n"))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut stdin = run.take_stdin().unwrap().expect("piped input");
+    stdin.write_all(b"ping\n").await.unwrap();
+    drop(stdin);
     let rest = run.output().await.unwrap();
     assert_eq!(rest.status, 4);
     assert_eq!(text(&rest.stdout), "got ping\n");

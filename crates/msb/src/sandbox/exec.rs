@@ -53,6 +53,9 @@ pub enum ExecError {
     /// The terminal could not be set up.
     #[error("cannot allocate a terminal in the sandbox")]
     Pty(#[source] io::Error),
+    /// The command's standard input could not be set up for writing.
+    #[error("cannot open the command's input for writing")]
+    Stdin(#[source] io::Error),
     /// The command's streams could not be read.
     #[error("cannot collect the command's output")]
     Io(#[source] io::Error),
@@ -460,10 +463,18 @@ impl ExecStream {
         })
     }
 
-    /// Takes the command's standard input: a blocking writer (write from a
-    /// blocking task or thread); dropping it sends end of file.
-    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
-        self.stdin.take()
+    /// Takes the command's standard input, an asynchronous writer
+    /// (`tokio::io::AsyncWriteExt` adds `write_all`); dropping it sends end
+    /// of file. `None` once taken or closed, and for
+    /// [`ExecBuilder::spawn_attached`]. Needs a Tokio runtime with I/O
+    /// enabled.
+    pub fn take_stdin(&mut self) -> Result<Option<tokio::net::unix::pipe::Sender>> {
+        let Some(stdin) = self.stdin.take() else {
+            return Ok(None);
+        };
+        tokio::net::unix::pipe::Sender::from_owned_fd(OwnedFd::from(stdin))
+            .map(Some)
+            .map_err(ExecError::Stdin)
     }
 
     /// Closes the command's standard input.
