@@ -407,16 +407,23 @@ fn wait_for(path: &Path) {
     }
 }
 
+/// Creates and starts the sandbox `web` with the volume `data` at `/data`;
+/// returns the volume's host directory.
+fn start_web_with_data(home: &Path) -> std::path::PathBuf {
+    let o = msb(home, &["create", "web", "-v", "data:/data"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = msb(home, &["start", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    home.join("volumes/data")
+}
+
 #[test]
 fn stop_gives_commands_a_chance_to_finish() {
     if !root() {
         return;
     }
     let home = home();
-    let o = msb(home.path(), &["create", "web", "-v", "data:/data"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = msb(home.path(), &["start", "web"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let data = start_web_with_data(home.path());
     let exec = |script: &str| {
         Command::new(env!("CARGO_BIN_EXE_msb"))
             .args(["exec", "web", "--", "sh", "-c", script])
@@ -425,7 +432,6 @@ fn stop_gives_commands_a_chance_to_finish() {
             .spawn()
             .unwrap()
     };
-    let data = home.path().join("volumes/data");
     // One command saves its work on SIGTERM, one ignores it.
     let mut polite = exec(
         "trap 'echo saved > /data/state; exit 3' TERM; touch /data/up1; while :; do sleep 0.05; done",
@@ -451,13 +457,13 @@ fn stop_time_sets_the_grace_period() {
         return;
     }
     let home = home();
-    let o = msb(home.path(), &["create", "web", "-v", "data:/data"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let data = home.path().join("volumes/data");
+    let data = start_web_with_data(home.path());
     // A command that needs about 6 s to save its work after SIGTERM.
     let slow = |tag: &str| {
-        let o = msb(home.path(), &["start", "web"]);
-        assert!(o.status.success(), "{}", stderr(&o));
+        if state(home.path(), "web") == "stopped" {
+            let o = msb(home.path(), &["start", "web"]);
+            assert!(o.status.success(), "{}", stderr(&o));
+        }
         let script = format!(
             "trap 'sleep 6; echo saved > /data/{tag}; exit 3' TERM; touch /data/up-{tag}; \
              while :; do sleep 0.05; done"
@@ -495,11 +501,7 @@ fn exec_passes_signals_on_to_the_command() {
         return;
     }
     let home = home();
-    let o = msb(home.path(), &["create", "web", "-v", "data:/data"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = msb(home.path(), &["start", "web"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let data = home.path().join("volumes/data");
+    let data = start_web_with_data(home.path());
     for (signal, name, tty) in [
         (rustix::process::Signal::TERM, "TERM", false),
         (rustix::process::Signal::HUP, "HUP", false),
@@ -544,10 +546,7 @@ fn killed_supervisor_leaves_the_sandbox_stopped() {
         return;
     }
     let home = home();
-    let o = msb(home.path(), &["create", "web", "-v", "data:/data"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = msb(home.path(), &["start", "web"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    start_web_with_data(home.path());
     let (init, supervisor) = pids(home.path(), "web");
     let pid = rustix::process::Pid::from_raw(supervisor).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();

@@ -45,18 +45,38 @@ fn kill_all(home: &Path) {
     }
 }
 
-#[test]
-fn start_with_workdir_on_a_served_volume_does_not_hang() {
-    if !root() {
-        return;
-    }
+/// A home with the directory volume `data`, whose quota puts it behind the
+/// filesystem server.
+fn home_with_served_volume() -> tempfile::TempDir {
     let home = tempfile::tempdir().unwrap();
-    // A quota puts the volume behind the filesystem server.
     let o = msb(home.path())
         .args(["volume", "create", "data", "--quota", "10M"])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    home
+}
+
+/// Waits for `child` to end; if it hangs, kills everything of `home` and
+/// fails (the init waiting on a server that was not running yet).
+fn end_within_30s(child: &mut std::process::Child, home: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            kill_all(home);
+            let _ = child.wait();
+            panic!("{what} hung: the init waited on the volume's server");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn start_with_workdir_on_a_served_volume_does_not_hang() {
+    if !root() {
+        return;
+    }
+    let home = home_with_served_volume();
     let o = msb(home.path())
         .args(["create", "web", "-v", "data:/data", "-w", "/data"])
         .output()
@@ -67,22 +87,8 @@ fn start_with_workdir_on_a_served_volume_does_not_hang() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = start.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let Some(status) = status else {
-        kill_all(home.path());
-        let _ = start.wait();
-        panic!("msb start hung: the init waited on the volume's server before it ran");
-    };
-    assert!(status.success());
+    end_within_30s(&mut start, home.path(), "msb start");
+    assert!(start.wait().unwrap().success());
     let o = msb(home.path())
         .args(["exec", "web", "--", "sh", "-c", "pwd; echo hi > f"])
         .output()
@@ -103,12 +109,7 @@ fn one_shot_run_starts_on_a_served_volume() {
     if !root() {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
-    let o = msb(home.path())
-        .args(["volume", "create", "data", "--quota", "10M"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let home = home_with_served_volume();
     // A program that lives on the volume.
     let tool = home.path().join("volumes/data/tool");
     std::fs::write(&tool, "#!/bin/sh\necho tool ran in $(pwd)\n").unwrap();
@@ -131,15 +132,7 @@ fn one_shot_run_starts_on_a_served_volume() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while run.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            kill_all(home.path());
-            let _ = run.wait();
-            panic!("msb run hung: the init waited on the volume's server");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    end_within_30s(&mut run, home.path(), "msb run");
     let o = run.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(
