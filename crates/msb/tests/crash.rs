@@ -128,6 +128,19 @@ fn check(home: &Path) -> BTreeSet<String> {
     names
 }
 
+/// Whether kills have landed inside both a create and a remove.
+fn interrupted_both(seen: &Seen) -> bool {
+    seen.creating_rows + seen.staging_left > 0 && seen.removing_rows + seen.trash_left > 0
+}
+
+/// Waits for the children a killed command left (we are their subreaper).
+/// Until it has exec'd, such a child still holds the store lock it inherited
+/// from the killed `msb` (the descriptor is close-on-exec), and a command run
+/// meanwhile rightly leaves the killed operation's rows alone.
+fn reap_orphans() {
+    while rustix::process::wait(rustix::process::WaitOptions::empty()).is_ok() {}
+}
+
 fn timed(home: &Path, args: &[&str]) -> Duration {
     let start = Instant::now();
     assert!(msb(home).args(args).status().unwrap().success());
@@ -138,7 +151,13 @@ fn timed(home: &Path, args: &[&str]) -> Duration {
 fn sigkill_at_random_points_of_create_and_remove() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
-    // Calibrate the kill window on this machine: each kind of operation.
+    // A killed command's own children (mke2fs) are reparented to us, so
+    // `reap_orphans` can wait until the whole killed operation is gone.
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+    // Calibrate the kill window on this machine: each kind of operation, one
+    // per process (most of a command's time is its start-up, so timing two
+    // removals in one process and halving it gave a window that ended before
+    // a single `rm` got to its removal).
     let dir_time = timed(h, &["volume", "create", "cal-dir"]);
     let disk_time = timed(
         h,
@@ -146,11 +165,17 @@ fn sigkill_at_random_points_of_create_and_remove() {
             "volume", "create", "cal-disk", "--kind", "disk", "--size", "20G",
         ],
     );
-    let rm_time = timed(h, &["volume", "rm", "cal-dir", "cal-disk"]) / 2;
+    let rm_time =
+        timed(h, &["volume", "rm", "cal-dir"]).max(timed(h, &["volume", "rm", "cal-disk"]));
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     let mut seen = Seen::default();
     let mut existing: Vec<String> = Vec::new();
-    for i in 0..240 {
+    // At least 240 kills, and on until both kinds of interruption were seen
+    // (a loaded machine can stretch start-up past a run of kill windows);
+    // the cap keeps a real regression (kills never landing) a failure.
+    let mut i = 0;
+    while i < 240 || (!interrupted_both(&seen) && i < 2000) {
+        i += 1;
         let (args, window): (Vec<String>, Duration) = match rng.below(3) {
             0 if !existing.is_empty() => {
                 let victim = existing[rng.below(existing.len() as u64) as usize].clone();
@@ -178,11 +203,12 @@ fn sigkill_at_random_points_of_create_and_remove() {
         std::thread::sleep(delay);
         let _ = child.kill();
         child.wait().unwrap();
+        reap_orphans();
         observe(h, &mut seen);
         let names = check(h);
         existing = names.into_iter().collect();
     }
-    eprintln!("interrupted states seen: {seen:?}");
+    eprintln!("interrupted states seen after {i} kills: {seen:?}");
     // The kills must really have landed inside operations, or this test
     // proves nothing.
     assert!(seen.creating_rows + seen.staging_left > 0, "{seen:?}");
