@@ -496,6 +496,43 @@ fn stop_time_sets_the_grace_period() {
 }
 
 #[test]
+fn commands_start_with_default_signal_actions() {
+    if !root() {
+        return;
+    }
+    let home = home();
+    start_web_with_data(home.path());
+    // The caller ignores signals, as under `nohup`; the sandbox's commands
+    // must not inherit that (a shell could not even trap them).
+    let ignoring = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_msb"));
+        cmd.args(args).env("MSB_HOME", home.path());
+        // SAFETY: between fork and exec only signal(2), which is
+        // async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                for s in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGUSR1] {
+                    libc::signal(s, libc::SIG_IGN);
+                }
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    };
+    let status = "grep SigIgn /proc/self/status";
+    for args in [
+        vec!["exec", "web", "--", "sh", "-c", status],
+        vec!["run", "--", "sh", "-c", status],
+    ] {
+        let o = ignoring(&args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        assert_eq!(stdout(&o), "SigIgn:\t0000000000000000\n", "{args:?}");
+    }
+    let o = msb(home.path(), &["stop", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
 fn exec_passes_signals_on_to_the_command() {
     if !root() {
         return;

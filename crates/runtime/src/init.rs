@@ -69,6 +69,13 @@ pub fn is_init() -> bool {
 /// the command was killed by signal N, or 126/127 (cannot execute / not
 /// found) and 1 (setup failed) with the reason sent to the supervisor.
 pub fn main() -> i32 {
+    // An ignored signal is discarded when sent, blocked or not, so none may
+    // stay ignored from whoever started the supervisor (`nohup`, say)...
+    reset_signal_dispositions();
+    // ...except SIGPIPE: a write to a supervisor that died fails (EPIPE)
+    // and is handled.
+    // SAFETY: setting an action installs no handler.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     // As pid 1, unhandled signals would be dropped; blocked, they queue for
     // forwarding, and SIGCHLD wakes the reaper at once.
     block_signals();
@@ -148,6 +155,44 @@ fn signal_set(with_chld: bool) -> libc::sigset_t {
             libc::sigaddset(&mut set, libc::SIGCHLD);
         }
         set
+    }
+}
+
+/// Sets every signal's action back to the default. A command in a sandbox
+/// starts like one started by a fresh init: a signal the caller ignored
+/// (`nohup` ignores SIGHUP) is not ignored there, and a shell can trap it.
+/// Only system calls, so it may run between fork and exec.
+pub(crate) fn reset_signal_dispositions() {
+    /// The kernel's `struct sigaction` (x86_64, aarch64).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // The raw call, because the C library refuses the real-time signals it
+    // reserves for itself, which may be inherited as ignored too.
+    for signo in 1..=64 {
+        if signo != libc::SIGKILL && signo != libc::SIGSTOP {
+            // SAFETY: a valid struct of the size passed along; the default
+            // action installs no handler.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signo,
+                    &default,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    8usize,
+                )
+            };
+        }
     }
 }
 
@@ -733,6 +778,7 @@ fn spawn(plan: &InitPlan) -> Result<i32, InitError> {
                 set
             };
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            reset_signal_dispositions();
             caps::apply(keep, last_cap, restricted)
         });
     }

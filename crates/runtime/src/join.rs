@@ -129,7 +129,7 @@ impl SandboxNamespaces {
             .collect::<Result<Vec<_>, _>>()
             .map_err(JoinError::Dup)?;
         // SAFETY: the closure runs in the forked child before exec; it only
-        // makes async-signal-safe system calls (setns, chdir, prctl, capset)
+        // makes async-signal-safe system calls (setns, chdir, signal, prctl, capset)
         // on descriptors and data prepared above, and allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
@@ -137,6 +137,7 @@ impl SandboxNamespaces {
                     move_into_link_name_space(ns.as_fd(), None)?;
                 }
                 rustix::process::chdir(workdir.as_c_str())?;
+                crate::init::reset_signal_dispositions();
                 caps::apply(keep, last_cap, restricted)
             });
         }
