@@ -407,6 +407,23 @@ fn wait_for(path: &Path) {
     }
 }
 
+/// The exit code of `child` once it ends; kills it and fails the test if
+/// it runs for more than a minute (a lost signal would hang the suite).
+fn ended(child: &mut std::process::Child) -> Option<i32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} did not end within a minute", child.id());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Creates and starts the sandbox `web` with the volume `data` at `/data`;
 /// returns the volume's host directory.
 fn start_web_with_data(home: &Path) -> std::path::PathBuf {
@@ -441,13 +458,13 @@ fn stop_gives_commands_a_chance_to_finish() {
     wait_for(&data.join("up2"));
     let o = msb(home.path(), &["stop", "web"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(polite.wait().unwrap().code(), Some(3));
+    assert_eq!(ended(&mut polite), Some(3));
     assert_eq!(
         std::fs::read_to_string(data.join("state")).unwrap(),
         "saved\n"
     );
     // Killed once the grace period is over: 128 + SIGKILL.
-    assert_eq!(stubborn.wait().unwrap().code(), Some(137));
+    assert_eq!(ended(&mut stubborn), Some(137));
     assert_eq!(state(home.path(), "web"), "stopped");
 }
 
@@ -481,13 +498,13 @@ fn stop_time_sets_the_grace_period() {
     let mut child = slow("now");
     let o = msb(home.path(), &["stop", "--time", "0", "web"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(child.wait().unwrap().code(), Some(137));
+    assert_eq!(ended(&mut child), Some(137));
     assert!(!data.join("now").exists());
     // More than the default 5 s: the work is saved.
     let mut child = slow("later");
     let o = msb(home.path(), &["stop", "-t", "60", "web"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(child.wait().unwrap().code(), Some(3));
+    assert_eq!(ended(&mut child), Some(3));
     assert_eq!(
         std::fs::read_to_string(data.join("later")).unwrap(),
         "saved\n"
@@ -567,7 +584,7 @@ fn exec_passes_signals_on_to_the_command() {
         let pid = rustix::process::Pid::from_raw(client.id() as i32).unwrap();
         rustix::process::kill_process(pid, signal).unwrap();
         // The client outlives the signal and reports how the command ended.
-        assert_eq!(client.wait().unwrap().code(), Some(3), "{name} tty={tty}");
+        assert_eq!(ended(&mut client), Some(3), "{name} tty={tty}");
         assert_eq!(
             std::fs::read_to_string(data.join("got")).unwrap(),
             format!("{name}\n")
@@ -825,7 +842,7 @@ fn exec_tty_gives_the_command_a_terminal() {
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::WINCH).unwrap();
     until("40 120");
-    assert_eq!(child.wait().unwrap().code(), Some(7));
+    assert_eq!(ended(&mut child), Some(7));
     drop((master, slave));
 
     // Without a terminal on our side, -t still gives the command one, and
