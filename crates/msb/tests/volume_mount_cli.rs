@@ -47,8 +47,9 @@ fn mounted(dir: &Path) -> bool {
 }
 
 /// The background server serving `dir` with this home: the process whose
-/// command line is `msb volume mount ... DIR` and whose parent is not one
-/// (the watchdog is the server's child with the same command line).
+/// command line is `msb volume mount ... DIR` and that leads its session
+/// (the watchdog is the server's child with the same command line; the
+/// lower pid is not always the parent: pids wrap, at 32768 on CI machines).
 fn server_pid(home: &Path, dir: &Path) -> i32 {
     let mark = format!("MSB_HOME={}", home.display());
     let mut found = Vec::new();
@@ -70,12 +71,20 @@ fn server_pid(home: &Path, dir: &Path) -> i32 {
         if env.split(|b| *b == 0).any(|v| v == mark.as_bytes())
             && cmd.contains("volume mount")
             && cmd.contains(&dir.display().to_string())
+            && session_of(pid) == Some(pid)
         {
             found.push(pid);
         }
     }
-    found.sort();
+    assert!(found.len() <= 1, "several servers: {found:?}");
     *found.first().expect("the server runs")
+}
+
+/// The session id of `pid` (field 6 of /proc/PID/stat).
+fn session_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split(' ').nth(3)?.parse().ok()
 }
 
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {

@@ -377,15 +377,24 @@ fn named_dir_volume_modes_and_in_use() {
     );
     std::thread::scope(|scope| {
         let h = scope.spawn(|| ok(&e, &s));
+        // A sandbox that failed never writes `up`: its thread has ended, and
+        // joining it reports why (polling on would hang the suite).
         while !host.path().join("up").exists() {
+            if h.is_finished() {
+                panic!("the sandbox ended before it got going: {:?}", h.join());
+            }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        match e.store.remove(&name("data")) {
+        let removed = e.store.remove(&name("data"));
+        // Let the sandbox finish before any assertion can fail: the scope
+        // waits for its thread, which blocks on the fifo until then.
+        std::fs::write(&fifo, "go\n").unwrap();
+        let out = h.join().unwrap();
+        match removed {
             Err(StoreError::InUse { users, .. }) => assert_eq!(users, ["sandbox:test"]),
             other => panic!("expected in use, got {other:?}"),
         }
-        std::fs::write(&fifo, "go\n").unwrap();
-        assert_eq!(h.join().unwrap(), "done\n");
+        assert_eq!(out, "done\n");
     });
     let info = e.store.get(&name("data")).unwrap();
     assert_eq!(
