@@ -520,7 +520,8 @@ fn commands_start_with_default_signal_actions() {
     let home = home();
     start_web_with_data(home.path());
     // The caller ignores signals, as under `nohup`; the sandbox's commands
-    // must not inherit that (a shell could not even trap them).
+    // must not inherit that (a shell could not even trap them), nor the
+    // signals `msb exec` blocks to forward them.
     let ignoring = |args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_msb"));
         cmd.args(args).env("MSB_HOME", home.path());
@@ -536,14 +537,17 @@ fn commands_start_with_default_signal_actions() {
         }
         cmd.output().unwrap()
     };
-    let status = "grep SigIgn /proc/self/status";
-    for args in [
-        vec!["exec", "web", "--", "sh", "-c", status],
-        vec!["run", "--", "sh", "-c", status],
-    ] {
+    // grep itself, not a shell, which may reset what it inherited.
+    let status = ["grep", "-E", "SigBlk|SigIgn", "/proc/self/status"];
+    for args in [["exec", "web", "--"].as_slice(), ["run", "--"].as_slice()] {
+        let args = [args, status.as_slice()].concat();
         let o = ignoring(&args);
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));
-        assert_eq!(stdout(&o), "SigIgn:\t0000000000000000\n", "{args:?}");
+        assert_eq!(
+            stdout(&o),
+            "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n",
+            "{args:?}"
+        );
     }
     let o = msb(home.path(), &["stop", "web"]);
     assert!(o.status.success(), "{}", stderr(&o));

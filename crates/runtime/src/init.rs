@@ -71,7 +71,7 @@ pub fn is_init() -> bool {
 pub fn main() -> i32 {
     // An ignored signal is discarded when sent, blocked or not, so none may
     // stay ignored from whoever started the supervisor (`nohup`, say)...
-    reset_signal_dispositions();
+    reset_signals();
     // ...except SIGPIPE: a write to a supervisor that died fails (EPIPE)
     // and is handled.
     // SAFETY: setting an action installs no handler.
@@ -158,11 +158,12 @@ fn signal_set(with_chld: bool) -> libc::sigset_t {
     }
 }
 
-/// Sets every signal's action back to the default. A command in a sandbox
-/// starts like one started by a fresh init: a signal the caller ignored
-/// (`nohup` ignores SIGHUP) is not ignored there, and a shell can trap it.
-/// Only system calls, so it may run between fork and exec.
-pub(crate) fn reset_signal_dispositions() {
+/// Sets every signal's action back to the default and unblocks them all. A
+/// command in a sandbox starts like one started by a fresh init: a signal
+/// the caller ignored (`nohup` ignores SIGHUP) or blocked (as `msb exec`
+/// does, to forward them) is neither there, and a shell can trap it. Only
+/// system calls, so it may run between fork and exec.
+pub(crate) fn reset_signals() {
     /// The kernel's `struct sigaction` (x86_64, aarch64).
     #[repr(C)]
     struct KernelSigaction {
@@ -193,6 +194,13 @@ pub(crate) fn reset_signal_dispositions() {
                 )
             };
         }
+    }
+    // SAFETY: sigset_t is plain data that sigemptyset initializes; setting
+    // the mask touches nothing else.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     }
 }
 
@@ -769,16 +777,11 @@ fn spawn(plan: &InitPlan) -> Result<i32, InitError> {
     let last_cap = caps::last_cap();
     let restricted = plan.security == Security::Restricted;
     // SAFETY: the closure runs in the child between fork and exec; it only
-    // makes async-signal-safe system calls (sigprocmask, prctl, capset).
+    // makes async-signal-safe system calls (sigaction, sigprocmask, prctl,
+    // capset).
     unsafe {
         cmd.pre_exec(move || {
-            let empty = {
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                set
-            };
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            reset_signal_dispositions();
+            reset_signals();
             caps::apply(keep, last_cap, restricted)
         });
     }

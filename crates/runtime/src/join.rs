@@ -129,7 +129,8 @@ impl SandboxNamespaces {
             .collect::<Result<Vec<_>, _>>()
             .map_err(JoinError::Dup)?;
         // SAFETY: the closure runs in the forked child before exec; it only
-        // makes async-signal-safe system calls (setns, chdir, signal, prctl, capset)
+        // makes async-signal-safe system calls (setns, chdir, sigaction,
+        // sigprocmask, prctl, capset)
         // on descriptors and data prepared above, and allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
@@ -137,7 +138,7 @@ impl SandboxNamespaces {
                     move_into_link_name_space(ns.as_fd(), None)?;
                 }
                 rustix::process::chdir(workdir.as_c_str())?;
-                crate::init::reset_signal_dispositions();
+                crate::init::reset_signals();
                 caps::apply(keep, last_cap, restricted)
             });
         }
