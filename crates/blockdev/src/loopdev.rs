@@ -147,10 +147,13 @@ impl LoopDevice {
             .path
             .file_name()
             .map(|n| Path::new("/sys/block").join(n).join("loop/backing_file"));
+        // What backs it now: once that changes, another attach has already
+        // reused the freed device number.
+        let ours = sys.as_ref().and_then(|s| std::fs::read(s).ok());
         drop(self.device);
         let Some(sys) = sys else { return true };
         let deadline = std::time::Instant::now() + timeout;
-        while sys.exists() {
+        while std::fs::read(&sys).ok() == ours && ours.is_some() {
             if std::time::Instant::now() > deadline {
                 return false;
             }

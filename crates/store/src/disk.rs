@@ -40,7 +40,7 @@ pub fn make_image(path: &Path, size_mib: u32) -> Result<(), DiskError> {
             source,
         })?;
     drop(file);
-    let out = Command::new("mke2fs")
+    let out = die_with_caller(&mut Command::new("mke2fs"))
         .args([
             "-t",
             "ext4",
@@ -104,9 +104,42 @@ pub fn used_bytes(image: &Path) -> Result<u64, DiskError> {
     Ok(blocks.saturating_sub(free).saturating_sub(overhead) * block_size)
 }
 
+/// Ends a helper program with the thread that started it: a killed
+/// `msb volume create` must not leave `mke2fs` writing into a staging
+/// image (or holding the store lock it inherited until its exec).
+fn die_with_caller(cmd: &mut Command) -> &mut Command {
+    let caller = rustix::process::getpid();
+    // SAFETY: between fork and exec the closure only makes the
+    // async-signal-safe calls prctl and getppid, and allocates nothing.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            // The caller may have died before the signal was armed.
+            if rustix::process::getppid() != Some(caller) {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            Ok(())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn helpers_die_with_their_caller() {
+        use std::os::unix::process::ExitStatusExt;
+        // The death signal follows the thread that started the child.
+        let mut child = std::thread::spawn(|| {
+            die_with_caller(Command::new("sleep").arg("30"))
+                .spawn()
+                .unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(9));
+    }
 
     fn dumpe2fs_field(image: &Path, field: &str) -> u64 {
         let out = Command::new("dumpe2fs")
