@@ -100,6 +100,14 @@ impl VolumeStore {
         .await
     }
 
+    /// Who uses a volume now, as [`VolumeStore::remove`] would name them:
+    /// sandboxes that exist, running or stopped (`sandbox:NAME`), and host
+    /// mounts (`mount:DIR`).
+    pub async fn users(&self, name: &str) -> Result<Vec<String>> {
+        let name = parse_name(name)?;
+        self.blocking(move |s| s.users(&name)).await
+    }
+
     /// Host-side access to a volume's files; `write` asks for write access.
     pub async fn files(&self, name: &str, write: bool) -> Result<VolumeFiles> {
         let name = parse_name(name)?;
@@ -245,6 +253,10 @@ impl VolumeHandle {
     /// Deletes this volume (refused while a sandbox uses it).
     pub async fn delete(self) -> Result<()> {
         self.store.remove(self.info.name.as_str()).await
+    }
+    /// Who uses it now (see [`VolumeStore::users`]).
+    pub async fn users(&self) -> Result<Vec<String>> {
+        self.store.users(self.info.name.as_str()).await
     }
     /// Host-side access to the volume's files (see [`VolumeFiles`]).
     pub async fn fs(&self) -> Result<VolumeFiles> {

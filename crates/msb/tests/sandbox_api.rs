@@ -125,6 +125,9 @@ async fn create_exec_output_stop_start_remove() {
         matches!(&err, msb::Error::VolumeInUse { users, .. } if users == &["sandbox:web"]),
         "{err}"
     );
+    assert_eq!(volumes.users("data").await.unwrap(), ["sandbox:web"]);
+    let handle = volumes.get("data").await.unwrap();
+    assert_eq!(handle.users().await.unwrap(), ["sandbox:web"]);
 
     // Started again, from another directory, it mounts the same data.
     let sb = store.start("web").await.unwrap();

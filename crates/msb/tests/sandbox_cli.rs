@@ -149,9 +149,18 @@ fn stopped_sandbox_keeps_its_volume_in_use_until_removed() {
         o.status.success(),
         "prune removed a referenced volume: {all}"
     );
+    let users = |home: &Path| {
+        json(&msb(
+            home,
+            &["volume", "inspect", "data", "--format", "json"],
+        ))[0]["in_use_by"]
+            .clone()
+    };
+    assert_eq!(users(home.path()), serde_json::json!(["sandbox:web"]));
 
     let o = msb(home.path(), &["rm", "web"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(users(home.path()), serde_json::json!([]));
     let o = msb(home.path(), &["volume", "rm", "data"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }

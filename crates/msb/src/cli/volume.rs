@@ -164,10 +164,16 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             }
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             if format == Format::Json {
-                serde_json::to_writer_pretty(
-                    &mut out,
-                    &found.iter().map(JsonVolume::from).collect::<Vec<_>>(),
-                )?;
+                let detailed = found
+                    .iter()
+                    .map(|v| {
+                        Ok(JsonDetails {
+                            volume: JsonVolume::from(v),
+                            in_use_by: store.users(&v.name)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, msb_store::StoreError>>()?;
+                serde_json::to_writer_pretty(&mut out, &detailed)?;
                 writeln!(out)?;
             } else {
                 for (i, v) in found.iter().enumerate() {
@@ -281,6 +287,15 @@ struct JsonVolume<'a> {
     disk_fstype: Option<&'static str>,
     labels: &'a Labels,
     created_at: String,
+}
+
+/// `msb volume inspect --format json`: the listing's keys and who uses the
+/// volume.
+#[derive(Serialize)]
+struct JsonDetails<'a> {
+    #[serde(flatten)]
+    volume: JsonVolume<'a>,
+    in_use_by: Vec<String>,
 }
 
 impl<'a> From<&'a VolumeInfo> for JsonVolume<'a> {
