@@ -66,6 +66,21 @@ impl VolumeStore {
         })
     }
 
+    /// Creates the volume `dst` as a copy of `src`: its kind, quota,
+    /// capacity, labels and files (modes, owners, links, holes kept).
+    /// Refused while something uses `src` read-write; other changes to the
+    /// store wait until the copy is done.
+    pub async fn clone_volume(&self, src: &str, dst: &str) -> Result<Volume> {
+        let (src, dst) = (parse_name(src)?, parse_name(dst)?);
+        let info = self.blocking(move |s| s.clone_volume(&src, &dst)).await?;
+        Ok(Volume {
+            name: info.name.to_string(),
+            path: info.path,
+            kind: info.kind,
+            store: self.clone(),
+        })
+    }
+
     /// Looks a volume up.
     pub async fn get(&self, name: &str) -> Result<VolumeHandle> {
         let name = parse_name(name)?;

@@ -147,8 +147,13 @@ fn timed(home: &Path, args: &[&str]) -> Duration {
     start.elapsed()
 }
 
+/// The kill tests wait for any child (`reap_orphans`), so they must not
+/// run side by side in this process.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn sigkill_at_random_points_of_create_and_remove() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
     // A killed command's own children (mke2fs) are reparented to us, so
@@ -225,4 +230,47 @@ fn sigkill_at_random_points_of_create_and_remove() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "store is consistent"
     );
+}
+
+#[test]
+fn sigkill_at_random_points_of_clone() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+    // A source worth copying: 300 files.
+    timed(h, &["volume", "create", "src"]);
+    for n in 0..300 {
+        std::fs::write(h.join(format!("volumes/src/f{n}")), n.to_string()).unwrap();
+    }
+    let clone_time = timed(h, &["volume", "clone", "src", "cal"]);
+    timed(h, &["volume", "rm", "cal"]);
+    let mut rng = Rng(0x5eed_1234_abcd_0002);
+    let mut seen = Seen::default();
+    // On until kills landed inside a clone (see the create/remove test).
+    let mut i = 0;
+    while i < 60 || (seen.creating_rows + seen.staging_left == 0 && i < 1000) {
+        i += 1;
+        let copy = format!("c{i}");
+        let mut child = msb(h)
+            .args(["volume", "clone", "src", &copy])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(clone_time.mul_f64(rng.below(1200) as f64 / 1000.0));
+        let _ = child.kill();
+        child.wait().unwrap();
+        reap_orphans();
+        observe(h, &mut seen);
+        let names = check(h);
+        assert!(names.contains("src"));
+        // A listed copy is whole: never a partial one.
+        if names.contains(&copy) {
+            let dir = h.join("volumes").join(&copy);
+            assert_eq!(dir_entries(&dir).len(), 300, "{copy} is partial");
+            assert_eq!(std::fs::read_to_string(dir.join("f299")).unwrap(), "299");
+            timed(h, &["volume", "rm", &copy]);
+        }
+    }
+    eprintln!("interrupted states seen after {i} kills: {seen:?}");
+    assert!(seen.creating_rows + seen.staging_left > 0, "{seen:?}");
 }

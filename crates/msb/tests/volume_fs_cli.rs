@@ -229,3 +229,47 @@ fn disk_volume_files_live_inside_the_image() {
     let e = err(&msb_in(h, &["volume", "fs", "d", "write", "x"], b"x"));
     assert!(e.contains("in use by sandbox:test"), "{e}");
 }
+
+#[test]
+fn clone_copies_a_volume_and_its_settings() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    ok(&msb(
+        h,
+        &[
+            "volume", "create", "src", "--quota", "8M", "--label", "team=ci", "-q",
+        ],
+    ));
+    ok(&msb(h, &["volume", "fs", "src", "mkdir", "dir"]));
+    ok(&msb_in(
+        h,
+        &["volume", "fs", "src", "write", "dir/f"],
+        b"payload",
+    ));
+    assert_eq!(ok(&msb(h, &["volume", "clone", "src", "copy"])), "copy\n");
+    assert_eq!(
+        ok(&msb(h, &["volume", "fs", "copy", "cat", "dir/f"])),
+        "payload"
+    );
+    let o = msb(h, &["volume", "inspect", "copy", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(v[0]["quota_mib"], 8);
+    assert_eq!(v[0]["labels"]["team"], "ci");
+    // The copy counts its own usage and is its own tree.
+    assert!(v[0]["used_bytes"].as_u64().unwrap() > 0, "{v}");
+    ok(&msb_in(
+        h,
+        &["volume", "fs", "copy", "write", "dir/f"],
+        b"changed",
+    ));
+    assert_eq!(
+        ok(&msb(h, &["volume", "fs", "src", "cat", "dir/f"])),
+        "payload"
+    );
+    // Refusals name the problem and leave nothing behind.
+    assert!(
+        err(&msb(h, &["volume", "clone", "src", "copy"])).contains("volume already exists: copy")
+    );
+    assert!(err(&msb(h, &["volume", "clone", "nope", "x"])).contains("volume not found: nope"));
+    assert_eq!(ok(&msb(h, &["volume", "ls", "-q"])), "copy\nsrc\n");
+}

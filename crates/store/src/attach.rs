@@ -122,6 +122,16 @@ impl Store {
 
     /// Live attachments' holders, then every sandbox that references the
     /// volume (running or stopped) as `sandbox:NAME`.
+    /// Holders that use the volume read-write now.
+    pub(crate) fn live_writers(&self, name: &VolumeName) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .live_attachments(name)?
+            .into_iter()
+            .filter(|a| a.read_write)
+            .map(|a| a.holder)
+            .collect())
+    }
+
     pub(crate) fn live_users(&self, name: &VolumeName) -> Result<Vec<String>, StoreError> {
         let mut users: Vec<String> = self
             .live_attachments(name)?

@@ -105,9 +105,10 @@ pub fn used_bytes(image: &Path) -> Result<u64, DiskError> {
 }
 
 /// Ends a helper program with the thread that started it: a killed
-/// `msb volume create` must not leave `mke2fs` writing into a staging
-/// image (or holding the store lock it inherited until its exec).
-fn die_with_caller(cmd: &mut Command) -> &mut Command {
+/// `msb volume create` or clone must not leave `mke2fs` or `cp` writing
+/// into a staging folder (or holding the store lock it inherited until
+/// its exec).
+pub(crate) fn die_with_caller(cmd: &mut Command) -> &mut Command {
     let caller = rustix::process::getpid();
     // SAFETY: between fork and exec the closure only makes the
     // async-signal-safe calls prctl and getppid, and allocates nothing.

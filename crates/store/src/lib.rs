@@ -86,6 +86,8 @@ pub enum StoreError {
     Disk(#[from] DiskError),
     #[error(transparent)]
     Quota(#[from] QuotaError),
+    #[error("cannot copy volume {name}: {message}")]
+    Copy { name: VolumeName, message: String },
     #[error("cannot scan volume {name}")]
     Scan {
         name: VolumeName,
@@ -245,23 +247,109 @@ impl Store {
             (VolumeKind::Disk, Some(size)) => disk::make_image(&staging.join(DISK_IMAGE), size)?,
             _ => Budget::create(&self.layout.usage_file(&row.name), 0)?,
         }
-        rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            staging,
-            rustix::fs::CWD,
-            target,
-            rustix::fs::RenameFlags::NOREPLACE,
-        )
-        .map_err(|e| match e {
-            rustix::io::Errno::EXIST => StoreError::PathOccupied {
-                path: target.to_path_buf(),
-            },
-            e => StoreError::Io {
-                what: "cannot move into place",
-                path: target.to_path_buf(),
-                source: e.into(),
-            },
-        })
+        move_into_place(staging, target)
+    }
+
+    /// Creates `dst` as a copy of the volume `src`: same kind, quota,
+    /// capacity and labels, and all its files with their modes, owners,
+    /// times, links, holes and extended attributes (reflinked where the
+    /// filesystem can). Refused while anything uses `src` read-write; the
+    /// store stays locked during the copy, so no sandbox can start writing
+    /// to it meanwhile (other changes to the store wait as well). Crash-safe
+    /// like [`Store::create`]: an interrupted clone leaves no volume.
+    pub fn clone_volume(
+        &self,
+        src: &VolumeName,
+        dst: &VolumeName,
+    ) -> Result<VolumeInfo, StoreError> {
+        let _lock = self.lock()?;
+        self.reconcile_if_needed()?;
+        let source = match self.catalog().get(src)? {
+            Some(row) if row.state == State::Ready => row,
+            _ => return Err(StoreError::NotFound(src.clone())),
+        };
+        let writers = self.live_writers(src)?;
+        if !writers.is_empty() {
+            return Err(StoreError::InUse {
+                name: src.clone(),
+                users: writers,
+            });
+        }
+        if self.catalog().get(dst)?.is_some() {
+            return Err(StoreError::AlreadyExists(dst.clone()));
+        }
+        let target = self.layout.volume_dir(dst);
+        if target.symlink_metadata().is_ok() {
+            return Err(StoreError::PathOccupied { path: target });
+        }
+        let row = VolumeRow {
+            name: dst.clone(),
+            state: State::Creating,
+            created_us: now_us(),
+            token: token(),
+            ..source
+        };
+        if !self.catalog().insert_creating(&row)? {
+            return Err(StoreError::AlreadyExists(dst.clone()));
+        }
+        let staging = self.staging_path(&row);
+        match self.copy(src, &row, &staging, &target) {
+            Ok(used) => {
+                self.catalog().set_state(dst, State::Ready)?;
+                Ok(self.info(&row, used))
+            }
+            Err(e) => {
+                let _ = remove_tree(&staging);
+                let _ = std::fs::remove_file(self.layout.usage_file(dst));
+                self.catalog().delete(dst)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Copies the volume `src` to `staging`, counts a directory volume's
+    /// usage, and moves the copy into place; returns the bytes used.
+    fn copy(
+        &self,
+        src: &VolumeName,
+        row: &VolumeRow,
+        staging: &Path,
+        target: &Path,
+    ) -> Result<u64, StoreError> {
+        let failed = |message: String| StoreError::Copy {
+            name: src.clone(),
+            message,
+        };
+        let out = disk::die_with_caller(&mut std::process::Command::new("cp"))
+            .args([
+                "-a",
+                "--reflink=auto",
+                "--sparse=always",
+                "--no-target-directory",
+            ])
+            .arg(self.layout.volume_dir(src))
+            .arg(staging)
+            .output()
+            .map_err(|e| failed(format!("cannot run cp: {e}")))?;
+        if !out.status.success() {
+            return Err(failed(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
+        }
+        let used = match row.kind {
+            VolumeKind::Disk => 0,
+            VolumeKind::Dir => {
+                let root = open_dir_nofollow(staging)?;
+                let used = msb_quota::scan(&root).map_err(|source| StoreError::Scan {
+                    name: row.name.clone(),
+                    source,
+                })?;
+                Budget::create(&self.layout.usage_file(&row.name), used)?;
+                used
+            }
+        };
+        move_into_place(staging, target)?;
+        Ok(used)
     }
 
     /// Looks a volume up.
@@ -573,6 +661,28 @@ impl Store {
 /// process dies).
 struct StoreLock {
     _file: File,
+}
+
+/// Renames a finished `staging` folder to the volume's `target`, never
+/// over something that appeared there.
+fn move_into_place(staging: &Path, target: &Path) -> Result<(), StoreError> {
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        staging,
+        rustix::fs::CWD,
+        target,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::EXIST => StoreError::PathOccupied {
+            path: target.to_path_buf(),
+        },
+        e => StoreError::Io {
+            what: "cannot move into place",
+            path: target.to_path_buf(),
+            source: e.into(),
+        },
+    })
 }
 
 fn open_lock_file(path: &Path) -> Result<File, StoreError> {

@@ -482,3 +482,124 @@ fn concurrent_first_opens_all_succeed() {
         }
     }
 }
+
+#[test]
+fn clone_copies_files_settings_and_usage() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    let cfg = VolumeConfig::new(
+        name("src"),
+        VolumeKind::Dir,
+        None,
+        Some(64),
+        labelled("x", &[("team", "ci")]).labels().clone(),
+    )
+    .unwrap();
+    let src = store.create(&cfg).unwrap();
+    let p = &src.path;
+    std::fs::create_dir(p.join("private")).unwrap();
+    std::fs::set_permissions(p.join("private"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(p.join("private/data"), vec![7u8; 300_000]).unwrap();
+    std::os::unix::fs::symlink("private/data", p.join("link")).unwrap();
+    std::fs::hard_link(p.join("private/data"), p.join("twin")).unwrap();
+    std::os::unix::fs::chown(p.join("twin"), Some(1234), Some(5678)).unwrap();
+    // A 1 GiB file with one written byte: a hole the copy must keep.
+    let sparse = std::fs::File::create(p.join("sparse")).unwrap();
+    sparse.set_len(1 << 30).unwrap();
+    std::os::unix::fs::FileExt::write_at(&sparse, b"z", 1 << 29).unwrap();
+    drop(sparse);
+
+    let copy = store.clone_volume(&name("src"), &name("dst")).unwrap();
+    assert_eq!(copy.kind, VolumeKind::Dir);
+    assert_eq!(copy.quota_mib, Some(64));
+    assert_eq!(copy.labels, cfg.labels().clone());
+    let q = &copy.path;
+    assert_eq!(
+        std::fs::read(q.join("private/data")).unwrap(),
+        vec![7u8; 300_000]
+    );
+    assert_eq!(
+        std::fs::metadata(q.join("private")).unwrap().mode() & 0o7777,
+        0o700
+    );
+    assert_eq!(
+        std::fs::read_link(q.join("link")).unwrap(),
+        Path::new("private/data")
+    );
+    let (a, b) = (
+        std::fs::metadata(q.join("private/data")).unwrap(),
+        std::fs::metadata(q.join("twin")).unwrap(),
+    );
+    assert_eq!(a.ino(), b.ino(), "hard links stay linked");
+    assert_eq!((b.uid(), b.gid()), (1234, 5678));
+    let s = std::fs::metadata(q.join("sparse")).unwrap();
+    assert_eq!(s.len(), 1 << 30);
+    assert!(s.blocks() * 512 < 1 << 20, "hole filled: {}", s.blocks());
+    // The copy's usage is counted from what it holds (the 300 kB file
+    // once, the directory's and the sparse file's blocks).
+    let used = store.get(&name("dst")).unwrap().used_bytes;
+    assert!((300_000..300_000 + (64 << 10)).contains(&used), "{used}");
+    // And it is independent of the source.
+    std::fs::write(q.join("only-in-copy"), "x").unwrap();
+    assert!(!p.join("only-in-copy").exists());
+    store.remove(&name("src")).unwrap();
+    assert_eq!(std::fs::read(q.join("twin")).unwrap().len(), 300_000);
+}
+
+#[test]
+fn clone_of_a_disk_volume_is_a_sparse_copy() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    let src = store.create(&disk_cfg("disk", 256)).unwrap();
+    let copy = store.clone_volume(&name("disk"), &name("disk2")).unwrap();
+    assert_eq!(copy.capacity_bytes, Some(256 << 20));
+    let (a, b) = (src.disk_image.unwrap(), copy.disk_image.clone().unwrap());
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let meta = std::fs::metadata(&b).unwrap();
+    let host_bytes = std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
+    assert!(host_bytes < 64 << 20, "copy occupies {host_bytes} bytes");
+}
+
+#[test]
+fn clone_refusals() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    store.create(&dir_cfg("a")).unwrap();
+    store.create(&dir_cfg("b")).unwrap();
+    assert!(matches!(
+        store.clone_volume(&name("a"), &name("b")),
+        Err(StoreError::AlreadyExists(n)) if n == name("b")
+    ));
+    assert!(matches!(
+        store.clone_volume(&name("nope"), &name("c")),
+        Err(StoreError::NotFound(n)) if n == name("nope")
+    ));
+    // A writer could change it mid-copy; a reader cannot.
+    let writer = store
+        .attach(&name("a"), "sandbox:web", AttachMode::ReadWrite)
+        .unwrap();
+    match store.clone_volume(&name("a"), &name("c")) {
+        Err(StoreError::InUse { users, .. }) => assert_eq!(users, ["sandbox:web"]),
+        other => panic!("{other:?}"),
+    }
+    drop(writer);
+    let _reader = store
+        .attach(&name("a"), "sandbox:ro", AttachMode::ReadOnly)
+        .unwrap();
+    store.clone_volume(&name("a"), &name("c")).unwrap();
+    // Refused clones left nothing behind.
+    let names: Vec<_> = store
+        .list(&[])
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name.to_string())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(
+        std::fs::read_dir(home.path().join("volumes/.staging"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}

@@ -54,6 +54,13 @@ pub enum VolumeCommand {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Create a volume as a copy of another (kind, quota, labels and files)
+    Clone {
+        #[arg(value_parser = parse_name)]
+        source: VolumeName,
+        #[arg(value_parser = parse_name)]
+        name: VolumeName,
+    },
     /// Remove volumes and their data (refused for a volume in use).
     #[command(alias = "remove")]
     Rm {
@@ -185,6 +192,11 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             }
             out.flush()?;
             Ok(exit(failed))
+        }
+        VolumeCommand::Clone { source, name } => {
+            store.clone_volume(&source, &name)?;
+            println!("{name}");
+            Ok(ExitCode::SUCCESS)
         }
         VolumeCommand::Rm { names, quiet } => {
             let mut failed = false;
