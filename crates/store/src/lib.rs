@@ -264,17 +264,8 @@ impl Store {
     ) -> Result<VolumeInfo, StoreError> {
         let _lock = self.lock()?;
         self.reconcile_if_needed()?;
-        let source = match self.catalog().get(src)? {
-            Some(row) if row.state == State::Ready => row,
-            _ => return Err(StoreError::NotFound(src.clone())),
-        };
-        let writers = self.live_writers(src)?;
-        if !writers.is_empty() {
-            return Err(StoreError::InUse {
-                name: src.clone(),
-                users: writers,
-            });
-        }
+        let source = self.ready_row(src)?;
+        unused(src, self.live_writers(src)?)?;
         if self.catalog().get(dst)?.is_some() {
             return Err(StoreError::AlreadyExists(dst.clone()));
         }
@@ -354,8 +345,14 @@ impl Store {
 
     /// Looks a volume up.
     pub fn get(&self, name: &VolumeName) -> Result<VolumeInfo, StoreError> {
+        Ok(self.info_with_usage(&self.ready_row(name)?, None))
+    }
+
+    /// The catalog row of a volume that exists (not one being created or
+    /// removed).
+    fn ready_row(&self, name: &VolumeName) -> Result<VolumeRow, StoreError> {
         match self.catalog().get(name)? {
-            Some(row) if row.state == State::Ready => Ok(self.info_with_usage(&row, None)),
+            Some(row) if row.state == State::Ready => Ok(row),
             _ => Err(StoreError::NotFound(name.clone())),
         }
     }
@@ -376,17 +373,8 @@ impl Store {
         let trash = {
             let _lock = self.lock()?;
             self.reconcile_if_needed()?;
-            let row = match self.catalog().get(name)? {
-                Some(row) if row.state == State::Ready => row,
-                _ => return Err(StoreError::NotFound(name.clone())),
-            };
-            let users = self.live_users(name)?;
-            if !users.is_empty() {
-                return Err(StoreError::InUse {
-                    name: name.clone(),
-                    users,
-                });
-            }
+            let row = self.ready_row(name)?;
+            unused(name, self.live_users(name)?)?;
             self.catalog().set_state(name, State::Removing)?;
             self.finish_remove(&row)?
         };
@@ -661,6 +649,18 @@ impl Store {
 /// process dies).
 struct StoreLock {
     _file: File,
+}
+
+/// Refuses to change volume `name` while it has `users`.
+fn unused(name: &VolumeName, users: Vec<String>) -> Result<(), StoreError> {
+    if users.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::InUse {
+            name: name.clone(),
+            users,
+        })
+    }
 }
 
 /// Renames a finished `staging` folder to the volume's `target`, never
