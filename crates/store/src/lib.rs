@@ -202,16 +202,8 @@ impl Store {
     pub fn create(&self, config: &VolumeConfig) -> Result<VolumeInfo, StoreError> {
         let _lock = self.lock()?;
         self.reconcile_if_needed()?;
-        let name = config.name();
-        if self.catalog().get(name)?.is_some() {
-            return Err(StoreError::AlreadyExists(name.clone()));
-        }
-        let target = self.layout.volume_dir(name);
-        if target.symlink_metadata().is_ok() {
-            return Err(StoreError::PathOccupied { path: target });
-        }
         let row = VolumeRow {
-            name: name.clone(),
+            name: config.name().clone(),
             kind: config.kind(),
             state: State::Creating,
             quota_mib: config.quota_mib(),
@@ -220,14 +212,38 @@ impl Store {
             created_us: now_us(),
             token: token(),
         };
-        if !self.catalog().insert_creating(&row)? {
+        self.make(&row, |staging| self.build(&row, staging))
+    }
+
+    /// Makes the volume `row` describes: records it as being created, has
+    /// `fill` make its folder at `staging` (returning the bytes it uses),
+    /// moves that into place and marks it ready, or undoes all of it. The
+    /// caller holds the lock.
+    fn make(
+        &self,
+        row: &VolumeRow,
+        fill: impl FnOnce(&Path) -> Result<u64, StoreError>,
+    ) -> Result<VolumeInfo, StoreError> {
+        let name = &row.name;
+        if self.catalog().get(name)?.is_some() {
             return Err(StoreError::AlreadyExists(name.clone()));
         }
-        let staging = self.staging_path(&row);
-        match self.build(&row, &staging, &target) {
-            Ok(()) => {
+        let target = self.layout.volume_dir(name);
+        if target.symlink_metadata().is_ok() {
+            return Err(StoreError::PathOccupied { path: target });
+        }
+        if !self.catalog().insert_creating(row)? {
+            return Err(StoreError::AlreadyExists(name.clone()));
+        }
+        let staging = self.staging_path(row);
+        let made = fill(&staging).and_then(|used| {
+            move_into_place(&staging, &target)?;
+            Ok(used)
+        });
+        match made {
+            Ok(used) => {
                 self.catalog().set_state(name, State::Ready)?;
-                Ok(self.info(&row, 0))
+                Ok(self.info(row, used))
             }
             Err(e) => {
                 let _ = remove_tree(&staging);
@@ -238,7 +254,8 @@ impl Store {
         }
     }
 
-    fn build(&self, row: &VolumeRow, staging: &Path, target: &Path) -> Result<(), StoreError> {
+    /// Makes a new, empty volume's folder at `staging`.
+    fn build(&self, row: &VolumeRow, staging: &Path) -> Result<u64, StoreError> {
         std::fs::DirBuilder::new()
             .mode(0o755)
             .create(staging)
@@ -247,7 +264,7 @@ impl Store {
             (VolumeKind::Disk, Some(size)) => disk::make_image(&staging.join(DISK_IMAGE), size)?,
             _ => Budget::create(&self.layout.usage_file(&row.name), 0)?,
         }
-        move_into_place(staging, target)
+        Ok(0)
     }
 
     /// Creates `dst` as a copy of the volume `src`: same kind, quota,
@@ -266,13 +283,6 @@ impl Store {
         self.reconcile_if_needed()?;
         let source = self.ready_row(src)?;
         unused(src, self.live_writers(src)?)?;
-        if self.catalog().get(dst)?.is_some() {
-            return Err(StoreError::AlreadyExists(dst.clone()));
-        }
-        let target = self.layout.volume_dir(dst);
-        if target.symlink_metadata().is_ok() {
-            return Err(StoreError::PathOccupied { path: target });
-        }
         let row = VolumeRow {
             name: dst.clone(),
             state: State::Creating,
@@ -280,33 +290,12 @@ impl Store {
             token: token(),
             ..source
         };
-        if !self.catalog().insert_creating(&row)? {
-            return Err(StoreError::AlreadyExists(dst.clone()));
-        }
-        let staging = self.staging_path(&row);
-        match self.copy(src, &row, &staging, &target) {
-            Ok(used) => {
-                self.catalog().set_state(dst, State::Ready)?;
-                Ok(self.info(&row, used))
-            }
-            Err(e) => {
-                let _ = remove_tree(&staging);
-                let _ = std::fs::remove_file(self.layout.usage_file(dst));
-                self.catalog().delete(dst)?;
-                Err(e)
-            }
-        }
+        self.make(&row, |staging| self.copy(src, &row, staging))
     }
 
-    /// Copies the volume `src` to `staging`, counts a directory volume's
-    /// usage, and moves the copy into place; returns the bytes used.
-    fn copy(
-        &self,
-        src: &VolumeName,
-        row: &VolumeRow,
-        staging: &Path,
-        target: &Path,
-    ) -> Result<u64, StoreError> {
+    /// Copies the volume `src` to `staging` and counts a directory
+    /// volume's usage; returns the bytes used.
+    fn copy(&self, src: &VolumeName, row: &VolumeRow, staging: &Path) -> Result<u64, StoreError> {
         let failed = |message: String| StoreError::Copy {
             name: src.clone(),
             message,
@@ -339,7 +328,6 @@ impl Store {
                 used
             }
         };
-        move_into_place(staging, target)?;
         Ok(used)
     }
 
