@@ -5,6 +5,7 @@
 //! filesystem server) trusts these types and does not validate again.
 //! This crate performs no I/O.
 
+mod ids;
 mod label;
 mod mount;
 mod name;
@@ -12,6 +13,7 @@ mod policy;
 mod size;
 mod volume;
 
+pub use ids::{IdMap, OVERFLOW_ID};
 pub use label::{LabelError, LabelFilter, LabelFilterError, Labels};
 pub use mount::{
     BindExpect, CliFlag, DiskFormat, DiskOptions, GuestPath, Mount, MountEntry, MountError,
