@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rustix::fs::{CWD, Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 use rustix::mount::{
     FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags,
@@ -25,8 +25,8 @@ use rustix::mount::{
 };
 
 use crate::caps;
-use crate::plan::{InitMount, InitPlan, InitSource, Security};
-use msb_spec::MountFlags;
+use crate::mounts::{attrs, set_attrs};
+use crate::plan::{InitMount, InitPlan, InitRoot, InitSource, Security};
 
 /// Environment variable carrying the JSON [`InitPlan`] to the init.
 pub const PLAN_ENV: &str = "MSB_SANDBOX_PLAN";
@@ -69,6 +69,10 @@ pub fn is_init() -> bool {
 /// the command was killed by signal N, or 126/127 (cannot execute / not
 /// found) and 1 (setup failed) with the reason sent to the supervisor.
 pub fn main() -> i32 {
+    // Sandbox processes run as the same user: none may read this process's
+    // memory or descriptors (the plan, the mounts it is handed).
+    // SAFETY: a plain prctl.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
     // An ignored signal is discarded when sent, blocked or not, so none may
     // stay ignored from whoever started the supervisor (`nohup`, say)...
     reset_signals();
@@ -284,9 +288,10 @@ fn supervise(pid: i32) -> i32 {
                 return exit_code(st);
             }
         }
+        // The command has a session of its own, so a terminal's signals
+        // (which reached this process, not the command) are passed on too.
         if let Some(r) = wait_signal(1000)
             && r.signo != libc::SIGCHLD
-            && r.sent
         {
             let _ = r.resend(pid);
         }
@@ -365,70 +370,65 @@ pub(crate) fn exit_code(status: i32) -> i32 {
     }
 }
 
-/// Host paths never bound into a default root: each gets a fresh instance.
-/// `/run` holds the host's service sockets, which a read-only mount does
-/// not protect (connecting to a socket is not a write to the filesystem).
+/// Host paths never bound into a shared host root: each gets a fresh
+/// instance. `/run` holds the host's service sockets, which a read-only
+/// mount does not protect (connecting to a socket is not a write).
 const OWN: [&str; 5] = ["proc", "dev", "sys", "tmp", "run"];
 /// Device nodes bound from the host into the minimal /dev.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
-
-fn attrs(f: MountFlags) -> MountAttrFlags {
-    let mut a = MountAttrFlags::empty();
-    if f.readonly {
-        a |= MountAttrFlags::MOUNT_ATTR_RDONLY;
-    }
-    if f.noexec {
-        a |= MountAttrFlags::MOUNT_ATTR_NOEXEC;
-    }
-    if f.nosuid {
-        a |= MountAttrFlags::MOUNT_ATTR_NOSUID;
-    }
-    if f.nodev {
-        a |= MountAttrFlags::MOUNT_ATTR_NODEV;
-    }
-    a
-}
-
-/// `struct mount_attr` of `<linux/mount.h>`.
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-/// Sets per-mount flags on a whole detached tree (rustix has no
-/// `mount_setattr`).
-fn set_attrs(fd: &OwnedFd, a: MountAttrFlags, recursive: bool) -> Result<(), Errno> {
-    if a.is_empty() {
-        return Ok(());
-    }
-    let attr = MountAttr {
-        attr_set: u64::from(a.bits()),
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
-    // SAFETY: `attr` is a fully initialized struct mount_attr whose size is
-    // passed along; the empty path is a valid C string.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            flags,
-            &attr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc < 0 {
-        Err(Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::INVAL))
-    } else {
-        Ok(())
-    }
-}
+/// What a fresh root takes from the host, read-only: programs and
+/// libraries (directories, or the symlinks of a merged-/usr layout).
+const HOST_PROGRAMS: [&str; 7] = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+/// What a fresh root copies from the host's /etc: the loader's cache and
+/// configuration, the alternatives symlinks programs resolve through, time
+/// zone, release and shell start-up files. Nothing secret, nothing that
+/// names the host's users.
+const ETC_COPIED: [&str; 14] = [
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "localtime",
+    "timezone",
+    "os-release",
+    "debian_version",
+    "lsb-release",
+    "profile",
+    "bash.bashrc",
+    "inputrc",
+    "protocols",
+    "services",
+];
+/// Empty directories of a fresh root: (path, mode).
+const FRESH_DIRS: [(&str, u32); 9] = [
+    ("root", 0o700),
+    ("home", 0o755),
+    ("var", 0o755),
+    ("var/tmp", 0o1777),
+    ("srv", 0o755),
+    ("opt", 0o755),
+    ("mnt", 0o755),
+    ("media", 0o755),
+    ("etc", 0o755),
+];
+/// `/proc` entries that reach kernel-wide state: read-only.
+const PROC_READ_ONLY: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
+/// `/proc` and `/sys` entries that disclose kernel or host state: hidden
+/// behind an empty file or directory.
+const MASKED: [&str; 12] = [
+    "proc/acpi",
+    "proc/asound",
+    "proc/kcore",
+    "proc/keys",
+    "proc/key-users",
+    "proc/latency_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+];
 
 fn clone_tree(path: &Path, recursive: bool) -> Result<OwnedFd, InitError> {
     let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
@@ -553,6 +553,251 @@ enum Prepared {
     },
 }
 
+fn read_dir_err(path: &Path) -> impl Fn(io::Error) -> InitError + '_ {
+    move |e| InitError::Sys {
+        what: format!("read {}", path.display()),
+        source: e,
+    }
+}
+
+/// Opens the top-level host entries a root built on a tmpfs takes over:
+/// read-only trees and symlinks as they are.
+fn host_entries(keep: impl Fn(&str) -> bool) -> Result<Vec<Prepared>, InitError> {
+    let mut top = Vec::new();
+    let slash = Path::new("/");
+    for entry in std::fs::read_dir(slash).map_err(read_dir_err(slash))? {
+        let entry = entry.map_err(read_dir_err(slash))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !keep(&name) {
+            continue;
+        }
+        let path = entry.path();
+        let ft = entry.file_type().map_err(read_dir_err(&path))?;
+        if ft.is_symlink() {
+            let target = std::fs::read_link(&path).map_err(read_dir_err(&path))?;
+            top.push(Prepared::Link { path: name, target });
+        } else if ft.is_dir() || ft.is_file() {
+            let fd = clone_tree(&path, true)?;
+            set_attrs(
+                &fd,
+                MountAttrFlags::MOUNT_ATTR_RDONLY
+                    | MountAttrFlags::MOUNT_ATTR_NOSUID
+                    | MountAttrFlags::MOUNT_ATTR_NODEV,
+                true,
+            )
+            .map_err(sys(format!("make {} read-only", path.display())))?;
+            top.push(Prepared::Tree {
+                path: name,
+                fd,
+                dir: ft.is_dir(),
+            });
+        }
+    }
+    Ok(top)
+}
+
+/// Writes `data` as the new file `path` (relative to `dir`).
+fn write_file(dir: &OwnedFd, path: &str, data: &[u8], mode: u32) -> Result<(), InitError> {
+    let fd = rustix::fs::openat(
+        dir,
+        path,
+        OFlags::CREATE | OFlags::WRONLY | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    )
+    .map_err(sys(format!("create /{path}")))?;
+    rustix::io::write(&fd, data)
+        .map(drop)
+        .map_err(sys(format!("write /{path}")))
+}
+
+/// Copies the host's `/etc/<name>` (a file, a symlink, or a directory of
+/// them, one level deep) into `/etc` of the root `dir`.
+fn copy_etc(dir: &OwnedFd, name: &str) -> Result<(), InitError> {
+    let host = Path::new("/etc").join(name);
+    let Ok(meta) = std::fs::symlink_metadata(&host) else {
+        return Ok(());
+    };
+    let rel = format!("etc/{name}");
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        let target = std::fs::read_link(&host).map_err(read_dir_err(&host))?;
+        rustix::fs::symlinkat(&target, dir, rel.as_str()).map_err(sys(format!("create /{rel}")))
+    } else if ft.is_file() && meta.len() <= 16 << 20 {
+        let data = std::fs::read(&host).map_err(read_dir_err(&host))?;
+        write_file(dir, &rel, &data, 0o644)
+    } else if ft.is_dir() {
+        rustix::fs::mkdirat(dir, rel.as_str(), Mode::from_raw_mode(0o755))
+            .map_err(sys(format!("create /{rel}")))?;
+        for entry in std::fs::read_dir(&host).map_err(read_dir_err(&host))? {
+            let entry = entry.map_err(read_dir_err(&host))?;
+            let child = format!("{name}/{}", entry.file_name().to_string_lossy());
+            let ft = entry.file_type().map_err(read_dir_err(&host))?;
+            if ft.is_symlink() || ft.is_file() {
+                copy_etc(dir, &child)?;
+            }
+        }
+        Ok(())
+    } else {
+        Ok(())
+    }
+}
+
+/// Fills a fresh root: empty directories, the symlinks of the host's
+/// merged-/usr layout, and an `/etc` of its own.
+fn fill_fresh_root(root: &OwnedFd, hostname: &str) -> Result<(), InitError> {
+    for (dir, mode) in FRESH_DIRS {
+        rustix::fs::mkdirat(root, dir, Mode::from_raw_mode(mode))
+            .map_err(sys(format!("create /{dir}")))?;
+        // The umask must not narrow /var/tmp's sticky, world-writable mode.
+        rustix::fs::chmodat(root, dir, Mode::from_raw_mode(mode), AtFlags::empty())
+            .map_err(sys(format!("create /{dir}")))?;
+    }
+    let passwd = "root:x:0:0:root:/root:/bin/sh\n\
+                  nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
+    let group = "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n";
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+    );
+    let nsswitch = "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n\
+                    networks: files\nprotocols: files\nservices: files\n";
+    for (name, data) in [
+        ("etc/passwd", passwd.as_bytes()),
+        ("etc/group", group.as_bytes()),
+        ("etc/hosts", hosts.as_bytes()),
+        ("etc/hostname", format!("{hostname}\n").as_bytes()),
+        ("etc/nsswitch.conf", nsswitch.as_bytes()),
+        // The sandbox has loopback only: no name server to ask.
+        ("etc/resolv.conf", b""),
+    ] {
+        write_file(root, name, data, 0o644)?;
+    }
+    for name in ETC_COPIED {
+        copy_etc(root, name)?;
+    }
+    Ok(())
+}
+
+/// Makes `/proc`'s kernel-wide entries read-only and hides the ones that
+/// disclose kernel or host state, as container runtimes do. Inside a user
+/// namespace the kernel refuses most of these writes already; this is the
+/// second wall.
+fn harden_proc_and_sys(root: &OwnedFd) -> Result<(), InitError> {
+    for entry in PROC_READ_ONLY {
+        let path = format!("proc/{entry}");
+        let Ok(fd) = open_in(root, &path) else {
+            continue;
+        };
+        let tree = open_tree(
+            &fd,
+            "",
+            OpenTreeFlags::OPEN_TREE_CLONE
+                | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                | OpenTreeFlags::AT_RECURSIVE
+                | OpenTreeFlags::AT_EMPTY_PATH,
+        )
+        .map_err(sys(format!("bind /{path}")))?;
+        set_attrs(&tree, MountAttrFlags::MOUNT_ATTR_RDONLY, true)
+            .map_err(sys(format!("make /{path} read-only")))?;
+        let is_dir = rustix::fs::fstat(&fd)
+            .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+            .unwrap_or(true);
+        attach(root, &path, &tree, is_dir)?;
+    }
+    for path in MASKED {
+        let Ok(fd) = open_in(root, path) else {
+            continue;
+        };
+        let is_dir = rustix::fs::fstat(&fd)
+            .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+            .map_err(sys(format!("stat /{path}")))?;
+        let cover = if is_dir {
+            tmpfs(
+                Some(1),
+                "0555",
+                MountAttrFlags::MOUNT_ATTR_RDONLY
+                    | MountAttrFlags::MOUNT_ATTR_NOSUID
+                    | MountAttrFlags::MOUNT_ATTR_NODEV
+                    | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+            )?
+        } else {
+            let null = open_in(root, "dev/null").map_err(sys("open /dev/null"))?;
+            let cover = open_tree(
+                &null,
+                "",
+                OpenTreeFlags::OPEN_TREE_CLONE
+                    | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                    | OpenTreeFlags::AT_EMPTY_PATH,
+            )
+            .map_err(sys(format!("mask /{path}")))?;
+            set_attrs(&cover, MountAttrFlags::MOUNT_ATTR_RDONLY, false)
+                .map_err(sys(format!("mask /{path}")))?;
+            cover
+        };
+        attach(root, path, &cover, is_dir)?;
+    }
+    Ok(())
+}
+
+/// A writable overlay of the detached tree `lower` whose changes live in a
+/// private tmpfs: the sandbox may change its root as it likes, and none of
+/// it reaches the host's directory. Overlay takes its layers by path, from
+/// this mount namespace, so they are attached first, on a staging tmpfs
+/// stacked on `/`: call it only once every host source is open.
+fn private_layer(lower: &OwnedFd, size: Option<u32>) -> Result<OwnedFd, InitError> {
+    let stage = tmpfs(size, "0755", MountAttrFlags::empty())?;
+    for dir in ["lower", "upper", "work"] {
+        rustix::fs::mkdirat(&stage, dir, Mode::from_raw_mode(0o755))
+            .map_err(sys("create the root's private layer"))?;
+    }
+    move_mount(
+        &stage,
+        "",
+        CWD,
+        "/",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(sys("attach the root's private layer"))?;
+    move_mount(
+        lower,
+        "",
+        &stage,
+        "lower",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(sys("attach the root filesystem"))?;
+    // Path lookup does not enter a mount stacked on `/`: reach it through
+    // its descriptor.
+    let at = |dir: &str| format!("/proc/self/fd/{}/{dir}", stage.as_raw_fd());
+    let overlay = new_fs(
+        "overlay",
+        &[
+            ("lowerdir", &at("lower")),
+            ("upperdir", &at("upper")),
+            ("workdir", &at("work")),
+        ],
+        &["userxattr"],
+        None,
+        MountAttrFlags::empty(),
+    )?;
+    // The overlay holds private copies of its layers: the stage may go, so
+    // the root is later stacked on the host's as every other kind is.
+    rustix::mount::unmount(at(""), UnmountFlags::DETACH)
+        .map_err(sys("detach the root's private layer"))?;
+    Ok(overlay)
+}
+
+/// Opens `path` beneath `root` (as if `root` were `/`) as an `O_PATH`
+/// descriptor.
+fn open_in(root: &OwnedFd, path: &str) -> Result<OwnedFd, Errno> {
+    rustix::fs::openat2(
+        root,
+        path,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT,
+    )
+}
+
 fn setup(plan: &InitPlan) -> Result<(), InitError> {
     // Nothing done here may propagate back to the host.
     rustix::mount::mount_change(
@@ -563,49 +808,35 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
     rustix::system::sethostname(plan.hostname.as_bytes()).map_err(sys("set the host name"))?;
     loopback_up()?;
 
-    // 1. Open every source.
-    let root = match &plan.rootfs {
-        Some(dir) => clone_tree(dir, true)?,
-        None => tmpfs(Some(1), "0755", MountAttrFlags::empty())?,
-    };
-    let mut top = Vec::new();
-    if plan.rootfs.is_none() {
-        for entry in std::fs::read_dir("/").map_err(|e| InitError::Sys {
-            what: "read /".into(),
-            source: e,
-        })? {
-            let entry = entry.map_err(|e| InitError::Sys {
-                what: "read /".into(),
-                source: e,
-            })?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if OWN.contains(&name.as_str()) {
-                continue;
-            }
-            let path = entry.path();
-            let ft = entry.file_type().map_err(|e| InitError::Sys {
-                what: format!("stat {}", path.display()),
-                source: e,
-            })?;
-            if ft.is_symlink() {
-                let target = std::fs::read_link(&path).map_err(|e| InitError::Sys {
-                    what: format!("read {}", path.display()),
-                    source: e,
-                })?;
-                top.push(Prepared::Link { path: name, target });
-            } else if ft.is_dir() || ft.is_file() {
-                let fd = clone_tree(&path, true)?;
-                set_attrs(&fd, MountAttrFlags::MOUNT_ATTR_RDONLY, true)
-                    .map_err(sys(format!("make {} read-only", path.display())))?;
-                top.push(Prepared::Tree {
-                    path: name,
-                    fd,
-                    dir: ft.is_dir(),
-                });
-            }
-        }
-    }
+    let size = Some(plan.tmpfs_mib);
     let nosuid_nodev = MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV;
+
+    // 1. Open every source.
+    let mut lower = None;
+    let (root, top) = match &plan.root {
+        InitRoot::Dir { path, fd } => {
+            lower = Some(match fd {
+                // SAFETY: the backend placed this descriptor, a detached
+                // mount made by the supervisor, for us alone.
+                Some(fd) => unsafe { OwnedFd::from_raw_fd(*fd) },
+                None => clone_tree(path, false)?,
+            });
+            // Made below, once every host source is open.
+            (None, Vec::new())
+        }
+        InitRoot::Host => (
+            Some(tmpfs(Some(1), "0755", MountAttrFlags::empty())?),
+            host_entries(|name| !OWN.contains(&name))?,
+        ),
+        InitRoot::Fresh => {
+            let root = tmpfs(size, "0755", nosuid_nodev)?;
+            fill_fresh_root(&root, &plan.hostname)?;
+            (
+                Some(root),
+                host_entries(|name| HOST_PROGRAMS.contains(&name))?,
+            )
+        }
+    };
     let proc_fd = new_fs(
         "proc",
         &[],
@@ -629,7 +860,17 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
     for d in DEVICES {
         let host = Path::new("/dev").join(d);
         if host.exists() {
-            devices.push((d, clone_tree(&host, false)?));
+            let fd = clone_tree(&host, false)?;
+            // Writes to the device still work; its host inode stays as it is.
+            set_attrs(
+                &fd,
+                MountAttrFlags::MOUNT_ATTR_RDONLY
+                    | MountAttrFlags::MOUNT_ATTR_NOSUID
+                    | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+                false,
+            )
+            .map_err(sys(format!("make {} read-only", host.display())))?;
+            devices.push((d, fd));
         }
     }
     let pts_fd = new_fs(
@@ -639,17 +880,22 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
         None,
         MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC,
     )?;
-    let shm_fd = tmpfs(None, "1777", nosuid_nodev)?;
-    let tmp_fd = tmpfs(None, "1777", nosuid_nodev)?;
+    let shm_fd = tmpfs(size, "1777", nosuid_nodev)?;
+    let tmp_fd = tmpfs(size, "1777", nosuid_nodev)?;
     let run_fd = tmpfs(
-        None,
+        size,
         "0755",
         nosuid_nodev | MountAttrFlags::MOUNT_ATTR_NOEXEC,
     )?;
     let mut user = Vec::new();
     for m in &plan.mounts {
-        user.push((m, open_user_mount(m)?));
+        user.push((m, open_user_mount(m, plan.tmpfs_mib)?));
     }
+    let root = match (root, lower) {
+        (Some(root), _) => root,
+        (None, Some(lower)) => private_layer(&lower, size)?,
+        (None, None) => unreachable!("every root kind gives a root or a lower layer"),
+    };
 
     // 2. Attach them under the new root, then the root over the old one.
     move_mount(&root, "", CWD, "/", MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
@@ -681,15 +927,16 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
             Err(e) => return Err(sys(format!("create /dev/{link}"))(e)),
         }
     }
+    harden_proc_and_sys(&root)?;
     attach(&root, "tmp", &tmp_fd, true)?;
-    if plan.rootfs.is_none() {
+    if !matches!(plan.root, InitRoot::Dir { .. }) {
         attach(&root, "run", &run_fd, true)?;
     }
     for (m, fd) in &user {
         let dir = !matches!(m.source, InitSource::Bind { dir: false, .. });
         attach(&root, m.guest.relative(), fd, dir)?;
     }
-    if plan.rootfs.is_none() {
+    if plan.root == InitRoot::Host {
         set_attrs(&root, MountAttrFlags::MOUNT_ATTR_RDONLY, false)
             .map_err(sys("make the root read-only"))?;
     }
@@ -707,7 +954,7 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
     Ok(())
 }
 
-fn open_user_mount(m: &InitMount) -> Result<OwnedFd, InitError> {
+fn open_user_mount(m: &InitMount, tmpfs_mib: u32) -> Result<OwnedFd, InitError> {
     let a = attrs(m.flags);
     match &m.source {
         InitSource::Bind { path, .. } => {
@@ -715,18 +962,10 @@ fn open_user_mount(m: &InitMount) -> Result<OwnedFd, InitError> {
             set_attrs(&fd, a, true).map_err(sys(format!("set flags on {}", m.guest)))?;
             Ok(fd)
         }
-        InitSource::Tmpfs { size_mib } => tmpfs(*size_mib, "1777", a),
-        InitSource::Fuse { fd } => {
-            // SAFETY: the backend placed this descriptor, a detached mount
-            // made by the supervisor, for us alone.
-            let mount = unsafe { OwnedFd::from_raw_fd(*fd) };
-            set_attrs(&mount, a, false).map_err(sys(format!("set flags on {}", m.guest)))?;
-            Ok(mount)
-        }
-        InitSource::Block { device, fstype } => {
-            let flags: &[&str] = if m.flags.readonly { &["ro"] } else { &[] };
-            new_fs(fstype, &[], flags, Some(device), a)
-        }
+        InitSource::Tmpfs { size_mib } => tmpfs(Some(size_mib.unwrap_or(tmpfs_mib)), "1777", a),
+        // SAFETY: the backend placed this descriptor, a detached mount made
+        // by the supervisor with its flags set, for us alone.
+        InitSource::Detached { fd } => Ok(unsafe { OwnedFd::from_raw_fd(*fd) }),
     }
 }
 
@@ -777,10 +1016,12 @@ fn spawn(plan: &InitPlan) -> Result<i32, InitError> {
     let last_cap = caps::last_cap();
     let restricted = plan.security == Security::Restricted;
     // SAFETY: the closure runs in the child between fork and exec; it only
-    // makes async-signal-safe system calls (sigaction, sigprocmask, prctl,
-    // capset).
+    // makes async-signal-safe system calls (setsid, sigaction, sigprocmask,
+    // prctl, capset).
     unsafe {
         cmd.pre_exec(move || {
+            // A session of its own: no controlling terminal to inject into.
+            rustix::process::setsid()?;
             reset_signals();
             caps::apply(keep, last_cap, restricted)
         });

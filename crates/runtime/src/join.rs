@@ -1,6 +1,14 @@
 //! Joining a running sandbox, like nsenter: a new process enters the
 //! namespaces of the sandbox's init and gets the workload's privileges, so
 //! `exec` cannot do what the sandbox's own command could not.
+//!
+//! The joining process is visible to the sandbox from its fork on, while it
+//! still holds this process's memory (the caller's environment) and
+//! descriptors. Until it becomes the sandbox's root it keeps host root's
+//! credentials, which sandbox processes cannot inspect; it turns itself
+//! non-dumpable before that and marks every descriptor it was not asked to
+//! pass close-on-exec, so nothing of the host is reachable through
+//! `/proc/PID` at any point.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -14,8 +22,9 @@ use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 use crate::caps;
 use crate::plan::Security;
 
-/// Namespaces a joining process enters in its child, after the pid one.
-const NAMESPACES: [&str; 5] = ["ipc", "uts", "net", "cgroup", "mnt"];
+/// Namespaces a joining process enters in its child, after the pid one;
+/// the user namespace first, which gives the rights to enter the others.
+const NAMESPACES: [&str; 6] = ["user", "ipc", "uts", "net", "cgroup", "mnt"];
 
 /// Errors of joining a sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -110,17 +119,26 @@ impl SandboxNamespaces {
     /// The calling thread enters the sandbox's pid namespace for its
     /// children only for the duration of the spawn, so any thread may call
     /// this.
+    ///
+    /// The command gets its standard streams, descriptors `3..3 +
+    /// preserve_fds` as they are in the caller, and nothing else. It starts a
+    /// session of its own (no controlling terminal) unless a pre-exec hook
+    /// of the caller already made it a session leader (to give it a
+    /// terminal of the sandbox's).
     pub fn spawn(
         &self,
         cmd: &mut Command,
         workdir: &str,
         security: Security,
+        preserve_fds: u32,
     ) -> Result<Child, JoinError> {
         let program = cmd.get_program().to_string_lossy().into_owned();
         let workdir = CString::new(workdir).map_err(|_| JoinError::Workdir(workdir.to_string()))?;
         let keep = caps::keep_set(security);
         let last_cap = caps::last_cap();
         let restricted = security == Security::Restricted;
+        let drop_groups = crate::sandbox_ids().count > 1;
+        let first_closed = 3 + preserve_fds;
         // The hook owns its copies, so `cmd` stays valid on its own.
         let others = self
             .others
@@ -129,15 +147,35 @@ impl SandboxNamespaces {
             .collect::<Result<Vec<_>, _>>()
             .map_err(JoinError::Dup)?;
         // SAFETY: the closure runs in the forked child before exec; it only
-        // makes async-signal-safe system calls (setns, chdir, sigaction,
-        // sigprocmask, prctl, capset)
-        // on descriptors and data prepared above, and allocates nothing.
+        // makes async-signal-safe system calls (prctl, close_range, setns,
+        // setres[ug]id, setgroups, chdir, setsid, sigaction, sigprocmask,
+        // capset) on descriptors and data prepared above, and allocates
+        // nothing.
         unsafe {
             cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_DUMPABLE, 0);
+                libc::syscall(
+                    libc::SYS_close_range,
+                    first_closed,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
                 for ns in &others {
                     move_into_link_name_space(ns.as_fd(), None)?;
                 }
+                // Root of the sandbox's user namespace, without the host's
+                // supplementary groups.
+                if libc::setresgid(0, 0, 0) != 0
+                    || (drop_groups && libc::setgroups(0, std::ptr::null()) != 0)
+                    || libc::setresuid(0, 0, 0) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
                 rustix::process::chdir(workdir.as_c_str())?;
+                match rustix::process::setsid() {
+                    Ok(_) | Err(rustix::io::Errno::PERM) => {}
+                    Err(e) => return Err(e.into()),
+                }
                 crate::init::reset_signals();
                 caps::apply(keep, last_cap, restricted)
             });

@@ -14,16 +14,19 @@
 
 mod backend;
 mod caps;
+mod idmap;
 pub mod init;
 mod join;
+mod mounts;
 mod ns;
 mod plan;
 mod prepare;
 
 pub use backend::{Backend, Running, SandboxStdio};
+pub use idmap::IdmapError;
 pub use join::{JoinError, SandboxNamespaces};
-pub use ns::{InitProgram, NamespaceBackend, NsError, NsSandbox};
-pub use plan::{InitMount, InitPlan, InitSource, SandboxSpec, Security};
+pub use ns::{InitProgram, NamespaceBackend, NsError, NsSandbox, sandbox_ids};
+pub use plan::{InitMount, InitPlan, InitRoot, InitSource, SandboxSpec, Security};
 pub use prepare::{DryRun, DryRunMount, PrepareError, Prepared, dry_run, prepare};
 
 use msb_store::Store;

@@ -1,11 +1,16 @@
 //! The Linux namespace backend.
 //!
-//! The supervisor clones a child into new mount, pid, ipc, uts, network and
-//! cgroup namespaces; the child (pid 1 there) immediately execs the init
-//! program, which reads the plan from its environment (see [`crate::init`]).
-//! The child has `PR_SET_PDEATHSIG` = SIGKILL, so a supervisor killed with
-//! SIGKILL takes the whole sandbox with it: the pid namespace dies with its
-//! init, and the mount namespace with its last process.
+//! The supervisor clones a child into a new user namespace and, owned by
+//! it, new mount, pid, ipc, uts and network namespaces. The child waits
+//! until the supervisor has written its id maps (the sandbox's root is an
+//! unprivileged host id, see [`IdMap`]) and placed it in the sandbox's
+//! cgroup, becomes root of its user namespace, enters a new cgroup namespace
+//! rooted at that cgroup, and execs the init program, which reads the plan
+//! from its environment (see [`crate::init`]). Nothing of the caller is
+//! carried over: the child keeps only the descriptors the backend passes.
+//! It has `PR_SET_PDEATHSIG` = SIGKILL, so a supervisor killed with SIGKILL
+//! takes the whole sandbox with it: the pid namespace dies with its init,
+//! and the mount namespace with its last process.
 
 use std::ffi::{CString, OsString};
 use std::io::{self, BufRead};
@@ -16,12 +21,15 @@ use std::path::PathBuf;
 use crate::backend::{Backend, Running, SandboxStdio};
 use crate::init::{PASSED_FD_BASE, PLAN_ENV, STATUS_FD, exit_code, wait_signal};
 use crate::plan::InitPlan;
+use msb_spec::IdMap;
 
 /// Errors of the namespace backend.
 #[derive(Debug, thiserror::Error)]
 pub enum NsError {
-    #[error("cannot create the sandbox process in new namespaces (msb run needs root)")]
+    #[error("cannot create the sandbox process in new namespaces")]
     Clone(#[source] io::Error),
+    #[error("cannot map the sandbox's user and group ids")]
+    IdMap(#[source] io::Error),
     #[error("the init program path or arguments contain a NUL byte")]
     Nul,
     #[error("cannot encode the sandbox plan")]
@@ -58,17 +66,110 @@ pub struct InitProgram {
 #[derive(Debug, Clone)]
 pub struct NamespaceBackend {
     init: InitProgram,
+    ids: IdMap,
 }
 
 impl NamespaceBackend {
-    /// A backend that execs `init` inside each new sandbox.
+    /// A backend that execs `init` inside each new sandbox, with the id map
+    /// of [`sandbox_ids`].
     pub fn new(init: InitProgram) -> Self {
-        Self { init }
+        Self {
+            init,
+            ids: sandbox_ids(),
+        }
+    }
+}
+
+/// The id map of sandboxes started by this process: [`IdMap::ROOTFUL`] for
+/// root, else the caller alone as the sandbox's root (rootless).
+pub fn sandbox_ids() -> IdMap {
+    let euid = rustix::process::geteuid();
+    if euid.is_root() {
+        IdMap::ROOTFUL
+    } else {
+        IdMap::single(euid.as_raw())
     }
 }
 
 fn cstring(b: &[u8]) -> Result<CString, NsError> {
     CString::new(b).map_err(|_| NsError::Nul)
+}
+
+/// Writes the child's id maps from the supervisor, which may map ranges it
+/// does not own only as root; a rootless supervisor maps itself alone and
+/// must first give up `setgroups` in the namespace.
+fn write_id_maps(pid: i32, ids: IdMap) -> io::Result<()> {
+    let line = ids.proc_line();
+    std::fs::write(format!("/proc/{pid}/uid_map"), &line)?;
+    if ids.count == 1 {
+        std::fs::write(format!("/proc/{pid}/setgroups"), "deny")?;
+        let gid = rustix::process::getegid().as_raw();
+        return std::fs::write(
+            format!("/proc/{pid}/gid_map"),
+            IdMap::single(gid).proc_line(),
+        );
+    }
+    std::fs::write(format!("/proc/{pid}/gid_map"), &line)
+}
+
+/// The child between clone and exec. Only async-signal-safe calls, on data
+/// prepared before the clone; never returns.
+///
+/// # Safety
+/// Must run in the freshly cloned child, with the pointers valid.
+unsafe fn child(
+    go: libc::c_int,
+    moves: &[(i32, i32)],
+    high: &mut [i32],
+    drop_groups: bool,
+    program: &CString,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> ! {
+    // SAFETY: plain system calls on values and buffers owned by this child.
+    unsafe {
+        let fail = || libc::_exit(1);
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        // The supervisor writes the id maps and sets the cgroup, then says
+        // go; end of file means it died (before the death signal was set,
+        // perhaps: its pid is not visible from the new pid namespace).
+        let mut b = 0u8;
+        if libc::read(go, (&raw mut b).cast(), 1) != 1 {
+            fail();
+        }
+        // Become the namespace's root (until now the unmapped overflow id),
+        // so exec keeps the capabilities the namespace gives; shed the
+        // host's supplementary groups (root's group would still count on
+        // host files).
+        if libc::setresgid(0, 0, 0) != 0
+            || (drop_groups && libc::setgroups(0, std::ptr::null()) != 0)
+            || libc::setresuid(0, 0, 0) != 0
+        {
+            fail();
+        }
+        // A change of credentials clears the death signal: set it again.
+        // (A supervisor dying just before is caught by the init, whose
+        // status report then fails.)
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
+            fail();
+        }
+        // Copy every source far up first (close-on-exec copies), so placing
+        // one on its target cannot clobber another source.
+        for (i, (src, _)) in moves.iter().enumerate() {
+            high[i] = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 1000);
+        }
+        let mut first_free = 0;
+        for (i, (_, target)) in moves.iter().enumerate() {
+            libc::dup2(high[i], *target);
+            first_free = first_free.max(*target + 1);
+        }
+        // Whatever the caller left open (without close-on-exec too) stays
+        // out of the sandbox.
+        libc::syscall(libc::SYS_close_range, first_free, u32::MAX, 0);
+        libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        libc::_exit(127);
+    }
 }
 
 impl Backend for NamespaceBackend {
@@ -97,6 +198,8 @@ impl Backend for NamespaceBackend {
             .collect();
         let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| NsError::Status(e.into()))?;
+        let (go_read, go_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| NsError::Status(e.into()))?;
         // Where each descriptor goes in the child: streams on 0..2, the
         // status pipe on 3, passed descriptors from 4 on.
         let mut moves: Vec<(i32, i32)> = Vec::new();
@@ -104,8 +207,10 @@ impl Backend for NamespaceBackend {
             .into_iter()
             .enumerate()
         {
-            if let Some(fd) = fd {
-                moves.push((fd.as_raw_fd(), target as i32));
+            match fd {
+                Some(fd) => moves.push((fd.as_raw_fd(), target as i32)),
+                // Inherited: the caller's own stream stays where it is.
+                None => moves.push((target as i32, target as i32)),
             }
         }
         moves.push((write.as_raw_fd(), STATUS_FD));
@@ -113,42 +218,43 @@ impl Backend for NamespaceBackend {
             moves.push((fd.as_raw_fd(), PASSED_FD_BASE + i as i32));
         }
         let mut high = vec![-1; moves.len()];
-        let flags = libc::CLONE_NEWNS
+        let drop_groups = self.ids.count > 1;
+        let flags = libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
             | libc::CLONE_NEWPID
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWUTS
             | libc::CLONE_NEWNET
-            | libc::CLONE_NEWCGROUP
             | libc::SIGCHLD;
         // SAFETY: clone without CLONE_VM behaves like fork: the child gets a
-        // copy of the address space. It only calls prctl, fcntl/dup2, execve
-        // and _exit (async-signal-safe) on data prepared above.
+        // copy of the address space and runs `child`, which only makes
+        // async-signal-safe calls on data prepared above.
         let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) };
         if pid < 0 {
             return Err(NsError::Clone(io::Error::last_os_error()));
         }
         if pid == 0 {
-            // SAFETY: see above; the child never returns from this block.
+            // SAFETY: this is the freshly cloned child; see above.
             unsafe {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                // Copy every source far up first (close-on-exec copies), so
-                // placing one on its target cannot clobber another source.
-                for (i, (src, _)) in moves.iter().enumerate() {
-                    high[i] = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 1000);
-                }
-                for (i, (_, target)) in moves.iter().enumerate() {
-                    libc::dup2(high[i], *target);
-                }
-                libc::execve(program.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
-                libc::_exit(127);
+                child(
+                    go_read.as_raw_fd(),
+                    &moves,
+                    &mut high,
+                    drop_groups,
+                    &program,
+                    &argv_ptrs,
+                    &envp_ptrs,
+                )
             }
         }
+        let pid = pid as i32;
+        drop(go_read);
         drop(write);
         drop(stdio);
-        let mut sandbox = NsSandbox {
-            pid: pid as i32,
-            status: None,
-        };
+        let mut sandbox = NsSandbox { pid, status: None };
+        write_id_maps(pid, self.ids).map_err(NsError::IdMap)?;
+        rustix::io::write(&go_write, b"g").map_err(|e| NsError::Status(e.into()))?;
+        drop(go_write);
         // One line: `ok`, or `err CODE MESSAGE`; EOF first means the init died.
         let mut report = String::new();
         std::io::BufReader::new(std::fs::File::from(read))

@@ -11,13 +11,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Security {
-    /// Root in the sandbox with a container-like capability set: no
-    /// `CAP_SYS_ADMIN` (so no mount or remount), no `CAP_MKNOD`, no module or
-    /// raw I/O capabilities.
+    /// Root of the sandbox's user namespace with a container-like
+    /// capability set (no `CAP_SYS_ADMIN`, so no mount or remount; no
+    /// `CAP_MKNOD`) and the default system call filter.
     #[default]
     Default,
-    /// Every capability dropped, `no_new_privs`, and nosuid,nodev forced on
-    /// every user mount.
+    /// Every capability dropped, `no_new_privs`, and a stricter system call
+    /// filter.
     Restricted,
 }
 
@@ -37,7 +37,9 @@ impl std::str::FromStr for Security {
 /// A sandbox to run: validated mounts plus the process to start.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxSpec {
-    /// Root filesystem directory; `None` is the host's root, read-only.
+    /// Root filesystem directory; `None` is a fresh root holding the host's
+    /// programs (`/usr`, read-only) and a generated `/etc`; `/` shares the
+    /// host's root, read-only.
     pub rootfs: Option<PathBuf>,
     /// Working directory of the command inside the sandbox.
     pub workdir: Option<GuestPath>,
@@ -55,8 +57,12 @@ pub struct SandboxSpec {
 /// The resolved sandbox, as the in-sandbox init applies it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InitPlan {
-    /// Root filesystem directory; `None` is the host's root, read-only.
-    pub rootfs: Option<PathBuf>,
+    /// What the root filesystem is made of.
+    pub root: InitRoot,
+    /// Size in MiB of the tmpfs mounts that state none (the root, `/tmp`,
+    /// `/dev/shm`, `/run`, `--tmpfs` without a size): the sandbox's memory,
+    /// which their pages are charged to anyway.
+    pub tmpfs_mib: u32,
     /// Mounts, parents before children.
     pub mounts: Vec<InitMount>,
     /// Working directory inside the sandbox.
@@ -69,6 +75,27 @@ pub struct InitPlan {
     pub command: Vec<String>,
     /// Host name inside the sandbox.
     pub hostname: String,
+}
+
+/// The root filesystem of a resolved sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum InitRoot {
+    /// A fresh tmpfs holding the host's programs (`/usr`, read-only) and a
+    /// generated `/etc`.
+    Fresh,
+    /// The host's root, read-only.
+    Host,
+    /// A directory, under a private writable layer: what the sandbox
+    /// writes there never reaches the directory.
+    Dir {
+        /// Absolute host path.
+        path: PathBuf,
+        /// The number in the init of a detached, idmapped copy of it made
+        /// by the supervisor (its files owned by host ids `0..` appear as
+        /// the sandbox's own), or `None` to take the directory as it is.
+        fd: Option<i32>,
+    },
 }
 
 /// One resolved mount.
@@ -98,20 +125,13 @@ pub enum InitSource {
         /// Size limit in MiB.
         size_mib: Option<u32>,
     },
-    /// A FUSE mount served by the supervisor's filesystem server (policies,
-    /// quota, stat virtualization).
-    /// The supervisor makes the mount and starts its server before the
+    /// A mount the supervisor made in the host's user namespace, where the
+    /// sandbox could not (a filesystem server's FUSE mount, a filesystem on
+    /// a block device), flags already applied. The server runs before the
     /// sandbox starts, so the init can use it at once (a working directory
     /// or a nested mount point on it).
-    Fuse {
+    Detached {
         /// The number in the init of the detached mount's descriptor.
         fd: i32,
-    },
-    /// A filesystem on a block device the supervisor attached.
-    Block {
-        /// Device node.
-        device: PathBuf,
-        /// Filesystem type.
-        fstype: String,
     },
 }

@@ -17,7 +17,7 @@ use msb_spec::{
 use msb_store::{AttachMode, Attachment, Store, StoreError, VolumeInfo};
 use serde::Serialize;
 
-use crate::plan::{InitMount, InitPlan, InitSource, SandboxSpec, Security};
+use crate::plan::{InitMount, InitPlan, InitRoot, InitSource, SandboxSpec, Security};
 
 /// Why a sandbox's mounts could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +67,18 @@ pub enum PrepareError {
         guest: GuestPath,
         #[source]
         source: msb_fsserver::FsServerError,
+    },
+    #[error("root filesystem {path}")]
+    Rootfs {
+        path: PathBuf,
+        #[source]
+        source: crate::IdmapError,
+    },
+    #[error("mount at {guest}: cannot set the mount's flags")]
+    Flags {
+        guest: GuestPath,
+        #[source]
+        source: io::Error,
     },
     #[error("mount at {guest}")]
     Disk {
@@ -155,6 +167,9 @@ fn recount(store: &Store, info: &VolumeInfo) {
     }
 }
 
+/// The sandbox's memory in MiB until limits are configurable.
+const DEFAULT_MEMORY_MIB: u32 = 1024;
+
 /// The environment every command gets before `--env`.
 fn base_env() -> Vec<(String, String)> {
     let mut env = vec![
@@ -180,12 +195,12 @@ fn merged_env(spec: &SandboxSpec) -> Vec<(String, String)> {
     env
 }
 
-/// Flags as applied: the restricted profile forces nosuid,nodev.
-fn effective_flags(mut f: MountFlags, security: Security) -> MountFlags {
-    if security == Security::Restricted {
-        f.nosuid = true;
-        f.nodev = true;
-    }
+/// Flags as applied: nosuid,nodev on every mount. Whatever the mounts
+/// come from (host directories, volumes a sandbox wrote, served records,
+/// disk images), no file on them grants privileges or reaches a device.
+fn effective_flags(mut f: MountFlags) -> MountFlags {
+    f.nosuid = true;
+    f.nodev = true;
     f
 }
 
@@ -198,7 +213,7 @@ pub fn prepare<'s>(
 ) -> Result<Prepared<'s>, PrepareError> {
     let mut p = Prepared {
         plan: InitPlan {
-            rootfs: spec.rootfs.clone(),
+            root: InitRoot::Fresh,
             mounts: Vec::new(),
             workdir: spec
                 .workdir
@@ -208,6 +223,7 @@ pub fn prepare<'s>(
             security: spec.security,
             command: spec.command.clone(),
             hostname: "msb".to_string(),
+            tmpfs_mib: DEFAULT_MEMORY_MIB,
         },
         store,
         views: Vec::new(),
@@ -217,8 +233,15 @@ pub fn prepare<'s>(
         recount: Vec::new(),
         passed: Vec::new(),
     };
+    match root(&mut p, spec) {
+        Ok(root) => p.plan.root = root,
+        Err(e) => {
+            p.rollback();
+            return Err(e);
+        }
+    }
     for entry in spec.mounts.entries() {
-        let flags = effective_flags(entry.mount.flags(), spec.security);
+        let flags = effective_flags(entry.mount.flags());
         match add_mount(&mut p, &entry.guest, &entry.mount, flags, holder) {
             Ok(source) => p.plan.mounts.push(InitMount {
                 guest: entry.guest.clone(),
@@ -232,6 +255,33 @@ pub fn prepare<'s>(
         }
     }
     Ok(p)
+}
+
+/// The sandbox's root: a root filesystem directory is passed to the init
+/// idmapped through the sandbox's ids where that is allowed (root).
+fn root(p: &mut Prepared<'_>, spec: &SandboxSpec) -> Result<InitRoot, PrepareError> {
+    let Some(path) = &spec.rootfs else {
+        return Ok(InitRoot::Fresh);
+    };
+    if path == Path::new("/") {
+        return Ok(InitRoot::Host);
+    }
+    let ids = crate::sandbox_ids();
+    if ids.count == 1 {
+        // Rootless: the caller's own files are already the sandbox's.
+        return Ok(InitRoot::Dir {
+            path: path.clone(),
+            fd: None,
+        });
+    }
+    let tree = crate::idmap::idmapped_tree(path, ids).map_err(|source| PrepareError::Rootfs {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(InitRoot::Dir {
+        path: path.clone(),
+        fd: Some(pass(p, tree)),
+    })
 }
 
 /// A bind mount's host path: present, of the expected type, and a
@@ -284,7 +334,7 @@ fn add_mount(
         } => {
             let meta = check_bind(guest, host_path, *expect, options, flags)?;
             if let Some(cfg) = server_config(options, flags, None) {
-                return serve(p, guest, host_path, true, cfg);
+                return serve(p, guest, host_path, true, cfg, flags);
             }
             Ok(InitSource::Bind {
                 path: host_path.clone(),
@@ -313,7 +363,7 @@ fn add_mount(
                     let quota = info.quota_mib.filter(|_| !flags.readonly);
                     if let Some(mut cfg) = server_config(options, flags, quota) {
                         cfg.budget = p.store.budget(&info).map_err(store_err)?.map(Arc::new);
-                        return serve(p, guest, &info.path, false, cfg);
+                        return serve(p, guest, &info.path, false, cfg, flags);
                     }
                     if !flags.readonly {
                         p.recount.push(info.clone());
@@ -363,18 +413,19 @@ fn attach_disk(
     fstype: Option<&str>,
     flags: MountFlags,
 ) -> Result<InitSource, PrepareError> {
-    let view = DiskView::open(image, format, fstype, flags.readonly).map_err(|source| {
-        PrepareError::Disk {
-            guest: guest.clone(),
-            source,
-        }
-    })?;
-    let source = InitSource::Block {
-        device: view.device().to_path_buf(),
-        fstype: view.fstype().to_string(),
+    let disk_err = |source| PrepareError::Disk {
+        guest: guest.clone(),
+        source,
     };
+    let view = DiskView::open(image, format, fstype, flags.readonly).map_err(disk_err)?;
+    // Made here: a sandbox's user namespace may not mount block devices.
+    let mount = view
+        .mount_detached(crate::mounts::attrs(flags))
+        .map_err(disk_err)?;
     p.views.push(view);
-    Ok(source)
+    Ok(InitSource::Detached {
+        fd: pass(p, mount.into_fd()),
+    })
 }
 
 /// The server configuration for a mount that needs the filesystem server,
@@ -413,6 +464,7 @@ fn serve(
     dir: &Path,
     follow_symlinks: bool,
     cfg: msb_fsserver::ServeConfig,
+    flags: MountFlags,
 ) -> Result<InitSource, PrepareError> {
     let server_err = |source| PrepareError::Server {
         guest: guest.clone(),
@@ -426,13 +478,24 @@ fn serve(
     )
     .map_err(|e| server_err(msb_fsserver::FsServerError::OpenFuse(e.into())))?;
     let mount = msb_fsserver::mount_detached(&fuse).map_err(server_err)?;
+    crate::mounts::set_attrs(&mount, crate::mounts::attrs(flags), false).map_err(|e| {
+        PrepareError::Flags {
+            guest: guest.clone(),
+            source: e.into(),
+        }
+    })?;
     p.servers
         .push(msb_fsserver::serve(root, fuse, cfg).map_err(server_err)?);
     // The init holds the only reference to the mount, so the file system
     // (and with it the server) ends with the sandbox.
+    Ok(InitSource::Detached { fd: pass(p, mount) })
+}
+
+/// Hands a detached mount to the init: the number it will have there.
+fn pass(p: &mut Prepared<'_>, mount: OwnedFd) -> i32 {
     let fd = crate::init::PASSED_FD_BASE + p.passed.len() as i32;
     p.passed.push(mount);
-    Ok(InitSource::Fuse { fd })
+    fd
 }
 
 /// Looks the volume up or creates it, as `opts.mode` says.
@@ -568,7 +631,7 @@ pub struct DryRunMount {
 pub fn dry_run(spec: &SandboxSpec, store: &Store) -> Result<DryRun, PrepareError> {
     let mut mounts = Vec::new();
     for entry in spec.mounts.entries() {
-        let flags = effective_flags(entry.mount.flags(), spec.security);
+        let flags = effective_flags(entry.mount.flags());
         let mut served = false;
         let (action, host_path) = match &entry.mount {
             Mount::Bind {
@@ -714,13 +777,12 @@ mod tests {
     }
 
     #[test]
-    fn restricted_forces_nosuid_nodev() {
+    fn every_mount_is_nosuid_nodev() {
         let f = MountFlags {
             noexec: true,
             ..Default::default()
         };
-        assert_eq!(effective_flags(f, Security::Default), f);
-        let r = effective_flags(f, Security::Restricted);
+        let r = effective_flags(f);
         assert!(r.nosuid && r.nodev && r.noexec && !r.readonly);
     }
 

@@ -68,7 +68,7 @@ fn wait_mode_needs_nothing_from_the_rootfs_and_stops_when_signalled() {
         cmd.args(["-c", "echo $$; [ -e /usr/bin/sleep ] || echo no-sleep"])
             .stdout(Stdio::piped());
         let inside = namespaces
-            .spawn(&mut cmd, "/", Security::Default)
+            .spawn(&mut cmd, "/", Security::Default, 0)
             .unwrap()
             .wait_with_output()
             .unwrap();

@@ -342,7 +342,7 @@ pub fn exec(args: ExecArgs) -> CliResult {
 fn relay_signals(to: msb::ExecSignaller, terminal: Option<std::fs::File>) {
     std::thread::spawn(move || {
         loop {
-            let (sig, sent) = msb_runtime::next_signal();
+            let (sig, _) = msb_runtime::next_signal();
             if sig == libc::SIGWINCH
                 && let Some(master) = &terminal
             {
@@ -355,7 +355,7 @@ fn relay_signals(to: msb::ExecSignaller, terminal: Option<std::fs::File>) {
                     };
                     let _ = rustix::termios::tcsetwinsize(master, ws);
                 }
-            } else if sent && to.signal(sig).is_err() {
+            } else if to.signal(sig).is_err() {
                 return;
             }
         }

@@ -215,7 +215,7 @@ impl ExecBuilder {
             // SAFETY: `setup` makes only async-signal-safe system calls.
             unsafe { cmd.pre_exec(setup) };
         }
-        Ok(namespaces.spawn(&mut cmd, &workdir, config.security())?)
+        Ok(namespaces.spawn(&mut cmd, &workdir, config.security(), 0)?)
     }
 
     /// Runs the command with no input, collecting its exit status and

@@ -1,0 +1,101 @@
+//! Idmapped mounts: a tree whose files appear to a sandbox as owned by the
+//! sandbox's own ids. A root filesystem image extracted by host root is
+//! owned by host ids 0..; mapped through the sandbox's [`IdMap`], its root
+//! is the sandbox's root, so setuid programs, `apt` and friends work as in
+//! the image, while the host ids behind them stay untouched (the sandbox
+//! writes to a private layer over it, see the init).
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+use msb_spec::IdMap;
+use rustix::mount::{OpenTreeFlags, open_tree};
+
+/// Why an idmapped tree could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum IdmapError {
+    #[error("cannot create a user namespace to describe the id map")]
+    Namespace(#[source] io::Error),
+    #[error("cannot bind {path}")]
+    Bind {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot map the ids of {path} (the filesystem may not support idmapped mounts)")]
+    Map {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A user namespace whose ids are `ids`, held only to describe the map to
+/// `mount_setattr`. A child enters it and waits; once its maps are written
+/// and the namespace is open, the child exits.
+fn describe(ids: IdMap) -> io::Result<OwnedFd> {
+    let (hold_read, hold_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    // SAFETY: clone without CLONE_VM behaves like fork; the child only
+    // calls close, read and _exit.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_NEWUSER | libc::SIGCHLD,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: in the child; closes its copy of the write end, then waits
+        // for the parent's to close.
+        unsafe {
+            libc::close(hold_write.as_raw_fd());
+            let mut b = 0u8;
+            libc::read(hold_read.as_raw_fd(), (&raw mut b).cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    drop(hold_read);
+    let pid = pid as i32;
+    let result = (|| {
+        let line = ids.proc_line();
+        std::fs::write(format!("/proc/{pid}/uid_map"), &line)?;
+        std::fs::write(format!("/proc/{pid}/gid_map"), &line)?;
+        Ok(OwnedFd::from(std::fs::File::open(format!(
+            "/proc/{pid}/ns/user"
+        ))?))
+    })();
+    drop(hold_write);
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    result
+}
+
+/// A detached copy of the mount at `path` whose files appear with
+/// ids mapped through `ids`: host id `ids.host_base + k` is written for the
+/// sandbox's id `k`, so host ids `0..count` on disk are the sandbox's
+/// `0..count`.
+pub(crate) fn idmapped_tree(path: &Path, ids: IdMap) -> Result<OwnedFd, IdmapError> {
+    let shown = || path.display().to_string();
+    let tree = open_tree(
+        rustix::fs::CWD,
+        path,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .map_err(|e| IdmapError::Bind {
+        path: shown(),
+        source: e.into(),
+    })?;
+    let userns = describe(ids).map_err(IdmapError::Namespace)?;
+    crate::mounts::set_idmap(&tree, &userns).map_err(|e| IdmapError::Map {
+        path: shown(),
+        source: e.into(),
+    })?;
+    Ok(tree)
+}
