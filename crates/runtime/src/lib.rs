@@ -19,6 +19,7 @@ mod join;
 mod ns;
 mod plan;
 mod prepare;
+pub mod seccomp;
 
 pub use backend::{Backend, Running, SandboxStdio};
 pub use join::{JoinError, SandboxNamespaces};
