@@ -14,6 +14,7 @@
 
 mod backend;
 mod caps;
+mod cgroup;
 pub mod init;
 mod join;
 mod ns;
@@ -22,6 +23,7 @@ mod prepare;
 pub mod seccomp;
 
 pub use backend::{Backend, Running, SandboxStdio};
+pub use cgroup::{CgroupEntry, CgroupError, Resources, SandboxCgroup};
 pub use join::{JoinError, SandboxNamespaces};
 pub use ns::{InitProgram, NamespaceBackend, NsError, NsSandbox};
 pub use plan::{InitMount, InitPlan, InitSource, SandboxSpec, Security};
