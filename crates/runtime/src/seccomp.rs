@@ -361,7 +361,9 @@ const BASE_ARCH: &[u32] = &[];
 
 /// Allowed by [`Security::Default`] only. `ptrace` is safe under seccomp
 /// since Linux 4.8 (a tracer can no longer change a call after the filter
-/// ran); msb needs far newer kernels anyway.
+/// ran), which Docker requires for it; msb needs far newer kernels anyway.
+/// `chroot` is Docker's with `CAP_SYS_CHROOT`, which the default profile
+/// keeps.
 const DEFAULT_ONLY: &[u32] = &[
     nr::__NR_ptrace,
     nr::__NR_chroot,

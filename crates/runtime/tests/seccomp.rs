@@ -456,6 +456,12 @@ fn denied_calls_fail_with_the_promised_errno_and_the_rest_pass() {
             Allow,
         ),
         both(
+            "socket(AF_NETLINK)",
+            nr::__NR_socket,
+            [libc::AF_NETLINK.into(), libc::SOCK_RAW.into(), 0, 0, 0, 0],
+            Allow,
+        ),
+        both(
             "socket(AF_VSOCK)",
             nr::__NR_socket,
             [libc::AF_VSOCK.into(), libc::SOCK_STREAM.into(), 0, 0, 0, 0],
