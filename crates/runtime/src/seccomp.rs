@@ -646,4 +646,40 @@ mod tests {
         // Nothing allowed is also sent to ENOSYS by the second filter.
         assert!(default.keys().all(|&k| k < i64::from(FIRST_UNKNOWN)));
     }
+
+    /// The order the runtime uses between fork and exec: filter, then
+    /// capabilities (and no_new_privs for Restricted) dropped under it.
+    #[test]
+    fn capabilities_drop_under_the_filter() {
+        use std::os::unix::process::CommandExt;
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: installing a filter without no_new_privs needs root");
+            return;
+        }
+        for security in [Security::Default, Security::Restricted] {
+            let f = filter(security).unwrap();
+            let keep = crate::caps::keep_set(security);
+            let last_cap = crate::caps::last_cap();
+            let restricted = security == Security::Restricted;
+            let mut cmd = std::process::Command::new("/bin/sh");
+            cmd.args([
+                "-c",
+                "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status",
+            ]);
+            // SAFETY: the hook only makes system calls (seccomp, prctl,
+            // capset) on data prepared before fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    f.apply()?;
+                    crate::caps::apply(keep, last_cap, restricted)
+                });
+            }
+            let out = cmd.output().unwrap();
+            let status = String::from_utf8_lossy(&out.stdout).replace('\t', " ");
+            assert!(out.status.success(), "{security:?}: {out:?}");
+            assert!(status.contains(&format!("CapEff: {keep:016x}")), "{status}");
+            assert!(status.contains(&format!("NoNewPrivs: {}", u8::from(restricted))));
+            assert!(status.contains("Seccomp: 2"), "{status}");
+        }
+    }
 }
