@@ -14,6 +14,7 @@
 
 mod backend;
 mod caps;
+mod cgroup;
 mod idmap;
 pub mod init;
 mod join;
@@ -21,8 +22,10 @@ mod mounts;
 mod ns;
 mod plan;
 mod prepare;
+pub mod seccomp;
 
 pub use backend::{Backend, Running, SandboxStdio};
+pub use cgroup::{CgroupEntry, CgroupError, Resources, SandboxCgroup};
 pub use idmap::IdmapError;
 pub use join::{JoinError, SandboxNamespaces};
 pub use ns::{InitProgram, NamespaceBackend, NsError, NsSandbox, sandbox_ids};
