@@ -27,6 +27,18 @@
 //! reading, setting or removing it fails with EPERM. A corrupt record gives
 //! EIO.
 //!
+//! # User and group ids
+//!
+//! The policy works in guest ids ([`ServeConfig::id_map`] relates them to
+//! host ids): callers, records and [`ServeConfig::owner`] are guest ids, 0
+//! being the sandbox's root. The FUSE transport translates, since its
+//! requests carry host ids (`msb volume mount` on the host uses
+//! [`IdMap::IDENTITY`]). In `off` the host owner is shown as its guest id
+//! ([`filesystem::NO_ID`] when it has none: no guest process owns it), and
+//! new objects belong on disk to their creator's host ids. Under
+//! virtualization new host objects belong to the host ids of guest root.
+//! So nothing a sandbox creates is owned by host root.
+//!
 //! # setuid and setgid
 //!
 //! The server runs the FUSE connection without `HANDLE_KILLPRIV(_V2)`, so
@@ -66,7 +78,7 @@ pub mod policy;
 pub mod record;
 mod server;
 
-pub use msb_spec::{HostPerms, StatVirt};
+pub use msb_spec::{HostPerms, IdMap, StatVirt};
 pub use server::{
     FsServerError, ServeConfig, Server, detach_mounts_of, is_served_mount, mount, mount_data,
     mount_detached, open_root, serve, unmount_path,

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use msb_quota::Budget;
-use msb_spec::{HostPerms, StatVirt};
+use msb_spec::{HostPerms, IdMap, StatVirt};
 use rustix::fs::{
     AtFlags, CWD, Dir, FallocateFlags, Mode, OFlags, RenameFlags, SeekFrom, Stat, Timespec,
     Timestamps, UTIME_NOW, UTIME_OMIT, XattrFlags,
@@ -23,8 +23,8 @@ use rustix::fs::{
 use rustix::io::Errno;
 
 use crate::filesystem::{
-    Attr, Context, DirEntry, Entry, FileSystem, FsResult, Opened, ROOT_NODE, SetAttr, SetTime,
-    StatFs, Time,
+    Attr, Context, DirEntry, Entry, FileSystem, FsResult, NO_ID, Opened, ROOT_NODE, SetAttr,
+    SetTime, StatFs, Time,
 };
 use crate::record::{RECORD_XATTR, Record, is_reserved};
 
@@ -50,8 +50,11 @@ pub struct Policy {
     pub host_perms: HostPerms,
     /// Usage budget shared by all users of the volume; `None` = unmetered.
     pub budget: Option<Arc<Budget>>,
-    /// uid/gid shown for files without a metadata record.
+    /// Guest uid/gid shown for files without a metadata record.
     pub owner: (u32, u32),
+    /// How the guest ids this policy works in (callers, records, `owner`)
+    /// relate to the host ids on disk.
+    pub id_map: IdMap,
 }
 
 /// Why a policy filesystem cannot be set up.
@@ -122,6 +125,14 @@ struct Inodes {
     by_key: HashMap<(u64, u64), u64>,
     root_dev: u64,
     next: u64,
+}
+
+/// Who creates a new object (see [`PolicyFs::creator`]).
+struct Creator {
+    /// The caller, in guest ids.
+    guest: Context,
+    /// Host uid and gid the object gets on disk.
+    host: (u32, u32),
 }
 
 /// Node ids from here on are synthetic (see [`PolicyFs::intern`]).
@@ -495,8 +506,8 @@ impl PolicyFs {
             ctime: time(st.st_ctime, st.st_ctime_nsec),
             mode: st.st_mode,
             nlink: to_u32(st.st_nlink),
-            uid: st.st_uid,
-            gid: st.st_gid,
+            uid: self.guest_id(st.st_uid),
+            gid: self.guest_id(st.st_gid),
             rdev: encode_dev(st.st_rdev),
             blksize: to_u32(st.st_blksize),
         };
@@ -548,21 +559,52 @@ impl PolicyFs {
         Ok(Entry { node, attr })
     }
 
-    /// Host permission bits for a new object with guest mode `mode`.
+    /// Host permission bits for a new object with guest mode `mode`. In
+    /// `off` none until the object has its owner ([`Self::init_meta`] then
+    /// sets the exact mode): it is never a usable host root file, not even
+    /// for a moment.
     fn host_mode(&self, mode: u32, dir: bool) -> u32 {
         let floor = if dir { 0o700 } else { 0o600 };
         match (self.policy.stat_virt, self.policy.host_perms) {
-            (StatVirt::Off, _) => mode & 0o7777,
+            (StatVirt::Off, _) => 0,
             (_, HostPerms::Private) => floor,
             (_, HostPerms::Mirror) => (mode & 0o777) | floor,
         }
     }
 
-    /// Gives a new host object its guest ownership and mode: a record, or in
-    /// `off` the real owner and mode.
+    /// The guest id of a host owner or group: [`NO_ID`] when it has none,
+    /// so no guest process gets the rights of an unmapped owner (host root
+    /// above all).
+    fn guest_id(&self, host: u32) -> u32 {
+        self.policy.id_map.to_guest(host).unwrap_or(NO_ID)
+    }
+
+    /// Who a new object made for `ctx` belongs to, decided before anything
+    /// is created. On disk: in `off` the creator's own host ids; under
+    /// virtualization (the guest owner lives in the record) the host ids of
+    /// guest root. Never host root unless guest ids are host ids. EPERM for
+    /// a creator without host ids.
+    fn creator(&self, ctx: &Context) -> FsResult<Creator> {
+        let (uid, gid) = if self.virt() {
+            (0, 0)
+        } else {
+            (ctx.uid, ctx.gid)
+        };
+        let map = &self.policy.id_map;
+        match (map.to_host(uid), map.to_host(gid)) {
+            (Some(host_uid), Some(host_gid)) => Ok(Creator {
+                guest: *ctx,
+                host: (host_uid, host_gid),
+            }),
+            _ => Err(Errno::PERM),
+        }
+    }
+
+    /// Gives a new host object its owner on disk and its guest ownership and
+    /// mode: a record, or in `off` the real owner and mode.
     fn init_meta(
         &self,
-        ctx: &Context,
+        creator: &Creator,
         parent: &Attr,
         fd: BorrowedFd<'_>,
         st: &Stat,
@@ -570,20 +612,31 @@ impl PolicyFs {
         rdev: u32,
     ) -> FsResult<Option<Record>> {
         let sgid_parent = parent.mode & S_ISGID != 0;
-        let gid = if sgid_parent { parent.gid } else { ctx.gid };
+        let gid = if sgid_parent {
+            parent.gid
+        } else {
+            creator.guest.gid
+        };
         let mut mode = guest_mode;
         if sgid_parent && mode & S_IFMT == S_IFDIR {
             mode |= S_ISGID;
         }
         let is_link = host_type(st) == S_IFLNK;
-        if !self.virt() {
+        let (host_uid, mut host_gid) = creator.host;
+        if !self.virt() && sgid_parent {
+            // The group the host gave it from its parent, as a kernel does.
+            host_gid = st.st_gid;
+        }
+        if (st.st_uid, st.st_gid) != (host_uid, host_gid) {
             rustix::fs::chownat(
                 fd,
                 "",
-                Some(rustix::fs::Uid::from_raw(ctx.uid)),
-                Some(rustix::fs::Gid::from_raw(gid)),
+                Some(rustix::fs::Uid::from_raw(host_uid)),
+                Some(rustix::fs::Gid::from_raw(host_gid)),
                 AtFlags::EMPTY_PATH,
             )?;
+        }
+        if !self.virt() {
             if !is_link {
                 // Exact mode: the server's umask and the host's rules must
                 // not alter what the client asked for.
@@ -600,7 +653,7 @@ impl PolicyFs {
             return Ok(None);
         }
         let record = Record {
-            uid: ctx.uid,
+            uid: creator.guest.uid,
             gid,
             mode,
             rdev,
@@ -622,7 +675,7 @@ impl PolicyFs {
     /// registers it. On failure the half-made object is removed again.
     fn finish_new(
         &self,
-        ctx: &Context,
+        creator: &Creator,
         parent: &Node,
         parent_attr: &Attr,
         name: &OsStr,
@@ -637,7 +690,7 @@ impl PolicyFs {
                 Mode::empty(),
             )?;
             let st = rustix::fs::fstat(&fd)?;
-            let record = self.init_meta(ctx, parent_attr, fd.as_fd(), &st, guest_mode, rdev)?;
+            let record = self.init_meta(creator, parent_attr, fd.as_fd(), &st, guest_mode, rdev)?;
             let st = rustix::fs::fstat(&fd)?;
             let attr = self.attr_with(&st, record.as_ref());
             Ok((fd, st, attr))
@@ -1008,6 +1061,7 @@ impl FileSystem for PolicyFs {
         self.writable()?;
         let name = component(name)?;
         let p = self.inode(parent)?;
+        let creator = self.creator(ctx)?;
         let pattr = self.stat_attr(&p)?;
         let kind = match mode & S_IFMT {
             0 => S_IFREG,
@@ -1018,7 +1072,8 @@ impl FileSystem for PolicyFs {
             (false, libc::S_IFCHR | libc::S_IFBLK) => return Err(Errno::OPNOTSUPP),
             (false, libc::S_IFIFO | libc::S_IFSOCK) => {
                 let ft = rustix::fs::FileType::from_raw_mode(kind);
-                rustix::fs::mknodat(&p.fd, name, ft, Mode::from_raw_mode(perm & 0o777), 0)?;
+                // No permissions until it has its owner (see `host_mode`).
+                rustix::fs::mknodat(&p.fd, name, ft, Mode::empty(), 0)?;
             }
             (_, S_IFREG | libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO | libc::S_IFSOCK) => {
                 // Under virtualization every special file is a plain host
@@ -1038,13 +1093,14 @@ impl FileSystem for PolicyFs {
             _ => return Err(Errno::INVAL),
         }
         let rdev = if self.virt() { rdev } else { 0 };
-        self.finish_new(ctx, &p, &pattr, name, kind | perm, rdev)
+        self.finish_new(&creator, &p, &pattr, name, kind | perm, rdev)
     }
 
     fn mkdir(&self, ctx: &Context, parent: u64, name: &OsStr, mode: u32) -> FsResult<Entry> {
         self.writable()?;
         let name = component(name)?;
         let p = self.inode(parent)?;
+        let creator = self.creator(ctx)?;
         let pattr = self.stat_attr(&p)?;
         let reserved = self.reserve(4096)?;
         let host = self.host_mode(mode, true);
@@ -1052,7 +1108,7 @@ impl FileSystem for PolicyFs {
             self.settle(0, 0, reserved);
             return Err(e);
         }
-        let res = self.finish_new(ctx, &p, &pattr, name, S_IFDIR | (mode & 0o7777), 0);
+        let res = self.finish_new(&creator, &p, &pattr, name, S_IFDIR | (mode & 0o7777), 0);
         let used = res.as_ref().map(|e| e.attr.blocks * 512).unwrap_or(0);
         self.settle(0, i64::try_from(used).unwrap_or(0), reserved);
         res
@@ -1088,6 +1144,7 @@ impl FileSystem for PolicyFs {
             return Err(Errno::INVAL);
         }
         let p = self.inode(parent)?;
+        let creator = self.creator(ctx)?;
         let pattr = self.stat_attr(&p)?;
         if self.policy.stat_virt == StatVirt::Strict {
             // The link is a plain host file holding the target: the host
@@ -1124,7 +1181,7 @@ impl FileSystem for PolicyFs {
         } else {
             rustix::fs::symlinkat(OsStr::from_bytes(target), &p.fd, name)?;
         }
-        self.finish_new(ctx, &p, &pattr, name, S_IFLNK | 0o777, 0)
+        self.finish_new(&creator, &p, &pattr, name, S_IFLNK | 0o777, 0)
     }
 
     fn rename(
@@ -1217,6 +1274,7 @@ impl FileSystem for PolicyFs {
         self.writable()?;
         let name = component(name)?;
         let p = self.inode(parent)?;
+        let creator = self.creator(ctx)?;
         let pattr = self.stat_attr(&p)?;
         let host = self.host_mode(mode, false);
         let oflags = self.io_flags(flags, true) | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
@@ -1235,7 +1293,7 @@ impl FileSystem for PolicyFs {
             }
             Err(e) => return Err(e),
         };
-        let entry = self.finish_new(ctx, &p, &pattr, name, S_IFREG | (mode & 0o7777), 0)?;
+        let entry = self.finish_new(&creator, &p, &pattr, name, S_IFREG | (mode & 0o7777), 0)?;
         let opened = self.add_file(file, self.inode(entry.node)?, true)?;
         Ok((entry, opened))
     }

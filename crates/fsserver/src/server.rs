@@ -12,6 +12,8 @@ use std::thread::JoinHandle;
 use rustix::fs::{CWD, Mode, OFlags, ResolveFlags};
 use rustix::mount::{MountFlags, UnmountFlags};
 
+use msb_spec::IdMap;
+
 use crate::fuse::{FuseTransport, Running};
 use crate::policy::{Policy, PolicyError, PolicyFs};
 
@@ -171,9 +173,9 @@ fn raise_fd_limit() {
     });
 }
 
-fn start(fs: PolicyFs, fuse: OwnedFd) -> Result<Server, FsServerError> {
+fn start(fs: PolicyFs, fuse: OwnedFd, ids: IdMap) -> Result<Server, FsServerError> {
     let running: Running = Arc::new(AtomicBool::new(true));
-    let transport = FuseTransport::new(Arc::new(fs), running.clone());
+    let transport = FuseTransport::new(Arc::new(fs), running.clone(), ids);
     let thread = std::thread::Builder::new()
         .name("msb-fsserver".into())
         .spawn(move || {
@@ -199,8 +201,9 @@ fn start(fs: PolicyFs, fuse: OwnedFd) -> Result<Server, FsServerError> {
 /// away).
 pub fn serve(root: OwnedFd, fuse: OwnedFd, cfg: ServeConfig) -> Result<Server, FsServerError> {
     raise_fd_limit();
+    let ids = cfg.id_map;
     let fs = PolicyFs::new(&root, cfg)?;
-    start(fs, fuse)
+    start(fs, fuse, ids)
 }
 
 /// Host convenience (used by `msb volume mount`): serves the directory `dir`
@@ -210,7 +213,7 @@ pub fn serve(root: OwnedFd, fuse: OwnedFd, cfg: ServeConfig) -> Result<Server, F
 /// [`detach_mounts_of`]). A watchdog process removes the mount if this process
 /// dies without unmounting.
 pub fn mount(dir: &Path, mountpoint: &Path, cfg: ServeConfig) -> Result<Server, FsServerError> {
-    let readonly = cfg.readonly;
+    let (readonly, ids) = (cfg.readonly, cfg.id_map);
     raise_fd_limit();
     let fs = PolicyFs::new(&open_root(dir, false)?, cfg)?;
     let source = CString::new(dir.as_os_str().as_bytes()).expect("a path holds no NUL");
@@ -242,7 +245,7 @@ pub fn mount(dir: &Path, mountpoint: &Path, cfg: ServeConfig) -> Result<Server, 
             source: e.into(),
         });
     }
-    let mut server = match start(fs, fuse) {
+    let mut server = match start(fs, fuse, ids) {
         Ok(s) => s,
         Err(e) => {
             fail(watchdog);

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use msb_fsserver::{HostPerms, ServeConfig, Server, StatVirt, open_root};
+use msb_fsserver::{HostPerms, IdMap, ServeConfig, Server, StatVirt, open_root};
 use msb_quota::Budget;
 use tempfile::TempDir;
 
@@ -37,6 +37,7 @@ fn config(stat_virt: StatVirt) -> ServeConfig {
         host_perms: HostPerms::Private,
         budget: None,
         owner: OWNER,
+        id_map: IdMap::IDENTITY,
     }
 }
 
@@ -589,4 +590,261 @@ fn many_files_stay_reachable_beyond_the_descriptor_cache() {
     assert_eq!(std::fs::read_dir(m.mnt.path()).unwrap().count(), n);
     let err = std::fs::read(m.m("missing")).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
+}
+
+/// Host id of guest id 0 in a rootful sandbox.
+const BASE: u32 = IdMap::ROOTFUL.host_base;
+
+/// Runs `script` with `sh -c` as host uid and gid `id` (no supplementary
+/// groups), as a sandbox's process reaches a served mount.
+fn sh_as(id: u32, script: &str) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .uid(id)
+        .gid(id)
+        .output()
+        .unwrap()
+}
+
+/// Every object below `root` (root included) owned by host uid or gid 0.
+fn owned_by_host_root(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        if md.uid() == 0 || md.gid() == 0 {
+            found.push(p.clone());
+        }
+        if md.is_dir() {
+            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    found
+}
+
+fn ids_of(p: &Path) -> (u32, u32) {
+    let md = std::fs::symlink_metadata(p).unwrap();
+    (md.uid(), md.gid())
+}
+
+#[test]
+fn off_gives_new_objects_the_callers_host_ids_and_hides_unmapped_owners() {
+    if !fuse_available() {
+        return;
+    }
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("rootfile"), b"r").unwrap();
+    std::fs::set_permissions(
+        host.path().join("rootfile"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    std::fs::write(host.path().join("seven"), b"7").unwrap();
+    std::os::unix::fs::chown(host.path().join("seven"), Some(BASE + 7), Some(BASE + 8)).unwrap();
+    // The host root owns the served root: an unmapped owner; open it up.
+    std::fs::set_permissions(host.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let m = Mounted::on(
+        host,
+        ServeConfig {
+            id_map: IdMap::ROOTFUL,
+            ..config(StatVirt::Off)
+        },
+    );
+    let out = sh_as(
+        BASE + 5,
+        &format!(
+            "cd {} && echo x > f && mkdir d && echo y > d/g && ln -s f l && mkfifo p && chmod 4755 f",
+            m.mnt.path().display()
+        ),
+    );
+    assert!(out.status.success(), "{out:?}");
+    for name in ["f", "d", "d/g", "l", "p"] {
+        assert_eq!(ids_of(&m.h(name)), (BASE + 5, BASE + 5), "{name} on disk");
+        assert_eq!(ids_of(&m.m(name)), (BASE + 5, BASE + 5), "{name} served");
+    }
+    assert_eq!(std::fs::metadata(m.h("f")).unwrap().mode() & 0o7777, 0o4755);
+    assert_eq!(ids_of(&m.m("seven")), (BASE + 7, BASE + 8));
+    // Host root's file has no guest owner: shown as the host overflow id,
+    // which no sandbox maps, so even the guest's own 65534 gets only the
+    // "other" bits.
+    assert_eq!(ids_of(&m.m("rootfile")), (65534, 65534));
+    let out = sh_as(
+        BASE + 65534,
+        &format!("chmod 777 {}", m.m("rootfile").display()),
+    );
+    assert!(!out.status.success(), "chmod by a non-owner: {out:?}");
+    assert_eq!(
+        std::fs::metadata(m.h("rootfile")).unwrap().mode() & 0o7777,
+        0o666
+    );
+    let found = owned_by_host_root(m.host.path());
+    let expected = [m.host.path().to_path_buf(), m.h("rootfile")];
+    assert_eq!(found, expected, "owned by host root");
+}
+
+fn record_of(p: &Path) -> msb_fsserver::record::Record {
+    let mut buf = [0u8; 64];
+    let n = rustix::fs::getxattr(p, "user.msb.meta", &mut buf[..]).unwrap();
+    msb_fsserver::record::Record::decode(&buf[..n]).unwrap()
+}
+
+#[test]
+fn strict_records_guest_ids_and_serves_them_as_mapped_host_ids() {
+    if !fuse_available() {
+        return;
+    }
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("hostfile"), b"h").unwrap();
+    std::fs::write(host.path().join("unmapped"), b"u").unwrap();
+    let record = msb_fsserver::record::Record {
+        uid: 70000,
+        gid: 3,
+        mode: libc::S_IFREG | 0o644,
+        rdev: 0,
+    };
+    rustix::fs::setxattr(
+        host.path().join("unmapped"),
+        "user.msb.meta",
+        &record.encode(),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    std::fs::set_permissions(host.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let m = Mounted::on(
+        host,
+        ServeConfig {
+            id_map: IdMap::ROOTFUL,
+            owner: (0, 0),
+            ..config(StatVirt::Strict)
+        },
+    );
+    // Without a record: guest root's.
+    assert_eq!(ids_of(m.mnt.path()), (BASE, BASE));
+    assert_eq!(ids_of(&m.m("hostfile")), (BASE, BASE));
+    let out = sh_as(
+        BASE + 5,
+        &format!(
+            "cd {} && echo x > f && mkdir d && echo y > d/g && ln -s f l && mkfifo p",
+            m.mnt.path().display()
+        ),
+    );
+    assert!(out.status.success(), "{out:?}");
+    for name in ["f", "d", "d/g", "l", "p"] {
+        let r = record_of(&m.h(name));
+        assert_eq!((r.uid, r.gid), (5, 5), "{name} record");
+        assert_eq!(ids_of(&m.m(name)), (BASE + 5, BASE + 5), "{name} served");
+        // On disk it belongs to guest root's host ids.
+        assert_eq!(ids_of(&m.h(name)), (BASE, BASE), "{name} on disk");
+    }
+    // A host chown through the mount is recorded as the guest id.
+    std::os::unix::fs::chown(m.m("f"), Some(BASE + 9), Some(BASE + 10)).unwrap();
+    let r = record_of(&m.h("f"));
+    assert_eq!((r.uid, r.gid), (9, 10));
+    assert_eq!(ids_of(&m.m("f")), (BASE + 9, BASE + 10));
+    // Host ids outside the map cannot be given.
+    assert_eq!(
+        errno(std::os::unix::fs::chown(m.m("f"), Some(1000), None)),
+        Some(libc::EINVAL)
+    );
+    // A recorded guest id outside the map is shown as the host overflow id.
+    assert_eq!(ids_of(&m.m("unmapped")), (65534, BASE + 3));
+    let mut found = owned_by_host_root(m.host.path());
+    found.retain(|p| !p.ends_with("hostfile") && !p.ends_with("unmapped"));
+    assert_eq!(found, [m.host.path()], "owned by host root");
+}
+
+/// Runs `script` with `sh -c` as root of a new user namespace mapping ids
+/// 0..65536 onto host ids BASE.. (a rootful sandbox's credentials; the
+/// mount namespace is shared). Gives stdout, or panics with the output.
+fn sh_in_sandbox_userns(script: &str) -> String {
+    use rustix::pipe::{PipeFlags, pipe_with};
+    use std::os::unix::process::CommandExt;
+    let (pid_r, pid_w) = pipe_with(PipeFlags::CLOEXEC).unwrap();
+    let (go_r, go_w) = pipe_with(PipeFlags::CLOEXEC).unwrap();
+    // The child waits in its new namespace until the maps are written.
+    let mapper = std::thread::spawn(move || {
+        let mut pid = [0u8; 4];
+        if rustix::io::read(&pid_r, &mut pid) != Ok(4) {
+            return;
+        }
+        let pid = i32::from_ne_bytes(pid);
+        for map in ["uid_map", "gid_map"] {
+            std::fs::write(format!("/proc/{pid}/{map}"), IdMap::ROOTFUL.proc_line()).unwrap();
+        }
+        rustix::io::write(&go_w, b"g").unwrap();
+    });
+    let (pid_w_raw, go_r_raw) = (pid_w.as_raw_fd(), go_r.as_raw_fd());
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(script);
+    // SAFETY: runs in the forked child before exec and only makes plain
+    // system calls on descriptors the parent keeps open until the child
+    // has exec'd; nothing allocates or takes a lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fail = || Err(std::io::Error::last_os_error());
+            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                return fail();
+            }
+            let pid = libc::getpid().to_ne_bytes();
+            let mut go = 0u8;
+            if libc::write(pid_w_raw, pid.as_ptr().cast(), 4) != 4
+                || libc::read(go_r_raw, (&raw mut go).cast(), 1) != 1
+                || libc::setresgid(0, 0, 0) != 0
+                || libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresuid(0, 0, 0) != 0
+            {
+                return fail();
+            }
+            Ok(())
+        })
+    };
+    let out = cmd.output().unwrap();
+    drop((pid_w, go_r));
+    mapper.join().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_sandbox_user_namespace_sees_its_own_ids() {
+    if !fuse_available() {
+        return;
+    }
+    let strict = Mounted::new(ServeConfig {
+        id_map: IdMap::ROOTFUL,
+        owner: (0, 0),
+        ..config(StatVirt::Strict)
+    });
+    std::fs::write(strict.h("hostfile"), b"h").unwrap();
+    let out = sh_in_sandbox_userns(&format!(
+        "cd {} && id -u && stat -c '%u %g' . hostfile && touch f && chown 5:6 f && \
+         stat -c '%u %g' f && mkdir d && chown 7 d && stat -c %u d",
+        strict.mnt.path().display()
+    ));
+    assert_eq!(out, "0\n0 0\n0 0\n5 6\n7\n");
+    let r = record_of(&strict.h("f"));
+    assert_eq!((r.uid, r.gid), (5, 6));
+    assert_eq!(ids_of(&strict.h("f")), (BASE, BASE));
+
+    let off = Mounted::new(ServeConfig {
+        id_map: IdMap::ROOTFUL,
+        ..config(StatVirt::Off)
+    });
+    std::fs::write(off.h("rootfile"), b"r").unwrap();
+    std::os::unix::fs::chown(off.host.path(), Some(BASE), Some(BASE)).unwrap();
+    let out = sh_in_sandbox_userns(&format!(
+        "cd {} && stat -c '%u %g' . rootfile && touch f && stat -c '%u %g' f && \
+         if chmod 666 rootfile; then echo chmod; fi",
+        off.mnt.path().display()
+    ));
+    // Host root's file is the overflow id's, and guest root has no
+    // capability over it.
+    assert_eq!(out, "0 0\n65534 65534\n0 0\n");
+    assert_eq!(ids_of(&off.h("f")), (BASE, BASE));
+    assert_eq!(
+        std::fs::metadata(off.h("rootfile")).unwrap().mode() & 0o777,
+        0o644
+    );
 }
