@@ -46,6 +46,11 @@
 //! without `CAP_FSETID`, and every chown, arrives as an explicit mode change
 //! clearing the bits, which the server stores like any chmod.
 //!
+//! Served mounts are always `nosuid,nodev`: a record can be planted by
+//! anything that writes the volume's host files (an imported archive, an
+//! earlier sandbox), so no device node or setuid bit it claims may take
+//! effect.
+//!
 //! # Quota
 //!
 //! Writes, fallocate, extending truncates, copies and new directories reserve

@@ -128,8 +128,9 @@ pub fn mount_data(fuse_fd: RawFd) -> String {
 /// Creates a FUSE mount backed by `fuse` that is not attached anywhere
 /// yet: the returned mount descriptor can be attached with `move_mount(2)`
 /// by any process it is passed to, in its own mount namespace (a
-/// sandbox's). Start the server with [`serve`] at once: the kernel has sent
-/// its handshake, and the first access waits for the answer.
+/// sandbox's). It is always `nosuid,nodev`. Start the server with [`serve`]
+/// at once: the kernel has sent its handshake, and the first access waits
+/// for the answer.
 pub fn mount_detached(fuse: &OwnedFd) -> Result<OwnedFd, FsServerError> {
     use rustix::mount::{
         FsMountFlags, FsOpenFlags, MountAttrFlags, fsconfig_create, fsconfig_set_flag,
@@ -146,7 +147,10 @@ pub fn mount_detached(fuse: &OwnedFd) -> Result<OwnedFd, FsServerError> {
         .map_err(err)?;
     }
     fsconfig_create(&fs).map_err(err)?;
-    fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty()).map_err(err)
+    // Device nodes and setuid bits come from records anyone able to write
+    // the volume may plant: neither may take effect.
+    let attrs = MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV;
+    fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(err)
 }
 
 /// Raises the descriptor limit as far as allowed: the node cache sizes
@@ -220,6 +224,7 @@ pub fn mount(dir: &Path, mountpoint: &Path, cfg: ServeConfig) -> Result<Server, 
     let fuse = rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| FsServerError::OpenFuse(e.into()))?;
     let data = CString::new(mount_data(fuse.as_raw_fd())).expect("no NUL in mount data");
+    // Never devices or setuid, as for detached mounts.
     let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
     if readonly {
         flags |= MountFlags::RDONLY;

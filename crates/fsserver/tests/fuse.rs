@@ -848,3 +848,157 @@ fn a_sandbox_user_namespace_sees_its_own_ids() {
         0o644
     );
 }
+
+/// A loop device over a scratch image, detached on drop.
+struct LoopDev {
+    path: PathBuf,
+    _image: tempfile::NamedTempFile,
+}
+
+impl LoopDev {
+    fn new(content: &[u8]) -> Option<Self> {
+        let mut image = tempfile::NamedTempFile::new().unwrap();
+        image.write_all(content).unwrap();
+        image.as_file().set_len(1 << 20).unwrap();
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(image.path())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!("skipped: losetup failed: {out:?}");
+            return None;
+        }
+        let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        Some(LoopDev {
+            path,
+            _image: image,
+        })
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+    }
+}
+
+/// Plants a metadata record on a host file, as a hostile archive or an
+/// earlier sandbox could.
+fn plant_record(p: &Path, mode: u32, rdev: u32) {
+    let record = msb_fsserver::record::Record {
+        uid: 0,
+        gid: 0,
+        mode,
+        rdev,
+    };
+    rustix::fs::setxattr(
+        p,
+        "user.msb.meta",
+        &record.encode(),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+}
+
+/// Checks that a served mount honours neither device nodes nor setuid: a
+/// record claiming a block device opens nothing, and one claiming a setuid
+/// root program does not raise a user's privileges.
+fn assert_no_devices_and_no_setuid(mnt: &Path, dev: &LoopDev, canary: &[u8]) {
+    let st = rustix::fs::statvfs(mnt).unwrap();
+    let flags = rustix::fs::StatVfsMountFlags::NOSUID | rustix::fs::StatVfsMountFlags::NODEV;
+    assert!(st.f_flag.contains(flags), "mount flags {:?}", st.f_flag);
+    let md = std::fs::symlink_metadata(mnt.join("disk")).unwrap();
+    assert_eq!(md.mode() & libc::S_IFMT, libc::S_IFBLK);
+    assert_eq!(md.rdev(), std::fs::metadata(&dev.path).unwrap().rdev());
+    for write in [false, true] {
+        let res = OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(mnt.join("disk"));
+        assert_eq!(errno(res), Some(libc::EACCES), "opened the device");
+    }
+    let mut head = vec![0u8; canary.len()];
+    use std::io::Read;
+    File::open(&dev.path)
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    assert_eq!(head, canary);
+    let out = Command::new(mnt.join("id"))
+        .arg("-u")
+        .uid(1000)
+        .gid(1000)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1000\n", "{out:?}");
+}
+
+/// A served tree holding a planted block device of `dev` and a planted
+/// setuid root copy of `id`.
+fn hostile_tree(dev: &LoopDev) -> TempDir {
+    let host = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(host.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(host.path().join("disk"), b"").unwrap();
+    let rdev = std::fs::metadata(&dev.path).unwrap().rdev();
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    let encoded = (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
+    plant_record(&host.path().join("disk"), libc::S_IFBLK | 0o666, encoded);
+    std::fs::copy("/usr/bin/id", host.path().join("id")).unwrap();
+    plant_record(&host.path().join("id"), libc::S_IFREG | 0o4755, 0);
+    host
+}
+
+use std::os::unix::process::CommandExt as _;
+
+#[test]
+fn host_mounts_honour_no_planted_device_or_setuid_record() {
+    if !fuse_available() {
+        return;
+    }
+    let canary = b"msb canary: no I/O reaches this device";
+    let Some(dev) = LoopDev::new(canary) else {
+        return;
+    };
+    let m = Mounted::on(hostile_tree(&dev), config(StatVirt::Strict));
+    std::fs::set_permissions(m.mnt.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_no_devices_and_no_setuid(m.mnt.path(), &dev, canary);
+}
+
+#[test]
+fn detached_mounts_honour_no_planted_device_or_setuid_record() {
+    if !fuse_available() {
+        return;
+    }
+    let canary = b"msb canary: no I/O reaches this device";
+    let Some(dev) = LoopDev::new(canary) else {
+        return;
+    };
+    let host = hostile_tree(&dev);
+    let mnt = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(mnt.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fuse = rustix::fs::open(
+        "/dev/fuse",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    let detached = msb_fsserver::mount_detached(&fuse).unwrap();
+    let server = msb_fsserver::serve(
+        open_root(host.path(), false).unwrap(),
+        fuse,
+        config(StatVirt::Strict),
+    )
+    .unwrap();
+    rustix::mount::move_mount(
+        &detached,
+        "",
+        rustix::fs::CWD,
+        mnt.path(),
+        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .unwrap();
+    assert_no_devices_and_no_setuid(mnt.path(), &dev, canary);
+    rustix::mount::unmount(mnt.path(), rustix::mount::UnmountFlags::DETACH).unwrap();
+    server.unmount().unwrap();
+}
