@@ -53,11 +53,18 @@
 //!
 //! # Quota
 //!
-//! Writes, fallocate, extending truncates, copies and new directories reserve
-//! a worst case from the shared budget first (ENOSPC if refused; a write that
-//! only partly fits is shortened), and settle against the host allocation
-//! afterwards; unlinks, truncates and renames over files credit what they
-//! free. `statfs` reports the quota as size and what is left as free.
+//! Usage is every byte the volume holds, as [`msb_quota::usage`] defines it
+//! for the scanner too: a fixed cost per name (empty files, directories and
+//! hard links count), each inode's allocation (long symlink targets and
+//! directory blocks included) and client xattrs. Writes, fallocate,
+//! extending truncates, copies, new names and xattrs reserve a worst case
+//! from the shared budget first (ENOSPC if refused; a write that only partly
+//! fits is shortened), and settle against what the host really allocated
+//! afterwards, including the growth of the directories involved; removals,
+//! truncates and renames over a name credit what they free. The space of an
+//! unlinked file (or directory) this server still has open stays counted
+//! until its last handle closes. `statfs` reports the quota as size and what
+//! is left as free.
 //! Without a limit, file data moves by FUSE passthrough (the kernel reads
 //! and writes the host file directly) and a file's growth is settled into
 //! the usage counter when its last handle closes.

@@ -249,9 +249,8 @@ fn concurrent_writers_on_two_mounts_never_overshoot_a_shared_budget() {
         },
     )
     .unwrap();
-    let writer = |path: PathBuf| {
+    let writer = |mut f: File| {
         std::thread::spawn(move || {
-            let mut f = File::create(path).unwrap();
             let chunk = vec![1u8; 128 << 10];
             let mut n = 0u64;
             while let Ok(w) = f.write(&chunk) {
@@ -260,8 +259,11 @@ fn concurrent_writers_on_two_mounts_never_overshoot_a_shared_budget() {
             n
         })
     };
-    let t1 = writer(a.m("one"));
-    let t2 = writer(mnt_b.path().join("two"));
+    // Both files exist before either writer can fill the budget.
+    let one = File::create(a.m("one")).unwrap();
+    let two = File::create(mnt_b.path().join("two")).unwrap();
+    let t1 = writer(one);
+    let t2 = writer(two);
     let total = t1.join().unwrap() + t2.join().unwrap();
     let used = msb_quota::scan(open_root(a.host.path(), false).unwrap()).unwrap();
     assert!(
@@ -1001,4 +1003,276 @@ fn detached_mounts_honour_no_planted_device_or_setuid_record() {
     assert_no_devices_and_no_setuid(mnt.path(), &dev, canary);
     rustix::mount::unmount(mnt.path(), rustix::mount::UnmountFlags::DETACH).unwrap();
     server.unmount().unwrap();
+}
+
+/// A mount of `host` metered by a fresh counter holding a scan of it, with
+/// `room` bytes more as the limit (none: unlimited).
+struct Metered {
+    m: Mounted,
+    budget: Arc<Budget>,
+    _state: TempDir,
+}
+
+impl Metered {
+    fn new(host: TempDir, stat_virt: StatVirt, room: Option<u64>) -> Self {
+        let state = tempfile::tempdir().unwrap();
+        let counter = state.path().join("usage");
+        let used = msb_quota::scan(open_root(host.path(), false).unwrap()).unwrap();
+        Budget::create(&counter, used).unwrap();
+        let limit = room.map(|r| used + r);
+        let budget = Arc::new(Budget::open(&counter, limit).unwrap());
+        let m = Mounted::on(
+            host,
+            ServeConfig {
+                budget: Some(budget.clone()),
+                ..config(stat_virt)
+            },
+        );
+        Metered {
+            m,
+            budget,
+            _state: state,
+        }
+    }
+
+    fn scan(&self) -> u64 {
+        msb_quota::scan(open_root(self.m.host.path(), false).unwrap()).unwrap()
+    }
+}
+
+/// Repeats `op` (given a counter) until it fails or `max` times; gives how
+/// many succeeded and the error.
+fn until_error(
+    max: usize,
+    mut op: impl FnMut(usize) -> std::io::Result<()>,
+) -> (usize, Option<i32>) {
+    for i in 0..max {
+        if let Err(e) = op(i) {
+            return (i, e.raw_os_error());
+        }
+    }
+    (max, None)
+}
+
+#[test]
+fn long_symlink_targets_count_against_the_quota() {
+    if !fuse_available() {
+        return;
+    }
+    let target = "t".repeat(4000);
+    for mode in [StatVirt::Strict, StatVirt::Relaxed, StatVirt::Off] {
+        let q = Metered::new(tempfile::tempdir().unwrap(), mode, Some(MIB));
+        let (made, err) = until_error(1000, |i| symlink(&target, q.m.m(&format!("l{i}"))));
+        assert_eq!(err, Some(libc::ENOSPC), "{mode:?}: {made} symlinks made");
+        let used = q.scan();
+        assert!(used <= MIB, "{mode:?}: {used} bytes held past the limit");
+        assert_eq!(q.budget.used(), used, "{mode:?}: counter and scan");
+    }
+}
+
+#[test]
+fn client_xattrs_count_against_the_quota() {
+    if !fuse_available() {
+        return;
+    }
+    let host = tempfile::tempdir().unwrap();
+    for i in 0..400 {
+        std::fs::write(host.path().join(format!("f{i}")), b"").unwrap();
+    }
+    let room = 256 * 1024;
+    let q = Metered::new(host, StatVirt::Strict, Some(room));
+    let base = q.budget.used();
+    let value = vec![b'v'; 3000];
+    let none = rustix::fs::XattrFlags::empty();
+    let (set, err) = until_error(400, |i| {
+        rustix::fs::setxattr(q.m.m(&format!("f{i}")), "user.blob", &value, none).map_err(Into::into)
+    });
+    assert_eq!(err, Some(libc::ENOSPC), "{set} xattrs of 3000 bytes set");
+    let used = q.scan();
+    assert!(used <= base + room, "{used} bytes held past the limit");
+    assert_eq!(q.budget.used(), used, "counter and scan");
+    // Replacing a value charges only the difference; removing credits it.
+    rustix::fs::setxattr(q.m.m("f0"), "user.blob", b"short", none).unwrap();
+    assert_eq!(q.budget.used(), q.scan());
+    for i in 0..set {
+        rustix::fs::removexattr(q.m.m(&format!("f{i}")), "user.blob").unwrap();
+    }
+    assert_eq!(q.budget.used(), q.scan());
+    assert_eq!(q.budget.used(), base);
+}
+
+#[test]
+fn empty_files_and_directories_count_against_the_quota() {
+    if !fuse_available() {
+        return;
+    }
+    let q = Metered::new(tempfile::tempdir().unwrap(), StatVirt::Strict, Some(MIB));
+    let (files, err) = until_error(2000, |i| File::create(q.m.m(&format!("f{i}"))).map(drop));
+    assert_eq!(err, Some(libc::ENOSPC), "{files} empty files made");
+    assert!(files < 256, "{files} empty files made");
+    assert_eq!(q.budget.used(), q.scan());
+    for i in 0..files {
+        std::fs::remove_file(q.m.m(&format!("f{i}"))).unwrap();
+    }
+    let (fifos, err) = until_error(2000, |i| {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            q.m.m(&format!("p{i}")),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .map_err(Into::into)
+    });
+    assert_eq!(err, Some(libc::ENOSPC), "{fifos} FIFOs made");
+    assert_eq!(q.budget.used(), q.scan());
+    for i in 0..fifos {
+        std::fs::remove_file(q.m.m(&format!("p{i}"))).unwrap();
+    }
+    let (dirs, err) = until_error(2000, |i| std::fs::create_dir(q.m.m(&format!("d{i}"))));
+    assert_eq!(err, Some(libc::ENOSPC), "{dirs} directories made");
+    assert_eq!(q.budget.used(), q.scan());
+    assert!(q.scan() <= MIB);
+    for i in 0..dirs {
+        std::fs::remove_dir(q.m.m(&format!("d{i}"))).unwrap();
+    }
+    // Every name costs, hard links too: they would otherwise grow
+    // directories for free.
+    File::create(q.m.m("one")).unwrap();
+    let (links, err) = until_error(2000, |i| {
+        std::fs::hard_link(q.m.m("one"), q.m.m(&format!("{}{i}", "l".repeat(200))))
+    });
+    assert_eq!(err, Some(libc::ENOSPC), "{links} hard links made");
+    assert_eq!(q.budget.used(), q.scan());
+}
+
+#[test]
+fn an_unlinked_open_file_stays_charged_until_its_last_close() {
+    if !fuse_available() {
+        return;
+    }
+    let limit = 4 * MIB;
+    let q = Metered::new(tempfile::tempdir().unwrap(), StatVirt::Strict, Some(limit));
+    let chunk = vec![3u8; 256 << 10];
+    let mut f = File::create(q.m.m("f")).unwrap();
+    for _ in 0..12 {
+        f.write_all(&chunk).unwrap();
+    }
+    std::fs::remove_file(q.m.m("f")).unwrap();
+    // Still held: a second file gets only what is left.
+    let mut g = File::create(q.m.m("g")).unwrap();
+    let (n, err) = until_error(64, |_| g.write_all(&chunk));
+    assert_eq!(err, Some(libc::ENOSPC), "{n} chunks written");
+    assert!(n <= 4, "{n} chunks of 256 KiB written next to 3 MiB held");
+    // Writing through the unlinked file's handle is charged too.
+    assert_eq!(
+        f.write_all(&chunk).err().and_then(|e| e.raw_os_error()),
+        Some(libc::ENOSPC)
+    );
+    let held = q.budget.used();
+    assert!(held <= limit, "{held}");
+    drop(f);
+    // The kernel sends the release after close returns.
+    let freed = eventually(|| Some(held.saturating_sub(q.budget.used())).filter(|&f| f >= 3 * MIB));
+    assert!(freed.is_some(), "the space was not credited at close");
+    assert_eq!(q.budget.used(), q.scan());
+    // The same without a limit: file data moves by passthrough and usage is
+    // settled at close.
+    let q = Metered::new(tempfile::tempdir().unwrap(), StatVirt::Strict, None);
+    let mut f = File::create(q.m.m("f")).unwrap();
+    f.write_all(&chunk).unwrap();
+    std::fs::remove_file(q.m.m("f")).unwrap();
+    f.write_all(&chunk).unwrap();
+    drop(f);
+    let scan = q.scan();
+    assert_eq!(
+        eventually(|| Some(q.budget.used()).filter(|&u| u == scan)),
+        Some(scan)
+    );
+}
+
+/// `check` polled until it gives something, for at most ten seconds.
+fn eventually<T>(mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(t) = check() {
+            return Some(t);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_live_counter_agrees_with_a_scan() {
+    if !fuse_available() {
+        return;
+    }
+    let none = rustix::fs::XattrFlags::empty();
+    for (mode, room) in [
+        (StatVirt::Strict, Some(64 * MIB)),
+        (StatVirt::Relaxed, Some(64 * MIB)),
+        (StatVirt::Off, Some(64 * MIB)),
+        // Unlimited: data moves by passthrough, settled at close.
+        (StatVirt::Strict, None),
+    ] {
+        let host = tempfile::tempdir().unwrap();
+        std::fs::create_dir(host.path().join("old")).unwrap();
+        std::fs::write(host.path().join("old/data"), vec![1u8; 50_000]).unwrap();
+        let q = Metered::new(host, mode, room);
+        let m = &q.m;
+        let agree = |step: &str| {
+            let scan = q.scan();
+            // Closes are settled when the kernel's release arrives.
+            let used = eventually(|| Some(q.budget.used()).filter(|&u| u == scan));
+            assert_eq!(used, Some(scan), "{mode:?} {room:?} after {step}");
+        };
+        std::fs::create_dir_all(m.m("a/b/c")).unwrap();
+        std::fs::write(m.m("a/f"), vec![2u8; 300_000]).unwrap();
+        std::fs::write(m.m("a/b/small"), b"s").unwrap();
+        agree("writes");
+        // Enough long names for the directory to grow several blocks.
+        for i in 0..300 {
+            File::create(m.m(&format!("a/b/c/{}{i}", "n".repeat(200)))).unwrap();
+        }
+        agree("many names");
+        std::fs::hard_link(m.m("a/f"), m.m("a/b/f2")).unwrap();
+        symlink("x".repeat(3000), m.m("a/long")).unwrap();
+        symlink("short", m.m("a/short")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            m.m("a/fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        rustix::fs::setxattr(m.m("a/f"), "user.big", &[7u8; 2000], none).unwrap();
+        rustix::fs::setxattr(m.m("a/b"), "user.d", b"v", none).unwrap();
+        agree("links and xattrs");
+        std::os::unix::fs::chown(m.m("a/b/small"), Some(1), Some(1)).ok();
+        OpenOptions::new()
+            .write(true)
+            .open(m.m("a/f"))
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        std::fs::rename(m.m("a/b/small"), m.m("a/b/f2")).unwrap();
+        std::fs::create_dir(m.m("a/empty")).unwrap();
+        std::fs::create_dir(m.m("a/gone")).unwrap();
+        std::fs::rename(m.m("a/gone"), m.m("a/empty")).unwrap();
+        std::fs::remove_file(m.m("old/data")).unwrap();
+        agree("truncate and renames over");
+        for i in 0..300 {
+            std::fs::remove_file(m.m(&format!("a/b/c/{}{i}", "n".repeat(200)))).unwrap();
+        }
+        rustix::fs::removexattr(m.m("a/f"), "user.big").unwrap();
+        agree("removals");
+        std::fs::remove_dir_all(m.m("a")).unwrap();
+        std::fs::remove_dir_all(m.m("old")).unwrap();
+        agree("emptied");
+        assert_eq!(q.budget.used(), 0, "{mode:?} {room:?}");
+    }
 }

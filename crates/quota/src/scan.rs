@@ -4,6 +4,8 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
 
+use crate::usage::{ENTRY_COST, xattr_bytes_at};
+
 /// Errors of a usage scan.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
@@ -15,9 +17,10 @@ pub enum ScanError {
     },
 }
 
-/// Bytes allocated by everything below the directory `root` (not counting
-/// `root` itself): `st_blocks * 512` of every entry, hard-linked files
-/// counted once. Never follows symlinks and never leaves the filesystem of
+/// The usage of everything below the directory `root` (not counting `root`
+/// itself), as [`crate::usage`] defines it: [`ENTRY_COST`] per name, plus
+/// `st_blocks * 512` and the counted xattrs of every inode, hard-linked
+/// files once. Never follows symlinks and never leaves the filesystem of
 /// `root`.
 pub fn scan(root: impl AsFd) -> Result<u64, ScanError> {
     let root = root.as_fd();
@@ -50,11 +53,29 @@ pub fn scan(root: impl AsFd) -> Result<u64, ScanError> {
             if st.st_dev != dev {
                 continue;
             }
-            let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+            let kind = FileType::from_raw_mode(st.st_mode);
+            let is_dir = kind == FileType::Directory;
             if !is_dir && st.st_nlink > 1 && !seen.insert(st.st_ino) {
+                // Another name of an inode already counted.
+                total += ENTRY_COST;
                 continue;
             }
-            total += st.st_blocks as u64 * 512;
+            // Host symlinks cannot carry user xattrs.
+            let xattrs = if kind == FileType::Symlink {
+                0
+            } else {
+                match xattr_bytes_at(dir_fd.as_fd(), name) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(source) => {
+                        return Err(ScanError::Io {
+                            path: child.trim_start_matches('/').to_string(),
+                            source,
+                        });
+                    }
+                }
+            };
+            total += ENTRY_COST + st.st_blocks as u64 * 512 + xattrs;
             if is_dir {
                 match rustix::fs::openat(
                     &dir_fd,
@@ -99,10 +120,19 @@ mod tests {
         std::fs::write(root.join("sub/a"), vec![1u8; 100_000]).unwrap();
         std::fs::hard_link(root.join("sub/a"), root.join("b")).unwrap();
         std::os::unix::fs::symlink("/etc", root.join("link")).unwrap();
-        let expected: u64 = ["sub", "sub/a", "link"]
+        rustix::fs::setxattr(
+            root.join("b"),
+            "user.k",
+            b"value",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        let blocks: u64 = ["sub", "sub/a", "link"]
             .iter()
             .map(|p| std::fs::symlink_metadata(root.join(p)).unwrap().blocks() * 512)
             .sum();
+        // Four names; the xattr is on the hard-linked inode, counted once.
+        let expected = blocks + 4 * ENTRY_COST + 11;
         assert_eq!(scan(open()).unwrap(), expected);
         assert!(expected >= 100_000);
     }
