@@ -77,6 +77,11 @@
 //! (`open_by_handle_at`) when used again, so a tree of any size can be
 //! served within the process limits.
 //!
+//! An open directory holds one host descriptor and no listing: each read
+//! continues on the host directory from the host's own cookie (`d_off`),
+//! so memory does not grow with directory size or open handles, and entries
+//! added or removed meanwhile never repeat unchanged ones.
+//!
 //! # Caching
 //!
 //! The kernel caches entries, negative lookups and attributes for one

@@ -8,9 +8,10 @@
 //! node's own inode through `/proc/self/fd`, which never resolves a path.
 
 use std::collections::{HashMap, VecDeque};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
@@ -18,7 +19,7 @@ use msb_quota::usage::{xattr_bytes_of, xattr_cost};
 use msb_quota::{Budget, ENTRY_COST};
 use msb_spec::{HostPerms, IdMap, StatVirt};
 use rustix::fs::{
-    AtFlags, CWD, Dir, FallocateFlags, Mode, OFlags, RenameFlags, SeekFrom, Stat, Timespec,
+    AtFlags, CWD, FallocateFlags, Mode, OFlags, RawDir, RenameFlags, SeekFrom, Stat, Timespec,
     Timestamps, UTIME_NOW, UTIME_OMIT, XattrFlags,
 };
 use rustix::io::Errno;
@@ -145,6 +146,10 @@ struct Creator {
 /// Node ids from here on are synthetic (see [`PolicyFs::intern`]).
 const SYNTHETIC: u64 = 1 << 63;
 
+/// Bytes of host directory entries read at a time while listing: about
+/// what one FUSE reply (a page) holds.
+const DIR_BATCH: usize = 4096;
+
 /// Host identity of an object: device and inode number.
 type Key = (u64, u64);
 
@@ -155,16 +160,14 @@ struct FileHandle {
     passthrough: Option<Node>,
 }
 
-struct DirItem {
-    name: OsString,
-    ino: u64,
-    kind: u32,
-}
-
+/// An open directory, listed straight from the host: each request seeks
+/// the host directory to the cookie the client continues from (the host's
+/// own `d_off`, stable while entries come and go) and reads a bounded
+/// batch. A handle holds no listing, whatever the directory's size.
 struct DirHandle {
-    fd: OwnedFd,
+    /// Serializes a request's seek and read.
+    fd: Mutex<OwnedFd>,
     key: Key,
-    items: Mutex<Option<Vec<DirItem>>>,
 }
 
 /// Open handles of one object while the volume is metered.
@@ -297,6 +300,21 @@ fn open_by_handle(mount: BorrowedFd<'_>, handle: &[u8]) -> FsResult<OwnedFd> {
 
 fn host_type(st: &Stat) -> u32 {
     st.st_mode & S_IFMT
+}
+
+/// The file type bits of a host directory entry's type (0: unknown).
+fn dirent_kind(t: rustix::fs::FileType) -> u32 {
+    use rustix::fs::FileType as T;
+    match t {
+        T::Directory => S_IFDIR,
+        T::RegularFile => S_IFREG,
+        T::Symlink => S_IFLNK,
+        T::Fifo => libc::S_IFIFO,
+        T::Socket => libc::S_IFSOCK,
+        T::CharacterDevice => libc::S_IFCHR,
+        T::BlockDevice => libc::S_IFBLK,
+        T::Unknown => 0,
+    }
 }
 
 fn key_of(st: &Stat) -> Key {
@@ -923,6 +941,13 @@ impl PolicyFs {
         self.handle_closed(h.key, h.file.as_fd());
     }
 
+    /// Settles a closed directory handle (see [`Self::handle_closed`]).
+    fn dir_closed(&self, d: &DirHandle) {
+        if let Ok(fd) = d.fd.lock() {
+            self.handle_closed(d.key, fd.as_fd());
+        }
+    }
+
     /// Notes a handle of `key` closing; at the last one of an unlinked
     /// object credits what it held. `fd` is the handle's descriptor, still
     /// open.
@@ -1093,45 +1118,23 @@ impl PolicyFs {
         Ok(())
     }
 
-    fn load_dir(fd: &OwnedFd) -> FsResult<Vec<DirItem>> {
-        let mut items = Vec::new();
-        for ent in Dir::read_from(fd)? {
-            let ent = ent?;
-            let kind = match ent.file_type() {
-                rustix::fs::FileType::Directory => S_IFDIR,
-                rustix::fs::FileType::RegularFile => S_IFREG,
-                rustix::fs::FileType::Symlink => S_IFLNK,
-                rustix::fs::FileType::Fifo => libc::S_IFIFO,
-                rustix::fs::FileType::Socket => libc::S_IFSOCK,
-                rustix::fs::FileType::CharacterDevice => libc::S_IFCHR,
-                rustix::fs::FileType::BlockDevice => libc::S_IFBLK,
-                rustix::fs::FileType::Unknown => 0,
-            };
-            items.push(DirItem {
-                name: OsString::from_vec(ent.file_name().to_bytes().to_vec()),
-                ino: ent.ino(),
-                kind,
-            });
-        }
-        Ok(items)
-    }
-
     /// The guest file type of a directory entry without taking a reference.
-    fn entry_kind(&self, parent: &Node, item: &DirItem) -> u32 {
-        if !self.virt() || (item.kind != S_IFREG && item.kind != 0) {
-            return item.kind;
+    /// `host_kind` is what the host listing says.
+    fn entry_kind(&self, parent: &Node, name: &OsStr, host_kind: u32) -> u32 {
+        if !self.virt() || (host_kind != S_IFREG && host_kind != 0) {
+            return host_kind;
         }
         let probe = || -> FsResult<u32> {
             let fd = rustix::fs::openat(
                 &parent.fd,
-                item.name.as_os_str(),
+                name,
                 OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )?;
             let st = rustix::fs::fstat(&fd)?;
             Ok(self.attr_of(fd.as_fd(), &st)?.mode & S_IFMT)
         };
-        probe().unwrap_or(item.kind)
+        probe().unwrap_or(host_kind)
     }
 }
 
@@ -1637,19 +1640,16 @@ impl FileSystem for PolicyFs {
             Mode::empty(),
         )?;
         self.handle_opened(inode.key)?;
-        let fh = self.new_fh();
-        let handle = Arc::new(DirHandle {
-            fd,
-            key: inode.key,
-            items: Mutex::new(None),
-        });
-        match self.dirs.write() {
-            Ok(mut t) => t.insert(fh, handle),
-            Err(_) => {
-                self.handle_closed(handle.key, handle.fd.as_fd());
-                return Err(Errno::IO);
-            }
+        let Ok(mut dirs) = self.dirs.write() else {
+            self.handle_closed(inode.key, fd.as_fd());
+            return Err(Errno::IO);
         };
+        let fh = self.new_fh();
+        let handle = DirHandle {
+            fd: Mutex::new(fd),
+            key: inode.key,
+        };
+        dirs.insert(fh, Arc::new(handle));
         Ok(fh)
     }
 
@@ -1664,25 +1664,23 @@ impl FileSystem for PolicyFs {
     ) -> FsResult<()> {
         let d = self.dir(fh)?;
         let parent = self.inode(node)?;
-        let mut items = d.items.lock().map_err(|_| Errno::IO)?;
-        if offset == 0 || items.is_none() {
-            *items = Some(Self::load_dir(&d.fd)?);
-        }
-        let Some(items) = items.as_ref() else {
-            return Ok(());
-        };
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        for (i, item) in items.iter().enumerate().skip(start) {
-            let dots = item.name == "." || item.name == "..";
+        let fd = d.fd.lock().map_err(|_| Errno::IO)?;
+        rustix::fs::seek(&*fd, SeekFrom::Start(offset))?;
+        let mut buf = [MaybeUninit::uninit(); DIR_BATCH];
+        let mut entries = RawDir::new(&*fd, &mut buf);
+        while let Some(ent) = entries.next() {
+            let ent = ent?;
+            let name = OsStr::from_bytes(ent.file_name().to_bytes());
+            let dots = name == "." || name == "..";
             let mut de = DirEntry {
-                ino: item.ino,
-                offset: i as u64 + 1,
-                kind: item.kind,
-                name: &item.name,
+                ino: ent.ino(),
+                offset: ent.next_entry_cookie(),
+                kind: dirent_kind(ent.file_type()),
+                name,
             };
             if plus && !dots {
-                // An entry that vanished since the listing is skipped.
-                let Ok(entry) = self.do_lookup(&parent, &item.name) else {
+                // An entry that vanished since it was read is skipped.
+                let Ok(entry) = self.do_lookup(&parent, name) else {
                     continue;
                 };
                 de.kind = entry.attr.mode & S_IFMT;
@@ -1692,7 +1690,7 @@ impl FileSystem for PolicyFs {
                 }
             } else {
                 if !dots {
-                    de.kind = self.entry_kind(&parent, item);
+                    de.kind = self.entry_kind(&parent, name, de.kind);
                 }
                 if add(&de, None) {
                     break;
@@ -1705,16 +1703,17 @@ impl FileSystem for PolicyFs {
     fn releasedir(&self, _node: u64, fh: u64) {
         let handle = self.dirs.write().ok().and_then(|mut t| t.remove(&fh));
         if let Some(d) = handle {
-            self.handle_closed(d.key, d.fd.as_fd());
+            self.dir_closed(&d);
         }
     }
 
     fn fsyncdir(&self, _node: u64, fh: u64, datasync: bool) -> FsResult<()> {
         let d = self.dir(fh)?;
+        let fd = d.fd.lock().map_err(|_| Errno::IO)?;
         if datasync {
-            rustix::fs::fdatasync(&d.fd)
+            rustix::fs::fdatasync(&*fd)
         } else {
-            rustix::fs::fsync(&d.fd)
+            rustix::fs::fsync(&*fd)
         }
     }
 
@@ -1882,7 +1881,7 @@ impl FileSystem for PolicyFs {
         }
         let dirs = self.dirs.write().map(|mut t| std::mem::take(&mut *t));
         for d in dirs.into_iter().flat_map(HashMap::into_values) {
-            self.handle_closed(d.key, d.fd.as_fd());
+            self.dir_closed(&d);
         }
         if let Ok(mut t) = self.inodes.write() {
             t.by_node.retain(|&n, _| n == ROOT_NODE);

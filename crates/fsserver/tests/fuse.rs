@@ -1,11 +1,14 @@
 //! Real FUSE mounts of tempdirs through the server (needs root and
 //! /dev/fuse; skipped with a printed reason otherwise).
 
-use std::ffi::CString;
+use std::collections::HashSet;
+use std::ffi::{CString, OsStr};
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -489,13 +492,53 @@ fn setuid_is_cleared_when_another_user_writes() {
     }
 }
 
-/// Child side of `a_dying_server_gives_enotconn_and_leaves_no_mount`.
+/// Child side of [`server_process`].
 fn serve_until_killed(spec: &str) -> ! {
     let (host, mnt) = spec.split_once('\n').unwrap();
     let _server =
         msb_fsserver::mount(Path::new(host), Path::new(mnt), config(StatVirt::Strict)).unwrap();
     loop {
         std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+/// Runs the server (strict, no quota) serving `host` on `mnt` in a process
+/// of its own: this test binary running only `test`, which must start by
+/// calling [`serve_until_killed`] when `MSB_FSSERVER_TEST_CHILD` is set.
+/// Returns once `ready` (a name in `host`) shows through the mount.
+fn server_process(test: &str, host: &Path, mnt: &Path, ready: &str) -> ServerProcess {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture"])
+        .env(
+            "MSB_FSSERVER_TEST_CHILD",
+            format!("{}\n{}", host.display(), mnt.display()),
+        )
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !mnt.join(ready).exists() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server process never mounted");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ServerProcess(child)
+}
+
+/// A server process, killed on drop (a failed test leaves none behind).
+struct ServerProcess(std::process::Child);
+
+impl ServerProcess {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -510,28 +553,17 @@ fn a_dying_server_gives_enotconn_and_leaves_no_mount() {
     let host = tempfile::tempdir().unwrap();
     std::fs::write(host.path().join("f"), b"x").unwrap();
     let mnt = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_dying_server_gives_enotconn_and_leaves_no_mount",
-            "--nocapture",
-        ])
-        .env(
-            "MSB_FSSERVER_TEST_CHILD",
-            format!("{}\n{}", host.path().display(), mnt.path().display()),
-        )
-        .spawn()
-        .unwrap();
+    let mut child = server_process(
+        "a_dying_server_gives_enotconn_and_leaves_no_mount",
+        host.path(),
+        mnt.path(),
+        "f",
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !mnt.path().join("f").exists() {
-        assert!(Instant::now() < deadline, "the child never mounted");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     // Opened before the death: the kernel must fail what only the server
     // can answer (file data may bypass the server by passthrough).
     let dir = File::open(mnt.path()).unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     // Every request must fail promptly, not hang.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -600,7 +632,6 @@ const BASE: u32 = IdMap::ROOTFUL.host_base;
 /// Runs `script` with `sh -c` as host uid and gid `id` (no supplementary
 /// groups), as a sandbox's process reaches a served mount.
 fn sh_as(id: u32, script: &str) -> std::process::Output {
-    use std::os::unix::process::CommandExt;
     Command::new("sh")
         .arg("-c")
         .arg(script)
@@ -762,7 +793,6 @@ fn strict_records_guest_ids_and_serves_them_as_mapped_host_ids() {
 /// mount namespace is shared). Gives stdout, or panics with the output.
 fn sh_in_sandbox_userns(script: &str) -> String {
     use rustix::pipe::{PipeFlags, pipe_with};
-    use std::os::unix::process::CommandExt;
     let (pid_r, pid_w) = pipe_with(PipeFlags::CLOEXEC).unwrap();
     let (go_r, go_w) = pipe_with(PipeFlags::CLOEXEC).unwrap();
     // The child waits in its new namespace until the maps are written.
@@ -950,8 +980,6 @@ fn hostile_tree(dev: &LoopDev) -> TempDir {
     plant_record(&host.path().join("id"), libc::S_IFREG | 0o4755, 0);
     host
 }
-
-use std::os::unix::process::CommandExt as _;
 
 #[test]
 fn host_mounts_honour_no_planted_device_or_setuid_record() {
@@ -1275,4 +1303,174 @@ fn the_live_counter_agrees_with_a_scan() {
         agree("emptied");
         assert_eq!(q.budget.used(), 0, "{mode:?} {room:?}");
     }
+}
+
+/// Every name `dir` lists from where it stands, reading `size` bytes at a
+/// time and calling `between` after each read (with how many so far);
+/// panics on a name listed twice.
+fn list_all(
+    dir: &std::os::fd::OwnedFd,
+    size: usize,
+    mut between: impl FnMut(usize),
+) -> HashSet<Vec<u8>> {
+    let mut seen = HashSet::new();
+    loop {
+        let batch = getdents(dir, size);
+        if batch.is_empty() {
+            return seen;
+        }
+        for name in batch {
+            let shown = String::from_utf8_lossy(&name).into_owned();
+            assert!(seen.insert(name), "{shown} listed twice");
+        }
+        between(seen.len());
+    }
+}
+
+/// Compares sets of names, reporting only the differences.
+fn assert_same_names(got: &HashSet<Vec<u8>>, want: &HashSet<Vec<u8>>) {
+    let show = |d: Vec<&Vec<u8>>| {
+        d.iter()
+            .take(5)
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect::<Vec<_>>()
+    };
+    let missing = show(want.difference(got).collect());
+    let extra = show(got.difference(want).collect());
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {} (e.g. {missing:?}), unexpected {} (e.g. {extra:?})",
+        want.difference(got).count(),
+        got.difference(want).count()
+    );
+}
+
+/// Resident memory of process `pid`, in bytes.
+fn resident(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// The names one getdents64 call of `size` bytes gives (none at the end).
+fn getdents(dir: &std::os::fd::OwnedFd, size: usize) -> Vec<Vec<u8>> {
+    let mut buf = vec![std::mem::MaybeUninit::uninit(); size];
+    let mut raw = rustix::fs::RawDir::new(dir, &mut buf);
+    let mut names = Vec::new();
+    while let Some(entry) = raw.next() {
+        names.push(entry.unwrap().file_name().to_bytes().to_vec());
+        if raw.is_buffer_empty() {
+            break;
+        }
+    }
+    names
+}
+
+fn open_dir(p: &Path) -> std::os::fd::OwnedFd {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(
+        p,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap()
+}
+
+/// A host directory of `n` empty files with 50-byte names.
+fn big_dir(dir: &Path, n: usize) -> Vec<Vec<u8>> {
+    std::fs::create_dir(dir).unwrap();
+    (0..n)
+        .map(|i| {
+            let name = format!("entry-{i:06}-{}", "x".repeat(37));
+            File::create(dir.join(&name)).unwrap();
+            name.into_bytes()
+        })
+        .collect()
+}
+
+#[test]
+fn open_directory_handles_take_bounded_server_memory() {
+    if let Ok(spec) = std::env::var("MSB_FSSERVER_TEST_CHILD") {
+        serve_until_killed(&spec);
+    }
+    if !fuse_available() {
+        return;
+    }
+    let host = tempfile::tempdir().unwrap();
+    let names = big_dir(&host.path().join("big"), 50_000);
+    let mnt = tempfile::tempdir().unwrap();
+    let server = server_process(
+        "open_directory_handles_take_bounded_server_memory",
+        host.path(),
+        mnt.path(),
+        "big",
+    );
+    let big = mnt.path().join("big");
+    let before = resident(server.0.id());
+    let handles: Vec<_> = (0..300).map(|_| open_dir(&big)).collect();
+    for h in &handles {
+        assert!(!getdents(h, 1024).is_empty());
+    }
+    let after = resident(server.0.id());
+    eprintln!(
+        "server resident memory: {} MiB before, {} MiB with 300 handles open",
+        before >> 20,
+        after >> 20
+    );
+    // Another one read to the end: every entry once.
+    let listed = list_all(&open_dir(&big), 4096, |_| {});
+    let mut expected: HashSet<_> = names.into_iter().collect();
+    expected.extend([b".".to_vec(), b"..".to_vec()]);
+    assert_same_names(&listed, &expected);
+    assert!(
+        after.saturating_sub(before) < 64 * MIB,
+        "300 open handles grew the server by {} MiB",
+        (after - before) >> 20
+    );
+}
+
+#[test]
+fn a_listing_shows_unchanged_entries_once_while_the_directory_changes() {
+    if !fuse_available() {
+        return;
+    }
+    let host = tempfile::tempdir().unwrap();
+    let names = big_dir(&host.path().join("d"), 5000);
+    let m = Mounted::on(host, config(StatVirt::Strict));
+    let d = m.m("d");
+    let removed: HashSet<_> = names[..500].iter().chain(&names[4500..]).cloned().collect();
+    let added: HashSet<_> = (0..1000)
+        .map(|i| format!("new-{i}-{}", "y".repeat(40)).into_bytes())
+        .collect();
+    let mut changed = false;
+    // Small reads: many requests, the changes land in the middle.
+    let listed = list_all(&open_dir(&d), 1024, |n| {
+        if n >= 1000 && !changed {
+            changed = true;
+            for name in &added {
+                File::create(d.join(OsStr::from_bytes(name))).unwrap();
+            }
+            for name in &removed {
+                std::fs::remove_file(d.join(OsStr::from_bytes(name))).unwrap();
+            }
+        }
+    });
+    assert!(changed);
+    let unchanged: HashSet<_> = names
+        .iter()
+        .filter(|n| !removed.contains(*n))
+        .cloned()
+        .chain([b".".to_vec(), b"..".to_vec()])
+        .collect();
+    let got_unchanged: HashSet<_> = listed
+        .iter()
+        .filter(|n| !removed.contains(*n) && !added.contains(*n))
+        .cloned()
+        .collect();
+    assert_same_names(&got_unchanged, &unchanged);
+    // Afterwards a listing is exact.
+    let mut now: HashSet<_> = unchanged.union(&added).cloned().collect();
+    now.extend([b".".to_vec(), b"..".to_vec()]);
+    assert_same_names(&list_all(&open_dir(&d), 4096, |_| {}), &now);
 }
