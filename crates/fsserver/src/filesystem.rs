@@ -3,6 +3,10 @@
 //! Transports (FUSE on `/dev/fuse` today, vhost-user virtio-fs later) decode
 //! requests into calls of [`FileSystem`] and encode the plain results below
 //! back into their wire format. Nothing here knows about any transport.
+//!
+//! User and group ids are the guest's (a sandbox's own ids, 0 being its
+//! root): a transport whose requests carry host ids translates them on the
+//! way in and out.
 
 use std::ffi::OsStr;
 
@@ -14,12 +18,17 @@ pub type FsResult<T> = Result<T, Errno>;
 /// Node id of the served root.
 pub const ROOT_NODE: u64 = 1;
 
+/// The owner or group shown for a host id that has no guest id. No guest
+/// process has it, so it grants nobody owner or group rights; kernels show
+/// it as their overflow id (65534).
+pub const NO_ID: u32 = u32::MAX;
+
 /// Who is asking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Context {
-    /// Caller's filesystem uid.
+    /// Caller's filesystem uid (guest id).
     pub uid: u32,
-    /// Caller's filesystem gid.
+    /// Caller's filesystem gid (guest id).
     pub gid: u32,
 }
 
@@ -51,9 +60,9 @@ pub struct Attr {
     pub mode: u32,
     /// Hard links.
     pub nlink: u32,
-    /// Owner.
+    /// Owner (guest id, or [`NO_ID`]).
     pub uid: u32,
-    /// Group.
+    /// Group (guest id, or [`NO_ID`]).
     pub gid: u32,
     /// Device number of a device node.
     pub rdev: u32,
@@ -85,9 +94,9 @@ pub enum SetTime {
 pub struct SetAttr {
     /// New permission bits (the file type part is ignored).
     pub mode: Option<u32>,
-    /// New owner.
+    /// New owner (guest id).
     pub uid: Option<u32>,
-    /// New group.
+    /// New group (guest id).
     pub gid: Option<u32>,
     /// New size.
     pub size: Option<u64>,

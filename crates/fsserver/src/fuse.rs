@@ -1,5 +1,12 @@
 //! FUSE transport: decodes `/dev/fuse` requests (via `fuser`) into
 //! [`FileSystem`] calls. No policy lives here.
+//!
+//! The connection belongs to the host's user namespace, so requests and
+//! attributes carry host ids; the file system speaks guest ids. Callers are
+//! translated on the way in (a host id outside the map is the overflow id,
+//! as a kernel shows it), owners on the way out (a guest id without a host
+//! id, [`filesystem::NO_ID`] above all, is the host's overflow id, which no
+//! sandbox maps).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -15,6 +22,8 @@ use fuser::{
     ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
     WriteFlags,
 };
+
+use msb_spec::{IdMap, OVERFLOW_ID};
 
 use crate::filesystem::{self, Attr, Context, FileSystem, SetAttr, SetTime, Time};
 
@@ -50,6 +59,8 @@ pub(crate) type Running = Arc<AtomicBool>;
 pub(crate) struct FuseTransport<F: FileSystem> {
     fs: Arc<F>,
     running: Running,
+    /// Guest ids of the file system against the host ids on the wire.
+    ids: IdMap,
     passthrough: AtomicBool,
     /// Kernel backing files of passthrough opens, per node, with the number
     /// of open handles using them (the kernel wants one per inode).
@@ -59,10 +70,11 @@ pub(crate) struct FuseTransport<F: FileSystem> {
 }
 
 impl<F: FileSystem> FuseTransport<F> {
-    pub(crate) fn new(fs: Arc<F>, running: Running) -> Self {
+    pub(crate) fn new(fs: Arc<F>, running: Running, ids: IdMap) -> Self {
         FuseTransport {
             fs,
             running,
+            ids,
             passthrough: AtomicBool::new(false),
             backing: Mutex::new(HashMap::new()),
             passthrough_fhs: Mutex::new(HashMap::new()),
@@ -75,6 +87,32 @@ impl<F: FileSystem> FuseTransport<F> {
         } else {
             Err(Errno::from_i32(libc::ENOTCONN))
         }
+    }
+
+    /// The caller of a request, in guest ids.
+    fn ctx(&self, req: &Request) -> Context {
+        Context {
+            uid: self.ids.to_guest_or_overflow(req.uid()),
+            gid: self.ids.to_guest_or_overflow(req.gid()),
+        }
+    }
+
+    /// The wire attributes of `node`, owned by host ids; the node id
+    /// doubles as inode number.
+    fn attr(&self, node: u64, a: &Attr) -> FileAttr {
+        let host = |id| self.ids.to_host(id).unwrap_or(OVERFLOW_ID);
+        FileAttr {
+            uid: host(a.uid),
+            gid: host(a.gid),
+            ..file_attr(node, a)
+        }
+    }
+
+    /// A requested owner or group as a guest id; EINVAL for a host id
+    /// outside the map, as chown(2) answers for an unmappable id.
+    fn guest_id(&self, host: Option<u32>) -> Result<Option<u32>, Errno> {
+        host.map(|id| self.ids.to_guest(id).ok_or(Errno::EINVAL))
+            .transpose()
     }
 
     /// Replies to an open: passthrough when the policy and kernel allow it.
@@ -168,13 +206,6 @@ fn errno(e: filesystem::Errno) -> Errno {
     Errno::from_i32(e.raw_os_error())
 }
 
-fn ctx(req: &Request) -> Context {
-    Context {
-        uid: req.uid(),
-        gid: req.gid(),
-    }
-}
-
 fn system_time(t: Time) -> SystemTime {
     if t.sec >= 0 {
         UNIX_EPOCH + Duration::new(t.sec.unsigned_abs(), t.nsec)
@@ -214,7 +245,8 @@ fn kind_of(mode: u32) -> FileType {
     }
 }
 
-/// The wire attributes of `node`; the node id doubles as inode number.
+/// The wire attributes of `node` with ids as they are (see
+/// [`FuseTransport::attr`]).
 fn file_attr(node: u64, a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(node),
@@ -277,8 +309,8 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         live_or!(self, reply);
-        match self.fs.lookup(&ctx(req), parent.0, name) {
-            Ok(e) => reply.entry(&CACHE_TTL, &file_attr(e.node, &e.attr), Generation(0)),
+        match self.fs.lookup(&self.ctx(req), parent.0, name) {
+            Ok(e) => reply.entry(&CACHE_TTL, &self.attr(e.node, &e.attr), Generation(0)),
             // Node id 0 is a negative entry the kernel may cache like others.
             Err(e) if e == filesystem::Errno::NOENT => {
                 reply.entry(&CACHE_TTL, &file_attr(0, &NO_ATTR), Generation(0))
@@ -294,7 +326,7 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         live_or!(self, reply);
         match self.fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&CACHE_TTL, &file_attr(ino.0, &a)),
+            Ok(a) => reply.attr(&CACHE_TTL, &self.attr(ino.0, &a)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -318,6 +350,13 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
         reply: ReplyAttr,
     ) {
         live_or!(self, reply);
+        let (uid, gid) = match (self.guest_id(uid), self.guest_id(gid)) {
+            (Ok(uid), Ok(gid)) => (uid, gid),
+            (Err(e), _) | (_, Err(e)) => {
+                reply.error(e);
+                return;
+            }
+        };
         let set = SetAttr {
             mode,
             uid,
@@ -326,8 +365,11 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        match self.fs.setattr(&ctx(req), ino.0, fh.map(|f| f.0), &set) {
-            Ok(a) => reply.attr(&CACHE_TTL, &file_attr(ino.0, &a)),
+        match self
+            .fs
+            .setattr(&self.ctx(req), ino.0, fh.map(|f| f.0), &set)
+        {
+            Ok(a) => reply.attr(&CACHE_TTL, &self.attr(ino.0, &a)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -351,8 +393,8 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
         reply: ReplyEntry,
     ) {
         live_or!(self, reply);
-        match self.fs.mknod(&ctx(req), parent.0, name, mode, rdev) {
-            Ok(e) => reply.entry(&CACHE_TTL, &file_attr(e.node, &e.attr), Generation(0)),
+        match self.fs.mknod(&self.ctx(req), parent.0, name, mode, rdev) {
+            Ok(e) => reply.entry(&CACHE_TTL, &self.attr(e.node, &e.attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -367,15 +409,15 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
         reply: ReplyEntry,
     ) {
         live_or!(self, reply);
-        match self.fs.mkdir(&ctx(req), parent.0, name, mode) {
-            Ok(e) => reply.entry(&CACHE_TTL, &file_attr(e.node, &e.attr), Generation(0)),
+        match self.fs.mkdir(&self.ctx(req), parent.0, name, mode) {
+            Ok(e) => reply.entry(&CACHE_TTL, &self.attr(e.node, &e.attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         live_or!(self, reply);
-        match self.fs.unlink(&ctx(req), parent.0, name) {
+        match self.fs.unlink(&self.ctx(req), parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -383,7 +425,7 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         live_or!(self, reply);
-        match self.fs.rmdir(&ctx(req), parent.0, name) {
+        match self.fs.rmdir(&self.ctx(req), parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -400,9 +442,9 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
         live_or!(self, reply);
         match self
             .fs
-            .symlink(&ctx(req), parent.0, link_name, target.as_os_str())
+            .symlink(&self.ctx(req), parent.0, link_name, target.as_os_str())
         {
-            Ok(e) => reply.entry(&CACHE_TTL, &file_attr(e.node, &e.attr), Generation(0)),
+            Ok(e) => reply.entry(&CACHE_TTL, &self.attr(e.node, &e.attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -419,7 +461,7 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
     ) {
         live_or!(self, reply);
         match self.fs.rename(
-            &ctx(req),
+            &self.ctx(req),
             parent.0,
             name,
             newparent.0,
@@ -440,15 +482,15 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
         reply: ReplyEntry,
     ) {
         live_or!(self, reply);
-        match self.fs.link(&ctx(req), ino.0, newparent.0, newname) {
-            Ok(e) => reply.entry(&CACHE_TTL, &file_attr(e.node, &e.attr), Generation(0)),
+        match self.fs.link(&self.ctx(req), ino.0, newparent.0, newname) {
+            Ok(e) => reply.entry(&CACHE_TTL, &self.attr(e.node, &e.attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         live_or!(self, reply);
-        match self.fs.open(&ctx(req), ino.0, flags.0) {
+        match self.fs.open(&self.ctx(req), ino.0, flags.0) {
             Ok(o) => self.reply_open(ino.0, o, ReplyOpenLike::Open(reply)),
             Err(e) => reply.error(errno(e)),
         }
@@ -465,9 +507,9 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
         reply: ReplyCreate,
     ) {
         live_or!(self, reply);
-        match self.fs.create(&ctx(req), parent.0, name, mode, flags) {
+        match self.fs.create(&self.ctx(req), parent.0, name, mode, flags) {
             Ok((e, o)) => {
-                let attr = file_attr(e.node, &e.attr);
+                let attr = self.attr(e.node, &e.attr);
                 self.reply_open(e.node, o, ReplyOpenLike::Create(reply, &attr));
             }
             Err(e) => reply.error(errno(e)),
@@ -505,7 +547,7 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
         reply: ReplyWrite,
     ) {
         live_or!(self, reply);
-        match self.fs.write(&ctx(req), ino.0, fh.0, offset, data) {
+        match self.fs.write(&self.ctx(req), ino.0, fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
         }
@@ -556,7 +598,7 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         live_or!(self, reply);
-        match self.fs.opendir(&ctx(req), ino.0) {
+        match self.fs.opendir(&self.ctx(req), ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         }
@@ -573,7 +615,7 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
         live_or!(self, reply);
         let res = self
             .fs
-            .readdir(&ctx(req), ino.0, fh.0, offset, false, &mut |de, _| {
+            .readdir(&self.ctx(req), ino.0, fh.0, offset, false, &mut |de, _| {
                 reply.add(INodeNo(de.ino), de.offset, kind_of(de.kind), de.name)
             });
         match res {
@@ -591,16 +633,20 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
         mut reply: ReplyDirectoryPlus,
     ) {
         live_or!(self, reply);
-        let res = self
-            .fs
-            .readdir(&ctx(req), ino.0, fh.0, offset, true, &mut |de, entry| {
+        let res = self.fs.readdir(
+            &self.ctx(req),
+            ino.0,
+            fh.0,
+            offset,
+            true,
+            &mut |de, entry| {
                 match entry {
                     Some(e) => reply.add(
                         INodeNo(e.node),
                         de.offset,
                         de.name,
                         &CACHE_TTL,
-                        &file_attr(e.node, &e.attr),
+                        &self.attr(e.node, &e.attr),
                         Generation(0),
                     ),
                     // `.` and `..` carry no entry; the kernel skips them.
@@ -613,7 +659,8 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
                         Generation(0),
                     ),
                 }
-            });
+            },
+        );
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -668,7 +715,7 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
         reply: ReplyEmpty,
     ) {
         live_or!(self, reply);
-        match self.fs.setxattr(&ctx(req), ino.0, name, value, flags) {
+        match self.fs.setxattr(&self.ctx(req), ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -692,7 +739,7 @@ impl<F: FileSystem> fuser::Filesystem for FuseTransport<F> {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         live_or!(self, reply);
-        match self.fs.removexattr(&ctx(req), ino.0, name) {
+        match self.fs.removexattr(&self.ctx(req), ino.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }

@@ -27,6 +27,18 @@
 //! reading, setting or removing it fails with EPERM. A corrupt record gives
 //! EIO.
 //!
+//! # User and group ids
+//!
+//! The policy works in guest ids ([`ServeConfig::id_map`] relates them to
+//! host ids): callers, records and [`ServeConfig::owner`] are guest ids, 0
+//! being the sandbox's root. The FUSE transport translates, since its
+//! requests carry host ids (`msb volume mount` on the host uses
+//! [`IdMap::IDENTITY`]). In `off` the host owner is shown as its guest id
+//! ([`filesystem::NO_ID`] when it has none: no guest process owns it), and
+//! new objects belong on disk to their creator's host ids. Under
+//! virtualization new host objects belong to the host ids of guest root.
+//! So nothing a sandbox creates is owned by host root.
+//!
 //! # setuid and setgid
 //!
 //! The server runs the FUSE connection without `HANDLE_KILLPRIV(_V2)`, so
@@ -34,13 +46,25 @@
 //! without `CAP_FSETID`, and every chown, arrives as an explicit mode change
 //! clearing the bits, which the server stores like any chmod.
 //!
+//! Served mounts are always `nosuid,nodev`: a record can be planted by
+//! anything that writes the volume's host files (an imported archive, an
+//! earlier sandbox), so no device node or setuid bit it claims may take
+//! effect.
+//!
 //! # Quota
 //!
-//! Writes, fallocate, extending truncates, copies and new directories reserve
-//! a worst case from the shared budget first (ENOSPC if refused; a write that
-//! only partly fits is shortened), and settle against the host allocation
-//! afterwards; unlinks, truncates and renames over files credit what they
-//! free. `statfs` reports the quota as size and what is left as free.
+//! Usage is every byte the volume holds, as [`msb_quota::usage`] defines it
+//! for the scanner too: a fixed cost per name (empty files, directories and
+//! hard links count), each inode's allocation (long symlink targets and
+//! directory blocks included) and client xattrs. Writes, fallocate,
+//! extending truncates, copies, new names and xattrs reserve a worst case
+//! from the shared budget first (ENOSPC if refused; a write that only partly
+//! fits is shortened), and settle against what the host really allocated
+//! afterwards, including the growth of the directories involved; removals,
+//! truncates and renames over a name credit what they free. The space of an
+//! unlinked file (or directory) this server still has open stays counted
+//! until its last handle closes. `statfs` reports the quota as size and what
+//! is left as free.
 //! Without a limit, file data moves by FUSE passthrough (the kernel reads
 //! and writes the host file directly) and a file's growth is settled into
 //! the usage counter when its last handle closes.
@@ -52,6 +76,11 @@
 //! 65536): older ones are closed and reopened from their kernel file handle
 //! (`open_by_handle_at`) when used again, so a tree of any size can be
 //! served within the process limits.
+//!
+//! An open directory holds one host descriptor and no listing: each read
+//! continues on the host directory from the host's own cookie (`d_off`),
+//! so memory does not grow with directory size or open handles, and entries
+//! added or removed meanwhile never repeat unchanged ones.
 //!
 //! # Caching
 //!
@@ -66,7 +95,7 @@ pub mod policy;
 pub mod record;
 mod server;
 
-pub use msb_spec::{HostPerms, StatVirt};
+pub use msb_spec::{HostPerms, IdMap, StatVirt};
 pub use server::{
     FsServerError, ServeConfig, Server, detach_mounts_of, is_served_mount, mount, mount_data,
     mount_detached, open_root, serve, unmount_path,

@@ -8,23 +8,25 @@
 //! node's own inode through `/proc/self/fd`, which never resolves a path.
 
 use std::collections::{HashMap, VecDeque};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
-use msb_quota::Budget;
-use msb_spec::{HostPerms, StatVirt};
+use msb_quota::usage::{xattr_bytes_of, xattr_cost};
+use msb_quota::{Budget, ENTRY_COST};
+use msb_spec::{HostPerms, IdMap, StatVirt};
 use rustix::fs::{
-    AtFlags, CWD, Dir, FallocateFlags, Mode, OFlags, RenameFlags, SeekFrom, Stat, Timespec,
+    AtFlags, CWD, FallocateFlags, Mode, OFlags, RawDir, RenameFlags, SeekFrom, Stat, Timespec,
     Timestamps, UTIME_NOW, UTIME_OMIT, XattrFlags,
 };
 use rustix::io::Errno;
 
 use crate::filesystem::{
-    Attr, Context, DirEntry, Entry, FileSystem, FsResult, Opened, ROOT_NODE, SetAttr, SetTime,
-    StatFs, Time,
+    Attr, Context, DirEntry, Entry, FileSystem, FsResult, NO_ID, Opened, ROOT_NODE, SetAttr,
+    SetTime, StatFs, Time,
 };
 use crate::record::{RECORD_XATTR, Record, is_reserved};
 
@@ -38,6 +40,12 @@ const S_ISGID: u32 = libc::S_ISGID;
 const SLACK: u64 = 2 * 4096;
 /// Longest symlink target accepted.
 const MAX_TARGET: usize = 4095;
+/// A host file system block, the unit most allocations grow by.
+const BLOCK: u64 = 4096;
+/// Worst case a new object takes beyond its name's [`ENTRY_COST`] and its
+/// content: a block of its own (a directory's, an xattr block for its
+/// record) and one its parent directory may grow by.
+const NEW_OBJECT: u64 = 2 * BLOCK;
 
 /// What the server enforces on one served tree.
 #[derive(Clone)]
@@ -50,8 +58,11 @@ pub struct Policy {
     pub host_perms: HostPerms,
     /// Usage budget shared by all users of the volume; `None` = unmetered.
     pub budget: Option<Arc<Budget>>,
-    /// uid/gid shown for files without a metadata record.
+    /// Guest uid/gid shown for files without a metadata record.
     pub owner: (u32, u32),
+    /// How the guest ids this policy works in (callers, records, `owner`)
+    /// relate to the host ids on disk.
+    pub id_map: IdMap,
 }
 
 /// Why a policy filesystem cannot be set up.
@@ -124,24 +135,47 @@ struct Inodes {
     next: u64,
 }
 
+/// Who creates a new object (see [`PolicyFs::creator`]).
+struct Creator {
+    /// The caller, in guest ids.
+    guest: Context,
+    /// Host uid and gid the object gets on disk.
+    host: (u32, u32),
+}
+
 /// Node ids from here on are synthetic (see [`PolicyFs::intern`]).
 const SYNTHETIC: u64 = 1 << 63;
 
+/// Bytes of host directory entries read at a time while listing: about
+/// what one FUSE reply (a page) holds.
+const DIR_BATCH: usize = 4096;
+
+/// Host identity of an object: device and inode number.
+type Key = (u64, u64);
+
 struct FileHandle {
     file: OwnedFd,
+    key: Key,
     /// The node, when its data moves by passthrough (settled on release).
     passthrough: Option<Node>,
 }
 
-struct DirItem {
-    name: OsString,
-    ino: u64,
-    kind: u32,
+/// An open directory, listed straight from the host: each request seeks
+/// the host directory to the cookie the client continues from (the host's
+/// own `d_off`, stable while entries come and go) and reads a bounded
+/// batch. A handle holds no listing, whatever the directory's size.
+struct DirHandle {
+    /// Serializes a request's seek and read.
+    fd: Mutex<OwnedFd>,
+    key: Key,
 }
 
-struct DirHandle {
-    fd: OwnedFd,
-    items: Mutex<Option<Vec<DirItem>>>,
+/// Open handles of one object while the volume is metered.
+struct Opens {
+    handles: u32,
+    /// Its last name is gone: its space is credited when the last handle
+    /// closes, not before (it is still held until then).
+    unlinked: bool,
 }
 
 /// The policy passthrough filesystem over one host directory.
@@ -154,6 +188,11 @@ pub struct PolicyFs {
     cache: Mutex<FdCache>,
     files: RwLock<HashMap<u64, Arc<FileHandle>>>,
     dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
+    /// Objects with open handles, when metered.
+    opens: Mutex<HashMap<Key, Opens>>,
+    /// The served root, whose own growth is not counted (see
+    /// [`msb_quota::usage`]).
+    root_key: Key,
     next_fh: AtomicU64,
 }
 
@@ -263,6 +302,32 @@ fn host_type(st: &Stat) -> u32 {
     st.st_mode & S_IFMT
 }
 
+/// The file type bits of a host directory entry's type (0: unknown).
+fn dirent_kind(t: rustix::fs::FileType) -> u32 {
+    use rustix::fs::FileType as T;
+    match t {
+        T::Directory => S_IFDIR,
+        T::RegularFile => S_IFREG,
+        T::Symlink => S_IFLNK,
+        T::Fifo => libc::S_IFIFO,
+        T::Socket => libc::S_IFSOCK,
+        T::CharacterDevice => libc::S_IFCHR,
+        T::BlockDevice => libc::S_IFBLK,
+        T::Unknown => 0,
+    }
+}
+
+fn key_of(st: &Stat) -> Key {
+    (st.st_dev, st.st_ino)
+}
+
+/// A new object with the usage it adds: its name and its allocation.
+fn made(entry: FsResult<Entry>) -> FsResult<(Entry, i64)> {
+    let e = entry?;
+    let bytes = i64::try_from(e.attr.blocks.saturating_mul(512)).unwrap_or(i64::MAX);
+    Ok((e, bytes + ENTRY_COST as i64))
+}
+
 impl PolicyFs {
     /// Serves the directory `root` under `policy`. strict probes the root for
     /// user xattr support.
@@ -329,6 +394,8 @@ impl PolicyFs {
             }),
             files: RwLock::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),
+            opens: Mutex::new(HashMap::new()),
+            root_key: key,
             next_fh: AtomicU64::new(1),
         })
     }
@@ -495,8 +562,8 @@ impl PolicyFs {
             ctime: time(st.st_ctime, st.st_ctime_nsec),
             mode: st.st_mode,
             nlink: to_u32(st.st_nlink),
-            uid: st.st_uid,
-            gid: st.st_gid,
+            uid: self.guest_id(st.st_uid),
+            gid: self.guest_id(st.st_gid),
             rdev: encode_dev(st.st_rdev),
             blksize: to_u32(st.st_blksize),
         };
@@ -548,21 +615,52 @@ impl PolicyFs {
         Ok(Entry { node, attr })
     }
 
-    /// Host permission bits for a new object with guest mode `mode`.
+    /// Host permission bits for a new object with guest mode `mode`. In
+    /// `off` none until the object has its owner ([`Self::init_meta`] then
+    /// sets the exact mode): it is never a usable host root file, not even
+    /// for a moment.
     fn host_mode(&self, mode: u32, dir: bool) -> u32 {
         let floor = if dir { 0o700 } else { 0o600 };
         match (self.policy.stat_virt, self.policy.host_perms) {
-            (StatVirt::Off, _) => mode & 0o7777,
+            (StatVirt::Off, _) => 0,
             (_, HostPerms::Private) => floor,
             (_, HostPerms::Mirror) => (mode & 0o777) | floor,
         }
     }
 
-    /// Gives a new host object its guest ownership and mode: a record, or in
-    /// `off` the real owner and mode.
+    /// The guest id of a host owner or group: [`NO_ID`] when it has none,
+    /// so no guest process gets the rights of an unmapped owner (host root
+    /// above all).
+    fn guest_id(&self, host: u32) -> u32 {
+        self.policy.id_map.to_guest(host).unwrap_or(NO_ID)
+    }
+
+    /// Who a new object made for `ctx` belongs to, decided before anything
+    /// is created. On disk: in `off` the creator's own host ids; under
+    /// virtualization (the guest owner lives in the record) the host ids of
+    /// guest root. Never host root unless guest ids are host ids. EPERM for
+    /// a creator without host ids.
+    fn creator(&self, ctx: &Context) -> FsResult<Creator> {
+        let (uid, gid) = if self.virt() {
+            (0, 0)
+        } else {
+            (ctx.uid, ctx.gid)
+        };
+        let map = &self.policy.id_map;
+        match (map.to_host(uid), map.to_host(gid)) {
+            (Some(host_uid), Some(host_gid)) => Ok(Creator {
+                guest: *ctx,
+                host: (host_uid, host_gid),
+            }),
+            _ => Err(Errno::PERM),
+        }
+    }
+
+    /// Gives a new host object its owner on disk and its guest ownership and
+    /// mode: a record, or in `off` the real owner and mode.
     fn init_meta(
         &self,
-        ctx: &Context,
+        creator: &Creator,
         parent: &Attr,
         fd: BorrowedFd<'_>,
         st: &Stat,
@@ -570,20 +668,31 @@ impl PolicyFs {
         rdev: u32,
     ) -> FsResult<Option<Record>> {
         let sgid_parent = parent.mode & S_ISGID != 0;
-        let gid = if sgid_parent { parent.gid } else { ctx.gid };
+        let gid = if sgid_parent {
+            parent.gid
+        } else {
+            creator.guest.gid
+        };
         let mut mode = guest_mode;
         if sgid_parent && mode & S_IFMT == S_IFDIR {
             mode |= S_ISGID;
         }
         let is_link = host_type(st) == S_IFLNK;
-        if !self.virt() {
+        let (host_uid, mut host_gid) = creator.host;
+        if !self.virt() && sgid_parent {
+            // The group the host gave it from its parent, as a kernel does.
+            host_gid = st.st_gid;
+        }
+        if (st.st_uid, st.st_gid) != (host_uid, host_gid) {
             rustix::fs::chownat(
                 fd,
                 "",
-                Some(rustix::fs::Uid::from_raw(ctx.uid)),
-                Some(rustix::fs::Gid::from_raw(gid)),
+                Some(rustix::fs::Uid::from_raw(host_uid)),
+                Some(rustix::fs::Gid::from_raw(host_gid)),
                 AtFlags::EMPTY_PATH,
             )?;
+        }
+        if !self.virt() {
             if !is_link {
                 // Exact mode: the server's umask and the host's rules must
                 // not alter what the client asked for.
@@ -600,7 +709,7 @@ impl PolicyFs {
             return Ok(None);
         }
         let record = Record {
-            uid: ctx.uid,
+            uid: creator.guest.uid,
             gid,
             mode,
             rdev,
@@ -622,7 +731,7 @@ impl PolicyFs {
     /// registers it. On failure the half-made object is removed again.
     fn finish_new(
         &self,
-        ctx: &Context,
+        creator: &Creator,
         parent: &Node,
         parent_attr: &Attr,
         name: &OsStr,
@@ -637,7 +746,7 @@ impl PolicyFs {
                 Mode::empty(),
             )?;
             let st = rustix::fs::fstat(&fd)?;
-            let record = self.init_meta(ctx, parent_attr, fd.as_fd(), &st, guest_mode, rdev)?;
+            let record = self.init_meta(creator, parent_attr, fd.as_fd(), &st, guest_mode, rdev)?;
             let st = rustix::fs::fstat(&fd)?;
             let attr = self.attr_with(&st, record.as_ref());
             Ok((fd, st, attr))
@@ -673,15 +782,203 @@ impl PolicyFs {
         }
     }
 
-    fn credit(&self, st: &Stat) {
-        if let Some(b) = &self.policy.budget {
-            b.adjust(-allocated(st));
+    /// Runs a change of the names in `dirs` with its usage settled:
+    /// `reserve` bytes are taken first (ENOSPC when refused); `op` gives the
+    /// usage it added (negative: freed), and the directories' own growth
+    /// is added to it. The directories are locked meanwhile so their
+    /// growth is measured once.
+    fn in_dirs<T>(
+        &self,
+        dirs: &[&Node],
+        reserve: u64,
+        op: impl FnOnce() -> FsResult<(T, i64)>,
+    ) -> FsResult<T> {
+        let Some(budget) = &self.policy.budget else {
+            return op().map(|(t, _)| t);
+        };
+        let mut dirs: Vec<&Node> = dirs
+            .iter()
+            .copied()
+            .filter(|d| d.key != self.root_key)
+            .collect();
+        // One order for every caller: two changes never wait on each other.
+        dirs.sort_by_key(|d| d.key);
+        dirs.dedup_by_key(|d| d.key);
+        let mut guards = Vec::with_capacity(dirs.len());
+        for d in &dirs {
+            guards.push(d.io.lock().map_err(|_| Errno::IO)?);
+        }
+        let size = |d: &Node| rustix::fs::fstat(&d.fd).map(|st| allocated(&st));
+        let before = dirs.iter().map(|d| size(d)).collect::<FsResult<Vec<_>>>()?;
+        budget.reserve(reserve).map_err(|_| Errno::NOSPC)?;
+        let res = op();
+        let grown: i64 = dirs
+            .iter()
+            .zip(before)
+            .map(|(d, b)| size(d).map_or(0, |a| a - b))
+            .sum();
+        let made = res.as_ref().map_or(0, |(_, u)| *u);
+        budget.adjust(made + grown - i64::try_from(reserve).unwrap_or(i64::MAX));
+        res.map(|(t, _)| t)
+    }
+
+    /// Runs `op` (given the object's path) changing the xattr `name` of
+    /// `inode`, to a value of `new_len` bytes or removed (`None`), with its
+    /// usage settled: the growth in counted bytes and room for a new xattr
+    /// block are reserved first (ENOSPC when refused), then settled against
+    /// what really changed.
+    fn xattr_change(
+        &self,
+        inode: &Node,
+        name: &OsStr,
+        new_len: Option<usize>,
+        op: impl FnOnce(&str) -> FsResult<()>,
+    ) -> FsResult<()> {
+        let path = proc_path(inode.fd.as_fd());
+        let Some(budget) = &self.policy.budget else {
+            return op(&path);
+        };
+        let _guard = inode.io.lock().map_err(|_| Errno::IO)?;
+        let before = rustix::fs::fstat(&inode.fd)?;
+        if host_type(&before) == S_IFLNK {
+            // Refused by the host: symlinks take no user xattrs.
+            return op(&path);
+        }
+        let cost = |len| i64::try_from(xattr_cost(name.as_bytes(), len)).unwrap_or(i64::MAX);
+        let old = match rustix::fs::getxattr_query(&path, name) {
+            Ok(len) => cost(len),
+            Err(Errno::NODATA) => 0,
+            Err(e) => return Err(e),
+        };
+        let new = new_len.map_or(0, cost);
+        let reserve = match new_len {
+            Some(_) => (new - old).max(0).unsigned_abs() + BLOCK,
+            None => 0,
+        };
+        budget.reserve(reserve).map_err(|_| Errno::NOSPC)?;
+        let res = op(&path);
+        let grown = rustix::fs::fstat(&inode.fd).map_or(0, |a| allocated(&a) - allocated(&before));
+        let changed = if res.is_ok() { new - old } else { 0 };
+        budget.adjust(changed + grown - i64::try_from(reserve).unwrap_or(i64::MAX));
+        res
+    }
+
+    /// What an object holds beyond its names: its allocation and its
+    /// counted xattrs.
+    fn held(&self, fd: BorrowedFd<'_>, st: &Stat) -> i64 {
+        let xattrs = if host_type(st) == S_IFLNK {
+            0
+        } else {
+            xattr_bytes_of(fd).unwrap_or(0)
+        };
+        allocated(st).saturating_add(i64::try_from(xattrs).unwrap_or(i64::MAX))
+    }
+
+    /// Opens `name` in `dir` to follow it through its removal (metered
+    /// only).
+    fn victim(&self, dir: &Node, name: &OsStr) -> Option<OwnedFd> {
+        self.policy.budget.as_ref()?;
+        rustix::fs::openat(
+            &dir.fd,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()
+    }
+
+    /// The usage freed by removing a name of `victim`: the name's cost, and
+    /// what the object holds once its last name is gone, unless this
+    /// server still has it open (then credited at the last close).
+    fn removed(&self, victim: Option<OwnedFd>) -> i64 {
+        let mut freed = ENTRY_COST as i64;
+        if let Some(fd) = victim
+            && let Ok(st) = rustix::fs::fstat(&fd)
+            && st.st_nlink == 0
+            && !self.defer_until_closed(key_of(&st))
+        {
+            freed += self.held(fd.as_fd(), &st);
+        }
+        -freed
+    }
+
+    /// Marks an open object as unlinked; false if it has no open handle.
+    fn defer_until_closed(&self, key: Key) -> bool {
+        let Ok(mut opens) = self.opens.lock() else {
+            return false;
+        };
+        match opens.get_mut(&key) {
+            Some(o) => {
+                o.unlinked = true;
+                true
+            }
+            None => false,
         }
     }
 
-    /// Runs `op` on a file with quota accounting around it: `reserve` bytes
-    /// are taken first (ENOSPC when refused) and settled against the change
-    /// of the file's allocation afterwards.
+    /// Notes an open handle of `key` (metered only).
+    fn handle_opened(&self, key: Key) -> FsResult<()> {
+        if self.policy.budget.is_none() {
+            return Ok(());
+        }
+        let mut opens = self.opens.lock().map_err(|_| Errno::IO)?;
+        opens
+            .entry(key)
+            .or_insert(Opens {
+                handles: 0,
+                unlinked: false,
+            })
+            .handles += 1;
+        Ok(())
+    }
+
+    /// Settles a closed file handle: passthrough growth, then the space of
+    /// an unlinked file at its last close.
+    fn file_closed(&self, h: &FileHandle) {
+        if let Some(inode) = &h.passthrough {
+            self.passthrough_closed(inode);
+        }
+        self.handle_closed(h.key, h.file.as_fd());
+    }
+
+    /// Settles a closed directory handle (see [`Self::handle_closed`]).
+    fn dir_closed(&self, d: &DirHandle) {
+        if let Ok(fd) = d.fd.lock() {
+            self.handle_closed(d.key, fd.as_fd());
+        }
+    }
+
+    /// Notes a handle of `key` closing; at the last one of an unlinked
+    /// object credits what it held. `fd` is the handle's descriptor, still
+    /// open.
+    fn handle_closed(&self, key: Key, fd: BorrowedFd<'_>) {
+        let Some(budget) = &self.policy.budget else {
+            return;
+        };
+        let Ok(mut opens) = self.opens.lock() else {
+            return;
+        };
+        let Some(o) = opens.get_mut(&key) else {
+            return;
+        };
+        o.handles -= 1;
+        if o.handles > 0 {
+            return;
+        }
+        let unlinked = o.unlinked;
+        opens.remove(&key);
+        drop(opens);
+        if unlinked
+            && let Ok(st) = rustix::fs::fstat(fd)
+            && st.st_nlink == 0
+        {
+            budget.adjust(-self.held(fd, &st));
+        }
+    }
+
+    /// Runs `op` on an object with quota accounting around it: `reserve`
+    /// bytes are taken first (ENOSPC when refused) and settled against the
+    /// change of its allocation (seen through `file`) afterwards.
     fn metered<T>(
         &self,
         inode: &Node,
@@ -776,12 +1073,16 @@ impl PolicyFs {
     /// must be checked against a limit.
     fn add_file(&self, file: OwnedFd, inode: Node, both_ways: bool) -> FsResult<Opened> {
         let passthrough = self.passthrough_ok() && both_ways;
-        if passthrough {
-            self.passthrough_opened(&inode)?;
+        let key = inode.key;
+        self.handle_opened(key)?;
+        if passthrough && let Err(e) = self.passthrough_opened(&inode) {
+            self.handle_closed(key, file.as_fd());
+            return Err(e);
         }
         let fh = self.new_fh();
         let handle = FileHandle {
             file,
+            key,
             passthrough: passthrough.then_some(inode),
         };
         self.files
@@ -817,45 +1118,23 @@ impl PolicyFs {
         Ok(())
     }
 
-    fn load_dir(fd: &OwnedFd) -> FsResult<Vec<DirItem>> {
-        let mut items = Vec::new();
-        for ent in Dir::read_from(fd)? {
-            let ent = ent?;
-            let kind = match ent.file_type() {
-                rustix::fs::FileType::Directory => S_IFDIR,
-                rustix::fs::FileType::RegularFile => S_IFREG,
-                rustix::fs::FileType::Symlink => S_IFLNK,
-                rustix::fs::FileType::Fifo => libc::S_IFIFO,
-                rustix::fs::FileType::Socket => libc::S_IFSOCK,
-                rustix::fs::FileType::CharacterDevice => libc::S_IFCHR,
-                rustix::fs::FileType::BlockDevice => libc::S_IFBLK,
-                rustix::fs::FileType::Unknown => 0,
-            };
-            items.push(DirItem {
-                name: OsString::from_vec(ent.file_name().to_bytes().to_vec()),
-                ino: ent.ino(),
-                kind,
-            });
-        }
-        Ok(items)
-    }
-
     /// The guest file type of a directory entry without taking a reference.
-    fn entry_kind(&self, parent: &Node, item: &DirItem) -> u32 {
-        if !self.virt() || (item.kind != S_IFREG && item.kind != 0) {
-            return item.kind;
+    /// `host_kind` is what the host listing says.
+    fn entry_kind(&self, parent: &Node, name: &OsStr, host_kind: u32) -> u32 {
+        if !self.virt() || (host_kind != S_IFREG && host_kind != 0) {
+            return host_kind;
         }
         let probe = || -> FsResult<u32> {
             let fd = rustix::fs::openat(
                 &parent.fd,
-                item.name.as_os_str(),
+                name,
                 OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )?;
             let st = rustix::fs::fstat(&fd)?;
             Ok(self.attr_of(fd.as_fd(), &st)?.mode & S_IFMT)
         };
-        probe().unwrap_or(item.kind)
+        probe().unwrap_or(host_kind)
     }
 }
 
@@ -936,7 +1215,8 @@ impl FileSystem for PolicyFs {
             if let Some(mode) = set.mode {
                 rec.mode = (rec.mode & S_IFMT) | (mode & 0o7777);
             }
-            self.write_record(fd, &rec)?;
+            // A first record may take an xattr block.
+            self.metered(&inode, fd, |_| 0, || self.write_record(fd, &rec))?;
             if set.mode.is_some() && self.policy.host_perms == HostPerms::Mirror {
                 let host = self.host_mode(rec.mode, host_type(&st) == S_IFDIR);
                 rustix::fs::chmodat(
@@ -1008,19 +1288,24 @@ impl FileSystem for PolicyFs {
         self.writable()?;
         let name = component(name)?;
         let p = self.inode(parent)?;
+        let creator = self.creator(ctx)?;
         let pattr = self.stat_attr(&p)?;
         let kind = match mode & S_IFMT {
             0 => S_IFREG,
             k => k,
         };
         let perm = mode & 0o7777;
-        match (self.virt(), kind) {
-            (false, libc::S_IFCHR | libc::S_IFBLK) => return Err(Errno::OPNOTSUPP),
-            (false, libc::S_IFIFO | libc::S_IFSOCK) => {
-                let ft = rustix::fs::FileType::from_raw_mode(kind);
-                rustix::fs::mknodat(&p.fd, name, ft, Mode::from_raw_mode(perm & 0o777), 0)?;
-            }
-            (_, S_IFREG | libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO | libc::S_IFSOCK) => {
+        if !self.virt() && matches!(kind, libc::S_IFCHR | libc::S_IFBLK) {
+            return Err(Errno::OPNOTSUPP);
+        }
+        if !matches!(
+            kind,
+            S_IFREG | libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO | libc::S_IFSOCK
+        ) {
+            return Err(Errno::INVAL);
+        }
+        self.in_dirs(&[&p], ENTRY_COST + NEW_OBJECT, || {
+            if self.virt() {
                 // Under virtualization every special file is a plain host
                 // file carrying the record: nothing special exists on the host.
                 let host = self.host_mode(perm, false);
@@ -1034,50 +1319,49 @@ impl FileSystem for PolicyFs {
                         | OFlags::CLOEXEC,
                     Mode::from_raw_mode(host),
                 )?;
+            } else {
+                let ft = rustix::fs::FileType::from_raw_mode(kind);
+                // No permissions until it has its owner (see `host_mode`).
+                rustix::fs::mknodat(&p.fd, name, ft, Mode::empty(), 0)?;
             }
-            _ => return Err(Errno::INVAL),
-        }
-        let rdev = if self.virt() { rdev } else { 0 };
-        self.finish_new(ctx, &p, &pattr, name, kind | perm, rdev)
+            let rdev = if self.virt() { rdev } else { 0 };
+            made(self.finish_new(&creator, &p, &pattr, name, kind | perm, rdev))
+        })
     }
 
     fn mkdir(&self, ctx: &Context, parent: u64, name: &OsStr, mode: u32) -> FsResult<Entry> {
         self.writable()?;
         let name = component(name)?;
         let p = self.inode(parent)?;
+        let creator = self.creator(ctx)?;
         let pattr = self.stat_attr(&p)?;
-        let reserved = self.reserve(4096)?;
-        let host = self.host_mode(mode, true);
-        if let Err(e) = rustix::fs::mkdirat(&p.fd, name, Mode::from_raw_mode(host)) {
-            self.settle(0, 0, reserved);
-            return Err(e);
-        }
-        let res = self.finish_new(ctx, &p, &pattr, name, S_IFDIR | (mode & 0o7777), 0);
-        let used = res.as_ref().map(|e| e.attr.blocks * 512).unwrap_or(0);
-        self.settle(0, i64::try_from(used).unwrap_or(0), reserved);
-        res
+        self.in_dirs(&[&p], ENTRY_COST + NEW_OBJECT, || {
+            let host = self.host_mode(mode, true);
+            rustix::fs::mkdirat(&p.fd, name, Mode::from_raw_mode(host))?;
+            made(self.finish_new(&creator, &p, &pattr, name, S_IFDIR | (mode & 0o7777), 0))
+        })
     }
 
     fn unlink(&self, _ctx: &Context, parent: u64, name: &OsStr) -> FsResult<()> {
         self.writable()?;
         let name = component(name)?;
         let p = self.inode(parent)?;
-        let st = rustix::fs::statat(&p.fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
-        rustix::fs::unlinkat(&p.fd, name, AtFlags::empty())?;
-        if st.st_nlink <= 1 {
-            self.credit(&st);
-        }
-        Ok(())
+        let victim = self.victim(&p, name);
+        self.in_dirs(&[&p], 0, || {
+            rustix::fs::unlinkat(&p.fd, name, AtFlags::empty())?;
+            Ok(((), self.removed(victim)))
+        })
     }
 
     fn rmdir(&self, _ctx: &Context, parent: u64, name: &OsStr) -> FsResult<()> {
         self.writable()?;
         let name = component(name)?;
         let p = self.inode(parent)?;
-        let st = rustix::fs::statat(&p.fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
-        rustix::fs::unlinkat(&p.fd, name, AtFlags::REMOVEDIR)?;
-        self.credit(&st);
-        Ok(())
+        let victim = self.victim(&p, name);
+        self.in_dirs(&[&p], 0, || {
+            rustix::fs::unlinkat(&p.fd, name, AtFlags::REMOVEDIR)?;
+            Ok(((), self.removed(victim)))
+        })
     }
 
     fn symlink(&self, ctx: &Context, parent: u64, name: &OsStr, target: &OsStr) -> FsResult<Entry> {
@@ -1088,43 +1372,41 @@ impl FileSystem for PolicyFs {
             return Err(Errno::INVAL);
         }
         let p = self.inode(parent)?;
+        let creator = self.creator(ctx)?;
         let pattr = self.stat_attr(&p)?;
-        if self.policy.stat_virt == StatVirt::Strict {
-            // The link is a plain host file holding the target: the host
-            // never sees a symlink it could follow.
-            let host = self.host_mode(0o777, false);
-            let file = rustix::fs::openat(
-                &p.fd,
-                name,
-                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(host),
-            )?;
-            let reserved = self.reserve(round_up(target.len() as u64) + SLACK);
-            let written = reserved.and_then(|r| {
-                let n = rustix::io::pwrite(&file, target, 0);
-                let after = rustix::fs::fstat(&file)
-                    .map(|st| allocated(&st))
-                    .unwrap_or(0);
-                self.settle(0, after, r);
-                n
-            });
-            if let Err(e) = written.and_then(|n| {
-                if n == target.len() {
-                    Ok(())
-                } else {
-                    Err(Errno::IO)
+        // A long target takes blocks of its own, in a host symlink too.
+        let content = round_up(target.len() as u64);
+        self.in_dirs(&[&p], ENTRY_COST + NEW_OBJECT + content, || {
+            if self.policy.stat_virt == StatVirt::Strict {
+                // The link is a plain host file holding the target: the host
+                // never sees a symlink it could follow.
+                let host = self.host_mode(0o777, false);
+                let file = rustix::fs::openat(
+                    &p.fd,
+                    name,
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(host),
+                )?;
+                let written = rustix::io::pwrite(&file, target, 0).and_then(|n| {
+                    if n == target.len() {
+                        Ok(())
+                    } else {
+                        Err(Errno::IO)
+                    }
+                });
+                if let Err(e) = written {
+                    let _ = rustix::fs::unlinkat(&p.fd, name, AtFlags::empty());
+                    return Err(e);
                 }
-            }) {
-                let _ = rustix::fs::unlinkat(&p.fd, name, AtFlags::empty());
-                if let Ok(st) = rustix::fs::fstat(&file) {
-                    self.credit(&st);
-                }
-                return Err(e);
+            } else {
+                rustix::fs::symlinkat(OsStr::from_bytes(target), &p.fd, name)?;
             }
-        } else {
-            rustix::fs::symlinkat(OsStr::from_bytes(target), &p.fd, name)?;
-        }
-        self.finish_new(ctx, &p, &pattr, name, S_IFLNK | 0o777, 0)
+            made(self.finish_new(&creator, &p, &pattr, name, S_IFLNK | 0o777, 0))
+        })
     }
 
     fn rename(
@@ -1146,21 +1428,31 @@ impl FileSystem for PolicyFs {
         }
         let p = self.inode(parent)?;
         let np = self.inode(new_parent)?;
-        let victim = if flags.contains(RenameFlags::EXCHANGE) || self.policy.budget.is_none() {
+        let victim = if flags.contains(RenameFlags::EXCHANGE) {
             None
         } else {
-            let src = rustix::fs::statat(&p.fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
-            rustix::fs::statat(&np.fd, new_name, AtFlags::SYMLINK_NOFOLLOW)
-                .ok()
-                .filter(|v| (v.st_dev, v.st_ino) != (src.st_dev, src.st_ino))
+            self.victim(&np, new_name)
         };
-        rustix::fs::renameat_with(&p.fd, name, &np.fd, new_name, flags)?;
-        if let Some(v) = victim
-            && (v.st_nlink <= 1 || host_type(&v) == S_IFDIR)
-        {
-            self.credit(&v);
-        }
-        Ok(())
+        self.in_dirs(&[&p, &np], 0, || {
+            let src = match &victim {
+                Some(_) => Some(key_of(&rustix::fs::statat(
+                    &p.fd,
+                    name,
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )?)),
+                None => None,
+            };
+            rustix::fs::renameat_with(&p.fd, name, &np.fd, new_name, flags)?;
+            // Renaming onto another name of the same inode removes nothing.
+            let replaced =
+                victim.filter(|v| rustix::fs::fstat(v).is_ok_and(|v| Some(key_of(&v)) != src));
+            let freed = if replaced.is_some() {
+                self.removed(replaced)
+            } else {
+                0
+            };
+            Ok(((), freed))
+        })
     }
 
     fn link(
@@ -1174,8 +1466,11 @@ impl FileSystem for PolicyFs {
         let new_name = component(new_name)?;
         let inode = self.inode(node)?;
         let np = self.inode(new_parent)?;
-        rustix::fs::linkat(&inode.fd, "", &np.fd, new_name, AtFlags::EMPTY_PATH)?;
-        self.do_lookup(&np, new_name)
+        // A name costs the same whatever it names.
+        self.in_dirs(&[&np], ENTRY_COST + BLOCK, || {
+            rustix::fs::linkat(&inode.fd, "", &np.fd, new_name, AtFlags::EMPTY_PATH)?;
+            Ok((self.do_lookup(&np, new_name)?, ENTRY_COST as i64))
+        })
     }
 
     fn open(&self, _ctx: &Context, node: u64, flags: i32) -> FsResult<Opened> {
@@ -1217,27 +1512,38 @@ impl FileSystem for PolicyFs {
         self.writable()?;
         let name = component(name)?;
         let p = self.inode(parent)?;
+        let creator = self.creator(ctx)?;
         let pattr = self.stat_attr(&p)?;
         let host = self.host_mode(mode, false);
         let oflags = self.io_flags(flags, true) | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
-        let file = match rustix::fs::openat(&p.fd, name, oflags, Mode::from_raw_mode(host)) {
-            Ok(f) => f,
-            Err(Errno::EXIST) if flags & libc::O_EXCL == 0 => {
-                // Lost a race with another creator: open what is there.
-                let entry = self.do_lookup(&p, name)?;
-                return match self.open(ctx, entry.node, flags) {
-                    Ok(o) => Ok((entry, o)),
-                    Err(e) => {
-                        self.forget(entry.node, 1);
-                        Err(e)
-                    }
-                };
+        let created = self.in_dirs(&[&p], ENTRY_COST + NEW_OBJECT, || match rustix::fs::openat(
+            &p.fd,
+            name,
+            oflags,
+            Mode::from_raw_mode(host),
+        ) {
+            Ok(file) => {
+                let guest_mode = S_IFREG | (mode & 0o7777);
+                let (entry, usage) =
+                    made(self.finish_new(&creator, &p, &pattr, name, guest_mode, 0))?;
+                Ok((Some((entry, file)), usage))
             }
-            Err(e) => return Err(e),
-        };
-        let entry = self.finish_new(ctx, &p, &pattr, name, S_IFREG | (mode & 0o7777), 0)?;
-        let opened = self.add_file(file, self.inode(entry.node)?, true)?;
-        Ok((entry, opened))
+            Err(Errno::EXIST) if flags & libc::O_EXCL == 0 => Ok((None, 0)),
+            Err(e) => Err(e),
+        })?;
+        if let Some((entry, file)) = created {
+            let opened = self.add_file(file, self.inode(entry.node)?, true)?;
+            return Ok((entry, opened));
+        }
+        // Lost a race with another creator: open what is there.
+        let entry = self.do_lookup(&p, name)?;
+        match self.open(ctx, entry.node, flags) {
+            Ok(o) => Ok((entry, o)),
+            Err(e) => {
+                self.forget(entry.node, 1);
+                Err(e)
+            }
+        }
     }
 
     fn passthrough_fd(&self, node: u64, fh: u64) -> FsResult<OwnedFd> {
@@ -1320,8 +1626,8 @@ impl FileSystem for PolicyFs {
 
     fn release(&self, _node: u64, fh: u64) {
         let handle = self.files.write().ok().and_then(|mut t| t.remove(&fh));
-        if let Some(inode) = handle.as_ref().and_then(|h| h.passthrough.as_ref()) {
-            self.passthrough_closed(inode);
+        if let Some(h) = handle {
+            self.file_closed(&h);
         }
     }
 
@@ -1333,14 +1639,17 @@ impl FileSystem for PolicyFs {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        self.handle_opened(inode.key)?;
+        let Ok(mut dirs) = self.dirs.write() else {
+            self.handle_closed(inode.key, fd.as_fd());
+            return Err(Errno::IO);
+        };
         let fh = self.new_fh();
-        self.dirs.write().map_err(|_| Errno::IO)?.insert(
-            fh,
-            Arc::new(DirHandle {
-                fd,
-                items: Mutex::new(None),
-            }),
-        );
+        let handle = DirHandle {
+            fd: Mutex::new(fd),
+            key: inode.key,
+        };
+        dirs.insert(fh, Arc::new(handle));
         Ok(fh)
     }
 
@@ -1355,25 +1664,23 @@ impl FileSystem for PolicyFs {
     ) -> FsResult<()> {
         let d = self.dir(fh)?;
         let parent = self.inode(node)?;
-        let mut items = d.items.lock().map_err(|_| Errno::IO)?;
-        if offset == 0 || items.is_none() {
-            *items = Some(Self::load_dir(&d.fd)?);
-        }
-        let Some(items) = items.as_ref() else {
-            return Ok(());
-        };
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        for (i, item) in items.iter().enumerate().skip(start) {
-            let dots = item.name == "." || item.name == "..";
+        let fd = d.fd.lock().map_err(|_| Errno::IO)?;
+        rustix::fs::seek(&*fd, SeekFrom::Start(offset))?;
+        let mut buf = [MaybeUninit::uninit(); DIR_BATCH];
+        let mut entries = RawDir::new(&*fd, &mut buf);
+        while let Some(ent) = entries.next() {
+            let ent = ent?;
+            let name = OsStr::from_bytes(ent.file_name().to_bytes());
+            let dots = name == "." || name == "..";
             let mut de = DirEntry {
-                ino: item.ino,
-                offset: i as u64 + 1,
-                kind: item.kind,
-                name: &item.name,
+                ino: ent.ino(),
+                offset: ent.next_entry_cookie(),
+                kind: dirent_kind(ent.file_type()),
+                name,
             };
             if plus && !dots {
-                // An entry that vanished since the listing is skipped.
-                let Ok(entry) = self.do_lookup(&parent, &item.name) else {
+                // An entry that vanished since it was read is skipped.
+                let Ok(entry) = self.do_lookup(&parent, name) else {
                     continue;
                 };
                 de.kind = entry.attr.mode & S_IFMT;
@@ -1383,7 +1690,7 @@ impl FileSystem for PolicyFs {
                 }
             } else {
                 if !dots {
-                    de.kind = self.entry_kind(&parent, item);
+                    de.kind = self.entry_kind(&parent, name, de.kind);
                 }
                 if add(&de, None) {
                     break;
@@ -1394,17 +1701,19 @@ impl FileSystem for PolicyFs {
     }
 
     fn releasedir(&self, _node: u64, fh: u64) {
-        if let Ok(mut t) = self.dirs.write() {
-            t.remove(&fh);
+        let handle = self.dirs.write().ok().and_then(|mut t| t.remove(&fh));
+        if let Some(d) = handle {
+            self.dir_closed(&d);
         }
     }
 
     fn fsyncdir(&self, _node: u64, fh: u64, datasync: bool) -> FsResult<()> {
         let d = self.dir(fh)?;
+        let fd = d.fd.lock().map_err(|_| Errno::IO)?;
         if datasync {
-            rustix::fs::fdatasync(&d.fd)
+            rustix::fs::fdatasync(&*fd)
         } else {
-            rustix::fs::fsync(&d.fd)
+            rustix::fs::fsync(&*fd)
         }
     }
 
@@ -1447,7 +1756,9 @@ impl FileSystem for PolicyFs {
         Self::check_xattr_name(name)?;
         let inode = self.inode(node)?;
         let flags = XattrFlags::from_bits_retain(flags as u32);
-        rustix::fs::setxattr(proc_path(inode.fd.as_fd()), name, value, flags)
+        self.xattr_change(&inode, name, Some(value.len()), |path| {
+            rustix::fs::setxattr(path, name, value, flags)
+        })
     }
 
     fn getxattr(&self, node: u64, name: &OsStr) -> FsResult<Vec<u8>> {
@@ -1498,7 +1809,9 @@ impl FileSystem for PolicyFs {
         self.writable()?;
         Self::check_xattr_name(name)?;
         let inode = self.inode(node)?;
-        rustix::fs::removexattr(proc_path(inode.fd.as_fd()), name)
+        self.xattr_change(&inode, name, None, |path| {
+            rustix::fs::removexattr(path, name)
+        })
     }
 
     fn fallocate(&self, node: u64, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
@@ -1561,11 +1874,14 @@ impl FileSystem for PolicyFs {
     }
 
     fn destroy(&self) {
-        if let Ok(mut t) = self.files.write() {
-            t.clear();
+        // Closed like any release: unlinked files give their space back.
+        let files = self.files.write().map(|mut t| std::mem::take(&mut *t));
+        for h in files.into_iter().flat_map(HashMap::into_values) {
+            self.file_closed(&h);
         }
-        if let Ok(mut t) = self.dirs.write() {
-            t.clear();
+        let dirs = self.dirs.write().map(|mut t| std::mem::take(&mut *t));
+        for d in dirs.into_iter().flat_map(HashMap::into_values) {
+            self.dir_closed(&d);
         }
         if let Ok(mut t) = self.inodes.write() {
             t.by_node.retain(|&n, _| n == ROOT_NODE);

@@ -16,8 +16,9 @@
 
 /// Name of the xattr holding the record.
 pub const RECORD_XATTR: &str = "user.msb.meta";
-/// Every xattr under this prefix belongs to msb and is hidden from clients.
-pub const RESERVED_PREFIX: &[u8] = b"user.msb.";
+/// Every xattr under this prefix belongs to msb and is hidden from clients
+/// (and not counted as volume usage).
+pub const RESERVED_PREFIX: &[u8] = msb_quota::usage::OWN_XATTR_PREFIX;
 
 const VERSION: u8 = 1;
 const LEN: usize = 20;

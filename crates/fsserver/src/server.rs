@@ -12,6 +12,8 @@ use std::thread::JoinHandle;
 use rustix::fs::{CWD, Mode, OFlags, ResolveFlags};
 use rustix::mount::{MountFlags, UnmountFlags};
 
+use msb_spec::IdMap;
+
 use crate::fuse::{FuseTransport, Running};
 use crate::policy::{Policy, PolicyError, PolicyFs};
 
@@ -126,8 +128,9 @@ pub fn mount_data(fuse_fd: RawFd) -> String {
 /// Creates a FUSE mount backed by `fuse` that is not attached anywhere
 /// yet: the returned mount descriptor can be attached with `move_mount(2)`
 /// by any process it is passed to, in its own mount namespace (a
-/// sandbox's). Start the server with [`serve`] at once: the kernel has sent
-/// its handshake, and the first access waits for the answer.
+/// sandbox's). It is always `nosuid,nodev`. Start the server with [`serve`]
+/// at once: the kernel has sent its handshake, and the first access waits
+/// for the answer.
 pub fn mount_detached(fuse: &OwnedFd) -> Result<OwnedFd, FsServerError> {
     use rustix::mount::{
         FsMountFlags, FsOpenFlags, MountAttrFlags, fsconfig_create, fsconfig_set_flag,
@@ -144,7 +147,10 @@ pub fn mount_detached(fuse: &OwnedFd) -> Result<OwnedFd, FsServerError> {
         .map_err(err)?;
     }
     fsconfig_create(&fs).map_err(err)?;
-    fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty()).map_err(err)
+    // Device nodes and setuid bits come from records anyone able to write
+    // the volume may plant: neither may take effect.
+    let attrs = MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV;
+    fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(err)
 }
 
 /// Raises the descriptor limit as far as allowed: the node cache sizes
@@ -171,9 +177,9 @@ fn raise_fd_limit() {
     });
 }
 
-fn start(fs: PolicyFs, fuse: OwnedFd) -> Result<Server, FsServerError> {
+fn start(fs: PolicyFs, fuse: OwnedFd, ids: IdMap) -> Result<Server, FsServerError> {
     let running: Running = Arc::new(AtomicBool::new(true));
-    let transport = FuseTransport::new(Arc::new(fs), running.clone());
+    let transport = FuseTransport::new(Arc::new(fs), running.clone(), ids);
     let thread = std::thread::Builder::new()
         .name("msb-fsserver".into())
         .spawn(move || {
@@ -199,8 +205,9 @@ fn start(fs: PolicyFs, fuse: OwnedFd) -> Result<Server, FsServerError> {
 /// away).
 pub fn serve(root: OwnedFd, fuse: OwnedFd, cfg: ServeConfig) -> Result<Server, FsServerError> {
     raise_fd_limit();
+    let ids = cfg.id_map;
     let fs = PolicyFs::new(&root, cfg)?;
-    start(fs, fuse)
+    start(fs, fuse, ids)
 }
 
 /// Host convenience (used by `msb volume mount`): serves the directory `dir`
@@ -210,13 +217,14 @@ pub fn serve(root: OwnedFd, fuse: OwnedFd, cfg: ServeConfig) -> Result<Server, F
 /// [`detach_mounts_of`]). A watchdog process removes the mount if this process
 /// dies without unmounting.
 pub fn mount(dir: &Path, mountpoint: &Path, cfg: ServeConfig) -> Result<Server, FsServerError> {
-    let readonly = cfg.readonly;
+    let (readonly, ids) = (cfg.readonly, cfg.id_map);
     raise_fd_limit();
     let fs = PolicyFs::new(&open_root(dir, false)?, cfg)?;
     let source = CString::new(dir.as_os_str().as_bytes()).expect("a path holds no NUL");
     let fuse = rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| FsServerError::OpenFuse(e.into()))?;
     let data = CString::new(mount_data(fuse.as_raw_fd())).expect("no NUL in mount data");
+    // Never devices or setuid, as for detached mounts.
     let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
     if readonly {
         flags |= MountFlags::RDONLY;
@@ -242,7 +250,7 @@ pub fn mount(dir: &Path, mountpoint: &Path, cfg: ServeConfig) -> Result<Server, 
             source: e.into(),
         });
     }
-    let mut server = match start(fs, fuse) {
+    let mut server = match start(fs, fuse, ids) {
         Ok(s) => s,
         Err(e) => {
             fail(watchdog);

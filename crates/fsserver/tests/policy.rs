@@ -2,12 +2,12 @@
 //! refusals and the strict xattr probe, on real host directories.
 
 use std::ffi::OsStr;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::Path;
 
 use msb_fsserver::filesystem::{Context, Errno, FileSystem, ROOT_NODE, SetAttr};
 use msb_fsserver::policy::{Policy, PolicyError, PolicyFs};
-use msb_fsserver::{HostPerms, StatVirt, open_root};
+use msb_fsserver::{HostPerms, IdMap, StatVirt, open_root};
 
 const CTX: Context = Context { uid: 0, gid: 0 };
 
@@ -18,6 +18,7 @@ fn policy(readonly: bool, stat_virt: StatVirt) -> Policy {
         host_perms: HostPerms::Private,
         budget: None,
         owner: (1000, 1000),
+        id_map: IdMap::IDENTITY,
     }
 }
 
@@ -200,4 +201,41 @@ fn a_corrupt_record_is_an_io_error() {
     // off ignores records.
     let fs = fs_on(host.path(), false, StatVirt::Off);
     assert!(fs.lookup(&CTX, ROOT_NODE, name("f")).is_ok());
+}
+
+#[test]
+fn a_creator_without_host_ids_creates_nothing() {
+    let host = tempfile::tempdir().unwrap();
+    let fs = PolicyFs::new(
+        open_root(host.path(), false).unwrap(),
+        Policy {
+            id_map: IdMap::single(1000),
+            ..policy(false, StatVirt::Off)
+        },
+    )
+    .unwrap();
+    // Guest 5 has no host id in a one-id map.
+    let five = Context { uid: 5, gid: 5 };
+    let perm = Some(Errno::PERM);
+    assert_eq!(fs.mkdir(&five, ROOT_NODE, name("d"), 0o755).err(), perm);
+    assert_eq!(
+        fs.create(&five, ROOT_NODE, name("f"), 0o644, libc::O_WRONLY)
+            .err(),
+        perm
+    );
+    assert_eq!(
+        fs.symlink(&five, ROOT_NODE, name("l"), name("t")).err(),
+        perm
+    );
+    assert_eq!(
+        fs.mknod(&five, ROOT_NODE, name("p"), libc::S_IFIFO | 0o644, 0)
+            .err(),
+        perm
+    );
+    assert_eq!(std::fs::read_dir(host.path()).unwrap().count(), 0);
+    // Guest root is host 1000.
+    let e = fs.mkdir(&CTX, ROOT_NODE, name("d"), 0o755).unwrap();
+    assert_eq!((e.attr.uid, e.attr.gid), (0, 0));
+    let md = std::fs::metadata(host.path().join("d")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1000, 1000));
 }

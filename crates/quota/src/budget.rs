@@ -7,8 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::mm::{MapFlags, ProtFlags};
 
-/// Identifies a counter file and its layout version ("msbqta01").
-const MAGIC: u64 = u64::from_le_bytes(*b"msbqta01");
+/// Identifies a counter file and its version ("msbqta02"). Version 2
+/// counts what [`crate::usage`] defines (a cost per name, client xattrs);
+/// a version 1 counter counted allocation only, so it reads as damaged and
+/// its owner rebuilds it with a scan.
+const MAGIC: u64 = u64::from_le_bytes(*b"msbqta02");
 
 /// The shared layout of a counter file.
 #[repr(C)]
@@ -317,5 +320,14 @@ mod tests {
             Budget::open(&p, None),
             Err(QuotaError::Damaged { .. })
         ));
+        // A counter of the previous version counted less: it is rebuilt.
+        let mut v1 = b"msbqta01".to_vec();
+        v1.extend_from_slice(&4096u64.to_le_bytes());
+        std::fs::write(&p, v1).unwrap();
+        assert!(matches!(
+            Budget::open(&p, None),
+            Err(QuotaError::Damaged { .. })
+        ));
+        assert!(matches!(Budget::peek(&p), Err(QuotaError::Damaged { .. })));
     }
 }

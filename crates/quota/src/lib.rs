@@ -8,12 +8,16 @@
 //! reservation against the real allocation afterwards. Reading usage is a
 //! single load, so listing volumes never walks a tree.
 //!
-//! The counter is kept exact by everything that writes through msb; a
-//! [`scan`] recounts a tree from scratch (at creation, on `msb volume doctor`,
-//! and whenever the counter file is missing or damaged).
+//! What counts is every byte the volume holds: its files' allocation, a
+//! fixed cost per name and client xattrs (see [`usage`]). The counter is
+//! kept exact by everything that writes through msb; a [`scan`] recounts a
+//! tree from scratch (at creation, on `msb volume doctor`, and whenever the
+//! counter file is missing or damaged).
 
 mod budget;
 mod scan;
+pub mod usage;
 
 pub use budget::{Budget, QuotaError};
 pub use scan::{ScanError, scan};
+pub use usage::ENTRY_COST;
