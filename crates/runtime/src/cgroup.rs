@@ -603,6 +603,48 @@ pub struct CgroupEntry {
 }
 
 impl CgroupEntry {
+    /// The entry of the sandbox group process `pid` is in (a sandbox's
+    /// init), for a process joining that sandbox; `None` if it is in none.
+    pub fn of_process(pid: i32) -> Result<Option<CgroupEntry>, CgroupError> {
+        let path = PathBuf::from(format!("/proc/{pid}/cgroup"));
+        let text =
+            fs::read_to_string(&path).map_err(|source| CgroupError::Read { path, source })?;
+        let Some(hierarchy) = Hierarchy::detect() else {
+            return Ok(None);
+        };
+        let mut files = Vec::new();
+        for line in text.lines() {
+            // "hierarchy-id:controllers:path", the path as seen from here.
+            let mut parts = line.splitn(3, ':');
+            let (Some(id), Some(ctrls), Some(group)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if !group.starts_with(&format!("/{PARENT}/")) {
+                continue;
+            }
+            let root = match &hierarchy {
+                Hierarchy::Unified(root) if id == "0" => Some(root),
+                Hierarchy::Legacy { memory, pids, cpu } => ctrls.split(',').find_map(|c| match c {
+                    "memory" => Some(memory),
+                    "pids" => Some(pids),
+                    "cpu" => cpu.as_ref(),
+                    _ => None,
+                }),
+                Hierarchy::Unified(_) => None,
+            };
+            if let Some(root) = root {
+                let path = root.join(&group[1..]).join("cgroup.procs");
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|source| CgroupError::Open { path, source })?;
+                files.push(OwnedFd::from(file));
+            }
+        }
+        Ok((!files.is_empty()).then_some(CgroupEntry { files }))
+    }
+
     /// Moves the calling process into the group (writing 0 to
     /// `cgroup.procs` moves the writer). Async-signal-safe: one write per
     /// file, no allocation. The kernel checks the move against the cgroup

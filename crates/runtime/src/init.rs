@@ -46,6 +46,8 @@ pub enum InitError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot build the system call filter")]
+    Seccomp(#[source] crate::seccomp::SeccompError),
     #[error("command not found: {0}")]
     NotFound(String),
     #[error("cannot run {0}")]
@@ -1015,14 +1017,17 @@ fn spawn(plan: &InitPlan) -> Result<i32, InitError> {
     let keep = caps::keep_set(plan.security);
     let last_cap = caps::last_cap();
     let restricted = plan.security == Security::Restricted;
+    let filter = crate::seccomp::filter(plan.security).map_err(InitError::Seccomp)?;
     // SAFETY: the closure runs in the child between fork and exec; it only
     // makes async-signal-safe system calls (setsid, sigaction, sigprocmask,
-    // prctl, capset).
+    // seccomp, prctl, capset).
     unsafe {
         cmd.pre_exec(move || {
             // A session of its own: no controlling terminal to inject into.
             rustix::process::setsid()?;
             reset_signals();
+            // While the capabilities to install it without no_new_privs last.
+            filter.apply()?;
             caps::apply(keep, last_cap, restricted)
         });
     }

@@ -16,10 +16,12 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
+use std::sync::Arc;
 
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
 use crate::caps;
+use crate::cgroup::CgroupEntry;
 use crate::plan::Security;
 
 /// Namespaces a joining process enters in its child, after the pid one;
@@ -49,6 +51,18 @@ pub enum JoinError {
         #[source]
         source: io::Error,
     },
+    /// The sandbox's cgroup cannot be opened.
+    #[error("cannot open the cgroup of sandbox init {pid}")]
+    Cgroup {
+        /// The init's host pid.
+        pid: i32,
+        /// The reason.
+        #[source]
+        source: crate::cgroup::CgroupError,
+    },
+    /// The system call filter cannot be built.
+    #[error("cannot build the system call filter")]
+    Seccomp(#[source] crate::seccomp::SeccompError),
     /// The working directory contains a NUL byte.
     #[error("working directory {0:?} contains a NUL byte")]
     Workdir(String),
@@ -89,6 +103,7 @@ pub struct SandboxNamespaces {
     init: i32,
     pid: File,
     others: Vec<File>,
+    cgroup: Option<Arc<CgroupEntry>>,
 }
 
 impl SandboxNamespaces {
@@ -108,6 +123,9 @@ impl SandboxNamespaces {
                 .into_iter()
                 .map(open)
                 .collect::<Result<Vec<_>, _>>()?,
+            cgroup: CgroupEntry::of_process(init)
+                .map_err(|source| JoinError::Cgroup { pid: init, source })?
+                .map(Arc::new),
         })
     }
 
@@ -138,6 +156,8 @@ impl SandboxNamespaces {
         let last_cap = caps::last_cap();
         let restricted = security == Security::Restricted;
         let drop_groups = crate::sandbox_ids().count > 1;
+        let filter = crate::seccomp::filter(security).map_err(JoinError::Seccomp)?;
+        let cgroup = self.cgroup.clone();
         let first_closed = 3 + preserve_fds;
         // The hook owns its copies, so `cmd` stays valid on its own.
         let others = self
@@ -154,6 +174,11 @@ impl SandboxNamespaces {
         unsafe {
             cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_DUMPABLE, 0);
+                // Under the sandbox's limits, entered before its cgroup
+                // namespace.
+                if let Some(entry) = &cgroup {
+                    entry.enter()?;
+                }
                 libc::syscall(
                     libc::SYS_close_range,
                     first_closed,
@@ -177,6 +202,9 @@ impl SandboxNamespaces {
                     Err(e) => return Err(e.into()),
                 }
                 crate::init::reset_signals();
+                // While the capabilities to install it without
+                // no_new_privs last.
+                filter.apply()?;
                 caps::apply(keep, last_cap, restricted)
             });
         }

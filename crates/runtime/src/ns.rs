@@ -19,6 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use crate::backend::{Backend, Running, SandboxStdio};
+use crate::cgroup::{CgroupEntry, CgroupError, SandboxCgroup};
 use crate::init::{PASSED_FD_BASE, PLAN_ENV, STATUS_FD, exit_code, wait_signal};
 use crate::plan::InitPlan;
 use msb_spec::IdMap;
@@ -28,6 +29,8 @@ use msb_spec::IdMap;
 pub enum NsError {
     #[error("cannot create the sandbox process in new namespaces")]
     Clone(#[source] io::Error),
+    #[error("cannot set up the sandbox's cgroup")]
+    Cgroup(#[source] CgroupError),
     #[error("cannot map the sandbox's user and group ids")]
     IdMap(#[source] io::Error),
     #[error("the init program path or arguments contain a NUL byte")]
@@ -119,6 +122,7 @@ fn write_id_maps(pid: i32, ids: IdMap) -> io::Result<()> {
 /// Must run in the freshly cloned child, with the pointers valid.
 unsafe fn child(
     go: libc::c_int,
+    cgroup: Option<&CgroupEntry>,
     moves: &[(i32, i32)],
     high: &mut [i32],
     drop_groups: bool,
@@ -135,6 +139,11 @@ unsafe fn child(
         // perhaps: its pid is not visible from the new pid namespace).
         let mut b = 0u8;
         if libc::read(go, (&raw mut b).cast(), 1) != 1 {
+            fail();
+        }
+        // Into the sandbox's cgroup before anything runs, and before the
+        // cgroup namespace below, which is then rooted there.
+        if cgroup.is_some_and(|c| c.enter().is_err()) {
             fail();
         }
         // Become the namespace's root (until now the unmapped overflow id),
@@ -218,6 +227,18 @@ impl Backend for NamespaceBackend {
             moves.push((fd.as_raw_fd(), PASSED_FD_BASE + i as i32));
         }
         let mut high = vec![-1; moves.len()];
+        // Rootless sandboxes go without limits: an unprivileged user may
+        // not make cgroups (unless a service manager delegated some).
+        let cgroup = if self.ids.count > 1 {
+            Some(SandboxCgroup::create(&plan.name, &plan.resources).map_err(NsError::Cgroup)?)
+        } else {
+            None
+        };
+        let entry = cgroup
+            .as_ref()
+            .map(SandboxCgroup::entry)
+            .transpose()
+            .map_err(NsError::Cgroup)?;
         let drop_groups = self.ids.count > 1;
         let flags = libc::CLONE_NEWUSER
             | libc::CLONE_NEWNS
@@ -238,6 +259,7 @@ impl Backend for NamespaceBackend {
             unsafe {
                 child(
                     go_read.as_raw_fd(),
+                    entry.as_ref(),
                     &moves,
                     &mut high,
                     drop_groups,
@@ -251,7 +273,12 @@ impl Backend for NamespaceBackend {
         drop(go_read);
         drop(write);
         drop(stdio);
-        let mut sandbox = NsSandbox { pid, status: None };
+        drop(entry);
+        let mut sandbox = NsSandbox {
+            pid,
+            status: None,
+            _cgroup: cgroup,
+        };
         write_id_maps(pid, self.ids).map_err(NsError::IdMap)?;
         rustix::io::write(&go_write, b"g").map_err(|e| NsError::Status(e.into()))?;
         drop(go_write);
@@ -280,6 +307,9 @@ impl Backend for NamespaceBackend {
 pub struct NsSandbox {
     pid: i32,
     status: Option<i32>,
+    /// Dropped after the init is reaped: kills whatever is left and
+    /// removes the group.
+    _cgroup: Option<SandboxCgroup>,
 }
 
 impl NsSandbox {

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use msb_spec::{GuestPath, MountFlags, MountTable};
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup::Resources;
+
 /// Privileges of the workload.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -47,6 +49,9 @@ pub struct SandboxSpec {
     pub env: Vec<(String, String)>,
     /// Privileges of the workload.
     pub security: Security,
+    /// Memory, CPU and process limits.
+    #[serde(default)]
+    pub resources: Resources,
     /// The mounts.
     pub mounts: MountTable,
     /// The command and its arguments. Empty: no command; the sandbox stays
@@ -59,6 +64,10 @@ pub struct SandboxSpec {
 pub struct InitPlan {
     /// What the root filesystem is made of.
     pub root: InitRoot,
+    /// The sandbox's cgroup name, unique on the host.
+    pub name: String,
+    /// Memory, CPU and process limits.
+    pub resources: Resources,
     /// Size in MiB of the tmpfs mounts that state none (the root, `/tmp`,
     /// `/dev/shm`, `/run`, `--tmpfs` without a size): the sandbox's memory,
     /// which their pages are charged to anyway.

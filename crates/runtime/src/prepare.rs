@@ -167,8 +167,23 @@ fn recount(store: &Store, info: &VolumeInfo) {
     }
 }
 
-/// The sandbox's memory in MiB until limits are configurable.
-const DEFAULT_MEMORY_MIB: u32 = 1024;
+/// A cgroup name for the sandbox `holder` started by this process: the
+/// holder's letters and digits and this process's id, which no other live
+/// sandbox has.
+fn cgroup_name(holder: &str) -> String {
+    let plain: String = holder
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(100)
+        .collect();
+    format!("{}-{}", plain.trim_start_matches('-'), std::process::id())
+}
 
 /// The environment every command gets before `--env`.
 fn base_env() -> Vec<(String, String)> {
@@ -214,6 +229,8 @@ pub fn prepare<'s>(
     let mut p = Prepared {
         plan: InitPlan {
             root: InitRoot::Fresh,
+            name: cgroup_name(holder),
+            resources: spec.resources,
             mounts: Vec::new(),
             workdir: spec
                 .workdir
@@ -223,7 +240,7 @@ pub fn prepare<'s>(
             security: spec.security,
             command: spec.command.clone(),
             hostname: "msb".to_string(),
-            tmpfs_mib: DEFAULT_MEMORY_MIB,
+            tmpfs_mib: spec.resources.memory_mib,
         },
         store,
         views: Vec::new(),
@@ -453,6 +470,7 @@ fn server_config(
         host_perms: options.host_perms.unwrap_or_default(),
         budget: None,
         owner: (0, 0),
+        id_map: crate::sandbox_ids(),
     })
 }
 

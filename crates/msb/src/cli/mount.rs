@@ -103,6 +103,8 @@ fn serve(args: &MountArgs, ready: Option<Ready>) -> CliResult {
             host_perms: args.host_perms,
             budget,
             owner: invoking_user(),
+            // Served on the host: host ids as they are.
+            id_map: msb_spec::IdMap::IDENTITY,
         };
         let server = msb_fsserver::mount(&info.path, &dir, cfg)?;
         Ok((server, attachment, dir))

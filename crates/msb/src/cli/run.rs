@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use msb_runtime::{InitProgram, NamespaceBackend, SandboxSpec, Security};
+use msb_runtime::{InitProgram, NamespaceBackend, Resources, SandboxSpec, Security};
 use msb_spec::{CliFlag, GuestPath, MountError, MountTable, parse_cli};
 use msb_store::Store;
 
@@ -12,7 +12,9 @@ use super::CliResult;
 /// Arguments of `msb run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Root filesystem directory (default: the host's root, read-only).
+    /// Root filesystem directory, under a private writable layer (default:
+    /// a fresh root with the host's /usr, read-only, and a generated /etc;
+    /// `/` shares the host's root, read-only).
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
     /// Working directory inside the sandbox.
@@ -21,10 +23,13 @@ pub struct RunArgs {
     /// Environment variable K=V, or K to pass the host's value (repeatable).
     #[arg(long = "env", short = 'e', value_name = "K=V")]
     pub env: Vec<String>,
-    /// default (root without mount or device capabilities) or restricted
-    /// (no capabilities, no_new_privs, nosuid,nodev on every mount).
+    /// default (root of the sandbox's user namespace without mount or
+    /// device capabilities) or restricted (no capabilities, no_new_privs, a
+    /// stricter system call filter).
     #[arg(long, default_value = "default", value_parser = parse_security)]
     pub security: Security,
+    #[command(flatten)]
+    pub resources: ResourceFlags,
     /// Print the resolved plan as JSON and run nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -46,6 +51,42 @@ fn parse_security(s: &str) -> Result<Security, String> {
 fn usage(msg: impl std::fmt::Display) -> CliResult {
     eprintln!("error: {msg}");
     Ok(ExitCode::from(2))
+}
+
+/// The limits shared by `msb run` and `msb create`.
+#[derive(Debug, clap::Args)]
+pub struct ResourceFlags {
+    /// Memory of the whole sandbox, tmpfs mounts included (e.g. 512M, 2G;
+    /// a bare number is MiB) [default: 1G].
+    #[arg(long, value_name = "SIZE", value_parser = Resources::parse_memory)]
+    pub memory: Option<u32>,
+    /// CPUs the sandbox may use, a decimal like 0.5 or 2 [default: no limit].
+    #[arg(long, value_name = "N", value_parser = Resources::parse_cpus)]
+    pub cpus: Option<u32>,
+    /// Most processes the sandbox may hold at once [default: 1024].
+    #[arg(long = "pids-limit", value_name = "N", value_parser = Resources::parse_pids)]
+    pub pids_limit: Option<u32>,
+}
+
+impl ResourceFlags {
+    /// The limits, defaults filled in.
+    pub fn resources(&self) -> Resources {
+        let d = Resources::default();
+        Resources {
+            memory_mib: self.memory.unwrap_or(d.memory_mib),
+            cpus_milli: self.cpus.or(d.cpus_milli),
+            pids: self.pids_limit.unwrap_or(d.pids),
+        }
+    }
+}
+
+/// Prints a warning when `rootfs` shares the host's root.
+pub(super) fn warn_host_root(rootfs: Option<&std::path::Path>) {
+    if rootfs == Some(std::path::Path::new("/")) {
+        eprintln!(
+            "warning: --rootfs / shares the host's root (read-only): the sandbox can read every file the host lets others read"
+        );
+    }
 }
 
 /// The mount flags shared by `msb run` and `msb create` (the peer's grammar).
@@ -130,11 +171,13 @@ fn spec(args: &RunArgs) -> Result<SandboxSpec, String> {
         ),
         None => None,
     };
+    warn_host_root(rootfs.as_deref());
     Ok(SandboxSpec {
         rootfs,
         workdir,
         env,
         security: args.security,
+        resources: args.resources.resources(),
         mounts,
         command: args.command.clone(),
     })

@@ -22,7 +22,8 @@ use super::CliResult;
 pub struct CreateArgs {
     /// The sandbox's name (letters, digits, '.', '_', '-').
     pub name: String,
-    /// Root filesystem directory (default: the host's root, read-only).
+    /// Root filesystem directory, under a private writable layer (see `msb
+    /// run --help`).
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
     /// Working directory of every command run in the sandbox.
@@ -35,6 +36,8 @@ pub struct CreateArgs {
     /// default or restricted (see `msb run --help`).
     #[arg(long, default_value = "default", value_parser = parse_security)]
     pub security: Security,
+    #[command(flatten)]
+    pub resources: super::run::ResourceFlags,
     #[command(flatten)]
     pub mounts: super::run::MountFlags,
 }
@@ -179,9 +182,11 @@ pub fn create(args: CreateArgs) -> CliResult {
     {
         return usage(format!("invalid --rootfs {}: {e}", r.display()));
     }
+    super::run::warn_host_root(args.rootfs.as_deref());
     let mut builder = SandboxStore::default_home()?
         .builder(args.name.as_str())
         .security(args.security)
+        .resources(args.resources.resources())
         .mounts(
             mounts
                 .entries()

@@ -36,7 +36,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use msb_runtime::{
-    Backend, NamespaceBackend, PrepareError, RunError, Running, SandboxSpec, SandboxStdio, Security,
+    Backend, NamespaceBackend, PrepareError, Resources, RunError, Running, SandboxSpec,
+    SandboxStdio, Security,
 };
 use msb_spec::{GuestPath, Mount, MountError, MountTable, NameError, NamedMode, VolumeName};
 use msb_store::{SandboxRecord, Store, StoreError};
@@ -60,6 +61,9 @@ pub enum LifecycleError {
     /// A mount is invalid.
     #[error("invalid mount")]
     Mount(#[from] MountError),
+    /// A memory, CPU or process limit is out of range.
+    #[error("invalid resource limits")]
+    Resources(#[source] msb_runtime::CgroupError),
     /// The working directory is not an absolute guest path.
     #[error("invalid working directory")]
     Workdir(#[source] MountError),
@@ -189,6 +193,8 @@ pub struct SandboxConfig {
     workdir: Option<GuestPath>,
     env: Vec<(String, String)>,
     security: Security,
+    #[serde(default)]
+    resources: Resources,
     mounts: MountTable,
 }
 
@@ -211,6 +217,11 @@ impl SandboxConfig {
     /// Privileges of commands.
     pub fn security(&self) -> Security {
         self.security
+    }
+
+    /// Memory, CPU and process limits of the whole sandbox.
+    pub fn resources(&self) -> Resources {
+        self.resources
     }
 
     /// The mounts, parents first.
@@ -680,6 +691,7 @@ pub fn supervise_sandbox(name: &str) -> Result<()> {
         workdir: config.workdir,
         env: config.env,
         security: config.security,
+        resources: config.resources,
         mounts: config.mounts,
         // No command: the init itself keeps the sandbox up.
         command: Vec::new(),
@@ -737,6 +749,7 @@ pub struct SandboxBuilder {
     env: Vec<(String, String)>,
     workdir: Option<String>,
     security: Security,
+    resources: Resources,
 }
 
 impl SandboxBuilder {
@@ -749,6 +762,7 @@ impl SandboxBuilder {
             env: Vec::new(),
             workdir: None,
             security: Security::default(),
+            resources: Resources::default(),
         }
     }
 
@@ -790,6 +804,13 @@ impl SandboxBuilder {
         self
     }
 
+    /// Memory, CPU and process limits of the whole sandbox (default:
+    /// [`Resources::default`]).
+    pub fn resources(mut self, resources: Resources) -> Self {
+        self.resources = resources;
+        self
+    }
+
     /// Validates everything, once, at the edge.
     fn config(&self) -> Result<(String, SandboxConfig)> {
         let name = VolumeName::new(self.name.as_str())
@@ -812,6 +833,9 @@ impl SandboxBuilder {
             env.retain(|(ek, _)| ek != k);
             env.push((k.clone(), v.clone()));
         }
+        self.resources
+            .validate()
+            .map_err(LifecycleError::Resources)?;
         let rootfs = match &self.rootfs {
             Some(r) => Some(std::fs::canonicalize(cwd.join(r)).map_err(|source| {
                 LifecycleError::Rootfs {
@@ -828,6 +852,7 @@ impl SandboxBuilder {
                 workdir,
                 env,
                 security: self.security,
+                resources: self.resources,
                 mounts: MountTable::new(mounts, &cwd)?,
             },
         ))

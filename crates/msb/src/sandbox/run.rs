@@ -19,7 +19,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use msb_runtime::{NamespaceBackend, RunError, SandboxSpec, SandboxStdio, Security};
+use msb_runtime::{NamespaceBackend, Resources, RunError, SandboxSpec, SandboxStdio, Security};
 use msb_spec::{Mount, MountError, MountTable};
 use msb_store::{Store, StoreError};
 
@@ -37,6 +37,9 @@ pub enum SandboxError {
     /// The program name is empty.
     #[error("the command is empty")]
     NoCommand,
+    /// A memory, CPU or process limit is out of range.
+    #[error("invalid resource limits")]
+    Resources(#[source] msb_runtime::CgroupError),
     /// The volume store cannot be opened.
     #[error("cannot open the volume store")]
     Store(#[source] StoreError),
@@ -76,6 +79,7 @@ pub struct RunBuilder {
     workdir: Option<String>,
     env: Vec<(String, String)>,
     security: Security,
+    resources: Resources,
     home: Option<PathBuf>,
 }
 
@@ -130,6 +134,12 @@ impl RunBuilder {
         self
     }
 
+    /// Memory, CPU and process limits (default: [`Resources::default`]).
+    pub fn resources(mut self, resources: Resources) -> Self {
+        self.resources = resources;
+        self
+    }
+
     /// Uses the volume store at `home` instead of `$MSB_HOME` or
     /// `~/.microsandbox`.
     pub fn home(mut self, home: impl Into<PathBuf>) -> Self {
@@ -146,11 +156,13 @@ impl RunBuilder {
         let mounts = super::guest_mounts(&self.mounts)?;
         let workdir =
             super::guest_workdir(self.workdir.as_deref()).map_err(SandboxError::Workdir)?;
+        self.resources.validate().map_err(SandboxError::Resources)?;
         Ok(SandboxSpec {
             rootfs: self.rootfs.as_ref().map(|r| absolute(r, &cwd)),
             workdir,
             env: self.env.clone(),
             security: self.security,
+            resources: self.resources,
             mounts: MountTable::new(mounts, &cwd)?,
             command: self.command.clone(),
         })
