@@ -19,6 +19,8 @@ pub struct SandboxStdio {
     /// Descriptors handed to the sandbox's init as 4, 5, ... (see
     /// [`crate::Prepared::take_passed_fds`]).
     pub passed: Vec<OwnedFd>,
+    /// Descriptors the command gets as 3, 4, ... (`--preserve-fds`).
+    pub preserved: Vec<OwnedFd>,
 }
 
 /// Starts sandboxes from resolved plans.

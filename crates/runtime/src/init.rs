@@ -1018,11 +1018,25 @@ fn spawn(plan: &InitPlan) -> Result<i32, InitError> {
     let last_cap = caps::last_cap();
     let restricted = plan.security == Security::Restricted;
     let filter = crate::seccomp::filter(plan.security).map_err(InitError::Seccomp)?;
+    let preserved = plan.preserved.clone();
     // SAFETY: the closure runs in the child between fork and exec; it only
-    // makes async-signal-safe system calls (setsid, sigaction, sigprocmask,
-    // seccomp, prctl, capset).
+    // makes async-signal-safe system calls (dup2, close_range, setsid,
+    // sigaction, sigprocmask, seccomp, prctl, capset).
     unsafe {
         cmd.pre_exec(move || {
+            // Each source lies above every earlier target, so moving them
+            // in order clobbers none still to be moved.
+            for (i, fd) in preserved.iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as i32) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            libc::syscall(
+                libc::SYS_close_range,
+                3 + preserved.len() as u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
             // A session of its own: no controlling terminal to inject into.
             rustix::process::setsid()?;
             reset_signals();

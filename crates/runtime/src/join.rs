@@ -190,9 +190,9 @@ impl SandboxNamespaces {
                 }
                 // Root of the sandbox's user namespace, without the host's
                 // supplementary groups.
-                if libc::setresgid(0, 0, 0) != 0
-                    || (drop_groups && libc::setgroups(0, std::ptr::null()) != 0)
-                    || libc::setresuid(0, 0, 0) != 0
+                if libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
+                    || (drop_groups && libc::syscall(libc::SYS_setgroups, 0, 0) != 0)
+                    || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
                 {
                     return Err(io::Error::last_os_error());
                 }

@@ -149,10 +149,11 @@ unsafe fn child(
         // Become the namespace's root (until now the unmapped overflow id),
         // so exec keeps the capabilities the namespace gives; shed the
         // host's supplementary groups (root's group would still count on
-        // host files).
-        if libc::setresgid(0, 0, 0) != 0
-            || (drop_groups && libc::setgroups(0, std::ptr::null()) != 0)
-            || libc::setresuid(0, 0, 0) != 0
+        // host files). Raw calls: the C library's wrappers would wait for
+        // the caller's other threads, which this copy does not have.
+        if libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
+            || (drop_groups && libc::syscall(libc::SYS_setgroups, 0, 0) != 0)
+            || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
         {
             fail();
         }
@@ -193,7 +194,12 @@ impl Backend for NamespaceBackend {
         for a in &self.init.args {
             argv.push(cstring(a.as_bytes())?);
         }
-        let json = serde_json::to_string(plan).map_err(NsError::Encode)?;
+        let mut plan = plan.clone();
+        let preserved_base = PASSED_FD_BASE + stdio.passed.len() as i32;
+        plan.preserved = (0..stdio.preserved.len() as i32)
+            .map(|i| preserved_base + i)
+            .collect();
+        let json = serde_json::to_string(&plan).map_err(NsError::Encode)?;
         let envp = [cstring(format!("{PLAN_ENV}={json}").as_bytes())?];
         let argv_ptrs: Vec<*const libc::c_char> = argv
             .iter()
@@ -223,7 +229,7 @@ impl Backend for NamespaceBackend {
             }
         }
         moves.push((write.as_raw_fd(), STATUS_FD));
-        for (i, fd) in stdio.passed.iter().enumerate() {
+        for (i, fd) in stdio.passed.iter().chain(&stdio.preserved).enumerate() {
             moves.push((fd.as_raw_fd(), PASSED_FD_BASE + i as i32));
         }
         let mut high = vec![-1; moves.len()];

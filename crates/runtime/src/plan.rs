@@ -84,6 +84,10 @@ pub struct InitPlan {
     pub command: Vec<String>,
     /// Host name inside the sandbox.
     pub hostname: String,
+    /// The numbers in the init of the descriptors the command gets as 3,
+    /// 4, ... (set by the backend, which lays the descriptors out).
+    #[serde(default)]
+    pub preserved: Vec<i32>,
 }
 
 /// The root filesystem of a resolved sandbox.

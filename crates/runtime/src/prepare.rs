@@ -240,6 +240,7 @@ pub fn prepare<'s>(
             security: spec.security,
             command: spec.command.clone(),
             hostname: "msb".to_string(),
+            preserved: Vec::new(),
             tmpfs_mib: spec.resources.memory_mib,
         },
         store,

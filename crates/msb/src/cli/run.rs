@@ -30,6 +30,10 @@ pub struct RunArgs {
     pub security: Security,
     #[command(flatten)]
     pub resources: ResourceFlags,
+    /// Pass descriptors 3 to 3+N-1 on to the command (every other one
+    /// above 2 is closed, as is any by default).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub preserve_fds: u32,
     /// Print the resolved plan as JSON and run nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -146,6 +150,23 @@ pub(super) fn chain(e: &MountError) -> String {
     s
 }
 
+/// Copies of descriptors `3..3 + n`, for `--preserve-fds`.
+pub(super) fn preserved_fds(n: u32) -> std::io::Result<Vec<std::os::fd::OwnedFd>> {
+    (0..n)
+        .map(|i| {
+            // SAFETY: a descriptor number the caller handed this process;
+            // it is only duplicated, never closed here.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(3 + i as i32) };
+            fd.try_clone_to_owned().map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("--preserve-fds {n}: descriptor {} is not open: {e}", 3 + i),
+                )
+            })
+        })
+        .collect()
+}
+
 /// The arguments as a validated sandbox spec, or a usage message.
 fn spec(args: &RunArgs) -> Result<SandboxSpec, String> {
     let mounts = args.mounts.table()?;
@@ -207,14 +228,11 @@ pub fn run(args: RunArgs) -> CliResult {
         args: vec!["run".into(), "--sandbox-init".into()],
     });
     let holder = format!("sandbox:run-{}", std::process::id());
-    match msb_runtime::run(
-        &spec,
-        &store,
-        &backend,
-        &holder,
-        msb_runtime::SandboxStdio::default(),
-        true,
-    ) {
+    let stdio = msb_runtime::SandboxStdio {
+        preserved: preserved_fds(args.preserve_fds)?,
+        ..Default::default()
+    };
+    match msb_runtime::run(&spec, &store, &backend, &holder, stdio, true) {
         Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
         Err(e) => {
             super::report(&e);

@@ -102,6 +102,10 @@ pub struct ExecArgs {
     /// Working directory of this command.
     #[arg(long, short = 'w', value_name = "DIR")]
     pub workdir: Option<String>,
+    /// Pass descriptors 3 to 3+N-1 on to the command (every other one
+    /// above 2 is closed, as is any by default).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub preserve_fds: u32,
     /// The command and its arguments; without one, /bin/sh (add -t for an
     /// interactive shell).
     #[arg(last = true)]
@@ -300,6 +304,9 @@ pub fn exec(args: ExecArgs) -> CliResult {
         Ok(e) => e,
         Err(msg) => return usage(msg),
     };
+    // Checked before this process opens anything that could take their
+    // numbers.
+    drop(super::run::preserved_fds(args.preserve_fds)?);
     // Before any thread starts, so every thread inherits the mask: signals
     // sent to us queue for forwarding to the command.
     msb_runtime::block_signals();
@@ -319,6 +326,7 @@ pub fn exec(args: ExecArgs) -> CliResult {
     if let Some(w) = args.workdir {
         cmd = cmd.workdir(w);
     }
+    cmd = cmd.preserve_fds(args.preserve_fds);
     let status = if args.tty {
         rt.block_on(on_terminal(cmd))
     } else {

@@ -130,6 +130,7 @@ pub struct ExecBuilder {
     command: Vec<String>,
     env: Vec<(String, String)>,
     workdir: Option<String>,
+    preserve_fds: u32,
 }
 
 impl ExecBuilder {
@@ -138,6 +139,7 @@ impl ExecBuilder {
             sandbox,
             command: vec![program],
             env: Vec::new(),
+            preserve_fds: 0,
             workdir: None,
         }
     }
@@ -163,6 +165,14 @@ impl ExecBuilder {
     /// Working directory of this command instead of the sandbox's.
     pub fn workdir(mut self, dir: impl Into<String>) -> Self {
         self.workdir = Some(dir.into());
+        self
+    }
+
+    /// Passes this process's descriptors 3 to 3+`n`-1 on to the command, at
+    /// the same numbers (every other descriptor above 2 is closed, as is
+    /// any by default). They must be open and not close-on-exec.
+    pub fn preserve_fds(mut self, n: u32) -> Self {
+        self.preserve_fds = n;
         self
     }
 
@@ -215,7 +225,12 @@ impl ExecBuilder {
             // SAFETY: `setup` makes only async-signal-safe system calls.
             unsafe { cmd.pre_exec(setup) };
         }
-        Ok(namespaces.spawn(&mut cmd, &workdir, config.security(), 0)?)
+        Ok(namespaces.spawn(
+            &mut cmd,
+            &workdir,
+            config.security(),
+            self.preserve_fds,
+        )?)
     }
 
     /// Runs the command with no input, collecting its exit status and

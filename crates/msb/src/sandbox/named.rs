@@ -710,7 +710,7 @@ pub fn supervise_sandbox(name: &str) -> Result<()> {
         stdin: Some(null()?),
         stdout: Some(null()?),
         stderr: Some(null()?),
-        passed: Vec::new(),
+        ..Default::default()
     };
     stdio.passed.extend(prepared.take_passed_fds());
     let backend = NamespaceBackend::new(helper.init());
