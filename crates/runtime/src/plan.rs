@@ -126,25 +126,21 @@ pub struct InitMount {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum InitSource {
-    /// A kernel bind mount of a host directory or file.
-    Bind {
-        /// Absolute host path.
-        path: PathBuf,
-        /// Whether it is a directory (else a single file).
-        dir: bool,
-    },
     /// A fresh tmpfs.
     Tmpfs {
         /// Size limit in MiB.
         size_mib: Option<u32>,
     },
     /// A mount the supervisor made in the host's user namespace, where the
-    /// sandbox could not (a filesystem server's FUSE mount, a filesystem on
-    /// a block device), flags already applied. The server runs before the
+    /// sandbox could not (a bind mount of a host path only host root may
+    /// reach, a filesystem server's FUSE mount, a filesystem on a block
+    /// device), flags already applied. The server runs before the
     /// sandbox starts, so the init can use it at once (a working directory
     /// or a nested mount point on it).
     Detached {
         /// The number in the init of the detached mount's descriptor.
         fd: i32,
+        /// Whether it is a directory (else a single file).
+        dir: bool,
     },
 }

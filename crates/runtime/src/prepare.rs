@@ -354,10 +354,7 @@ fn add_mount(
             if let Some(cfg) = server_config(options, flags, None) {
                 return serve(p, guest, host_path, true, cfg, flags);
             }
-            Ok(InitSource::Bind {
-                path: host_path.clone(),
-                dir: meta.is_dir(),
-            })
+            bind(p, guest, host_path, meta.is_dir(), flags)
         }
         Mount::Named {
             name,
@@ -386,10 +383,7 @@ fn add_mount(
                     if !flags.readonly {
                         p.recount.push(info.clone());
                     }
-                    Ok(InitSource::Bind {
-                        path: info.path,
-                        dir: true,
-                    })
+                    bind(p, guest, &info.path, true, flags)
                 }
                 VolumeKind::Disk => {
                     if options.stat_virt.is_some() || options.host_perms.is_some() {
@@ -443,6 +437,7 @@ fn attach_disk(
     p.views.push(view);
     Ok(InitSource::Detached {
         fd: pass(p, mount.into_fd()),
+        dir: true,
     })
 }
 
@@ -507,7 +502,43 @@ fn serve(
         .push(msb_fsserver::serve(root, fuse, cfg).map_err(server_err)?);
     // The init holds the only reference to the mount, so the file system
     // (and with it the server) ends with the sandbox.
-    Ok(InitSource::Detached { fd: pass(p, mount) })
+    Ok(InitSource::Detached {
+        fd: pass(p, mount),
+        dir: true,
+    })
+}
+
+/// A kernel bind mount of `path`, made here: the sandbox's root may not
+/// reach host paths only host root may (a volume under a 0700 home).
+fn bind(
+    p: &mut Prepared<'_>,
+    guest: &GuestPath,
+    path: &Path,
+    dir: bool,
+    flags: MountFlags,
+) -> Result<InitSource, PrepareError> {
+    let tree = rustix::mount::open_tree(
+        rustix::fs::CWD,
+        path,
+        rustix::mount::OpenTreeFlags::OPEN_TREE_CLONE
+            | rustix::mount::OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | rustix::mount::OpenTreeFlags::AT_RECURSIVE,
+    )
+    .map_err(|e| PrepareError::HostPath {
+        guest: guest.clone(),
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    crate::mounts::set_attrs(&tree, crate::mounts::attrs(flags), true).map_err(|e| {
+        PrepareError::Flags {
+            guest: guest.clone(),
+            source: e.into(),
+        }
+    })?;
+    Ok(InitSource::Detached {
+        fd: pass(p, tree),
+        dir,
+    })
 }
 
 /// Hands a detached mount to the init: the number it will have there.
