@@ -764,10 +764,15 @@ fn exec_leaks_nothing_to_a_racer_in_the_sandbox() {
             *attached.entry(comm).or_default() += 1;
         }
     }
+    // After its exec a joined command is a sandbox process like any other,
+    // which the default profile lets sandbox processes trace (as Docker's
+    // does); before it, it is msb's code holding the caller's memory.
     for (comm, n) in attached {
-        f.fail(format!(
-            "racer attached with ptrace to {n} process(es) named {comm:?}"
-        ));
+        if !["true", "touch"].contains(&comm) {
+            f.fail(format!(
+                "racer attached with ptrace to {n} process(es) named {comm:?}"
+            ));
+        }
     }
     if !f.0.is_empty() {
         let stats: Vec<&String> = report
@@ -1257,9 +1262,10 @@ for p in ['/etc/shadow', '/etc/gshadow']:
         bad(f'{p} exists (host secrets)')
     else:
         ok(f'{p}: absent')
-for p in ['/root', '/home', '/var', '/srv', '/opt', '/mnt']:
+for p in ['/root', '/home', '/var', '/var/tmp', '/srv', '/opt', '/mnt']:
     try:
-        entries = os.listdir(p)
+        # The fresh root's own empty /var/tmp is no host data.
+        entries = [e for e in os.listdir(p) if (p, e) != ('/var', 'tmp')]
     except FileNotFoundError:
         ok(f'{p}: absent')
         continue
@@ -1751,12 +1757,12 @@ print('END')
 "#;
 
 #[test]
-fn joined_exec_cannot_be_ptraced_from_inside() {
-    if !can_attack("joined_exec_cannot_be_ptraced_from_inside") {
+fn restricted_sandbox_cannot_ptrace_joined_commands() {
+    if !can_attack("restricted_sandbox_cannot_ptrace_joined_commands") {
         return;
     }
     let home = Home::new();
-    home.start_sandbox("trace", &[]);
+    home.start_sandbox("trace", &["--security", "restricted"]);
     let mut sleeper = home
         .cmd(&["exec", "trace", "--", "sleep", "31.5"])
         .stdout(Stdio::null())
