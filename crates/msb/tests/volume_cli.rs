@@ -309,3 +309,103 @@ fn many_processes_at_once_never_see_a_locked_database() {
     }
     assert_eq!(stdout(&msb(home.path(), &["volume", "ls", "-q"])), "");
 }
+
+/// No byte that a terminal takes as a command: ESC, BEL, CR.
+fn assert_inert(what: &str, bytes: &[u8]) {
+    for bad in [b'\x1b', b'\x07', b'\r'] {
+        assert!(
+            !bytes.contains(&bad),
+            "{what} holds {bad:#x}: {}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+}
+
+#[test]
+fn paths_with_control_characters_are_escaped_but_json_stays_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = tmp.path().join("home\x1b]0;pwned\x07");
+    let o = msb(&h, &["volume", "create", "v", "--label", "team=ci", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = msb(&h, &["volume", "inspect", "v"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_inert("inspect", &o.stdout);
+    let text = stdout(&o);
+    let escaped = format!("{}/home\\x1b]0;pwned\\x07/volumes/v", tmp.path().display());
+    assert!(text.contains(&format!("Path:      {escaped}\n")), "{text}");
+    assert!(
+        text.contains("Name:      v\n") && text.contains("Label:     team=ci\n"),
+        "{text}"
+    );
+    // JSON escapes in its own way and reads back as the real path.
+    for args in [
+        &["volume", "inspect", "v", "--format", "json"][..],
+        &["volume", "ls", "--format", "json"],
+    ] {
+        let o = msb(&h, args);
+        assert_inert("json", &o.stdout);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(
+            v[0]["path"].as_str().unwrap(),
+            h.join("volumes/v").to_str().unwrap()
+        );
+        assert!(
+            stdout(&o).contains("\\u001b]0;pwned\\u0007"),
+            "{}",
+            stdout(&o)
+        );
+    }
+    // Whatever else lands in volumes/ is named by doctor, escaped.
+    std::fs::create_dir(h.join("volumes/stray\x1b[2J")).unwrap();
+    let o = msb(&h, &["volume", "doctor"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_inert("doctor", &o.stdout);
+    assert!(
+        stdout(&o).contains("/volumes/stray\\x1b[2J is not a volume msb knows"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn doctor_says_how_to_give_an_old_volume_to_the_sandboxes() {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: making a volume owned by host root needs root");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    assert!(msb(h, &["volume", "create", "old", "-q"]).status.success());
+    let o = msb(h, &["volume", "doctor"]);
+    assert_eq!(stdout(&o), "store is consistent\n");
+    // As volumes were made before they were given to the sandboxes.
+    let root = h.join("volumes/old");
+    std::os::unix::fs::chown(&root, Some(0), Some(0)).unwrap();
+    let o = msb(h, &["volume", "doctor"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "owner: volume old's root is owned by host root, so sandboxes (host uid 1878982656) \
+             cannot write to it; left as is. To fix: chown -R --from=0 1878982656:1878982656 {}\n",
+            root.display()
+        )
+    );
+    assert_eq!(
+        std::fs::metadata(&root).unwrap().uid(),
+        0,
+        "doctor changed nothing"
+    );
+    // The fix it prints works.
+    let fix = std::process::Command::new("chown")
+        .args(["-R", "--from=0", "1878982656:1878982656"])
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(fix.success());
+    assert_eq!(
+        stdout(&msb(h, &["volume", "doctor"])),
+        "store is consistent\n"
+    );
+}

@@ -228,6 +228,12 @@ fn disk_volume_files_live_inside_the_image() {
         .unwrap();
     let e = err(&msb_in(h, &["volume", "fs", "d", "write", "x"], b"x"));
     assert!(e.contains("in use by sandbox:test"), "{e}");
+    drop(_held);
+    // The image's root and what the host wrote belong to the sandboxes.
+    for p in [".", "disk.raw"] {
+        let stat = ok(&msb(h, &["volume", "fs", "d", "stat", p]));
+        assert!(stat.contains("Owner:    1878982656:1878982656\n"), "{stat}");
+    }
 }
 
 #[test]
@@ -272,4 +278,161 @@ fn clone_copies_a_volume_and_its_settings() {
     );
     assert!(err(&msb(h, &["volume", "clone", "nope", "x"])).contains("volume not found: nope"));
     assert_eq!(ok(&msb(h, &["volume", "ls", "-q"])), "copy\nsrc\n");
+}
+
+/// `msb` with arguments that need not be UTF-8.
+fn msb_os(home: &Path, args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_msb"))
+        .args(args)
+        .env("MSB_HOME", home)
+        .output()
+        .unwrap()
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    std::ffi::OsStr::new(s)
+}
+
+/// No byte that a terminal takes as a command: ESC, BEL, CR, and C1's
+/// CSI/OSC (as UTF-8 or as raw bytes).
+fn assert_inert(what: &str, bytes: &[u8]) {
+    for bad in [
+        &b"\x1b"[..],
+        b"\x07",
+        b"\r",
+        b"\xc2\x9b",
+        b"\xc2\x9d",
+        b"\x9b",
+    ] {
+        assert!(
+            !bytes.windows(bad.len()).any(|w| w == bad),
+            "{what} holds {bad:x?}: {}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+}
+
+#[test]
+fn names_from_a_volume_are_escaped_on_the_terminal() {
+    use std::os::unix::ffi::OsStrExt;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    ok(&msb(h, &["volume", "create", "v", "-q"]));
+    // Made behind msb's back, as a sandbox would.
+    let v = h.join("volumes/v");
+    let raw = |b: &[u8]| v.join(std::ffi::OsStr::from_bytes(b));
+    std::fs::write(raw(b"a\x1b]0;pwned\x07b"), "").unwrap();
+    std::fs::write(raw(b"\x1b[2J"), "").unwrap();
+    std::fs::write(raw(b"cr\rlf\nname"), "").unwrap();
+    std::fs::write(raw(b"bad\xff"), "").unwrap();
+    std::fs::write(raw("c1\u{9b}31m".as_bytes()), "").unwrap();
+    std::fs::create_dir(raw(b"dir\x1b[1A")).unwrap();
+    std::os::unix::fs::symlink("\x1b[31mred", raw(b"lnk\x07")).unwrap();
+    // File contents are data: cat passes them through untouched.
+    std::fs::write(v.join("content"), b"\x1b[2J raw\r\n").unwrap();
+
+    let o = msb(h, &["volume", "fs", "v", "ls"]);
+    ok(&o);
+    assert_inert("ls", &o.stdout);
+    let listed = String::from_utf8(o.stdout).unwrap();
+    for shown in [
+        "\\x1b[2J\n",
+        "a\\x1b]0;pwned\\x07b\n",
+        "bad\\xff\n",
+        "c1\\xc2\\x9b31m\n",
+        "content\n",
+        "cr\\rlf\\nname\n",
+        "dir\\x1b[1A/\n",
+        "lnk\\x07 -> \\x1b[31mred\n",
+    ] {
+        assert!(listed.contains(shown), "{shown:?} not in {listed:?}");
+    }
+
+    let o = msb_os(
+        h,
+        &[
+            os("volume"),
+            os("fs"),
+            os("v"),
+            os("stat"),
+            std::ffi::OsStr::from_bytes(b"lnk\x07"),
+        ],
+    );
+    ok(&o);
+    assert_inert("stat", &o.stdout);
+    let stat = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        stat.contains("Path:     lnk\\x07\n") && stat.contains("Target:   \\x1b[31mred\n"),
+        "{stat}"
+    );
+    // ls of a single file prints its name.
+    let o = msb_os(
+        h,
+        &[
+            os("volume"),
+            os("fs"),
+            os("v"),
+            os("ls"),
+            std::ffi::OsStr::from_bytes(b"bad\xff"),
+        ],
+    );
+    assert_eq!(ok(&o), "bad\\xff\n");
+    // A name in an error message is escaped too.
+    let o = msb(h, &["volume", "fs", "v", "cat", "gone\x1b]0;x\x07"]);
+    assert_inert("error", &o.stderr);
+    assert_eq!(
+        err(&o),
+        "error: no such file or directory: gone\\x1b]0;x\\x07\n"
+    );
+
+    let o = msb(h, &["volume", "fs", "v", "cat", "content"]);
+    ok(&o);
+    assert_eq!(o.stdout, b"\x1b[2J raw\r\n");
+}
+
+#[test]
+fn import_reports_hostile_entry_names_escaped() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    ok(&msb(h, &["volume", "create", "v", "-q"]));
+    let mut b = tar::Builder::new(Vec::new());
+    let mut hd = tar::Header::new_gnu();
+    hd.set_mode(0o644);
+    hd.set_size(1);
+    b.append_data(&mut hd, "ok\x1b]2;t\x07", &b"1"[..]).unwrap();
+    let mut hd = tar::Header::new_gnu();
+    hd.set_entry_type(tar::EntryType::Char);
+    hd.set_mode(0o644);
+    hd.set_size(0);
+    b.append_data(&mut hd, "dev\x1b[2J", std::io::empty())
+        .unwrap();
+    let o = msb_in(h, &["volume", "import", "v", "-"], &b.into_inner().unwrap());
+    assert_inert("import", &o.stderr);
+    let e = err(&o);
+    assert!(e.contains("written: ok\\x1b]2;t\\x07\n"), "{e}");
+    assert!(
+        e.contains("archive entry dev\\x1b[2J is a device node"),
+        "{e}"
+    );
+}
+
+#[test]
+fn host_writes_belong_to_the_volume_owner() {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: volumes belong to the sandbox range only when msb runs as root");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    ok(&msb(h, &["volume", "create", "v", "-q"]));
+    ok(&msb(h, &["volume", "fs", "v", "mkdir", "a/b"]));
+    ok(&msb_in(h, &["volume", "fs", "v", "write", "a/b/f"], b"x"));
+    ok(&msb(h, &["volume", "fs", "v", "cp", "a/b/f", "g"]));
+    for p in ["", "a", "a/b", "a/b/f", "g"] {
+        let m = std::fs::metadata(h.join("volumes/v").join(p)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (0x6FFF_0000, 0x6FFF_0000), "{p}");
+    }
+    let stat = ok(&msb(h, &["volume", "fs", "v", "stat", "g"]));
+    assert!(stat.contains("Owner:    1878982656:1878982656\n"), "{stat}");
 }

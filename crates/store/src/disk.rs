@@ -24,12 +24,13 @@ pub enum DiskError {
     NotExt4(String),
 }
 
-/// Makes a sparse ext4 image of `size_mib` MiB at `path` (which must not exist).
+/// Makes a sparse ext4 image of `size_mib` MiB at `path` (which must not
+/// exist), whose root directory is owned by `root_owner` (host uid, gid).
 ///
 /// Inode tables and the journal are initialized lazily, so even a 100 GiB
 /// image takes a few MiB on the host and a fraction of a second to make; no
 /// blocks are reserved for root, since the whole volume belongs to its user.
-pub fn make_image(path: &Path, size_mib: u32) -> Result<(), DiskError> {
+pub fn make_image(path: &Path, size_mib: u32, root_owner: (u32, u32)) -> Result<(), DiskError> {
     let file = File::create_new(path).map_err(|source| DiskError::Read {
         path: path.display().to_string(),
         source,
@@ -41,18 +42,12 @@ pub fn make_image(path: &Path, size_mib: u32) -> Result<(), DiskError> {
         })?;
     drop(file);
     let out = die_with_caller(&mut Command::new("mke2fs"))
-        .args([
-            "-t",
-            "ext4",
-            "-F",
-            "-q",
-            "-m",
-            "0",
-            "-E",
-            "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
-            "-O",
-            "^resize_inode",
-        ])
+        .args(["-t", "ext4", "-F", "-q", "-m", "0", "-E"])
+        .arg(format!(
+            "lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner={}:{}",
+            root_owner.0, root_owner.1
+        ))
+        .args(["-O", "^resize_inode"])
         .arg(path)
         .env("MKE2FS_CONFIG", "/etc/mke2fs.conf")
         .output()
@@ -160,7 +155,7 @@ mod tests {
     fn fresh_image_is_sparse_and_nearly_empty() {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("disk.raw");
-        make_image(&img, 1024).unwrap();
+        make_image(&img, 1024, (0, 0)).unwrap();
         let meta = std::fs::metadata(&img).unwrap();
         assert_eq!(meta.len(), 1 << 30);
         assert!(std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 10 << 20);
@@ -177,7 +172,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("disk.raw");
         std::fs::write(&img, vec![0u8; 8192]).unwrap();
-        assert!(matches!(make_image(&img, 64), Err(DiskError::Read { .. })));
+        assert!(matches!(
+            make_image(&img, 64, (0, 0)),
+            Err(DiskError::Read { .. })
+        ));
         assert!(matches!(used_bytes(&img), Err(DiskError::NotExt4(_))));
         assert_eq!(std::fs::read(&img).unwrap(), vec![0u8; 8192]);
     }

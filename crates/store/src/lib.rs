@@ -22,6 +22,13 @@
 //! asked to remove: a directory it did not create is reported by
 //! [`Store::doctor`], never deleted.
 //!
+//! # Ownership
+//! A sandbox runs in its own user namespace, so its root is an unprivileged
+//! host user ([`sandbox_ids`]). A new volume belongs to that user: a
+//! directory volume's root directory, or the root of a disk volume's ext4
+//! filesystem. Everything a sandbox then creates there is owned by its id
+//! range, never by host root.
+//!
 //! # Concurrency
 //! Any number of processes may use a store at once. Changes are serialized by
 //! the lock; the catalog's primary key decides races on a name; readers never
@@ -36,14 +43,14 @@ mod sandbox;
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use catalog::{Catalog, State, VolumeRow};
 use msb_quota::{Budget, QuotaError};
-use msb_spec::{LabelFilter, Labels, VolumeConfig, VolumeKind, VolumeName};
+use msb_spec::{IdMap, LabelFilter, Labels, VolumeConfig, VolumeKind, VolumeName};
 
 pub use attach::{AttachMode, Attachment};
 pub use catalog::CatalogError;
@@ -138,6 +145,40 @@ pub struct DoctorReport {
     pub missing: Vec<VolumeName>,
     /// Directory volumes whose usage counter was corrected: (name, old, new).
     pub usage_fixed: Vec<(VolumeName, u64, u64)>,
+    /// Directory volumes whose root directory is owned by host root while
+    /// sandboxes run as another user (see [`sandbox_ids`]), so a sandbox
+    /// cannot write to them: made before volumes were given to sandboxes.
+    /// Reported only; their owner is left as it is.
+    pub owned_by_host_root: Vec<VolumeName>,
+}
+
+/// The host user ids of the sandboxes msb starts from this process:
+/// [`IdMap::ROOTFUL`] when it runs as root (euid 0), else the rootless
+/// [`IdMap::single`] of the calling user (guest root is the caller). New
+/// volumes are owned by this map's root, so a sandbox's user namespace must
+/// map its users with this same answer to write to them.
+pub fn sandbox_ids() -> IdMap {
+    let euid = rustix::process::geteuid();
+    if euid.is_root() {
+        IdMap::ROOTFUL
+    } else {
+        IdMap::single(euid.as_raw())
+    }
+}
+
+/// Group ids, as [`sandbox_ids`] for users: [`IdMap::ROOTFUL`] when msb
+/// runs as root, else [`IdMap::single`] of the caller's effective group.
+pub fn sandbox_gids() -> IdMap {
+    if rustix::process::geteuid().is_root() {
+        IdMap::ROOTFUL
+    } else {
+        IdMap::single(rustix::process::getegid().as_raw())
+    }
+}
+
+/// Who owns the root of a new volume: the sandboxes' root user and group.
+fn volume_owner() -> (u32, u32) {
+    (sandbox_ids().root(), sandbox_gids().root())
 }
 
 /// A volume store rooted at one home directory.
@@ -261,8 +302,16 @@ impl Store {
             .create(staging)
             .map_err(io_err("cannot create", staging))?;
         match (row.kind, row.capacity_mib) {
-            (VolumeKind::Disk, Some(size)) => disk::make_image(&staging.join(DISK_IMAGE), size)?,
-            _ => Budget::create(&self.layout.usage_file(&row.name), 0)?,
+            (VolumeKind::Disk, Some(size)) => {
+                disk::make_image(&staging.join(DISK_IMAGE), size, volume_owner())?
+            }
+            _ => {
+                // Rootless, the caller already owns it, as it should.
+                if rustix::process::geteuid().is_root() {
+                    give_to_sandboxes(staging)?;
+                }
+                Budget::create(&self.layout.usage_file(&row.name), 0)?
+            }
         }
         Ok(0)
     }
@@ -434,6 +483,11 @@ impl Store {
                 continue;
             }
             if row.kind == VolumeKind::Dir {
+                if sandbox_ids().root() != 0
+                    && std::fs::symlink_metadata(&dir).is_ok_and(|m| m.uid() == 0)
+                {
+                    report.owned_by_host_root.push(row.name.clone());
+                }
                 let actual = self.scan(&row.name)?;
                 let path = self.layout.usage_file(&row.name);
                 let recorded = Budget::peek(&path).ok();
@@ -671,6 +725,20 @@ fn move_into_place(staging: &Path, target: &Path) -> Result<(), StoreError> {
             source: e.into(),
         },
     })
+}
+
+/// Makes a new directory volume's root the sandboxes' (mode 0755 whatever
+/// the umask, so a sandbox's other users can reach it too).
+fn give_to_sandboxes(staging: &Path) -> Result<(), StoreError> {
+    let (uid, gid) = volume_owner();
+    let dir = open_dir_nofollow(staging)?;
+    rustix::fs::fchown(
+        &dir,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    )
+    .and_then(|()| rustix::fs::fchmod(&dir, rustix::fs::Mode::from_raw_mode(0o755)))
+    .map_err(|e| io_err("cannot set the owner of", staging)(e.into()))
 }
 
 fn open_lock_file(path: &Path) -> Result<File, StoreError> {

@@ -603,3 +603,125 @@ fn clone_refusals() {
             .is_none()
     );
 }
+
+/// The owner and permission bits of a disk image's root directory, as
+/// debugfs reads them from the image.
+fn image_root(image: &Path) -> (u32, u32, u32) {
+    let out = Command::new("debugfs")
+        .args(["-R", "stat /"])
+        .arg(image)
+        .output()
+        .expect("debugfs (e2fsprogs) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |key: &str, radix: u32| {
+        let rest = &text[text.find(key).unwrap_or_else(|| panic!("{key} in {text}")) + key.len()..];
+        let word = rest.split_whitespace().next().unwrap();
+        u32::from_str_radix(word, radix).unwrap()
+    };
+    (field("User:", 10), field("Group:", 10), field("Mode:", 8))
+}
+
+#[test]
+fn new_volumes_belong_to_the_sandboxes_root() {
+    use std::os::unix::fs::MetadataExt;
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    let (uid, gid) = if rustix::process::geteuid().is_root() {
+        assert_eq!(msb_store::sandbox_ids(), msb_spec::IdMap::ROOTFUL);
+        assert_eq!(msb_store::sandbox_gids(), msb_spec::IdMap::ROOTFUL);
+        (0x6FFF_0000, 0x6FFF_0000)
+    } else {
+        (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        )
+    };
+    let dir = store.create(&dir_cfg("d")).unwrap();
+    let m = std::fs::metadata(&dir.path).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (uid, gid, 0o755));
+    let disk = store.create(&disk_cfg("k", 64)).unwrap();
+    assert_eq!(
+        image_root(disk.disk_image.as_ref().unwrap()),
+        (uid, gid, 0o755)
+    );
+    // A clone keeps the owners it finds, the root's included.
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(&dir.path, Some(4321), Some(8765)).unwrap();
+    }
+    let before = std::fs::metadata(&dir.path).unwrap();
+    let copy = store.clone_volume(&name("d"), &name("c")).unwrap();
+    let after = std::fs::metadata(&copy.path).unwrap();
+    assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+}
+
+/// Rootless: the same store code run as an ordinary user (through setpriv)
+/// leaves the caller owning its volumes, and sandboxes map onto the caller.
+#[test]
+fn rootless_volumes_belong_to_the_caller() {
+    use std::os::unix::fs::MetadataExt;
+    const USER: u32 = 40_123;
+    if std::env::var_os("MSB_STORE_TEST_ROOTLESS").is_some() {
+        let home = std::env::var_os("MSB_STORE_TEST_HOME").unwrap();
+        let store = Store::open(home).unwrap();
+        assert_eq!(msb_store::sandbox_ids(), msb_spec::IdMap::single(USER));
+        assert_eq!(msb_store::sandbox_gids(), msb_spec::IdMap::single(USER));
+        let dir = store.create(&dir_cfg("d")).unwrap();
+        let m = std::fs::metadata(&dir.path).unwrap();
+        assert_eq!((m.uid(), m.gid()), (USER, USER));
+        let disk = store.create(&disk_cfg("k", 64)).unwrap();
+        assert_eq!(
+            image_root(disk.disk_image.as_ref().unwrap()),
+            (USER, USER, 0o755)
+        );
+        assert!(store.doctor().unwrap().owned_by_host_root.is_empty());
+        return;
+    }
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: switching to another user needs root");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(home.path(), Some(USER), Some(USER)).unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={USER}"),
+            &format!("--regid={USER}"),
+            "--clear-groups",
+        ])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "rootless_volumes_belong_to_the_caller",
+            "--nocapture",
+        ])
+        .env("MSB_STORE_TEST_ROOTLESS", "1")
+        .env("MSB_STORE_TEST_HOME", home.path())
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn doctor_reports_a_directory_volume_owned_by_host_root() {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: making a volume owned by host root needs root");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    let old = store.create(&dir_cfg("old")).unwrap();
+    store.create(&dir_cfg("new")).unwrap();
+    // As volumes were made before they were given to sandboxes.
+    std::os::unix::fs::chown(&old.path, Some(0), Some(0)).unwrap();
+    let report = store.doctor().unwrap();
+    assert_eq!(report.owned_by_host_root, [name("old")]);
+    assert_eq!(std::fs::metadata(&old.path).unwrap().uid(), 0, "left as is");
+    std::os::unix::fs::chown(&old.path, Some(0x6FFF_0000), Some(0x6FFF_0000)).unwrap();
+    assert!(store.doctor().unwrap().owned_by_host_root.is_empty());
+}

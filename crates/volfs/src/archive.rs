@@ -17,7 +17,9 @@
 //! nodes are refused. An existing file or symlink at an entry's name is
 //! replaced, never written through. Permission bits are restored without
 //! setuid/setgid/sticky (the guest-visible mode lives in the metadata
-//! record, which is restored); host ownership stays the importing user's.
+//! record, which is restored); the archive's owners are not: what import
+//! creates is owned, like everything [`VolumeFs`] makes, by the owner of
+//! the volume's root (see the crate docs).
 //! Only `user.msb.*` xattrs are restored (never `security.*` or
 //! `trusted.*`). Every byte is charged to the volume's quota budget. The
 //! first bad entry stops the import; the error carries an [`ImportReport`]
@@ -537,6 +539,8 @@ fn import_entries(
                 };
                 report.paths.push(rel.clone());
                 report.files += 1;
+                // Owner first: a chown may clear mode bits set before it.
+                vfs.adopt(&fd, &rel)?;
                 let mut file = File::from(fd);
                 let copied = copy_entry(&mut entry, &mut file, &mut buf, &rel);
                 let actual = fs::fstat(&file).map_or(reserved, |st| allocated(&st));
@@ -585,6 +589,7 @@ fn import_entries(
                 let dir = prepare_leaf(vfs, &p, &rel)?;
                 fs::mknodat(&dir, p.leaf(), FileType::Fifo, Mode::from_raw_mode(mode), 0)
                     .map_err(|e| FsError::from_errno("create", &rel, e))?;
+                vfs.adopt_at(&dir, p.leaf(), FileType::Fifo, &rel)?;
                 report.fifos += 1;
             }
             EntryType::Char | EntryType::Block => {

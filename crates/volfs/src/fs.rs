@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use msb_quota::Budget;
-use rustix::fs::{self, AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::fs::{self, AtFlags, FileType, Gid, Mode, OFlags, Stat, Uid};
 use rustix::io::Errno;
 
 use crate::FsError;
@@ -36,6 +36,11 @@ pub struct VolumeFs {
     budget: Option<Arc<Budget>>,
     read_only: bool,
     resolver: Resolver,
+    /// The root's owner, when it is not the calling user: what this
+    /// process makes is given to it (see `adopt`).
+    owner: Option<(Uid, Gid)>,
+    /// The calling user, whose objects are the ones given away.
+    euid: Uid,
 }
 
 impl std::fmt::Debug for VolumeFs {
@@ -110,6 +115,7 @@ impl VolumeFs {
                 source: Errno::NOTDIR.into(),
             });
         }
+        let euid = rustix::process::geteuid();
         Ok(VolumeFs {
             root,
             root_dev: st.st_dev,
@@ -117,6 +123,9 @@ impl VolumeFs {
             budget: None,
             read_only: false,
             resolver: Resolver::Auto,
+            owner: (st.st_uid != euid.as_raw())
+                .then(|| (Uid::from_raw(st.st_uid), Gid::from_raw(st.st_gid))),
+            euid,
         })
     }
 
@@ -203,6 +212,7 @@ impl VolumeFs {
         self.writable("write", path)?;
         let fd = self.open_write_target(path)?;
         let st = self.check_writable_file(&fd, path)?;
+        self.adopt(&fd, path)?;
         VolumeWriter::begin(fd, &st, len, self.budget.clone(), path)
     }
 
@@ -380,7 +390,8 @@ impl VolumeFs {
         let dir = self.parent_dir(&p, link)?;
         self.charged(BLOCK, link, &dir, p.leaf(), |dir, leaf| {
             fs::symlinkat(bytes, dir, leaf)
-        })
+        })?;
+        self.adopt_at(&dir, p.leaf(), FileType::Symlink, link)
     }
 
     /// Adds the name `new` for the file at `existing`; both are inside the
@@ -436,6 +447,7 @@ impl VolumeFs {
             return Err(FsError::SameFile { path: shown(to) });
         }
         let st = self.check_writable_file(&fd, to)?;
+        self.adopt(&fd, to)?;
         let len = sst.st_size as u64;
         let mut w = VolumeWriter::begin(fd, &st, Some(len), self.budget.clone(), to)?;
         let copied = w.copy_from(&src, len).map_err(|e| writer_error(to, e))?;
@@ -554,7 +566,70 @@ impl VolumeFs {
     ) -> Result<()> {
         self.charged(BLOCK, path, dir, name, |dir, leaf| {
             fs::mkdirat(dir, leaf, Mode::from_raw_mode(mode))
-        })
+        })?;
+        self.adopt_at(dir, name, FileType::Directory, path)
+    }
+
+    /// Gives the file open at `fd` (just opened for writing, so already
+    /// checked to be a single-link regular file) to the root's owner when
+    /// the caller owns it, so what the host writes for a sandbox (whose
+    /// root owns the volume) stays the sandbox's to change.
+    pub(crate) fn adopt(&self, fd: &impl AsFd, path: &Path) -> Result<()> {
+        let Some(owner) = self.owner else {
+            return Ok(());
+        };
+        let st = fs::fstat(fd).map_err(|e| FsError::from_errno("stat", path, e))?;
+        if !self.adoptable(&st) {
+            return Ok(());
+        }
+        chown_fd(fd, owner, path)
+    }
+
+    /// Gives `leaf` of `dir`, just made as a `kind`, to the root's owner
+    /// (see [`adopt`](Self::adopt)). The name is opened again without
+    /// following a symlink, and whatever holds it is only changed if it is
+    /// of the kind made, the caller's, and its only link; and kept changed
+    /// only if the name still holds it afterwards. Something swapped in
+    /// under our feet (a hard link to a host file, unlinked again between
+    /// the open and the check so that it shows one link) is given back.
+    pub(crate) fn adopt_at(
+        &self,
+        dir: &impl AsFd,
+        leaf: &CStr,
+        kind: FileType,
+        path: &Path,
+    ) -> Result<()> {
+        let Some(owner) = self.owner else {
+            return Ok(());
+        };
+        let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match fs::openat(dir, leaf, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            // Removed meanwhile: nothing of ours is left to give away.
+            Err(Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(FsError::from_errno("set owner of", path, e)),
+        };
+        let st = fs::fstat(&fd).map_err(|e| FsError::from_errno("stat", path, e))?;
+        if FileType::from_raw_mode(st.st_mode) != kind || !self.adoptable(&st) {
+            return Ok(());
+        }
+        chown_fd(&fd, owner, path)?;
+        match fs::statat(dir, leaf, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(now) if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino) => Ok(()),
+            _ => chown_fd(
+                &fd,
+                (Uid::from_raw(st.st_uid), Gid::from_raw(st.st_gid)),
+                path,
+            ),
+        }
+    }
+
+    /// True for an object the caller owns, on the volume's filesystem, and
+    /// (unless a directory, which cannot be hard-linked) with no other
+    /// name, which might be outside the volume.
+    fn adoptable(&self, st: &Stat) -> bool {
+        let dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+        st.st_uid == self.euid.as_raw() && st.st_dev == self.root_dev && (dir || st.st_nlink == 1)
     }
 
     /// Runs `make` (which creates `leaf` in `dir`) with `estimate` bytes
@@ -629,6 +704,14 @@ impl VolumeFs {
     pub(crate) fn root_fd(&self) -> BorrowedFd<'_> {
         self.root.as_fd()
     }
+}
+
+/// Sets the owner of the object open at `fd`, which may be an `O_PATH`
+/// descriptor (of a symlink, say): with `AT_EMPTY_PATH` an empty path names
+/// the descriptor itself, so no name is looked up.
+fn chown_fd(fd: &impl AsFd, (uid, gid): (Uid, Gid), path: &Path) -> Result<()> {
+    fs::chownat(fd, c"", Some(uid), Some(gid), AtFlags::EMPTY_PATH)
+        .map_err(|e| FsError::from_errno("set owner of", path, e))
 }
 
 /// Turns a writer's I/O error back into the typed error it carries.

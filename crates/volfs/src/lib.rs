@@ -46,6 +46,20 @@
 //! hard-linked to each other inside the volume, for example by the guest or
 //! by an import.
 //!
+//! # Ownership
+//!
+//! Everything a `VolumeFs` makes (files written, created or copied,
+//! directories, symlinks, imported entries) is owned by the user and group
+//! that own the volume's root, not by the calling process: a sandbox runs
+//! as an unprivileged host user that owns its volumes, and must be able to
+//! change what the host put there. The owner is set on the new object's
+//! descriptor (or on an `O_PATH | O_NOFOLLOW` one of the name just made),
+//! never through a path a sandbox could redirect. Only single-link objects
+//! the caller owns are handed over, and one made by name is given back if
+//! the name no longer holds it afterwards (something was swapped in). A
+//! file the caller owns that it rewrites is handed over too. When the
+//! caller owns the root, nothing changes hands.
+//!
 //! # Writes
 //!
 //! [`VolumeFs::write`] creates or truncates a file but does **not** create

@@ -13,6 +13,7 @@ use msb_volfs::FileKind;
 use msb_volfs::archive::{self, Progress};
 
 use super::CliResult;
+use super::text::{escape, escape_error};
 
 /// File commands, flattened into `msb volume`.
 #[derive(Debug, Subcommand)]
@@ -87,7 +88,14 @@ fn open_volume(
     Ok(msb::VolumeFiles::open(store, name, write)?)
 }
 
+/// Runs a file command. Names from the volume or an archive are printed
+/// escaped ([`escape`]), errors too; file contents are data and pass as
+/// they are.
 pub fn run(store: &Store, cmd: FsCommand) -> CliResult {
+    dispatch(store, cmd).map_err(escape_error)
+}
+
+fn dispatch(store: &Store, cmd: FsCommand) -> CliResult {
     match cmd {
         FsCommand::Fs(args) => run_op(store, args),
         FsCommand::Export { name, output } => {
@@ -103,7 +111,7 @@ pub fn run(store: &Store, cmd: FsCommand) -> CliResult {
             };
             bar.finish();
             for p in &report.skipped {
-                eprintln!("skipped socket: {}", p.display());
+                eprintln!("skipped socket: {}", escape(p));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -130,7 +138,7 @@ pub fn run(store: &Store, cmd: FsCommand) -> CliResult {
                 }
                 Err(failure) => {
                     for p in &failure.written.paths {
-                        eprintln!("written: {}", p.display());
+                        eprintln!("written: {}", escape(p));
                     }
                     Err(failure.into())
                 }
@@ -160,16 +168,16 @@ fn run_op(store: &Store, args: FsArgs) -> CliResult {
             let path = path.unwrap_or_default();
             let meta = fs.stat(&path)?;
             if meta.kind() != FileKind::Dir && meta.kind() != FileKind::Symlink {
-                writeln!(out, "{}", path.display())?;
+                writeln!(out, "{}", escape(&path))?;
                 return Ok(ExitCode::SUCCESS);
             }
             for e in fs.list(&path)? {
-                let name = e.name().to_string_lossy();
+                let name = escape(e.name());
                 match e.kind() {
                     FileKind::Dir => writeln!(out, "{name}/")?,
                     FileKind::Symlink => {
                         let target = fs.read_link(path.join(e.name()))?;
-                        writeln!(out, "{name} -> {}", target.display())?
+                        writeln!(out, "{name} -> {}", escape(&target))?
                     }
                     _ => writeln!(out, "{name}")?,
                 }
@@ -201,7 +209,7 @@ fn run_op(store: &Store, args: FsArgs) -> CliResult {
         }
         FsOp::Stat { path } => {
             let m = fs.stat(&path)?;
-            writeln!(out, "Path:     {}", path.display())?;
+            writeln!(out, "Path:     {}", escape(&path))?;
             writeln!(out, "Kind:     {}", m.kind().as_str())?;
             writeln!(out, "Size:     {}", m.len())?;
             writeln!(out, "Mode:     {:04o}", m.mode())?;
@@ -209,7 +217,7 @@ fn run_op(store: &Store, args: FsArgs) -> CliResult {
             writeln!(out, "Owner:    {}:{}", m.uid(), m.gid())?;
             writeln!(out, "Modified: {}", rfc3339(m.modified()))?;
             if m.kind() == FileKind::Symlink {
-                writeln!(out, "Target:   {}", fs.read_link(&path)?.display())?;
+                writeln!(out, "Target:   {}", escape(&fs.read_link(&path)?))?;
             }
         }
         FsOp::Mv { from, to } => fs.rename(&from, &to)?,

@@ -10,6 +10,7 @@ mod fs;
 mod mount;
 mod run;
 mod sandbox;
+mod text;
 mod volume;
 
 /// Sandboxes with real storage.

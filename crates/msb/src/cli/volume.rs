@@ -10,6 +10,7 @@ use msb_spec::{
 use msb_store::{Store, VolumeInfo};
 use serde::Serialize;
 
+use super::text::escape;
 use super::{CliResult, report};
 
 #[derive(Debug, Subcommand)]
@@ -128,7 +129,7 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             let config = VolumeConfig::new(name, kind, size, quota, parsed)?;
             let info = store.create(&config)?;
             if !quiet {
-                println!("{}", info.name);
+                println!("{}", escape(info.name.as_str()));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -141,7 +142,7 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             if quiet {
                 for v in &vols {
-                    writeln!(out, "{}", v.name)?;
+                    writeln!(out, "{}", escape(v.name.as_str()))?;
                 }
             } else if format == Format::Json {
                 serde_json::to_writer_pretty(
@@ -195,7 +196,7 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
         }
         VolumeCommand::Clone { source, name } => {
             store.clone_volume(&source, &name)?;
-            println!("{name}");
+            println!("{}", escape(name.as_str()));
             Ok(ExitCode::SUCCESS)
         }
         VolumeCommand::Rm { names, quiet } => {
@@ -211,7 +212,7 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
                         Ok(())
                     });
                 match result {
-                    Ok(()) if !quiet => println!("{name}"),
+                    Ok(()) if !quiet => println!("{}", escape(name)),
                     Ok(()) => {}
                     Err(e) => {
                         report(e.as_ref());
@@ -228,10 +229,10 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             let (removed, skipped) = store.prune(&filters)?;
             for name in &removed {
                 detach_dead_mounts(&store, name);
-                println!("{name}");
+                println!("{}", escape(name.as_str()));
             }
             for e in &skipped {
-                eprintln!("skipped: {e}");
+                eprintln!("skipped: {}", escape(&e.to_string()));
             }
             eprintln!("removed {} volume(s)", removed.len());
             Ok(ExitCode::SUCCESS)
@@ -240,30 +241,44 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
         VolumeCommand::Doctor => {
             let r = store.doctor()?;
             for line in &r.repaired {
-                println!("repaired: {line}");
+                println!("repaired: {}", escape(line));
             }
             for (name, old, new) in &r.usage_fixed {
                 println!(
-                    "usage: {name}: counter said {old} bytes, tree holds {new} bytes; corrected"
+                    "usage: {}: counter said {old} bytes, tree holds {new} bytes; corrected",
+                    escape(name.as_str())
                 );
             }
             for p in &r.orphans {
                 println!(
                     "orphan: {} is not a volume msb knows; left in place",
-                    p.display()
+                    escape(p)
                 );
             }
             for name in &r.missing {
-                println!("missing: volume {name} has no data on disk");
+                println!(
+                    "missing: volume {} has no data on disk",
+                    escape(name.as_str())
+                );
             }
-            if r.repaired.is_empty()
-                && r.usage_fixed.is_empty()
-                && r.orphans.is_empty()
-                && r.missing.is_empty()
-            {
+            let (uid, gid) = (
+                msb_store::sandbox_ids().root(),
+                msb_store::sandbox_gids().root(),
+            );
+            for name in &r.owned_by_host_root {
+                // --from=0: only what host root owns changes hands.
+                println!(
+                    "owner: volume {}'s root is owned by host root, so sandboxes (host uid {uid}) cannot write to it; left as is. To fix: chown -R --from=0 {uid}:{gid} {}",
+                    escape(name.as_str()),
+                    escape(&store.layout().volume_dir(name))
+                );
+            }
+            let problems =
+                !r.orphans.is_empty() || !r.missing.is_empty() || !r.owned_by_host_root.is_empty();
+            if r.repaired.is_empty() && r.usage_fixed.is_empty() && !problems {
                 println!("store is consistent");
             }
-            Ok(exit(!r.orphans.is_empty() || !r.missing.is_empty()))
+            Ok(exit(problems))
         }
     }
 }
@@ -337,22 +352,18 @@ fn limit(v: &VolumeInfo) -> String {
 }
 
 fn print_table(out: &mut impl Write, vols: &[VolumeInfo]) -> std::io::Result<()> {
-    let width = vols
-        .iter()
-        .map(|v| v.name.as_str().len())
-        .max()
-        .unwrap_or(0)
-        .max(4);
+    let names: Vec<String> = vols.iter().map(|v| escape(v.name.as_str())).collect();
+    let width = names.iter().map(String::len).max().unwrap_or(0).max(4);
     writeln!(
         out,
         "{:width$}  {:4}  {:>10}  {:>10}  CREATED",
         "NAME", "KIND", "USED", "LIMIT"
     )?;
-    for v in vols {
+    for (v, name) in vols.iter().zip(&names) {
         writeln!(
             out,
             "{:width$}  {:4}  {:>10}  {:>10}  {}",
-            v.name.as_str(),
+            name,
             v.kind.as_str(),
             format_bytes(v.used_bytes),
             limit(v),
@@ -367,9 +378,9 @@ fn print_details(
     store: &Store,
     v: &VolumeInfo,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    writeln!(out, "Name:      {}", v.name)?;
+    writeln!(out, "Name:      {}", escape(v.name.as_str()))?;
     writeln!(out, "Kind:      {}", v.kind)?;
-    writeln!(out, "Path:      {}", v.path.display())?;
+    writeln!(out, "Path:      {}", escape(&v.path))?;
     writeln!(
         out,
         "Used:      {} ({} bytes)",
@@ -382,7 +393,7 @@ fn print_details(
         (None, None) => writeln!(out, "Quota:     unlimited")?,
     }
     for (k, val) in v.labels.iter() {
-        writeln!(out, "Label:     {k}={val}")?;
+        writeln!(out, "Label:     {}={}", escape(k), escape(val))?;
     }
     writeln!(out, "Created:   {}", super::rfc3339(v.created_at))?;
     let users = store.users(&v.name)?;
@@ -392,7 +403,7 @@ fn print_details(
         if users.is_empty() {
             "-".to_string()
         } else {
-            users.join(", ")
+            escape(&users.join(", "))
         }
     )?;
     Ok(())
@@ -404,7 +415,7 @@ fn detach_dead_mounts(store: &Store, name: &VolumeName) {
     for point in msb_fsserver::detach_mounts_of(&store.layout().volume_dir(name)) {
         eprintln!(
             "detached the dead mount of {name} at {} (its server was gone)",
-            point.display()
+            escape(&point)
         );
     }
 }
