@@ -28,7 +28,8 @@ pub use backend::{Backend, Running, SandboxStdio};
 pub use cgroup::{CgroupEntry, CgroupError, Resources, SandboxCgroup};
 pub use idmap::IdmapError;
 pub use join::{JoinError, SandboxNamespaces};
-pub use ns::{InitProgram, NamespaceBackend, NsError, NsSandbox, sandbox_ids};
+pub use msb_store::sandbox_ids;
+pub use ns::{InitProgram, NamespaceBackend, NsError, NsSandbox};
 pub use plan::{InitMount, InitPlan, InitRoot, InitSource, SandboxSpec, Security};
 pub use prepare::{DryRun, DryRunMount, PrepareError, Prepared, dry_run, prepare};
 

@@ -73,24 +73,13 @@ pub struct NamespaceBackend {
 }
 
 impl NamespaceBackend {
-    /// A backend that execs `init` inside each new sandbox, with the id map
-    /// of [`sandbox_ids`].
+    /// A backend that execs `init` inside each new sandbox, with the ids
+    /// volumes are made for ([`msb_store::sandbox_ids`]).
     pub fn new(init: InitProgram) -> Self {
         Self {
             init,
-            ids: sandbox_ids(),
+            ids: msb_store::sandbox_ids(),
         }
-    }
-}
-
-/// The id map of sandboxes started by this process: [`IdMap::ROOTFUL`] for
-/// root, else the caller alone as the sandbox's root (rootless).
-pub fn sandbox_ids() -> IdMap {
-    let euid = rustix::process::geteuid();
-    if euid.is_root() {
-        IdMap::ROOTFUL
-    } else {
-        IdMap::single(euid.as_raw())
     }
 }
 
