@@ -21,7 +21,9 @@
 //! creates is owned, like everything [`VolumeFs`] makes, by the owner of
 //! the volume's root (see the crate docs).
 //! Only `user.msb.*` xattrs are restored (never `security.*` or
-//! `trusted.*`). Every byte is charged to the volume's quota budget. The
+//! `trusted.*`). Everything it makes is charged to the volume's quota
+//! budget as [`VolumeFs`] charges it: names, data, directory growth and
+//! xattrs (a file whose name, data and xattrs do not fit is not made). The
 //! first bad entry stops the import; the error carries an [`ImportReport`]
 //! of what was written.
 
@@ -38,7 +40,10 @@ use rustix::fs::{self, AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestam
 use rustix::io::Errno;
 use tar::{EntryType, Header};
 
-use crate::fs::{BLOCK, allocated, freed_by_unlink};
+use msb_quota::ENTRY_COST;
+use msb_quota::usage::xattr_cost;
+
+use crate::fs::{BLOCK, NEW_OBJECT, round_up, to_i64};
 use crate::path::Clean;
 use crate::{FsError, VolumeFs};
 
@@ -510,46 +515,47 @@ fn import_entries(
                 vfs.mkdir(&rel)?;
                 let dir = vfs.parent_dir(&p, &rel)?;
                 let fd = open_nofollow(&dir, p.leaf(), OFlags::DIRECTORY, &rel)?;
-                finish_object(&fd, mode, &xattrs, None, &rel)?;
+                vfs.metered(fd.as_fd(), xattr_room(&xattrs), &rel, || {
+                    finish_object(&fd, mode, &xattrs, None, &rel)
+                })?;
                 // Entries added below would change it again: set it last.
                 dir_times.push((rel.clone(), mtime));
                 report.dirs += 1;
             }
             EntryType::Regular | EntryType::Continuous => {
                 let dir = prepare_leaf(vfs, &p, &rel)?;
-                let size = entry.size();
-                let reserved = size.div_ceil(BLOCK) * BLOCK;
-                vfs.reserve(reserved, &rel)?;
-                let fd = fs::openat(
-                    &dir,
-                    p.leaf(),
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                );
-                let fd = match fd {
-                    Ok(fd) => fd,
-                    Err(e) => {
-                        vfs.credit(reserved);
-                        return Err(FsError::from_errno("create", &rel, e).into());
-                    }
-                };
-                report.paths.push(rel.clone());
-                report.files += 1;
-                // Owner first: a chown may clear mode bits set before it.
-                vfs.adopt(&fd, &rel)?;
-                let mut file = File::from(fd);
-                let copied = copy_entry(&mut entry, &mut file, &mut buf, &rel);
-                let actual = fs::fstat(&file).map_or(reserved, |st| allocated(&st));
-                if let Some(b) = vfs.budget() {
-                    b.adjust(actual as i64 - reserved as i64);
-                }
-                let copied = copied?;
+                // The name, the file, its data and its xattrs in one
+                // reservation: an entry that does not fit leaves nothing.
+                let room = ENTRY_COST + NEW_OBJECT + round_up(entry.size()) + xattr_room(&xattrs);
+                let copied = vfs.in_dirs(&[dir.as_fd()], room, &rel, || {
+                    let fd = fs::openat(
+                        &dir,
+                        p.leaf(),
+                        OFlags::WRONLY
+                            | OFlags::CREATE
+                            | OFlags::EXCL
+                            | OFlags::NOFOLLOW
+                            | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )
+                    .map_err(|e| FsError::from_errno("create", &rel, e))?;
+                    report.paths.push(rel.clone());
+                    report.files += 1;
+                    let mut file = File::from(fd);
+                    let written = vfs
+                        // Owner first: a chown may clear mode bits set before it.
+                        .adopt(&file, &rel)
+                        .map_err(ArchiveError::from)
+                        .and_then(|()| copy_entry(&mut entry, &mut file, &mut buf, &rel))
+                        .and_then(|copied| {
+                            finish_object(&file, mode, &xattrs, Some(mtime), &rel)?;
+                            Ok(copied)
+                        });
+                    // Made, whatever came of the rest: charged as it stands.
+                    let usage = to_i64(ENTRY_COST) + vfs.held(file.as_fd());
+                    Ok::<_, ArchiveError>((written, usage))
+                })??;
                 report.bytes += copied;
-                finish_object(file.as_fd(), mode, &xattrs, Some(mtime), &rel)?;
                 progress(archive_pos(&entry));
                 continue;
             }
@@ -587,8 +593,9 @@ fn import_entries(
             }
             EntryType::Fifo => {
                 let dir = prepare_leaf(vfs, &p, &rel)?;
-                fs::mknodat(&dir, p.leaf(), FileType::Fifo, Mode::from_raw_mode(mode), 0)
-                    .map_err(|e| FsError::from_errno("create", &rel, e))?;
+                vfs.make_at(&dir, p.leaf(), 0, &rel, |dir, leaf| {
+                    fs::mknodat(dir, leaf, FileType::Fifo, Mode::from_raw_mode(mode), 0)
+                })?;
                 vfs.adopt_at(&dir, p.leaf(), FileType::Fifo, &rel)?;
                 report.fifos += 1;
             }
@@ -658,11 +665,7 @@ fn prepare_leaf<'a>(
                 path: rel.display().to_string(),
             });
         }
-        Ok(st) => {
-            fs::unlinkat(&dir, p.leaf(), AtFlags::empty())
-                .map_err(|e| FsError::from_errno("replace", rel, e))?;
-            vfs.credit(freed_by_unlink(&st));
-        }
+        Ok(_) => vfs.remove_leaf(&dir, p.leaf(), rel)?,
         Err(Errno::NOENT) => {}
         Err(e) => return Err(FsError::from_errno("replace", rel, e)),
     }
@@ -687,6 +690,19 @@ fn copy_entry(
             .map_err(|e| ArchiveError::Volume(FsError::io("write", rel, e)))?;
         total += n as u64;
     }
+}
+
+/// Room to reserve for setting `xattrs` on an object: what they count and
+/// a block they may take.
+fn xattr_room(xattrs: &[(CString, Vec<u8>)]) -> u64 {
+    if xattrs.is_empty() {
+        return 0;
+    }
+    let counted: u64 = xattrs
+        .iter()
+        .map(|(name, value)| xattr_cost(name.to_bytes(), value.len()))
+        .sum();
+    counted + BLOCK
 }
 
 /// `user.msb.*` xattrs from the entry's PAX records.

@@ -109,7 +109,7 @@ pub enum FsError {
         /// The path as given.
         path: String,
     },
-    /// The write would pass the volume's quota.
+    /// The write, or the new name, would pass the volume's quota.
     #[error("cannot write {path}")]
     QuotaExceeded {
         /// The path as given.

@@ -1,7 +1,7 @@
 //! [`VolumeFs`]: the operations, each resolving its path beneath the root
 //! descriptor and then acting on a descriptor, never on a path string.
 
-use std::ffi::{CStr, OsString};
+use std::ffi::{CStr, CString, OsString};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use msb_quota::Budget;
+use msb_quota::usage::{xattr_bytes_at, xattr_bytes_of};
+use msb_quota::{Budget, ENTRY_COST};
 use rustix::fs::{self, AtFlags, FileType, Gid, Mode, OFlags, Stat, Uid};
 use rustix::io::Errno;
 
@@ -27,11 +28,23 @@ pub type Result<T, E = FsError> = std::result::Result<T, E>;
 /// reservation is settled against `st_blocks` right after.
 pub(crate) const BLOCK: u64 = 4096;
 
+/// Worst case a new object takes beyond its name's [`ENTRY_COST`] and its
+/// content, as the filesystem server reserves it: a block of its own (a
+/// directory's) and one its parent directory may grow by.
+pub(crate) const NEW_OBJECT: u64 = 2 * BLOCK;
+
+/// Symlinks followed from the end of a path being created, as the
+/// kernel's MAXSYMLINKS; also the creations retried after losing a race.
+const MAX_HOPS: usize = 40;
+
 /// Confined file access to one volume. See the [crate docs](crate) for the
 /// rules every operation follows.
 pub struct VolumeFs {
     root: OwnedFd,
     root_dev: u64,
+    /// The root's inode: its own growth is not counted (see
+    /// [`msb_quota::usage`]).
+    root_ino: u64,
     display_root: PathBuf,
     budget: Option<Arc<Budget>>,
     read_only: bool,
@@ -119,6 +132,7 @@ impl VolumeFs {
         Ok(VolumeFs {
             root,
             root_dev: st.st_dev,
+            root_ino: st.st_ino,
             display_root,
             budget: None,
             read_only: false,
@@ -129,9 +143,10 @@ impl VolumeFs {
         })
     }
 
-    /// Charges writes to `budget` (a directory volume's quota): a write that
-    /// would pass the limit fails with [`FsError::QuotaExceeded`] before
-    /// anything is written, and removals credit what they free.
+    /// Charges changes to `budget` (a directory volume's quota) by the rule
+    /// of [`msb_quota::usage`]: a write or a new name that would pass the
+    /// limit fails with [`FsError::QuotaExceeded`] before anything is
+    /// written, and removals credit what they free.
     pub fn with_budget(mut self, budget: Arc<Budget>) -> Self {
         self.budget = Some(budget);
         self
@@ -241,7 +256,7 @@ impl VolumeFs {
             }
         };
         for (i, name) in p.components().enumerate().skip(start) {
-            let name = std::ffi::CString::new(name).expect("validated component");
+            let name = CString::new(name).expect("validated component");
             match self.mkdir_in(&parent, &name, 0o755, path) {
                 Ok(()) | Err(FsError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),
@@ -301,18 +316,27 @@ impl VolumeFs {
             Err(Errno::NOTDIR | Errno::LOOP) => return self.remove_leaf(&dir, leaf, path),
             Err(e) => return Err(FsError::from_errno("remove", path, e)),
         };
-        let mut freed = 0;
-        let result = crate::tree::empty_dir(sub, self.root_dev, &mut freed)
-            .map_err(|e| FsError::from_errno("remove", path, e))
-            .and_then(|()| {
-                fs::unlinkat(&dir, leaf, AtFlags::REMOVEDIR)
-                    .map_err(|e| FsError::from_errno("remove", path, e))
-            });
-        if result.is_ok() {
-            freed += allocated(&st);
-        }
-        self.credit(freed);
-        result
+        let dir = dir.as_fd();
+        let metered = self.budget.is_some();
+        // What was removed is credited even when the walk stops half way.
+        self.in_dirs(&[dir], 0, path, || {
+            let mut freed = 0;
+            let result = crate::tree::empty_dir(sub, self.root_dev, metered.then_some(&mut freed))
+                .and_then(|()| {
+                    // Measured emptied: what the directory holds now goes.
+                    let st = fs::statat(dir, leaf, AtFlags::SYMLINK_NOFOLLOW)?;
+                    let top = if metered {
+                        freed_by_unlink(dir, leaf, &st)
+                    } else {
+                        0
+                    };
+                    fs::unlinkat(dir, leaf, AtFlags::REMOVEDIR)?;
+                    freed += top;
+                    Ok(())
+                })
+                .map_err(|e| FsError::from_errno("remove", path, e));
+            Ok((result, -to_i64(freed)))
+        })?
     }
 
     /// True when something exists at `path`, following a final symlink
@@ -388,7 +412,9 @@ impl VolumeFs {
             return Err(FsError::AlreadyExists { path: shown(link) });
         }
         let dir = self.parent_dir(&p, link)?;
-        self.charged(BLOCK, link, &dir, p.leaf(), |dir, leaf| {
+        // A long target takes blocks of its own.
+        let content = round_up(bytes.len() as u64);
+        self.make_at(&dir, p.leaf(), content, link, |dir, leaf| {
             fs::symlinkat(bytes, dir, leaf)
         })?;
         self.adopt_at(&dir, p.leaf(), FileType::Symlink, link)
@@ -405,8 +431,12 @@ impl VolumeFs {
         }
         let ed = self.parent_dir(&pe, existing)?;
         let nd = self.parent_dir(&pn, new)?;
-        fs::linkat(&ed, pe.leaf(), &nd, pn.leaf(), AtFlags::empty())
-            .map_err(|e| FsError::from_errno("link", new, e))
+        // A name costs the same whatever it names; its directory may grow.
+        self.in_dirs(&[nd.as_fd()], ENTRY_COST + BLOCK, new, || {
+            fs::linkat(&ed, pe.leaf(), &nd, pn.leaf(), AtFlags::empty())
+                .map_err(|e| FsError::from_errno("link", new, e))?;
+            Ok(((), to_i64(ENTRY_COST)))
+        })
     }
 
     /// Renames `from` to `to`, replacing a file (or empty directory) at
@@ -423,15 +453,18 @@ impl VolumeFs {
         let td = self.parent_dir(&pt, to)?;
         let replaced = fs::statat(&td, pt.leaf(), AtFlags::SYMLINK_NOFOLLOW).ok();
         let moved = fs::statat(&fd, pf.leaf(), AtFlags::SYMLINK_NOFOLLOW).ok();
-        fs::renameat(&fd, pf.leaf(), &td, pt.leaf())
-            .map_err(|e| FsError::from_errno("rename", from, e))?;
-        if let Some(st) = replaced {
-            let same = moved.is_some_and(|m| m.st_ino == st.st_ino && m.st_dev == st.st_dev);
-            if !same {
-                self.credit(freed_by_unlink(&st));
+        // Renaming onto another name of the same inode removes nothing.
+        let freed = match replaced {
+            Some(st) if moved.is_none_or(|m| (m.st_dev, m.st_ino) != (st.st_dev, st.st_ino)) => {
+                self.freed_by_removing(td.as_fd(), pt.leaf(), &st)
             }
-        }
-        Ok(())
+            _ => 0,
+        };
+        self.in_dirs(&[fd.as_fd(), td.as_fd()], 0, from, || {
+            fs::renameat(&fd, pf.leaf(), &td, pt.leaf())
+                .map_err(|e| FsError::from_errno("rename", from, e))?;
+            Ok(((), -to_i64(freed)))
+        })
     }
 
     /// Copies a regular file's bytes and permission bits to `to` (created or
@@ -458,19 +491,94 @@ impl VolumeFs {
     }
 
     /// Opens (creating with mode 0o644 if missing) the file a write or copy
-    /// lands in; never the root.
+    /// lands in; never the root. A final symlink is followed, and a
+    /// dangling one inside has its target created, as `open(2)` would; the
+    /// new name is made by [`make_at`](Self::make_at) in the directory it
+    /// lands in, so it and that directory's growth are charged.
     fn open_write_target(&self, path: &Path) -> Result<OwnedFd> {
         let p = Clean::parse(path)?;
         if p.is_root() {
             return Err(FsError::IsADirectory { path: shown(path) });
         }
-        self.open_at(
-            &p,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::NONBLOCK | OFlags::NOCTTY,
-            Mode::from_raw_mode(0o644),
-            true,
-        )
-        .map_err(|e| FsError::from_errno("create", path, e))
+        let flags = OFlags::WRONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
+        for _ in 0..MAX_HOPS {
+            match self.open_at(&p, flags, Mode::empty(), true) {
+                Ok(fd) => return Ok(fd),
+                Err(Errno::NOENT) => {}
+                Err(e) => return Err(FsError::from_errno("create", path, e)),
+            }
+            let (dir, leaf) = self.create_site(&p, path)?;
+            let created = self.make_at(&dir, &leaf, 0, path, |dir, leaf| {
+                let excl = OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                fs::openat(dir, leaf, flags | excl, Mode::from_raw_mode(0o644))
+            });
+            match created {
+                // Made by someone else meanwhile: open what is there.
+                Err(FsError::AlreadyExists { .. }) => continue,
+                r => return r,
+            }
+        }
+        Err(FsError::from_errno("create", path, Errno::LOOP))
+    }
+
+    /// Where creating the missing `p` puts its new name: its parent and
+    /// leaf, or, when the leaf is a dangling symlink, where its target
+    /// points (followed the way the kernel follows it, beneath the root).
+    fn create_site(&self, p: &Clean, path: &Path) -> Result<(DirFd<'_>, CString)> {
+        let err = |e| FsError::from_errno("create", path, e);
+        let mut dir = self.parent_dir(p, path)?;
+        let mut leaf = p.leaf().to_owned();
+        // The directory's path as given, unfolded: the kernel resolves its
+        // `..` after any symlink in it, as it would have in the target.
+        let mut at = p
+            .parent()
+            .map_or_else(Vec::new, |pp| pp.as_cstr().to_bytes().to_vec());
+        for _ in 0..MAX_HOPS {
+            let st = match fs::statat(&dir, &leaf, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(Errno::NOENT) => return Ok((dir, leaf)),
+                Err(e) => return Err(err(e)),
+            };
+            if FileType::from_raw_mode(st.st_mode) != FileType::Symlink {
+                // Appeared meanwhile: the exclusive create says so.
+                return Ok((dir, leaf));
+            }
+            let target = fs::readlinkat(&dir, &leaf, Vec::new()).map_err(err)?;
+            let target = target.as_bytes();
+            if target.first() == Some(&b'/') {
+                return Err(FsError::PathEscape { path: shown(path) });
+            }
+            if !at.is_empty() {
+                at.push(b'/');
+            }
+            at.extend_from_slice(target);
+            let cut = at.iter().rposition(|&b| b == b'/');
+            let name = at.split_off(cut.map_or(0, |i| i + 1));
+            at.truncate(cut.unwrap_or(0));
+            if matches!(&name[..], b"" | b"." | b"..") {
+                // Ends in a directory, which a file write cannot create.
+                return Err(FsError::IsADirectory { path: shown(path) });
+            }
+            leaf = CString::new(name).map_err(|_| err(Errno::INVAL))?;
+            dir = if at.is_empty() {
+                DirFd::Root(self.root.as_fd())
+            } else {
+                let dpath = CString::new(at.clone()).map_err(|_| err(Errno::INVAL))?;
+                DirFd::Sub(
+                    open_beneath(
+                        self.root.as_fd(),
+                        self.root_dev,
+                        self.resolver,
+                        &dpath,
+                        OFlags::PATH | OFlags::DIRECTORY,
+                        Mode::empty(),
+                        true,
+                    )
+                    .map_err(err)?,
+                )
+            };
+        }
+        Err(err(Errno::LOOP))
     }
 
     // ---- helpers shared with the archive module ----
@@ -564,7 +672,7 @@ impl VolumeFs {
         mode: u32,
         path: &Path,
     ) -> Result<()> {
-        self.charged(BLOCK, path, dir, name, |dir, leaf| {
+        self.make_at(dir, name, 0, path, |dir, leaf| {
             fs::mkdirat(dir, leaf, Mode::from_raw_mode(mode))
         })?;
         self.adopt_at(dir, name, FileType::Directory, path)
@@ -632,39 +740,36 @@ impl VolumeFs {
         st.st_uid == self.euid.as_raw() && st.st_dev == self.root_dev && (dir || st.st_nlink == 1)
     }
 
-    /// Runs `make` (which creates `leaf` in `dir`) with `estimate` bytes
-    /// reserved, then settles against what the new object allocated.
-    fn charged(
+    /// Creates `leaf` in `dir` with `make`, charged as the filesystem
+    /// server charges a new object: [`ENTRY_COST`] for the name, what the
+    /// object allocates and its directory's growth, with room for them
+    /// ([`NEW_OBJECT`] and `content` more) reserved first.
+    pub(crate) fn make_at<R>(
         &self,
-        estimate: u64,
-        path: &Path,
         dir: &impl AsFd,
         leaf: &CStr,
-        make: impl FnOnce(BorrowedFd<'_>, &CStr) -> Result<(), Errno>,
-    ) -> Result<()> {
-        if let Some(b) = &self.budget {
-            b.reserve(estimate)
-                .map_err(|source| FsError::QuotaExceeded {
-                    path: shown(path),
-                    source,
-                })?;
-        }
-        let made = make(dir.as_fd(), leaf);
-        if let Some(b) = &self.budget {
-            let actual = match &made {
-                Ok(()) => fs::statat(dir, leaf, AtFlags::SYMLINK_NOFOLLOW)
-                    .map(|st| allocated(&st))
-                    .unwrap_or(estimate),
-                Err(_) => 0,
+        content: u64,
+        path: &Path,
+        make: impl FnOnce(BorrowedFd<'_>, &CStr) -> Result<R, Errno>,
+    ) -> Result<R> {
+        let dir = dir.as_fd();
+        self.in_dirs(&[dir], ENTRY_COST + NEW_OBJECT + content, path, || {
+            let made = make(dir, leaf).map_err(|e| FsError::from_errno("create", path, e))?;
+            // New, so no client xattrs yet: only its allocation.
+            let bytes = match &self.budget {
+                Some(_) => {
+                    fs::statat(dir, leaf, AtFlags::SYMLINK_NOFOLLOW).map_or(0, |st| allocated(&st))
+                }
+                None => 0,
             };
-            b.adjust(actual as i64 - estimate as i64);
-        }
-        made.map_err(|e| FsError::from_errno("create", path, e))
+            Ok((made, to_i64(ENTRY_COST + bytes)))
+        })
     }
 
     /// Removes `leaf` of `dir` (a directory only if empty) and credits what
     /// it freed.
     pub(crate) fn remove_leaf(&self, dir: &impl AsFd, leaf: &CStr, path: &Path) -> Result<()> {
+        let dir = dir.as_fd();
         let st = fs::statat(dir, leaf, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| FsError::from_errno("remove", path, e))?;
         let flags = if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
@@ -672,27 +777,99 @@ impl VolumeFs {
         } else {
             AtFlags::empty()
         };
-        fs::unlinkat(dir, leaf, flags).map_err(|e| FsError::from_errno("remove", path, e))?;
-        self.credit(freed_by_unlink(&st));
-        Ok(())
+        let freed = self.freed_by_removing(dir, leaf, &st);
+        self.in_dirs(&[dir], 0, path, || {
+            fs::unlinkat(dir, leaf, flags).map_err(|e| FsError::from_errno("remove", path, e))?;
+            Ok(((), -to_i64(freed)))
+        })
     }
 
-    /// Returns freed bytes to the budget.
-    pub(crate) fn credit(&self, bytes: u64) {
-        if let (Some(b), true) = (&self.budget, bytes > 0) {
-            b.adjust(-(bytes as i64));
+    /// What removing `leaf` (of stat `st`) from `dir` would free, learnt
+    /// while it is still there; nothing when unmetered, sparing the xattr
+    /// reads.
+    fn freed_by_removing(&self, dir: BorrowedFd<'_>, leaf: &CStr, st: &Stat) -> u64 {
+        match &self.budget {
+            Some(_) => freed_by_unlink(dir, leaf, st),
+            None => 0,
         }
     }
 
-    /// Reserves `bytes` from the budget, if any.
-    pub(crate) fn reserve(&self, bytes: u64, path: &Path) -> Result<()> {
-        match &self.budget {
-            Some(b) => b.reserve(bytes).map_err(|source| FsError::QuotaExceeded {
+    /// Runs `op`, which changes names in the directories `dirs`, with its
+    /// usage settled as the filesystem server settles it: `reserve` bytes
+    /// are taken first ([`FsError::QuotaExceeded`] when refused); `op`
+    /// gives the usage it added (negative: freed) and the directories' own
+    /// growth is added to it, the root's excepted (the scanner does not
+    /// count it). A failed `op` changed no name.
+    pub(crate) fn in_dirs<T, E: From<FsError>>(
+        &self,
+        dirs: &[BorrowedFd<'_>],
+        reserve: u64,
+        path: &Path,
+        op: impl FnOnce() -> Result<(T, i64), E>,
+    ) -> Result<T, E> {
+        let Some(budget) = &self.budget else {
+            return op().map(|(t, _)| t);
+        };
+        let mut before: Vec<(u64, BorrowedFd<'_>, u64)> = Vec::with_capacity(dirs.len());
+        for &d in dirs {
+            let st =
+                fs::fstat(d).map_err(|e| FsError::from_errno("stat the parent of", path, e))?;
+            let key = (st.st_dev, st.st_ino);
+            if key != (self.root_dev, self.root_ino) && !before.iter().any(|b| b.0 == st.st_ino) {
+                before.push((st.st_ino, d, allocated(&st)));
+            }
+        }
+        budget
+            .reserve(reserve)
+            .map_err(|source| FsError::QuotaExceeded {
                 path: shown(path),
                 source,
-            }),
-            None => Ok(()),
+            })?;
+        let res = op();
+        let grown: i64 = before
+            .iter()
+            .map(|&(_, d, was)| fs::fstat(d).map_or(0, |st| to_i64(allocated(&st)) - to_i64(was)))
+            .sum();
+        let made = res.as_ref().map_or(0, |(_, u)| *u);
+        budget.adjust(made + grown - to_i64(reserve));
+        res.map(|(t, _)| t)
+    }
+
+    /// Runs `op`, which changes the object open at `fd` (not a symlink),
+    /// with its usage settled: `reserve` bytes are taken first
+    /// ([`FsError::QuotaExceeded`] when refused), then settled against the
+    /// change in what it holds, whether `op` failed or not.
+    pub(crate) fn metered<T, E: From<FsError>>(
+        &self,
+        fd: BorrowedFd<'_>,
+        reserve: u64,
+        path: &Path,
+        op: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        let Some(budget) = &self.budget else {
+            return op();
+        };
+        let before = self.held(fd);
+        budget
+            .reserve(reserve)
+            .map_err(|source| FsError::QuotaExceeded {
+                path: shown(path),
+                source,
+            })?;
+        let res = op();
+        budget.adjust(self.held(fd) - before - to_i64(reserve));
+        res
+    }
+
+    /// What the object open at `fd` (not a symlink) holds beyond its
+    /// names, as the scanner counts it: its allocation and its counted
+    /// xattrs. Nothing when unmetered, sparing the reads.
+    pub(crate) fn held(&self, fd: BorrowedFd<'_>) -> i64 {
+        if self.budget.is_none() {
+            return 0;
         }
+        let bytes = fs::fstat(fd).map_or(0, |st| allocated(&st));
+        to_i64(bytes + xattr_bytes_of(fd).unwrap_or(0))
     }
 
     /// The root's device number: resolution never leaves it.
@@ -731,15 +908,32 @@ pub(crate) fn allocated(st: &Stat) -> u64 {
     (st.st_blocks as u64).saturating_mul(512)
 }
 
-/// Bytes freed by removing one name of `st`: nothing while other hard
-/// links keep the inode.
-pub(crate) fn freed_by_unlink(st: &Stat) -> u64 {
-    let dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
-    if dir || st.st_nlink <= 1 {
-        allocated(st)
-    } else {
-        0
+/// Bytes rounded up to whole blocks, what writing them may allocate.
+pub(crate) fn round_up(n: u64) -> u64 {
+    n.div_ceil(BLOCK).saturating_mul(BLOCK)
+}
+
+/// A count of bytes as a signed change, saturating.
+pub(crate) fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Usage freed by removing the name `leaf` (of stat `st`) from `dir`, as
+/// the scanner counts it, learnt before it goes: the name's
+/// [`ENTRY_COST`], and, when it is the object's last name, its allocation
+/// and counted xattrs.
+pub(crate) fn freed_by_unlink(dir: BorrowedFd<'_>, leaf: &CStr, st: &Stat) -> u64 {
+    let kind = FileType::from_raw_mode(st.st_mode);
+    if kind != FileType::Directory && st.st_nlink > 1 {
+        return ENTRY_COST;
     }
+    // Host symlinks cannot carry user xattrs.
+    let xattrs = if kind == FileType::Symlink {
+        0
+    } else {
+        xattr_bytes_at(dir, leaf).unwrap_or(0)
+    };
+    ENTRY_COST + allocated(st) + xattrs
 }
 
 /// What kind of object an entry is.

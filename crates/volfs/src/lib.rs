@@ -65,10 +65,16 @@
 //! [`VolumeFs::write`] creates or truncates a file but does **not** create
 //! missing parent directories (like the seed API's `Write`); call
 //! [`VolumeFs::mkdir`], which does create parents, first. With a quota
-//! budget ([`VolumeFs::with_budget`]) every write reserves its worst case
-//! before touching the file and settles against the real allocation after;
-//! removals credit what they free. A [read-only](VolumeFs::read_only) volume
-//! refuses every changing operation.
+//! budget ([`VolumeFs::with_budget`]) usage is counted by the rule of
+//! [`msb_quota::usage`], exactly as the filesystem server and the scanner
+//! count it: every name made (file, directory, symlink, hard link, FIFO)
+//! costs [`msb_quota::ENTRY_COST`] plus what its object allocates and what
+//! its directory grows by, and xattrs an import sets are counted. Every
+//! change reserves its worst case before touching the volume (refused with
+//! [`FsError::QuotaExceeded`]) and settles against what really changed
+//! after; removals and renames over a name credit what they free. A
+//! [read-only](VolumeFs::read_only) volume refuses every changing
+//! operation.
 //!
 //! ```no_run
 //! # fn demo() -> Result<(), msb_volfs::FsError> {

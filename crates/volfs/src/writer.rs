@@ -19,7 +19,7 @@ use rustix::io::Errno;
 
 use crate::FsError;
 use crate::error::shown;
-use crate::fs::{BLOCK, allocated};
+use crate::fs::{allocated, round_up};
 
 /// A file being written through [`VolumeFs::create`](crate::VolumeFs::create).
 /// Writes are sequential from offset 0.
@@ -40,10 +40,6 @@ impl std::fmt::Debug for VolumeWriter {
             .field("len", &self.len)
             .finish()
     }
-}
-
-fn round_up(n: u64) -> u64 {
-    n.div_ceil(BLOCK).saturating_mul(BLOCK)
 }
 
 impl VolumeWriter {

@@ -327,6 +327,19 @@ fn symlinks_inside_are_followed() {
         assert_eq!(fs.read("sub/target.txt").unwrap(), b"made");
         assert_eq!(fs.list("a/tosub").unwrap().len(), 3);
         assert!(fs.exists("a/tosub/new.txt").unwrap());
+        // Its `..` is taken after the symlinks on the way, as the kernel
+        // takes it (`a/tosub` is `sub`), through a chain of dangling links.
+        fs.symlink("../hop", "sub/up").unwrap();
+        fs.symlink("top.txt", "hop").unwrap();
+        fs.write("a/tosub/up", "up").unwrap();
+        assert_eq!(std::fs::read(env.vol().join("top.txt")).unwrap(), b"up");
+        assert!(!env.vol().join("a/top.txt").exists());
+        // One ending in a directory cannot be made a file.
+        fs.symlink("newdir/", "sub/todir").unwrap();
+        assert!(matches!(
+            fs.write("sub/todir", "x").unwrap_err(),
+            FsError::IsADirectory { .. }
+        ));
     }
 }
 

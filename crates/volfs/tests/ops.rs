@@ -4,8 +4,11 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use msb_quota::Budget;
+use msb_quota::{Budget, ENTRY_COST};
 use msb_volfs::{FileKind, FsError, Resolver, VolumeFs};
+
+/// A host file system block.
+const BLOCK: u64 = 4096;
 
 fn vol(resolver: Resolver) -> (tempfile::TempDir, VolumeFs) {
     let tmp = tempfile::tempdir().unwrap();
@@ -297,4 +300,140 @@ fn quota_is_enforced_and_usage_stays_exact(r: Resolver) {
     fs.remove_all("d").unwrap();
     assert_eq!(budget.used(), scanned(&root));
     assert_eq!(budget.used(), 0);
+
+    let exact = |what: &str| assert_eq!(budget.used(), scanned(&root), "after {what}");
+    // Every name costs, whatever it names.
+    fs.mkdir("t/sub/deep").unwrap();
+    exact("mkdir");
+    fs.write("t/sub/f", vec![6u8; 10_000]).unwrap();
+    exact("a new file");
+    fs.symlink("f", "t/sub/short").unwrap();
+    exact("a short symlink");
+    fs.symlink("x".repeat(300), "t/sub/long").unwrap();
+    exact("a symlink whose target takes a block");
+    fs.hard_link("t/sub/f", "t/f2").unwrap();
+    exact("a hard link");
+    fs.copy("t/sub/f", "t/copy").unwrap();
+    exact("a copy");
+    // Long names in one directory: it grows by blocks of its own.
+    let many = |i: usize| format!("t/many/{i:0>200}");
+    fs.mkdir("t/many").unwrap();
+    for i in 0..60 {
+        fs.write(many(i), "").unwrap();
+    }
+    assert!(fs.stat("t/many").unwrap().allocated() > 4096);
+    exact("a directory grown by its names");
+    // A write through a dangling symlink makes its target where it points.
+    fs.symlink("../many/made", "t/sub/dangling").unwrap();
+    fs.write("t/sub/dangling", "made").unwrap();
+    assert_eq!(fs.read("t/many/made").unwrap(), b"made");
+    exact("a write through a dangling symlink");
+
+    // Renames over existing names free what they replace.
+    fs.write("t/a", vec![1u8; 10_000]).unwrap();
+    fs.write("t/b", vec![2u8; 20_000]).unwrap();
+    fs.rename("t/a", "t/b").unwrap();
+    exact("a file renamed over a file");
+    fs.rename("t/f2", "t/sub/f").unwrap();
+    assert!(fs.exists("t/f2").unwrap());
+    exact("a rename onto another name of the same file");
+    fs.mkdir("t/empty").unwrap();
+    fs.rename("t/sub/deep", "t/empty").unwrap();
+    exact("a directory renamed over an empty one");
+    fs.rename("t/sub/short", "t/b").unwrap();
+    exact("a symlink renamed over a file");
+    fs.rename("t/many", "t/sub/many").unwrap();
+    exact("a directory moved to another");
+    fs.remove("t/f2").unwrap();
+    exact("removing one name of a hard-linked file");
+
+    // Near the limit a new name is refused, and nothing is made.
+    fs.write("t/filler", "").unwrap();
+    let room = budget.available().unwrap() - ENTRY_COST;
+    fs.write("t/filler", vec![7u8; room as usize]).unwrap();
+    exact("filling the volume");
+    assert!(budget.available().unwrap() < ENTRY_COST + BLOCK);
+    let refused = |e: FsError| assert!(matches!(e, FsError::QuotaExceeded { .. }), "{e}");
+    refused(fs.mkdir("t/no").unwrap_err());
+    refused(fs.mkdir("t/none/no").unwrap_err());
+    refused(fs.write("t/no", "").unwrap_err());
+    refused(fs.symlink("f", "t/no").unwrap_err());
+    refused(fs.hard_link("t/sub/f", "t/no").unwrap_err());
+    refused(fs.copy("t/sub/f", "t/no").unwrap_err());
+    assert!(!fs.exists("t/no").unwrap() && !fs.exists("t/none").unwrap());
+    exact("refused names");
+    // What exists takes no new room.
+    fs.mkdir("t/sub").unwrap();
+    fs.write("t/copy", vec![3u8; 8192]).unwrap();
+    exact("rewriting in a full volume");
+    fs.remove("t/filler").unwrap();
+    exact("removing the filler");
+
+    // A tree with every kind of name, and a client xattr (as a sandbox
+    // sets it, counted by a rescan), removed in one go.
+    fs.hard_link("t/sub/f", "t/sub/many/f3").unwrap();
+    if set_user_xattr(&root.join("t/sub/f"), "user.note", &[1u8; 100]) {
+        budget.set_used(scanned(&root));
+    }
+    fs.remove_all("t").unwrap();
+    exact("remove_all of a tree");
+    assert_eq!(budget.used(), 0);
+
+    // An import with xattrs: msb's records (not counted, but this one takes
+    // a block of its own); the archive's client xattr is not restored.
+    fs.mkdir("imp").unwrap();
+    fs.write("imp/f", vec![8u8; 5000]).unwrap();
+    let xattrs = set_user_xattr(&root.join("imp/f"), "user.msb.probe", b"1");
+    let data = archive_with_xattrs(xattrs);
+    let report = msb_volfs::archive::import(&fs, data.as_slice(), &mut |_| {}).unwrap();
+    assert_eq!((report.files, report.hard_links, report.fifos), (2, 1, 1));
+    exact("an import");
+    if xattrs {
+        let len = rustix::fs::getxattr_query(root.join("imp/f"), "user.msb.meta");
+        assert_eq!(len, Ok(3000));
+    }
+    // Again, over what the first one made.
+    msb_volfs::archive::import(&fs, data.as_slice(), &mut |_| {}).unwrap();
+    exact("an import over an import");
+    fs.remove_all("imp").unwrap();
+    exact("removing the import");
+    assert_eq!(budget.used(), 0);
+}
+
+/// Sets a user xattr on a host file; false where they are not supported.
+fn set_user_xattr(path: &std::path::Path, name: &str, value: &[u8]) -> bool {
+    rustix::fs::setxattr(path, name, value, rustix::fs::XattrFlags::empty()).is_ok()
+}
+
+/// An archive of `imp/`: a directory and a file with xattrs (when
+/// `xattrs`), a symlink, a hard link and a FIFO.
+fn archive_with_xattrs(xattrs: bool) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let record = vec![9u8; 3000];
+    let mut add = |name: &str, ty: tar::EntryType, link: &str, data: &[u8], pax: bool| {
+        if xattrs && pax {
+            let records = [
+                ("SCHILY.xattr.user.msb.meta", record.as_slice()),
+                ("SCHILY.xattr.user.other", b"client".as_slice()),
+            ];
+            b.append_pax_extensions(records).unwrap();
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_entry_type(ty);
+        h.set_size(data.len() as u64);
+        if link.is_empty() {
+            b.append_data(&mut h, name, data).unwrap();
+        } else {
+            b.append_link(&mut h, name, link).unwrap();
+        }
+    };
+    add("imp/", tar::EntryType::Directory, "", b"", true);
+    add("imp/f", tar::EntryType::Regular, "", &[5u8; 20_000], true);
+    add("imp/g", tar::EntryType::Regular, "", b"small", false);
+    add("imp/ln", tar::EntryType::Symlink, "f", b"", false);
+    add("imp/h", tar::EntryType::Link, "imp/f", b"", false);
+    add("imp/p", tar::EntryType::Fifo, "", b"", false);
+    b.into_inner().unwrap()
 }
