@@ -3,7 +3,8 @@
 //! owned by host ids 0..; mapped through the sandbox's [`IdMap`], its root
 //! is the sandbox's root, so setuid programs, `apt` and friends work as in
 //! the image, while the host ids behind them stay untouched (the sandbox
-//! writes to a private layer over it, see the init).
+//! writes to a private layer over it, see the init). A disk image a user
+//! mounts is mapped the same way: its ids are the image's, not the host's.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -92,10 +93,16 @@ pub(crate) fn idmapped_tree(path: &Path, ids: IdMap) -> Result<OwnedFd, IdmapErr
         path: shown(),
         source: e.into(),
     })?;
-    let userns = describe(ids).map_err(IdmapError::Namespace)?;
-    crate::mounts::set_idmap(&tree, &userns).map_err(|e| IdmapError::Map {
-        path: shown(),
-        source: e.into(),
-    })?;
+    map_mount(&tree, path, ids)?;
     Ok(tree)
+}
+
+/// Makes the detached mount `mount` (of `path`, for messages) show ids
+/// mapped through `ids`, as [`idmapped_tree`] does.
+pub(crate) fn map_mount(mount: &OwnedFd, path: &Path, ids: IdMap) -> Result<(), IdmapError> {
+    let userns = describe(ids).map_err(IdmapError::Namespace)?;
+    crate::mounts::set_idmap(mount, &userns).map_err(|e| IdmapError::Map {
+        path: path.display().to_string(),
+        source: e.into(),
+    })
 }

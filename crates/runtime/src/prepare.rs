@@ -74,6 +74,12 @@ pub enum PrepareError {
         #[source]
         source: crate::IdmapError,
     },
+    #[error("mount at {guest}")]
+    Idmap {
+        guest: GuestPath,
+        #[source]
+        source: crate::IdmapError,
+    },
     #[error("mount at {guest}: cannot set the mount's flags")]
     Flags {
         guest: GuestPath,
@@ -168,9 +174,11 @@ fn recount(store: &Store, info: &VolumeInfo) {
 }
 
 /// A cgroup name for the sandbox `holder` started by this process: the
-/// holder's letters and digits and this process's id, which no other live
-/// sandbox has.
+/// holder's letters and digits, this process's id and a count of the
+/// sandboxes it prepared, which no other live sandbox has.
 fn cgroup_name(holder: &str) -> String {
+    static PREPARED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PREPARED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let plain: String = holder
         .chars()
         .map(|c| {
@@ -182,7 +190,11 @@ fn cgroup_name(holder: &str) -> String {
         })
         .take(100)
         .collect();
-    format!("{}-{}", plain.trim_start_matches('-'), std::process::id())
+    format!(
+        "{}-{}-{n}",
+        plain.trim_start_matches('-'),
+        std::process::id()
+    )
 }
 
 /// The environment every command gets before `--env`.
@@ -397,7 +409,10 @@ fn add_mount(
                     let image = info
                         .disk_image
                         .unwrap_or_else(|| p.store.layout().disk_image(name));
-                    attach_disk(p, guest, &image, msb_spec::DiskFormat::Raw, None, flags)
+                    // The volume's files hold the sandbox range's host ids
+                    // already, as a directory volume's do.
+                    let raw = msb_spec::DiskFormat::Raw;
+                    attach_disk(p, guest, &image, raw, None, flags, false)
                 }
             }
         }
@@ -413,10 +428,14 @@ fn add_mount(
                 .unwrap_or_else(|| msb_spec::DiskFormat::from_extension(host_path)),
             options.fstype.as_deref(),
             flags,
+            true,
         ),
     }
 }
 
+/// Mounts a disk image for the sandbox; with `image_ids`, its files' ids
+/// are the image's own (0 is the sandbox's root), where mapping is allowed
+/// (root).
 fn attach_disk(
     p: &mut Prepared<'_>,
     guest: &GuestPath,
@@ -424,6 +443,7 @@ fn attach_disk(
     format: msb_spec::DiskFormat,
     fstype: Option<&str>,
     flags: MountFlags,
+    image_ids: bool,
 ) -> Result<InitSource, PrepareError> {
     let disk_err = |source| PrepareError::Disk {
         guest: guest.clone(),
@@ -433,10 +453,18 @@ fn attach_disk(
     // Made here: a sandbox's user namespace may not mount block devices.
     let mount = view
         .mount_detached(crate::mounts::attrs(flags))
-        .map_err(disk_err)?;
+        .map_err(disk_err)?
+        .into_fd();
+    let ids = crate::sandbox_ids();
+    if image_ids && ids.count > 1 {
+        crate::idmap::map_mount(&mount, image, ids).map_err(|source| PrepareError::Idmap {
+            guest: guest.clone(),
+            source,
+        })?;
+    }
     p.views.push(view);
     Ok(InitSource::Detached {
-        fd: pass(p, mount.into_fd()),
+        fd: pass(p, mount),
         dir: true,
     })
 }

@@ -225,12 +225,7 @@ impl ExecBuilder {
             // SAFETY: `setup` makes only async-signal-safe system calls.
             unsafe { cmd.pre_exec(setup) };
         }
-        Ok(namespaces.spawn(
-            &mut cmd,
-            &workdir,
-            config.security(),
-            self.preserve_fds,
-        )?)
+        Ok(namespaces.spawn(&mut cmd, &workdir, config.security(), self.preserve_fds)?)
     }
 
     /// Runs the command with no input, collecting its exit status and
