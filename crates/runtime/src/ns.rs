@@ -104,21 +104,35 @@ fn write_id_maps(pid: i32, ids: IdMap) -> io::Result<()> {
     std::fs::write(format!("/proc/{pid}/gid_map"), &line)
 }
 
+/// What the child needs between clone and exec, prepared before the clone.
+struct ChildPlan<'a> {
+    /// The read end of the supervisor's go-ahead.
+    go: libc::c_int,
+    cgroup: Option<&'a CgroupEntry>,
+    /// (source, target) descriptors.
+    moves: &'a [(i32, i32)],
+    drop_groups: bool,
+    program: &'a CString,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+}
+
 /// The child between clone and exec. Only async-signal-safe calls, on data
-/// prepared before the clone; never returns.
+/// prepared before the clone (`high` has room for a copy of each move);
+/// never returns.
 ///
 /// # Safety
 /// Must run in the freshly cloned child, with the pointers valid.
-unsafe fn child(
-    go: libc::c_int,
-    cgroup: Option<&CgroupEntry>,
-    moves: &[(i32, i32)],
-    high: &mut [i32],
-    drop_groups: bool,
-    program: &CString,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-) -> ! {
+unsafe fn child(plan: &ChildPlan<'_>, high: &mut [i32]) -> ! {
+    let ChildPlan {
+        go,
+        cgroup,
+        moves,
+        drop_groups,
+        program,
+        argv,
+        envp,
+    } = *plan;
     // SAFETY: plain system calls on values and buffers owned by this child.
     unsafe {
         let fail = || libc::_exit(1);
@@ -253,14 +267,16 @@ impl Backend for NamespaceBackend {
             // SAFETY: this is the freshly cloned child; see above.
             unsafe {
                 child(
-                    go_read.as_raw_fd(),
-                    entry.as_ref(),
-                    &moves,
+                    &ChildPlan {
+                        go: go_read.as_raw_fd(),
+                        cgroup: entry.as_ref(),
+                        moves: &moves,
+                        drop_groups,
+                        program: &program,
+                        argv: &argv_ptrs,
+                        envp: &envp_ptrs,
+                    },
                     &mut high,
-                    drop_groups,
-                    &program,
-                    &argv_ptrs,
-                    &envp_ptrs,
                 )
             }
         }

@@ -199,7 +199,8 @@ pub struct SandboxConfig {
 }
 
 impl SandboxConfig {
-    /// Root filesystem directory; `None` is the host's root, read-only.
+    /// Root filesystem directory (under a private writable layer); `None` is
+    /// a fresh root with the host's programs, `/` the host's root read-only.
     pub fn rootfs(&self) -> Option<&Path> {
         self.rootfs.as_deref()
     }
@@ -766,7 +767,8 @@ impl SandboxBuilder {
         }
     }
 
-    /// Uses `dir` as the root filesystem instead of the host's (read-only).
+    /// Uses `dir` as the root filesystem, written through a private layer
+    /// (`/` shares the host's root, read-only) instead of a fresh root.
     /// A relative path is resolved now, against the current directory.
     pub fn rootfs(mut self, dir: impl Into<PathBuf>) -> Self {
         self.rootfs = Some(dir.into());

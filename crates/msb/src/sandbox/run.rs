@@ -110,7 +110,8 @@ impl RunBuilder {
         self
     }
 
-    /// Uses `dir` as the root filesystem instead of the host's (read-only).
+    /// Uses `dir` as the root filesystem, written through a private layer
+    /// (`/` shares the host's root, read-only) instead of a fresh root.
     pub fn rootfs(mut self, dir: impl Into<PathBuf>) -> Self {
         self.rootfs = Some(dir.into());
         self
