@@ -935,7 +935,10 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
         attach(&root, "run", &run_fd, true)?;
     }
     for (m, fd) in &user {
-        let dir = !matches!(m.source, InitSource::Detached { dir: false, .. });
+        let dir = !matches!(
+            m.source,
+            InitSource::Detached { dir: false, .. } | InitSource::Bind { dir: false, .. }
+        );
         attach(&root, m.guest.relative(), fd, dir)?;
     }
     if plan.root == InitRoot::Host {
@@ -959,6 +962,11 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
 fn open_user_mount(m: &InitMount, tmpfs_mib: u32) -> Result<OwnedFd, InitError> {
     let a = attrs(m.flags);
     match &m.source {
+        InitSource::Bind { path, .. } => {
+            let fd = clone_tree(path, true)?;
+            set_attrs(&fd, a, true).map_err(sys(format!("set flags on {}", m.guest)))?;
+            Ok(fd)
+        }
         InitSource::Tmpfs { size_mib } => tmpfs(Some(size_mib.unwrap_or(tmpfs_mib)), "1777", a),
         // SAFETY: the backend placed this descriptor, a detached mount made
         // by the supervisor with its flags set, for us alone.

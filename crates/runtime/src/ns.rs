@@ -239,6 +239,8 @@ impl Backend for NamespaceBackend {
         // Rootless sandboxes go without limits: an unprivileged user may
         // not make cgroups (unless a service manager delegated some).
         let cgroup = if self.ids.count > 1 {
+            // Groups of supervisors that were killed are empty: reclaim them.
+            SandboxCgroup::cleanup_stale();
             Some(SandboxCgroup::create(&plan.name, &plan.resources).map_err(NsError::Cgroup)?)
         } else {
             None

@@ -126,6 +126,15 @@ pub struct InitMount {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum InitSource {
+    /// A bind mount the init makes of a host path: a rootless sandbox's
+    /// init reaches what its caller may, and the caller may not clone mounts
+    /// in the host's namespace itself.
+    Bind {
+        /// Absolute host path.
+        path: PathBuf,
+        /// Whether it is a directory (else a single file).
+        dir: bool,
+    },
     /// A fresh tmpfs.
     Tmpfs {
         /// Size limit in MiB.

@@ -74,6 +74,10 @@ pub enum PrepareError {
         #[source]
         source: crate::IdmapError,
     },
+    #[error(
+        "mount at {guest}: {what}, which only root may make; run msb as root, or mount without it"
+    )]
+    NeedsRoot { guest: GuestPath, what: &'static str },
     #[error("mount at {guest}")]
     Idmap {
         guest: GuestPath,
@@ -297,7 +301,7 @@ fn root(p: &mut Prepared<'_>, spec: &SandboxSpec) -> Result<InitRoot, PrepareErr
         return Ok(InitRoot::Host);
     }
     let ids = crate::sandbox_ids();
-    if ids.count == 1 {
+    if rootless() {
         // Rootless: the caller's own files are already the sandbox's.
         return Ok(InitRoot::Dir {
             path: path.clone(),
@@ -445,6 +449,12 @@ fn attach_disk(
     flags: MountFlags,
     image_ids: bool,
 ) -> Result<InitSource, PrepareError> {
+    if rootless() {
+        return Err(PrepareError::NeedsRoot {
+            guest: guest.clone(),
+            what: "a disk image is attached to a loop device",
+        });
+    }
     let disk_err = |source| PrepareError::Disk {
         guest: guest.clone(),
         source,
@@ -508,6 +518,12 @@ fn serve(
     cfg: msb_fsserver::ServeConfig,
     flags: MountFlags,
 ) -> Result<InitSource, PrepareError> {
+    if rootless() {
+        return Err(PrepareError::NeedsRoot {
+            guest: guest.clone(),
+            what: "quota, stat-virt and host-perms are served by a FUSE mount",
+        });
+    }
     let server_err = |source| PrepareError::Server {
         guest: guest.clone(),
         source,
@@ -545,6 +561,12 @@ fn bind(
     dir: bool,
     flags: MountFlags,
 ) -> Result<InitSource, PrepareError> {
+    if rootless() {
+        return Ok(InitSource::Bind {
+            path: path.to_path_buf(),
+            dir,
+        });
+    }
     let tree = rustix::mount::open_tree(
         rustix::fs::CWD,
         path,
@@ -567,6 +589,11 @@ fn bind(
         fd: pass(p, tree),
         dir,
     })
+}
+
+/// Whether sandboxes run rootless here (the caller alone is their root).
+fn rootless() -> bool {
+    crate::sandbox_ids().count == 1
 }
 
 /// Hands a detached mount to the init: the number it will have there.
