@@ -140,10 +140,49 @@ fn what_needs_root_is_refused_with_the_reason() {
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o.stderr);
     assert!(
-        err.contains("mount at /d: a disk image is attached to a loop device, which only root may make"),
+        err.contains(
+            "mount at /d: a disk image is attached to a loop device, which only root may make"
+        ),
         "{err}"
     );
     // Nothing was left behind: the volume is still there, unused.
     let o = msb(&store, &["volume", "rm", "capped"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+#[test]
+fn an_unprivileged_user_keeps_a_named_sandbox_and_joins_it() {
+    if !can_run() {
+        return;
+    }
+    let home = user_dir();
+    let store = home.path().join("home");
+    let ok = |args: &[&str]| {
+        let o = msb(&store, args);
+        assert!(o.status.success(), "msb {args:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    ok(&["create", "web", "-v", "data:/data", "-e", "MODE=dev"]);
+    ok(&["start", "web"]);
+    let out = ok(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "echo $MODE > /data/mode; cat /data/mode; id -u; head -1 /proc/self/uid_map",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["dev", "0"], "{out}");
+    let map: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(map, ["0", &USER.to_string(), "1"], "{out}");
+    // Status and signals come back as the command ended.
+    let o = msb(&store, &["exec", "web", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o.stderr));
+    let o = msb(&store, &["exec", "web", "--", "sh", "-c", "kill -TERM $$"]);
+    assert_eq!(o.status.code(), Some(143), "{}", text(&o.stderr));
+    ok(&["stop", "web"]);
+    ok(&["rm", "web"]);
+    let meta = std::fs::metadata(store.join("volumes/data/mode")).unwrap();
+    assert_eq!(meta.uid(), USER);
 }

@@ -159,6 +159,14 @@ impl SandboxNamespaces {
         let filter = crate::seccomp::filter(security).map_err(JoinError::Seccomp)?;
         let cgroup = self.cgroup.clone();
         let first_closed = 3 + preserve_fds;
+        // A rootless caller has no rights over the sandbox's pid namespace
+        // until it is in the sandbox's user namespace (see `relay`).
+        let rootless = !drop_groups;
+        let pid_ns = if rootless {
+            Some(self.pid.try_clone().map_err(JoinError::Dup)?)
+        } else {
+            None
+        };
         // The hook owns its copies, so `cmd` stays valid on its own.
         let others = self
             .others
@@ -185,7 +193,15 @@ impl SandboxNamespaces {
                     u32::MAX,
                     libc::CLOSE_RANGE_CLOEXEC,
                 );
-                for ns in &others {
+                let mut rest = &others[..];
+                if let Some(pid_ns) = &pid_ns {
+                    // NAMESPACES starts with the user namespace.
+                    move_into_link_name_space(others[0].as_fd(), None)?;
+                    move_into_link_name_space(pid_ns.as_fd(), Some(LinkNameSpaceType::ProcessID))?;
+                    relay()?;
+                    rest = &others[1..];
+                }
+                for ns in rest {
                     move_into_link_name_space(ns.as_fd(), None)?;
                 }
                 // Root of the sandbox's user namespace, without the host's
@@ -195,6 +211,11 @@ impl SandboxNamespaces {
                     || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
                 {
                     return Err(io::Error::last_os_error());
+                }
+                if rootless {
+                    // Dies with the relay (set after the id change, which
+                    // clears it).
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 }
                 rustix::process::chdir(workdir.as_c_str())?;
                 match rustix::process::setsid() {
@@ -207,6 +228,11 @@ impl SandboxNamespaces {
                 filter.apply()?;
                 caps::apply(keep, last_cap, restricted)
             });
+        }
+        if rootless {
+            return cmd
+                .spawn()
+                .map_err(|source| JoinError::Spawn { program, source });
         }
         let own =
             File::open("/proc/thread-self/ns/pid_for_children").map_err(JoinError::OwnNamespace)?;
@@ -227,5 +253,59 @@ impl SandboxNamespaces {
             return Err(JoinError::OwnNamespace(e.into()));
         }
         Ok(child)
+    }
+}
+
+/// For a rootless join, between fork and exec, once in the sandbox's user
+/// and pid namespaces: forks again, as `nsenter --fork` does, since only
+/// children enter a pid namespace. Returns in the new child, which goes on
+/// to exec the command; this process stays outside the sandbox's pid
+/// namespace, holding nothing (every descriptor closed), passes the signals
+/// it gets on to the command and ends as the command does.
+///
+/// # Safety
+/// Call only in a single-threaded child between fork and exec.
+unsafe fn relay() -> io::Result<()> {
+    // SAFETY: signal sets are plain data initialized by sigfillset and
+    // sigemptyset; clone without CLONE_VM is a fork; the parent branch only
+    // makes async-signal-safe calls and never returns.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        // Blocked before the fork: no signal is lost before the wait.
+        libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old);
+        let pid = libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) as libc::pid_t;
+        if pid <= 0 {
+            let e = io::Error::last_os_error();
+            libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            return if pid == 0 { Ok(()) } else { Err(e) };
+        }
+        libc::syscall(libc::SYS_close_range, 0, u32::MAX, 0);
+        loop {
+            let sig = libc::sigwaitinfo(&all, std::ptr::null_mut());
+            if sig == libc::SIGCHLD {
+                let mut st = 0;
+                if libc::waitpid(pid, &mut st, libc::WNOHANG) == pid {
+                    if libc::WIFSIGNALED(st) {
+                        // End the same way, so the caller sees the signal.
+                        let s = libc::WTERMSIG(st);
+                        libc::signal(s, libc::SIG_DFL);
+                        let mut one: libc::sigset_t = std::mem::zeroed();
+                        libc::sigemptyset(&mut one);
+                        libc::sigaddset(&mut one, s);
+                        libc::sigprocmask(libc::SIG_UNBLOCK, &one, std::ptr::null_mut());
+                        libc::kill(libc::getpid(), s);
+                    }
+                    libc::_exit(if libc::WIFEXITED(st) {
+                        libc::WEXITSTATUS(st)
+                    } else {
+                        1
+                    });
+                }
+            } else if sig > 0 {
+                libc::kill(pid, sig);
+            }
+        }
     }
 }

@@ -77,7 +77,10 @@ pub enum PrepareError {
     #[error(
         "mount at {guest}: {what}, which only root may make; run msb as root, or mount without it"
     )]
-    NeedsRoot { guest: GuestPath, what: &'static str },
+    NeedsRoot {
+        guest: GuestPath,
+        what: &'static str,
+    },
     #[error("mount at {guest}")]
     Idmap {
         guest: GuestPath,
