@@ -521,18 +521,28 @@ fn kernel_state_in_proc_and_sys_is_masked_or_read_only() {
 // 2. What `msb exec` exposes to a racer already in the sandbox
 // ---------------------------------------------------------------------
 
-/// Loops over every other process of the sandbox: resolves and reopens its
-/// descriptors, reads its environment and command line, and tries to
-/// attach with ptrace (detaching at once if it gets in). Prints `READY`,
-/// then what it saw when told to stop (the file /tmp/hostile-racer-stop)
-/// or after argv[1] seconds.
-const RACER: &str = r#"
+/// What the probes that trace other processes start with (prepended by
+/// [`traced`]).
+const PTRACE_PRELUDE: &str = r#"
 import time, ctypes
 libc = ctypes.CDLL(None, use_errno=True)
 libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
 libc.ptrace.restype = ctypes.c_long
 PTRACE_SEIZE, PTRACE_INTERRUPT, PTRACE_DETACH = 0x4206, 0x4207, 17
 WALL = 0x40000000
+"#;
+
+/// `probe` with [`PTRACE_PRELUDE`] before it.
+fn traced(probe: &str) -> String {
+    format!("{PTRACE_PRELUDE}{probe}")
+}
+
+/// Loops over every other process of the sandbox: resolves and reopens its
+/// descriptors, reads its environment and command line, and tries to
+/// attach with ptrace (detaching at once if it gets in). Prints `READY`,
+/// then what it saw when told to stop (the file /tmp/hostile-racer-stop)
+/// or after argv[1] seconds.
+const RACER: &str = r#"
 me = os.getpid()
 stop = '/tmp/hostile-racer-stop'
 deadline = time.time() + float(sys.argv[1])
@@ -711,7 +721,7 @@ fn exec_leaks_nothing_to_a_racer_in_the_sandbox() {
     }
 
     // The racer, then 100 joins carrying a secret and an open catalog.
-    let racer = py(RACER);
+    let racer = py(&traced(RACER));
     let (mut racer_child, rx) = spawn_lines(
         &home,
         &["exec", "race", "--", "python3", "-c", &racer, "40"],
@@ -1721,12 +1731,6 @@ fn files_written_to_binds_belong_to_the_unprivileged_range() {
 }
 
 const TRACE_PROBE: &str = r#"
-import time, ctypes
-libc = ctypes.CDLL(None, use_errno=True)
-libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-libc.ptrace.restype = ctypes.c_long
-PTRACE_SEIZE, PTRACE_INTERRUPT, PTRACE_DETACH = 0x4206, 0x4207, 17
-WALL = 0x40000000
 target = None
 end = time.time() + 15
 while target is None and time.time() < end:
@@ -1769,7 +1773,7 @@ fn restricted_sandbox_cannot_ptrace_joined_commands() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let o = exec_probe(&home, "trace", TRACE_PROBE, &[]);
+    let o = exec_probe(&home, "trace", &traced(TRACE_PROBE), &[]);
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     let mut f = Findings::default();
