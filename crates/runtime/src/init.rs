@@ -612,41 +612,45 @@ fn write_file(dir: &OwnedFd, path: &str, data: &[u8], mode: u32) -> Result<(), I
         .map_err(sys(format!("write /{path}")))
 }
 
-/// Copies the host's `/etc/<name>` (a file, a symlink, or a directory of
-/// them, one level deep) into `/etc` of the root `dir`.
-fn copy_etc(dir: &OwnedFd, name: &str) -> Result<(), InitError> {
+/// Takes the host's `/etc/<name>` into `/etc` of the root `dir`: a file or
+/// symlink is copied, a directory (of symlinks or small files, such as the
+/// alternatives) is returned to be bound read-only, which is one call where
+/// a copy would be hundreds.
+fn copy_etc(dir: &OwnedFd, name: &str) -> Result<Option<Prepared>, InitError> {
     let host = Path::new("/etc").join(name);
     let Ok(meta) = std::fs::symlink_metadata(&host) else {
-        return Ok(());
+        return Ok(None);
     };
     let rel = format!("etc/{name}");
     let ft = meta.file_type();
     if ft.is_symlink() {
         let target = std::fs::read_link(&host).map_err(read_dir_err(&host))?;
-        rustix::fs::symlinkat(&target, dir, rel.as_str()).map_err(sys(format!("create /{rel}")))
+        rustix::fs::symlinkat(&target, dir, rel.as_str()).map_err(sys(format!("create /{rel}")))?;
     } else if ft.is_file() && meta.len() <= 16 << 20 {
         let data = std::fs::read(&host).map_err(read_dir_err(&host))?;
-        write_file(dir, &rel, &data, 0o644)
+        write_file(dir, &rel, &data, 0o644)?;
     } else if ft.is_dir() {
-        rustix::fs::mkdirat(dir, rel.as_str(), Mode::from_raw_mode(0o755))
-            .map_err(sys(format!("create /{rel}")))?;
-        for entry in std::fs::read_dir(&host).map_err(read_dir_err(&host))? {
-            let entry = entry.map_err(read_dir_err(&host))?;
-            let child = format!("{name}/{}", entry.file_name().to_string_lossy());
-            let ft = entry.file_type().map_err(read_dir_err(&host))?;
-            if ft.is_symlink() || ft.is_file() {
-                copy_etc(dir, &child)?;
-            }
-        }
-        Ok(())
-    } else {
-        Ok(())
+        let fd = clone_tree(&host, true)?;
+        set_attrs(
+            &fd,
+            MountAttrFlags::MOUNT_ATTR_RDONLY
+                | MountAttrFlags::MOUNT_ATTR_NOSUID
+                | MountAttrFlags::MOUNT_ATTR_NODEV,
+            true,
+        )
+        .map_err(sys(format!("make {} read-only", host.display())))?;
+        return Ok(Some(Prepared::Tree {
+            path: rel,
+            fd,
+            dir: true,
+        }));
     }
+    Ok(None)
 }
 
-/// Fills a fresh root: empty directories, the symlinks of the host's
-/// merged-/usr layout, and an `/etc` of its own.
-fn fill_fresh_root(root: &OwnedFd, hostname: &str) -> Result<(), InitError> {
+/// Fills a fresh root: empty directories and an `/etc` of its own. Returns
+/// the host directories of `/etc` to bind into it.
+fn fill_fresh_root(root: &OwnedFd, hostname: &str) -> Result<Vec<Prepared>, InitError> {
     for (dir, mode) in FRESH_DIRS {
         rustix::fs::mkdirat(root, dir, Mode::from_raw_mode(mode))
             .map_err(sys(format!("create /{dir}")))?;
@@ -673,10 +677,11 @@ fn fill_fresh_root(root: &OwnedFd, hostname: &str) -> Result<(), InitError> {
     ] {
         write_file(root, name, data, 0o644)?;
     }
+    let mut binds = Vec::new();
     for name in ETC_COPIED {
-        copy_etc(root, name)?;
+        binds.extend(copy_etc(root, name)?);
     }
-    Ok(())
+    Ok(binds)
 }
 
 /// Makes `/proc`'s kernel-wide entries read-only and hides the ones that
@@ -832,11 +837,10 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
         ),
         InitRoot::Fresh => {
             let root = tmpfs(size, "0755", nosuid_nodev)?;
-            fill_fresh_root(&root, &plan.hostname)?;
-            (
-                Some(root),
-                host_entries(|name| HOST_PROGRAMS.contains(&name))?,
-            )
+            let etc = fill_fresh_root(&root, &plan.hostname)?;
+            let mut top = host_entries(|name| HOST_PROGRAMS.contains(&name))?;
+            top.extend(etc);
+            (Some(root), top)
         }
     };
     let proc_fd = new_fs(
