@@ -703,8 +703,13 @@ fn check_compatible(
 /// happen. Only reads the store.
 #[derive(Debug, Serialize)]
 pub struct DryRun {
-    /// Root filesystem (`null`: the host's, read-only).
+    /// Root filesystem directory (`null`: a fresh root with the host's
+    /// programs; `/`: the host's root, read-only).
     pub rootfs: Option<PathBuf>,
+    /// How the sandbox's user and group ids map onto the host's.
+    pub ids: msb_spec::IdMap,
+    /// Memory, CPU and process limits (not applied rootless).
+    pub resources: crate::Resources,
     /// Working directory.
     pub workdir: String,
     /// Full environment.
@@ -812,6 +817,8 @@ pub fn dry_run(spec: &SandboxSpec, store: &Store) -> Result<DryRun, PrepareError
     }
     Ok(DryRun {
         rootfs: spec.rootfs.clone(),
+        ids: crate::sandbox_ids(),
+        resources: spec.resources,
         workdir: spec
             .workdir
             .as_ref()
