@@ -815,7 +815,7 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
     rustix::system::sethostname(plan.hostname.as_bytes()).map_err(sys("set the host name"))?;
     loopback_up()?;
 
-    let size = Some(plan.tmpfs_mib);
+    let size = Some(plan.resources.memory_mib);
     let nosuid_nodev = MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV;
 
     // 1. Open every source.
@@ -895,7 +895,7 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
     )?;
     let mut user = Vec::new();
     for m in &plan.mounts {
-        user.push((m, open_user_mount(m, plan.tmpfs_mib)?));
+        user.push((m, open_user_mount(m, plan.resources.memory_mib)?));
     }
     let root = match (root, lower) {
         (Some(root), _) => root,

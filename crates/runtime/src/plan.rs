@@ -66,12 +66,10 @@ pub struct InitPlan {
     pub root: InitRoot,
     /// The sandbox's cgroup name, unique on the host.
     pub name: String,
-    /// Memory, CPU and process limits.
+    /// Memory, CPU and process limits. Tmpfs mounts that state no size
+    /// (the root, `/tmp`, `/dev/shm`, `/run`, `--tmpfs` without one) get
+    /// the memory, which their pages are charged to anyway.
     pub resources: Resources,
-    /// Size in MiB of the tmpfs mounts that state none (the root, `/tmp`,
-    /// `/dev/shm`, `/run`, `--tmpfs` without a size): the sandbox's memory,
-    /// which their pages are charged to anyway.
-    pub tmpfs_mib: u32,
     /// Mounts, parents before children.
     pub mounts: Vec<InitMount>,
     /// Working directory inside the sandbox.

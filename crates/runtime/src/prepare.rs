@@ -260,7 +260,6 @@ pub fn prepare<'s>(
             command: spec.command.clone(),
             hostname: "msb".to_string(),
             preserved: Vec::new(),
-            tmpfs_mib: spec.resources.memory_mib,
         },
         store,
         views: Vec::new(),
