@@ -42,8 +42,13 @@ pub struct RunArgs {
     /// Internal: run as the init of a new sandbox.
     #[arg(long, hide = true)]
     pub sandbox_init: bool,
-    /// The command and its arguments.
-    #[arg(last = true, required_unless_present = "sandbox_init")]
+    /// The command and its arguments. Everything from the command on is its
+    /// own, flags included, so no `--` is needed.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required_unless_present = "sandbox_init"
+    )]
     pub command: Vec<String>,
 }
 
