@@ -297,10 +297,9 @@ fn print_details(out: &mut impl Write, v: &View) -> std::io::Result<()> {
     writeln!(out, "Name:      {}", v.name)?;
     writeln!(out, "State:     {}", v.state)?;
     writeln!(out, "Created:   {}", v.created_at)?;
-    let rootfs = c.rootfs().map_or_else(
-        || "(fresh: the host's /usr, read-only)".to_string(),
-        |r| escape(r),
-    );
+    let rootfs = c
+        .rootfs()
+        .map_or_else(|| "(fresh: the host's /usr, read-only)".to_string(), escape);
     writeln!(out, "Rootfs:    {rootfs}")?;
     writeln!(
         out,
