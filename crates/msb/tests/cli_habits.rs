@@ -336,6 +336,9 @@ fn usage_errors_exit_2() {
         &["ls", "--format", "yaml"],
         &["run"],
         &["exec"],
+        // A mistyped flag of msb's is not taken for the command.
+        &["run", "--bogus", "echo"],
+        &["exec", "web", "--bogus", "sh"],
         &["no-such-command"],
     ] {
         let o = msb(h, args);

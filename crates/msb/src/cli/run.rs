@@ -43,12 +43,9 @@ pub struct RunArgs {
     #[arg(long, hide = true)]
     pub sandbox_init: bool,
     /// The command and its arguments. Everything from the command on is its
-    /// own, flags included, so no `--` is needed.
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        required_unless_present = "sandbox_init"
-    )]
+    /// own, flags included, so no `--` is needed; an unknown flag before it
+    /// is still a usage error rather than the command.
+    #[arg(trailing_var_arg = true, required_unless_present = "sandbox_init")]
     pub command: Vec<String>,
 }
 

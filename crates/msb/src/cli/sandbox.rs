@@ -120,8 +120,9 @@ pub struct ExecArgs {
     pub preserve_fds: u32,
     /// The command and its arguments; without one, /bin/sh (add -t for an
     /// interactive shell). Everything from the command on is its own, flags
-    /// included, so no `--` is needed.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    /// included, so no `--` is needed; an unknown flag before it is still
+    /// a usage error rather than the command.
+    #[arg(trailing_var_arg = true)]
     pub command: Vec<String>,
 }
 
