@@ -183,9 +183,9 @@ fn errors_and_exit_codes() {
             "unknown volume kind",
         ),
         (
-            &["volume", "create", "s", "--label", "novalue"],
-            1,
-            "not of the form KEY=VALUE",
+            &["volume", "create", "s", "--label", "=novalue"],
+            2,
+            "label key is empty",
         ),
         (&["volume", "ls", "--filter", "name=x"], 2, "use label=KEY"),
         (&["volume", "frobnicate"], 2, "error:"),

@@ -24,21 +24,25 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Manage named volumes.
-    #[command(subcommand)]
+    #[command(subcommand, visible_alias = "vol")]
     Volume(volume::VolumeCommand),
     /// Run a command in a new sandbox with mounts applied.
     Run(run::RunArgs),
-    /// Create a named sandbox (recorded, with its volumes provisioned).
+    /// Create a named sandbox (recorded, with its volumes provisioned) and
+    /// start it in the background (--no-start only records it).
     Create(sandbox::CreateArgs),
     /// List named sandboxes.
+    #[command(visible_alias = "list")]
     Ls(sandbox::LsArgs),
-    /// Show a named sandbox's state and mounts as JSON.
-    Inspect(sandbox::NameArg),
-    /// Remove a named sandbox, releasing its volumes.
+    /// Show a named sandbox's state, config and mounts.
+    Inspect(sandbox::InspectArgs),
+    /// Remove named sandboxes, releasing their volumes.
+    #[command(visible_alias = "remove")]
     Rm(sandbox::RmArgs),
-    /// Start a named sandbox under a detached supervisor.
+    /// Start a named sandbox under a detached supervisor (one already
+    /// running is left as it is).
     Start(sandbox::StartArgs),
-    /// Stop a running named sandbox (its commands get SIGTERM, then SIGKILL after --time seconds).
+    /// Stop running named sandboxes (their commands get SIGTERM, then SIGKILL after --time seconds).
     Stop(sandbox::StopArgs),
     /// Run a command in a running named sandbox.
     Exec(sandbox::ExecArgs),

@@ -42,8 +42,10 @@ pub struct RunArgs {
     /// Internal: run as the init of a new sandbox.
     #[arg(long, hide = true)]
     pub sandbox_init: bool,
-    /// The command and its arguments.
-    #[arg(last = true, required_unless_present = "sandbox_init")]
+    /// The command and its arguments. Everything from the command on is its
+    /// own, flags included, so no `--` is needed; an unknown flag before it
+    /// is still a usage error rather than the command.
+    #[arg(trailing_var_arg = true, required_unless_present = "sandbox_init")]
     pub command: Vec<String>,
 }
 

@@ -16,6 +16,7 @@ use msb::{
 use serde::Serialize;
 
 use super::CliResult;
+use super::text::escape;
 
 /// Arguments of `msb create`.
 #[derive(Debug, clap::Args)]
@@ -40,6 +41,9 @@ pub struct CreateArgs {
     pub resources: super::run::ResourceFlags,
     #[command(flatten)]
     pub mounts: super::run::MountFlags,
+    /// Only record the sandbox; `msb start` starts it later.
+    #[arg(long)]
+    pub no_start: bool,
 }
 
 /// Arguments of `msb ls`.
@@ -48,20 +52,27 @@ pub struct LsArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Print names only.
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 /// Arguments of `msb inspect`.
 #[derive(Debug, clap::Args)]
-pub struct NameArg {
+pub struct InspectArgs {
     /// The sandbox's name.
     pub name: String,
+    /// Output format (json is the form `msb ls --format json` lists).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
 }
 
 /// Arguments of `msb stop`.
 #[derive(Debug, clap::Args)]
 pub struct StopArgs {
-    /// The sandbox's name.
-    pub name: String,
+    /// The sandboxes' names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
     /// Seconds its commands get between SIGTERM and SIGKILL.
     #[arg(short = 't', long = "time", value_name = "SECS", default_value_t = 5)]
     pub time: u32,
@@ -70,9 +81,10 @@ pub struct StopArgs {
 /// Arguments of `msb rm`.
 #[derive(Debug, clap::Args)]
 pub struct RmArgs {
-    /// The sandbox's name.
-    pub name: String,
-    /// Stop the sandbox first if it is running.
+    /// The sandboxes' names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// Stop a sandbox first if it is running.
     #[arg(short, long)]
     pub force: bool,
 }
@@ -107,17 +119,19 @@ pub struct ExecArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub preserve_fds: u32,
     /// The command and its arguments; without one, /bin/sh (add -t for an
-    /// interactive shell).
-    #[arg(last = true)]
+    /// interactive shell). Everything from the command on is its own, flags
+    /// included, so no `--` is needed; an unknown flag before it is still
+    /// a usage error rather than the command.
+    #[arg(trailing_var_arg = true)]
     pub command: Vec<String>,
 }
 
-/// Output format of `msb ls`.
+/// Output format of `msb ls` and `msb inspect`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
-    /// Aligned columns.
+    /// Text for people: aligned columns, or one field a line.
     Table,
-    /// A JSON array.
+    /// JSON: an array (`ls`), an object (`inspect`).
     Json,
 }
 
@@ -206,7 +220,13 @@ pub fn create(args: CreateArgs) -> CliResult {
     for (k, v) in env {
         builder = builder.env(k, v);
     }
-    match block_on(builder.create_stopped())? {
+    let created = if args.no_start {
+        block_on(builder.create_stopped())?
+    } else {
+        // As the library's create: a sandbox that cannot start is not kept.
+        block_on(builder.create())?
+    };
+    match created {
         Ok(sb) => {
             println!("{}", sb.name());
             Ok(ExitCode::SUCCESS)
@@ -231,6 +251,11 @@ pub fn ls(args: LsArgs) -> CliResult {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     match args.format {
+        _ if args.quiet => {
+            for v in &views {
+                writeln!(out, "{}", v.name)?;
+            }
+        }
         Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&views)?)?,
         Format::Table => {
             let width = views.iter().map(|v| v.name.len()).max().unwrap_or(0).max(4);
@@ -255,29 +280,98 @@ pub fn ls(args: LsArgs) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn inspect(args: NameArg) -> CliResult {
+pub fn inspect(args: InspectArgs) -> CliResult {
     let sb = block_on(SandboxStore::default_home()?.get(&args.name))??;
-    println!("{}", serde_json::to_string_pretty(&view(&sb))?);
+    let v = view(&sb);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match args.format {
+        Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?,
+        Format::Table => print_details(&mut out, &v)?,
+    }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// One field a line, as `msb volume inspect` prints a volume.
+fn print_details(out: &mut impl Write, v: &View) -> std::io::Result<()> {
+    let c = v.config;
+    writeln!(out, "Name:      {}", v.name)?;
+    writeln!(out, "State:     {}", v.state)?;
+    writeln!(out, "Created:   {}", v.created_at)?;
+    let rootfs = c
+        .rootfs()
+        .map_or_else(|| "(fresh: the host's /usr, read-only)".to_string(), escape);
+    writeln!(out, "Rootfs:    {rootfs}")?;
+    writeln!(
+        out,
+        "Workdir:   {}",
+        c.workdir().map_or("/".to_string(), |w| w.to_string())
+    )?;
+    for (k, val) in c.env() {
+        writeln!(out, "Env:       {}={}", escape(k), escape(val))?;
+    }
+    let security = serde_json::to_value(c.security()).unwrap_or_default();
+    writeln!(out, "Security:  {}", security.as_str().unwrap_or("?"))?;
+    let r = c.resources();
+    let cpus = r.cpus_milli.map_or("no limit".to_string(), |m| {
+        format!("{}", f64::from(m) / 1000.0)
+    });
+    writeln!(
+        out,
+        "Limits:    memory {} MiB, cpus {cpus}, pids {}",
+        r.memory_mib, r.pids
+    )?;
+    for e in c.mounts().entries() {
+        writeln!(out, "Mount:     {} <- {}", e.guest, mount_source(&e.mount))?;
+    }
+    Ok(())
+}
+
+/// What a mount shows as its source in `msb inspect`.
+fn mount_source(m: &msb::Mount) -> String {
+    match m {
+        msb::Mount::Bind { host_path, .. } => format!("bind {}", escape(host_path)),
+        msb::Mount::Named { name, .. } => format!("volume {name}"),
+        msb::Mount::Tmpfs { .. } => "tmpfs".to_string(),
+        msb::Mount::Disk { host_path, .. } => format!("disk {}", escape(host_path)),
+    }
 }
 
 pub fn rm(args: RmArgs) -> CliResult {
     let store = SandboxStore::default_home()?;
-    let removed = if args.force {
-        block_on(store.force_remove(&args.name))?
-    } else {
-        block_on(store.remove(&args.name))?
-    };
-    match removed {
-        Ok(()) => {
-            println!("{}", args.name);
-            Ok(ExitCode::SUCCESS)
+    each(&args.names, |name| {
+        let removed = if args.force {
+            block_on(store.force_remove(name))?
+        } else {
+            block_on(store.remove(name))?
+        };
+        match removed {
+            Ok(()) => Ok(()),
+            Err(LifecycleError::Running(name)) => {
+                Err(format!("sandbox {name} is running; stop it first or pass --force").into())
+            }
+            Err(e) => Err(e.into()),
         }
-        Err(LifecycleError::Running(name)) => {
-            Err(format!("sandbox {name} is running; stop it first or pass --force").into())
+    })
+}
+
+/// Applies `f` to every name (one failure does not spare the rest),
+/// printing each name done and each error: exit 1 if any failed.
+fn each(
+    names: &[String],
+    mut f: impl FnMut(&str) -> Result<(), Box<dyn std::error::Error>>,
+) -> CliResult {
+    let mut failed = false;
+    for name in names {
+        match f(name) {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                super::report(e.as_ref());
+                failed = true;
+            }
         }
-        Err(e) => Err(e.into()),
     }
+    Ok(ExitCode::from(u8::from(failed)))
 }
 
 pub fn start(args: StartArgs) -> CliResult {
@@ -287,16 +381,25 @@ pub fn start(args: StartArgs) -> CliResult {
         msb::supervise_sandbox(&args.name)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let sb = block_on(SandboxStore::default_home()?.start(&args.name))??;
-    println!("{}", sb.name());
+    match block_on(SandboxStore::default_home()?.start(&args.name))? {
+        Ok(sb) => println!("{}", sb.name()),
+        // The wanted state is reached: scripts may start what create
+        // already started.
+        Err(LifecycleError::AlreadyRunning(name)) => {
+            println!("{name}");
+            eprintln!("sandbox {name} is already running");
+        }
+        Err(e) => return Err(e.into()),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn stop(args: StopArgs) -> CliResult {
     let grace = std::time::Duration::from_secs(args.time.into());
-    block_on(SandboxStore::default_home()?.stop_with_grace(&args.name, grace))??;
-    println!("{}", args.name);
-    Ok(ExitCode::SUCCESS)
+    let store = SandboxStore::default_home()?;
+    each(&args.names, |name| {
+        Ok(block_on(store.stop_with_grace(name, grace))??)
+    })
 }
 
 pub fn exec(args: ExecArgs) -> CliResult {

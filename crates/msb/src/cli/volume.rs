@@ -29,15 +29,15 @@ pub enum VolumeCommand {
         /// Size limit of a directory volume (same forms as --size).
         #[arg(long, value_parser = parse_mib)]
         quota: Option<u32>,
-        /// A metadata label KEY=VALUE (repeatable).
-        #[arg(long = "label", value_name = "K=V")]
-        labels: Vec<String>,
+        /// A metadata label KEY=VALUE, or KEY for an empty value (repeatable).
+        #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
         /// Print nothing on success.
         #[arg(short, long)]
         quiet: bool,
     },
     /// List volumes, newest first.
-    #[command(alias = "list")]
+    #[command(visible_alias = "list")]
     Ls {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -63,7 +63,7 @@ pub enum VolumeCommand {
         name: VolumeName,
     },
     /// Remove volumes and their data (refused for a volume in use).
-    #[command(alias = "remove")]
+    #[command(visible_alias = "remove")]
     Rm {
         #[arg(required = true)]
         names: Vec<String>,
@@ -105,6 +105,12 @@ fn parse_kind(s: &str) -> Result<VolumeKind, String> {
 fn parse_mib(s: &str) -> Result<u32, String> {
     parse_size_mib(s).map_err(|e| e.to_string())
 }
+/// A label checked while parsing, so a bad one is a usage error.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').unwrap_or((s, ""));
+    Labels::new().insert(k, v).map_err(|e| e.to_string())?;
+    Ok((k.to_string(), v.to_string()))
+}
 fn parse_filter(s: &str) -> Result<LabelFilter, String> {
     LabelFilter::parse_cli(s).map_err(|e| e.to_string())
 }
@@ -123,8 +129,8 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             quiet,
         } => {
             let mut parsed = Labels::new();
-            for l in &labels {
-                parsed.insert_pair(l)?;
+            for (k, v) in labels {
+                parsed.insert(k, v)?;
             }
             let config = VolumeConfig::new(name, kind, size, quota, parsed)?;
             let info = store.create(&config)?;
