@@ -86,16 +86,6 @@ pub enum CpError {
         #[source]
         source: io::Error,
     },
-    #[error(
-        "{from} is not inside the volume; to copy it in from the host, use `msb cp {from} {volume}:{to}`"
-    )]
-    HostPathInFsCp {
-        from: PathBuf,
-        volume: String,
-        to: PathBuf,
-        #[source]
-        source: FsError,
-    },
     #[error(transparent)]
     Fs(#[from] FsError),
     #[error(transparent)]
@@ -104,6 +94,19 @@ pub enum CpError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Msb(#[from] msb::Error),
+}
+
+/// `msb volume fs NAME cp FROM TO` given a host path as FROM.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{from} is not inside the volume; to copy it in from the host, use `msb cp {from} {volume}:{to}`"
+)]
+pub struct FsCpHint {
+    from: PathBuf,
+    volume: String,
+    to: PathBuf,
+    #[source]
+    source: FsError,
 }
 
 /// One side of a copy.
@@ -233,10 +236,20 @@ fn copy_in(v: &VolumeFs, src: &Path, dst: &Path, keep_times: bool) -> Result<(),
     let result = std::thread::scope(|s| {
         let producer = s.spawn(|| write_tar(src, &target, keep_times, now, writer));
         let imported = archive::import(v, reader, &mut |_| {});
-        // The producer's failure is the cause when both fail (the importer
-        // then only saw a cut-off archive).
         let produced = producer.join().expect("tar writer does not panic");
-        produced.and(imported.map(drop).map_err(CpError::from))
+        match (produced, imported) {
+            // The importer stopped reading (a refused entry, the quota):
+            // its reason is the cause.
+            (Err(CpError::HostRead { source, .. }), Err(i))
+                if source.kind() == io::ErrorKind::BrokenPipe =>
+            {
+                Err(i.into())
+            }
+            // Otherwise a failed host read is the cause, and the importer
+            // only saw a cut-off archive.
+            (Err(p), _) => Err(p),
+            (Ok(()), imported) => imported.map(drop).map_err(CpError::from),
+        }
     });
     if let Err(e) = result {
         // Leave nothing partial: a new target goes entirely, and what was
@@ -524,15 +537,20 @@ fn out_entry(
 /// The hint for `msb volume fs NAME cp FROM TO` when FROM leaves the
 /// volume: a FROM that looks like a host path was probably meant for
 /// `msb cp`.
-pub(super) fn fs_cp_hint(e: FsError, volume: &VolumeName, from: &Path, to: &Path) -> CpError {
+pub(super) fn fs_cp_hint(
+    e: FsError,
+    volume: &VolumeName,
+    from: &Path,
+    to: &Path,
+) -> Box<dyn std::error::Error> {
     let hostish = from.is_absolute() || from.starts_with("..") || from.starts_with("~");
     if e.is_path_escape() && hostish {
-        CpError::HostPathInFsCp {
+        Box::new(FsCpHint {
             from: from.to_owned(),
             volume: volume.to_string(),
             to: to.to_owned(),
             source: e,
-        }
+        })
     } else {
         e.into()
     }
