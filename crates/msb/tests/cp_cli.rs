@@ -259,15 +259,81 @@ fn sides_are_checked() {
 }
 
 #[test]
-fn a_sandbox_name_is_refused_with_its_reason() {
+fn a_stopped_sandbox_is_refused_with_its_reason() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
     ok(&msb(h, &["create", "sb"]));
     fs::write(h.join("f"), "f\n").unwrap();
     let e = err(&msb(h, &["cp", "f", "sb:/tmp/f"]));
-    assert!(e.contains("sb is a sandbox, not a volume"), "{e}");
+    assert!(e.contains("sandbox sb is not running"), "{e}");
+}
+
+/// Stops the sandbox however the test ends.
+struct Stop<'a>(&'a Path, &'a str);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        let _ = msb(self.0, &["stop", self.1]);
+    }
+}
+
+#[test]
+fn into_a_running_sandbox_through_its_tar() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: running sandboxes needs root");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    ok(&msb(h, &["create", "sb"]));
+    ok(&msb(h, &["start", "sb"]));
+    let _stop = Stop(h, "sb");
+    let tree = h.join("tree");
+    make_tree(&tree);
+    set_old_time(&tree.join("sub/b"));
+
+    ok(&msb(h, &["cp", "tree/a", "sb:/tmp/named"]));
+    // /tmp exists: the tree goes inside it, with -a its times kept.
+    ok(&msb(h, &["cp", "-a", "tree", "sb:/tmp"]));
+    ok(&msb(h, &["cp", "tree", "sb:/tmp/fresh"]));
+    let out = ok(&msb(
+        h,
+        &[
+            "exec",
+            "sb",
+            "--",
+            "sh",
+            "-c",
+            "cat /tmp/named /tmp/tree/sub/b; readlink /tmp/tree/link; \
+             stat -c '%a %Y' /tmp/tree/a /tmp/tree/sub /tmp/tree/sub/b /tmp/fresh/sub/b",
+        ],
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..3], ["alpha", "beta", "a"], "{out}");
+    assert!(lines[3].starts_with("640 "), "{out}");
+    assert!(lines[4].starts_with("750 "), "{out}");
+    assert_eq!(lines[5], "644 1000000000", "{out}");
+    assert!(!lines[6].ends_with(" 1000000000"), "{out}");
+
+    // tar's own complaint comes back.
+    let e = err(&msb(h, &["cp", "tree/a", "sb:/nonexistent/x"]));
+    assert!(e.contains("tar in sandbox sb failed"), "{e}");
+    assert!(e.contains("/nonexistent"), "{e}");
+    // Out of a sandbox is refused: its archive would be unpacked on the host.
     let e = err(&msb(h, &["cp", "sb:/etc/passwd", "out"]));
-    assert!(e.contains("sb is a sandbox, not a volume"), "{e}");
+    assert!(
+        e.contains("copying out of a sandbox is not supported"),
+        "{e}"
+    );
+    assert!(!h.join("out").exists());
+
+    // A volume of the same name wins.
+    volume(h, &["sb"]);
+    ok(&msb(h, &["cp", "tree/a", "sb:/from-host"]));
+    assert_eq!(
+        ok(&msb(h, &["volume", "fs", "sb", "cat", "from-host"])),
+        "alpha\n"
+    );
 }
 
 #[test]

@@ -18,10 +18,13 @@
 //! times are the time of the copy unless `-a` keeps them (symlinks get the
 //! time of the copy either way).
 //!
-//! `NAME:PATH` names a volume. A sandbox's name is not accepted there:
-//! copying through a running sandbox is not implemented, and the error says
-//! so and points to its volumes. Volume names are looked up first, so a
-//! volume and a sandbox of the same name mean the volume.
+//! `NAME:PATH` names a volume, or else a running named sandbox: a volume
+//! and a sandbox of the same name mean the volume. Copying into a sandbox
+//! pipes a tar stream to `tar -x` run inside it through the exec API, so
+//! the sandbox's own tar, confined like any command there, does the
+//! writing (PATH is absolute in the sandbox). Copying out of a sandbox is
+//! refused: it would mean unpacking an archive the sandbox made onto the
+//! host, so it goes through one of its volumes instead.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
@@ -50,8 +53,8 @@ pub struct CpArgs {
     archive: bool,
     /// What to copy: a host path, or VOLUME:PATH.
     src: OsString,
-    /// Where to copy it: a host path, or VOLUME:PATH. An existing
-    /// directory receives SRC inside it.
+    /// Where to copy it: a host path, VOLUME:PATH, or SANDBOX:PATH in a
+    /// running sandbox. An existing directory receives SRC inside it.
     dst: OsString,
 }
 
@@ -65,9 +68,23 @@ pub enum CpError {
     )]
     TwoVolumes,
     #[error(
-        "{0} is a sandbox, not a volume; copying through a sandbox is not supported, copy into one of its volumes instead (`msb inspect {0}` lists them)"
+        "{0} is a sandbox, not a volume; copying out of a sandbox is not supported, copy from one of its volumes instead (`msb inspect {0}` lists them)"
     )]
-    Sandbox(String),
+    SandboxOut(String),
+    #[error("sandbox {0} is not running; start it, or copy into one of its volumes")]
+    SandboxStopped(String),
+    #[error("{0} is not UTF-8; a sandbox path must be")]
+    NotUtf8(PathBuf),
+    #[error("tar in sandbox {name} failed with status {status}: {stderr}")]
+    SandboxTar {
+        name: String,
+        status: i32,
+        stderr: String,
+    },
+    #[error(transparent)]
+    Exec(#[from] msb::ExecError),
+    #[error(transparent)]
+    Sandbox(#[from] msb::SandboxError),
     #[error("no volume named {0}")]
     NoSuchVolume(String),
     #[error("{0} has no name to copy it under; name the destination itself")]
@@ -147,46 +164,131 @@ fn copy(args: CpArgs) -> Result<(), CpError> {
     match (side(&args.src), side(&args.dst)) {
         (Side::Host(src), Side::Volume { name, path }) => {
             let store = Store::open_default()?;
-            let v = open_volume(&store, &name, true)?;
-            copy_in(&v, &src, &path, args.archive)
+            match open_side(&store, &name, true)? {
+                Remote::Volume(v) => copy_in(&v, &src, &path, args.archive),
+                Remote::Sandbox(sb) => copy_into_sandbox(&sb, &src, &path, args.archive),
+            }
         }
         (Side::Volume { name, path }, Side::Host(dst)) => {
             let store = Store::open_default()?;
-            let v = open_volume(&store, &name, false)?;
-            copy_out(&v, &path, &name, &dst, args.archive)
+            match open_side(&store, &name, false)? {
+                Remote::Volume(v) => copy_out(&v, &path, &name, &dst, args.archive),
+                Remote::Sandbox(_) => Err(CpError::SandboxOut(name)),
+            }
         }
         (Side::Host(_), Side::Host(_)) => Err(CpError::NoVolume),
         (Side::Volume { .. }, Side::Volume { .. }) => Err(CpError::TwoVolumes),
     }
 }
 
-/// Opens volume `name`, telling a sandbox's name apart from a missing one.
-fn open_volume(store: &Store, name: &str, write: bool) -> Result<msb::VolumeFiles, CpError> {
-    let missing = || {
-        if is_sandbox(name) {
-            CpError::Sandbox(name.to_owned())
-        } else {
-            CpError::NoSuchVolume(name.to_owned())
+/// What `NAME:` names.
+enum Remote {
+    Volume(msb::VolumeFiles),
+    Sandbox(msb::Sandbox),
+}
+
+/// Opens volume `name`, or else finds the running sandbox `name`: a
+/// volume's name wins over a sandbox's.
+fn open_side(store: &Store, name: &str, write: bool) -> Result<Remote, CpError> {
+    if let Ok(vn) = VolumeName::new(name) {
+        match store.get(&vn) {
+            Ok(_) => return Ok(Remote::Volume(msb::VolumeFiles::open(store, &vn, write)?)),
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
         }
-    };
-    let vn = VolumeName::new(name).map_err(|_| missing())?;
-    match store.get(&vn) {
-        Ok(_) => Ok(msb::VolumeFiles::open(store, &vn, write)?),
-        Err(StoreError::NotFound(_)) => Err(missing()),
-        Err(e) => Err(e.into()),
+    }
+    let found = runtime()?.block_on(async {
+        match msb::SandboxStore::default_home() {
+            Ok(s) => s.get(name).await.ok(),
+            Err(_) => None,
+        }
+    });
+    match found {
+        Some(sb) if sb.state() == msb::SandboxState::Running => Ok(Remote::Sandbox(sb)),
+        Some(_) => Err(CpError::SandboxStopped(name.to_owned())),
+        None => Err(CpError::NoSuchVolume(name.to_owned())),
     }
 }
 
-fn is_sandbox(name: &str) -> bool {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
-        return false;
+fn runtime() -> Result<tokio::runtime::Runtime, CpError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| CpError::HostRead {
+            path: PathBuf::from("the async runtime"),
+            source,
+        })
+}
+
+/// Copies host `src` to `dst` in the running sandbox `sb` by piping a tar
+/// stream into `tar -x` inside it: the sandbox's own tar, confined as any
+/// command there, does the writing.
+fn copy_into_sandbox(
+    sb: &msb::Sandbox,
+    src: &Path,
+    dst: &Path,
+    keep_times: bool,
+) -> Result<(), CpError> {
+    fs::symlink_metadata(src).map_err(|source| CpError::HostRead {
+        path: src.to_owned(),
+        source,
+    })?;
+    // Sandbox paths are absolute, as `msb exec` sees them.
+    let dst = Path::new("/").join(dst);
+    let utf8 = |p: &Path| {
+        p.to_str()
+            .map(str::to_owned)
+            .ok_or_else(|| CpError::NotUtf8(p.to_owned()))
     };
-    rt.block_on(async {
-        match msb::SandboxStore::default_home() {
-            Ok(s) => s.get(name).await.is_ok(),
-            Err(_) => false,
+    let rt = runtime()?;
+    let is_dir = rt.block_on(sb.command("test").args(["-d", &utf8(&dst)?]).output())?;
+    let (dir, name) = if is_dir.status == 0 {
+        (dst.clone(), host_name(src)?)
+    } else {
+        match (dst.parent(), dst.file_name()) {
+            (Some(dir), Some(name)) => (dir.to_owned(), name.to_owned()),
+            _ => return Err(CpError::NoName(dst)),
         }
-    })
+    };
+    let mut tar = rt.block_on(
+        sb.command("tar")
+            .args(["-x", "-f", "-", "-C", &utf8(&dir)?])
+            .spawn(),
+    )?;
+    // Taking the input makes a Tokio pipe, which needs the runtime entered.
+    let entered = rt.enter();
+    let stdin = tar
+        .take_stdin()?
+        .expect("a spawned command's stdin is piped")
+        .into_blocking_fd()
+        .map_err(|source| CpError::HostWrite {
+            path: dst.clone(),
+            source,
+        })?;
+    drop(entered);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (produced, out) = std::thread::scope(|s| {
+        let producer =
+            s.spawn(|| write_tar(src, Path::new(&name), keep_times, now, File::from(stdin)));
+        let out = rt.block_on(tar.output());
+        let produced = producer.join().expect("tar writer does not panic");
+        (produced, out)
+    });
+    let out = out?;
+    // tar's complaint explains a broken pipe; a host read error stands.
+    if out.status != 0 {
+        return Err(CpError::SandboxTar {
+            name: sb.name().to_owned(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    }
+    produced
 }
 
 /// The last component of `p`, after resolving `.` and `..` on the host.

@@ -44,7 +44,8 @@ enum Command {
     /// Run a command in a running named sandbox.
     Exec(sandbox::ExecArgs),
     /// Copy files or directories between the host and a volume
-    /// (`HOSTPATH VOLUME:PATH` or `VOLUME:PATH HOSTPATH`).
+    /// (`HOSTPATH VOLUME:PATH` or `VOLUME:PATH HOSTPATH`), or into a
+    /// running sandbox (`HOSTPATH SANDBOX:PATH`).
     Cp(cp::CpArgs),
 }
 
