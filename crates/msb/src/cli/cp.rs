@@ -105,8 +105,13 @@ pub enum CpError {
     },
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// Only until what it wrote is cleaned up; then [`CpError::Archive`].
     #[error(transparent)]
     Import(#[from] Box<ImportFailure>),
+    #[error(transparent)]
+    Archive(Box<archive::ArchiveError>),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -214,10 +219,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CpError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|source| CpError::HostRead {
-            path: PathBuf::from("the async runtime"),
-            source,
-        })
+        .map_err(CpError::Runtime)
 }
 
 /// Copies host `src` to `dst` in the running sandbox `sb` by piping a tar
@@ -363,7 +365,11 @@ fn copy_in(v: &VolumeFs, src: &Path, dst: &Path, keep_times: bool) -> Result<(),
                 let _ = v.remove(p);
             }
         }
-        return Err(e);
+        // What the import had written is gone again: only its reason stays.
+        return Err(match e {
+            CpError::Import(f) => CpError::Archive(Box::new(f.error)),
+            e => e,
+        });
     }
     Ok(())
 }
