@@ -83,8 +83,6 @@ pub enum CpError {
     },
     #[error(transparent)]
     Exec(#[from] msb::ExecError),
-    #[error(transparent)]
-    Sandbox(#[from] msb::SandboxError),
     #[error("no volume named {0}")]
     NoSuchVolume(String),
     #[error("{0} has no name to copy it under; name the destination itself")]
