@@ -222,7 +222,8 @@ fn run_op(store: &Store, args: FsArgs) -> CliResult {
         }
         FsOp::Mv { from, to } => fs.rename(&from, &to)?,
         FsOp::Cp { from, to } => {
-            fs.copy(&from, &to)?;
+            fs.copy(&from, &to)
+                .map_err(|e| super::cp::fs_cp_hint(e, &args.name, &from, &to))?;
         }
     }
     out.flush()?;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cp;
 mod fs;
 mod mount;
 mod run;
@@ -46,6 +47,10 @@ enum Command {
     Stop(sandbox::StopArgs),
     /// Run a command in a running named sandbox.
     Exec(sandbox::ExecArgs),
+    /// Copy files or directories between the host and a volume
+    /// (`HOSTPATH VOLUME:PATH` or `VOLUME:PATH HOSTPATH`), or into a
+    /// running sandbox (`HOSTPATH SANDBOX:PATH`).
+    Cp(cp::CpArgs),
 }
 
 /// A command's failure, already reported or to be printed as `error: ...`.
@@ -63,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Start(args) => sandbox::start(args),
         Command::Stop(args) => sandbox::stop(args),
         Command::Exec(args) => sandbox::exec(args),
+        Command::Cp(args) => cp::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,663 @@
+//! `msb cp SRC DST`: copies files and directory trees between the host and a
+//! volume, in docker's form (`msb cp HOSTPATH VOLUME:PATH`, `msb cp
+//! VOLUME:PATH HOSTPATH`).
+//!
+//! The volume side goes only through the confined [`msb::VolumeFiles`], so
+//! no path or symlink in the volume can lead outside it, and writes are
+//! charged to the volume's quota. Copying in is a tar stream of the host
+//! tree fed to [`archive::import`], which already extracts safely and
+//! within the quota; copying out walks the volume with the same API. The
+//! host side is the user's own and keeps ordinary `cp` semantics: a
+//! destination that is an existing directory receives the source inside
+//! it, under the source's name.
+//!
+//! Symlinks are copied as symlinks, including a symlink named as SRC (as
+//! docker does); sockets, FIFOs and devices are refused going in and
+//! skipped with a notice coming out. Permission bits are kept (less
+//! setuid, setgid and sticky, which a copy must not grant); modification
+//! times are the time of the copy unless `-a` keeps them (symlinks get the
+//! time of the copy either way).
+//!
+//! `NAME:PATH` names a volume, or else a running named sandbox: a volume
+//! and a sandbox of the same name mean the volume. Copying into a sandbox
+//! pipes a tar stream to `tar -x` run inside it through the exec API, so
+//! the sandbox's own tar, confined like any command there, does the
+//! writing (PATH is absolute in the sandbox). Copying out of a sandbox is
+//! refused: it would mean unpacking an archive the sandbox made onto the
+//! host, so it goes through one of its volumes instead.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+use msb::{FsError, VolumeFs, VolumeName};
+use msb_store::{Store, StoreError};
+use msb_volfs::FileKind;
+use msb_volfs::archive::{self, ImportFailure};
+
+use super::CliResult;
+use super::text::{escape, escape_error};
+
+/// `msb cp [-a] SRC DST`.
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// Keep modification times too (permission bits are always kept,
+    /// less setuid, setgid and sticky).
+    #[arg(short = 'a', long = "archive")]
+    archive: bool,
+    /// What to copy: a host path, or VOLUME:PATH.
+    src: OsString,
+    /// Where to copy it: a host path, VOLUME:PATH, or SANDBOX:PATH in a
+    /// running sandbox. An existing directory receives SRC inside it.
+    dst: OsString,
+}
+
+/// Why a copy failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CpError {
+    #[error("neither side names a volume; write one as VOLUME:PATH")]
+    NoVolume,
+    #[error(
+        "both sides name a volume; copy out to the host and back in, or use `msb volume fs NAME cp` within one volume"
+    )]
+    TwoVolumes,
+    #[error(
+        "{0} is a sandbox, not a volume; copying out of a sandbox is not supported, copy from one of its volumes instead (`msb inspect {0}` lists them)"
+    )]
+    SandboxOut(String),
+    #[error("sandbox {0} is not running; start it, or copy into one of its volumes")]
+    SandboxStopped(String),
+    #[error("{0} is not UTF-8; a sandbox path must be")]
+    NotUtf8(PathBuf),
+    #[error("tar in sandbox {name} failed with status {status}: {stderr}")]
+    SandboxTar {
+        name: String,
+        status: i32,
+        stderr: String,
+    },
+    #[error(transparent)]
+    Exec(#[from] msb::ExecError),
+    #[error("no volume named {0}")]
+    NoSuchVolume(String),
+    #[error("{0} has no name to copy it under; name the destination itself")]
+    NoName(PathBuf),
+    #[error("cannot copy {0}: only files, directories and symlinks can be copied")]
+    Special(PathBuf),
+    #[error("cannot read {path}")]
+    HostRead {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write {path}")]
+    HostWrite {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// Only until what it wrote is cleaned up; then [`CpError::Archive`].
+    #[error(transparent)]
+    Import(#[from] Box<ImportFailure>),
+    #[error(transparent)]
+    Archive(Box<archive::ArchiveError>),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Msb(#[from] msb::Error),
+}
+
+/// `msb volume fs NAME cp FROM TO` given a host path as FROM.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{from} is not inside the volume; to copy it in from the host, use `msb cp {from} {volume}:{to}`"
+)]
+pub struct FsCpHint {
+    from: PathBuf,
+    volume: String,
+    to: PathBuf,
+    #[source]
+    source: FsError,
+}
+
+/// One side of a copy.
+enum Side {
+    Host(PathBuf),
+    Volume { name: String, path: PathBuf },
+}
+
+/// Reads `arg` as docker does: a path starting with `/` or `.` is the
+/// host's, as is one without a `:` before its first `/`; otherwise the part
+/// before the first `:` names a volume.
+fn side(arg: &OsStr) -> Side {
+    let b = arg.as_bytes();
+    if !b.starts_with(b"/")
+        && !b.starts_with(b".")
+        && let Some(i) = b.iter().position(|&c| c == b':')
+        && i > 0
+        && !b[..i].contains(&b'/')
+    {
+        // Volume paths are relative to its root; `/data` there means `data`.
+        let rest = &b[i + 1..];
+        let start = rest.iter().position(|&c| c != b'/').unwrap_or(rest.len());
+        return Side::Volume {
+            name: String::from_utf8_lossy(&b[..i]).into_owned(),
+            path: PathBuf::from(OsStr::from_bytes(&rest[start..])),
+        };
+    }
+    Side::Host(PathBuf::from(arg))
+}
+
+pub fn run(args: CpArgs) -> CliResult {
+    copy(args)
+        .map(|()| ExitCode::SUCCESS)
+        .map_err(|e| escape_error(e.into()))
+}
+
+fn copy(args: CpArgs) -> Result<(), CpError> {
+    match (side(&args.src), side(&args.dst)) {
+        (Side::Host(src), Side::Volume { name, path }) => {
+            let store = Store::open_default()?;
+            match open_side(&store, &name, true)? {
+                Remote::Volume(v) => copy_in(&v, &src, &path, args.archive),
+                Remote::Sandbox(sb) => copy_into_sandbox(&sb, &src, &path, args.archive),
+            }
+        }
+        (Side::Volume { name, path }, Side::Host(dst)) => {
+            let store = Store::open_default()?;
+            match open_side(&store, &name, false)? {
+                Remote::Volume(v) => copy_out(&v, &path, &name, &dst, args.archive),
+                Remote::Sandbox(_) => Err(CpError::SandboxOut(name)),
+            }
+        }
+        (Side::Host(_), Side::Host(_)) => Err(CpError::NoVolume),
+        (Side::Volume { .. }, Side::Volume { .. }) => Err(CpError::TwoVolumes),
+    }
+}
+
+/// What `NAME:` names.
+enum Remote {
+    Volume(msb::VolumeFiles),
+    Sandbox(msb::Sandbox),
+}
+
+/// Opens volume `name`, or else finds the running sandbox `name`: a
+/// volume's name wins over a sandbox's.
+fn open_side(store: &Store, name: &str, write: bool) -> Result<Remote, CpError> {
+    if let Ok(vn) = VolumeName::new(name) {
+        match store.get(&vn) {
+            Ok(_) => return Ok(Remote::Volume(msb::VolumeFiles::open(store, &vn, write)?)),
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let found = runtime()?.block_on(async {
+        match msb::SandboxStore::default_home() {
+            Ok(s) => s.get(name).await.ok(),
+            Err(_) => None,
+        }
+    });
+    match found {
+        Some(sb) if sb.state() == msb::SandboxState::Running => Ok(Remote::Sandbox(sb)),
+        Some(_) => Err(CpError::SandboxStopped(name.to_owned())),
+        None => Err(CpError::NoSuchVolume(name.to_owned())),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CpError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CpError::Runtime)
+}
+
+/// Copies host `src` to `dst` in the running sandbox `sb` by piping a tar
+/// stream into `tar -x` inside it: the sandbox's own tar, confined as any
+/// command there, does the writing.
+fn copy_into_sandbox(
+    sb: &msb::Sandbox,
+    src: &Path,
+    dst: &Path,
+    keep_times: bool,
+) -> Result<(), CpError> {
+    fs::symlink_metadata(src).map_err(|source| CpError::HostRead {
+        path: src.to_owned(),
+        source,
+    })?;
+    // Sandbox paths are absolute, as `msb exec` sees them.
+    let dst = Path::new("/").join(dst);
+    let utf8 = |p: &Path| {
+        p.to_str()
+            .map(str::to_owned)
+            .ok_or_else(|| CpError::NotUtf8(p.to_owned()))
+    };
+    let rt = runtime()?;
+    let is_dir = rt.block_on(sb.command("test").args(["-d", &utf8(&dst)?]).output())?;
+    let (dir, name) = if is_dir.status == 0 {
+        (dst.clone(), host_name(src)?)
+    } else {
+        match (dst.parent(), dst.file_name()) {
+            (Some(dir), Some(name)) => (dir.to_owned(), name.to_owned()),
+            _ => return Err(CpError::NoName(dst)),
+        }
+    };
+    let mut tar = rt.block_on(
+        sb.command("tar")
+            .args(["-x", "-f", "-", "-C", &utf8(&dir)?])
+            .spawn(),
+    )?;
+    // Taking the input makes a Tokio pipe, which needs the runtime entered.
+    let entered = rt.enter();
+    let stdin = tar
+        .take_stdin()?
+        .expect("a spawned command's stdin is piped")
+        .into_blocking_fd()
+        .map_err(|source| CpError::HostWrite {
+            path: dst.clone(),
+            source,
+        })?;
+    drop(entered);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (produced, out) = std::thread::scope(|s| {
+        let producer =
+            s.spawn(|| write_tar(src, Path::new(&name), keep_times, now, File::from(stdin)));
+        let out = rt.block_on(tar.output());
+        let produced = producer.join().expect("tar writer does not panic");
+        (produced, out)
+    });
+    let out = out?;
+    // tar's complaint explains a broken pipe; a host read error stands.
+    if out.status != 0 {
+        return Err(CpError::SandboxTar {
+            name: sb.name().to_owned(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    }
+    produced
+}
+
+/// The last component of `p`, after resolving `.` and `..` on the host.
+fn host_name(p: &Path) -> Result<OsString, CpError> {
+    if let Some(n) = p.file_name() {
+        return Ok(n.to_owned());
+    }
+    let abs = fs::canonicalize(p).map_err(|source| CpError::HostRead {
+        path: p.to_owned(),
+        source,
+    })?;
+    abs.file_name()
+        .map(OsStr::to_owned)
+        .ok_or_else(|| CpError::NoName(p.to_owned()))
+}
+
+/// Copies host `src` to `dst` in the volume.
+fn copy_in(v: &VolumeFs, src: &Path, dst: &Path, keep_times: bool) -> Result<(), CpError> {
+    let host_err = |source| CpError::HostRead {
+        path: src.to_owned(),
+        source,
+    };
+    fs::symlink_metadata(src).map_err(host_err)?;
+    let into_dir = match v.stat(dst) {
+        Ok(m) => match m.kind() {
+            FileKind::Dir => true,
+            // A symlink to a directory inside the volume is a directory to
+            // copy into; `list` follows it only while it stays inside.
+            FileKind::Symlink => v.list(dst).is_ok(),
+            _ => false,
+        },
+        Err(e) if e.is_not_found() => false,
+        Err(e) => return Err(e.into()),
+    };
+    let target = if into_dir {
+        dst.join(host_name(src)?)
+    } else {
+        dst.to_owned()
+    };
+    // Also refuses a target that escapes before anything is written.
+    let existed = v.exists(&target)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+
+    let (reader, writer) = io::pipe().map_err(host_err)?;
+    let result = std::thread::scope(|s| {
+        let producer = s.spawn(|| write_tar(src, &target, keep_times, now, writer));
+        let imported = archive::import(v, reader, &mut |_| {});
+        let produced = producer.join().expect("tar writer does not panic");
+        match (produced, imported) {
+            // The importer stopped reading (a refused entry, the quota):
+            // its reason is the cause.
+            (Err(CpError::HostRead { source, .. }), Err(i))
+                if source.kind() == io::ErrorKind::BrokenPipe =>
+            {
+                Err(i.into())
+            }
+            // Otherwise a failed host read is the cause, and the importer
+            // only saw a cut-off archive.
+            (Err(p), _) => Err(p),
+            (Ok(()), imported) => imported.map(drop).map_err(CpError::from),
+        }
+    });
+    if let Err(e) = result {
+        // Leave nothing partial: a new target goes entirely, and what was
+        // written into an existing one is taken out again.
+        if !existed {
+            let _ = v.remove_all(&target);
+        } else if let CpError::Import(f) = &e {
+            for p in f.written.paths.iter().rev() {
+                let _ = v.remove(p);
+            }
+        }
+        // What the import had written is gone again: only its reason stays.
+        return Err(match e {
+            CpError::Import(f) => CpError::Archive(Box::new(f.error)),
+            e => e,
+        });
+    }
+    Ok(())
+}
+
+/// Writes the host tree at `src` as a tar archive whose names start at
+/// `target`; `keep_times` keeps modification times, else they are `now`.
+fn write_tar(
+    src: &Path,
+    target: &Path,
+    keep_times: bool,
+    now: u64,
+    out: impl Write,
+) -> Result<(), CpError> {
+    let mut tar = TarWriter { out };
+    add_entry(&mut tar, src, target, keep_times, now)?;
+    tar.finish().map_err(|source| CpError::HostRead {
+        path: src.to_owned(),
+        source,
+    })
+}
+
+fn add_entry(
+    tar: &mut TarWriter<impl Write>,
+    host: &Path,
+    rel: &Path,
+    keep_times: bool,
+    now: u64,
+) -> Result<(), CpError> {
+    let read_err = |source| CpError::HostRead {
+        path: host.to_owned(),
+        source,
+    };
+    let m = fs::symlink_metadata(host).map_err(read_err)?;
+    let head = Head {
+        path: rel.as_os_str().as_bytes(),
+        mode: m.mode() & 0o777,
+        mtime: if keep_times {
+            u64::try_from(m.mtime()).unwrap_or(0)
+        } else {
+            now
+        },
+    };
+    let ft = m.file_type();
+    if ft.is_file() {
+        let file = File::open(host).map_err(read_err)?;
+        // The open file's size: the one its data is read at.
+        let len = file.metadata().map_err(read_err)?.len();
+        tar.file(&head, len, file).map_err(read_err)?;
+    } else if ft.is_dir() {
+        tar.header(&head, DIR, b"", 0).map_err(read_err)?;
+        let mut names = fs::read_dir(host)
+            .map_err(read_err)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(read_err)?;
+        names.sort();
+        for n in names {
+            add_entry(tar, &host.join(&n), &rel.join(&n), keep_times, now)?;
+        }
+    } else if ft.is_symlink() {
+        let to = fs::read_link(host).map_err(read_err)?;
+        tar.header(&head, SYMLINK, to.as_os_str().as_bytes(), 0)
+            .map_err(read_err)?;
+    } else {
+        return Err(CpError::Special(host.to_owned()));
+    }
+    Ok(())
+}
+
+/// Tar block size.
+const BLOCK: usize = 512;
+/// Entry types, as GNU tar writes them.
+const REGULAR: u8 = b'0';
+const SYMLINK: u8 = b'2';
+const DIR: u8 = b'5';
+const LONG_NAME: u8 = b'L';
+const LONG_LINK: u8 = b'K';
+
+/// What every entry's header carries.
+struct Head<'a> {
+    path: &'a [u8],
+    mode: u32,
+    mtime: u64,
+}
+
+/// Writes GNU tar, only as much of it as [`archive::import`] needs to read
+/// back: regular files, directories and symlinks, with long names and link
+/// targets as GNU `L`/`K` records and sizes past 8 GiB in base 256. (The
+/// `tar` crate is only a test dependency of this crate.)
+struct TarWriter<W: Write> {
+    out: W,
+}
+
+impl<W: Write> TarWriter<W> {
+    /// One header; `size` bytes of data are to follow.
+    fn header(&mut self, head: &Head<'_>, kind: u8, link: &[u8], size: u64) -> io::Result<()> {
+        if head.path.len() > 100 {
+            self.long(LONG_NAME, head.path)?;
+        }
+        if link.len() > 100 {
+            self.long(LONG_LINK, link)?;
+        }
+        let mut h = [0u8; BLOCK];
+        put(&mut h[0..100], head.path);
+        number(&mut h[100..108], u64::from(head.mode));
+        number(&mut h[108..116], 0);
+        number(&mut h[116..124], 0);
+        number(&mut h[124..136], size);
+        number(&mut h[136..148], head.mtime);
+        h[156] = kind;
+        put(&mut h[157..257], link);
+        h[257..265].copy_from_slice(b"ustar  \0");
+        // The checksum is taken with its own field as spaces.
+        h[148..156].fill(b' ');
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        self.out.write_all(&h)
+    }
+
+    /// A name too long for its field, as the record before the entry.
+    fn long(&mut self, kind: u8, name: &[u8]) -> io::Result<()> {
+        let head = Head {
+            path: b"././@LongLink",
+            mode: 0o644,
+            mtime: 0,
+        };
+        let mut data = name.to_vec();
+        data.push(0);
+        self.header(&head, kind, b"", data.len() as u64)?;
+        self.out.write_all(&data)?;
+        self.pad(data.len() as u64)
+    }
+
+    /// A regular file of `len` bytes read from `data`.
+    fn file(&mut self, head: &Head<'_>, len: u64, data: impl io::Read) -> io::Result<()> {
+        self.header(head, REGULAR, b"", len)?;
+        let copied = io::copy(&mut data.take(len), &mut self.out)?;
+        if copied != len {
+            // The header promised `len` bytes: the file shrank while read.
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file changed while it was copied",
+            ));
+        }
+        self.pad(len)
+    }
+
+    fn pad(&mut self, len: u64) -> io::Result<()> {
+        let rem = (len % BLOCK as u64) as usize;
+        if rem != 0 {
+            self.out.write_all(&[0u8; BLOCK][rem..])?;
+        }
+        Ok(())
+    }
+
+    /// The two zero blocks that end an archive.
+    fn finish(mut self) -> io::Result<()> {
+        self.out.write_all(&[0u8; 2 * BLOCK])?;
+        self.out.flush()
+    }
+}
+
+/// Copies as much of `value` as fits into a NUL-padded field; a longer
+/// value has its own record before the header.
+fn put(field: &mut [u8], value: &[u8]) {
+    let n = value.len().min(field.len());
+    field[..n].copy_from_slice(&value[..n]);
+}
+
+/// A numeric field: octal digits and a NUL, or base 256 (top bit set) for
+/// a value too large for them.
+fn number(field: &mut [u8], value: u64) {
+    let digits = field.len() - 1;
+    if value < 1u64 << (3 * digits) {
+        let s = format!("{value:0digits$o}");
+        field[..digits].copy_from_slice(s.as_bytes());
+        field[digits] = 0;
+    } else {
+        field.fill(0);
+        let bytes = value.to_be_bytes();
+        let n = field.len();
+        field[n - 8..].copy_from_slice(&bytes);
+        field[0] |= 0x80;
+    }
+}
+
+/// Copies `src` in the volume `volume` to host `dst`.
+fn copy_out(
+    v: &VolumeFs,
+    src: &Path,
+    volume: &str,
+    dst: &Path,
+    keep_times: bool,
+) -> Result<(), CpError> {
+    let meta = v.stat(src)?;
+    let target = if fs::metadata(dst).is_ok_and(|m| m.is_dir()) {
+        // The volume's root goes in under the volume's name.
+        dst.join(src.file_name().unwrap_or(OsStr::new(volume)))
+    } else {
+        dst.to_owned()
+    };
+    out_entry(v, src, meta.kind(), &target, keep_times)
+}
+
+fn out_entry(
+    v: &VolumeFs,
+    rel: &Path,
+    kind: FileKind,
+    host: &Path,
+    keep_times: bool,
+) -> Result<(), CpError> {
+    let write_err = |source| CpError::HostWrite {
+        path: host.to_owned(),
+        source,
+    };
+    match kind {
+        FileKind::File => {
+            let mut from = v.open_file(rel)?;
+            let m = from.metadata().map_err(|source| CpError::HostRead {
+                path: rel.to_owned(),
+                source,
+            })?;
+            let mut to = File::create(host).map_err(write_err)?;
+            io::copy(&mut from, &mut to).map_err(write_err)?;
+            to.set_permissions(fs::Permissions::from_mode(m.mode() & 0o777))
+                .map_err(write_err)?;
+            if keep_times {
+                to.set_modified(m.modified().map_err(write_err)?)
+                    .map_err(write_err)?;
+            }
+        }
+        FileKind::Dir => {
+            let m = v.stat(rel)?;
+            match fs::create_dir(host) {
+                Ok(()) => {}
+                // Merging into an existing directory, as `cp -r` does.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && host.is_dir() => {}
+                Err(e) => return Err(write_err(e)),
+            }
+            // Writable while it is filled, whatever its final mode.
+            fs::set_permissions(host, fs::Permissions::from_mode(0o700)).map_err(write_err)?;
+            for e in v.list(rel)? {
+                out_entry(
+                    v,
+                    &rel.join(e.name()),
+                    e.kind(),
+                    &host.join(e.name()),
+                    keep_times,
+                )?;
+            }
+            fs::set_permissions(host, fs::Permissions::from_mode(m.mode() & 0o777))
+                .map_err(write_err)?;
+            if keep_times {
+                File::open(host)
+                    .and_then(|d| d.set_modified(m.modified()))
+                    .map_err(write_err)?;
+            }
+        }
+        FileKind::Symlink => {
+            let to = v.read_link(rel)?;
+            // Replaced, as `cp` replaces a file; a directory there stays
+            // and makes the symlink fail.
+            if fs::symlink_metadata(host).is_ok_and(|m| !m.is_dir()) {
+                fs::remove_file(host).map_err(write_err)?;
+            }
+            std::os::unix::fs::symlink(&to, host).map_err(write_err)?;
+        }
+        other => eprintln!("skipped {}: {}", other.as_str(), escape(rel)),
+    }
+    Ok(())
+}
+
+/// The hint for `msb volume fs NAME cp FROM TO` when FROM leaves the
+/// volume: a FROM that looks like a host path was probably meant for
+/// `msb cp`.
+pub(super) fn fs_cp_hint(
+    e: FsError,
+    volume: &VolumeName,
+    from: &Path,
+    to: &Path,
+) -> Box<dyn std::error::Error> {
+    let hostish = from.is_absolute() || from.starts_with("..") || from.starts_with("~");
+    if e.is_path_escape() && hostish {
+        Box::new(FsCpHint {
+            from: from.to_owned(),
+            volume: volume.to_string(),
+            to: to.to_owned(),
+            source: e,
+        })
+    } else {
+        e.into()
+    }
+}
