@@ -262,7 +262,7 @@ fn sides_are_checked() {
 fn a_stopped_sandbox_is_refused_with_its_reason() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
-    ok(&msb(h, &["create", "sb"]));
+    ok(&msb(h, &["create", "--no-start", "sb"]));
     fs::write(h.join("f"), "f\n").unwrap();
     let e = err(&msb(h, &["cp", "f", "sb:/tmp/f"]));
     assert!(e.contains("sandbox sb is not running"), "{e}");
@@ -286,7 +286,6 @@ fn into_a_running_sandbox_through_its_tar() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
     ok(&msb(h, &["create", "sb"]));
-    ok(&msb(h, &["start", "sb"]));
     let _stop = Stop(h, "sb");
     let tree = h.join("tree");
     make_tree(&tree);

@@ -381,16 +381,18 @@ fn write_tar(
     now: u64,
     out: impl Write,
 ) -> Result<(), CpError> {
-    let mut tar = TarWriter { out };
+    let mut tar = tar::Builder::new(out);
     add_entry(&mut tar, src, target, keep_times, now)?;
-    tar.finish().map_err(|source| CpError::HostRead {
-        path: src.to_owned(),
-        source,
-    })
+    tar.into_inner()
+        .and_then(|mut out| out.flush())
+        .map_err(|source| CpError::HostRead {
+            path: src.to_owned(),
+            source,
+        })
 }
 
 fn add_entry(
-    tar: &mut TarWriter<impl Write>,
+    tar: &mut tar::Builder<impl Write>,
     host: &Path,
     rel: &Path,
     keep_times: bool,
@@ -401,23 +403,29 @@ fn add_entry(
         source,
     };
     let m = fs::symlink_metadata(host).map_err(read_err)?;
-    let head = Head {
-        path: rel.as_os_str().as_bytes(),
-        mode: m.mode() & 0o777,
-        mtime: if keep_times {
-            u64::try_from(m.mtime()).unwrap_or(0)
-        } else {
-            now
-        },
-    };
+    let mut head = tar::Header::new_gnu();
+    head.set_mode(m.mode() & 0o777);
+    head.set_mtime(if keep_times {
+        u64::try_from(m.mtime()).unwrap_or(0)
+    } else {
+        now
+    });
     let ft = m.file_type();
     if ft.is_file() {
         let file = File::open(host).map_err(read_err)?;
         // The open file's size: the one its data is read at.
         let len = file.metadata().map_err(read_err)?.len();
-        tar.file(&head, len, file).map_err(read_err)?;
+        head.set_entry_type(tar::EntryType::Regular);
+        head.set_size(len);
+        // A file that shrank while read would leave the header's promise
+        // unkept: the builder fails on the short read.
+        tar.append_data(&mut head, rel, io::Read::take(file, len))
+            .map_err(read_err)?;
     } else if ft.is_dir() {
-        tar.header(&head, DIR, b"", 0).map_err(read_err)?;
+        head.set_entry_type(tar::EntryType::Directory);
+        head.set_size(0);
+        tar.append_data(&mut head, rel, io::empty())
+            .map_err(read_err)?;
         let mut names = fs::read_dir(host)
             .map_err(read_err)?
             .map(|e| e.map(|e| e.file_name()))
@@ -429,129 +437,13 @@ fn add_entry(
         }
     } else if ft.is_symlink() {
         let to = fs::read_link(host).map_err(read_err)?;
-        tar.header(&head, SYMLINK, to.as_os_str().as_bytes(), 0)
-            .map_err(read_err)?;
+        head.set_entry_type(tar::EntryType::Symlink);
+        head.set_size(0);
+        tar.append_link(&mut head, rel, &to).map_err(read_err)?;
     } else {
         return Err(CpError::Special(host.to_owned()));
     }
     Ok(())
-}
-
-/// Tar block size.
-const BLOCK: usize = 512;
-/// Entry types, as GNU tar writes them.
-const REGULAR: u8 = b'0';
-const SYMLINK: u8 = b'2';
-const DIR: u8 = b'5';
-const LONG_NAME: u8 = b'L';
-const LONG_LINK: u8 = b'K';
-
-/// What every entry's header carries.
-struct Head<'a> {
-    path: &'a [u8],
-    mode: u32,
-    mtime: u64,
-}
-
-/// Writes GNU tar, only as much of it as [`archive::import`] needs to read
-/// back: regular files, directories and symlinks, with long names and link
-/// targets as GNU `L`/`K` records and sizes past 8 GiB in base 256. (The
-/// `tar` crate is only a test dependency of this crate.)
-struct TarWriter<W: Write> {
-    out: W,
-}
-
-impl<W: Write> TarWriter<W> {
-    /// One header; `size` bytes of data are to follow.
-    fn header(&mut self, head: &Head<'_>, kind: u8, link: &[u8], size: u64) -> io::Result<()> {
-        if head.path.len() > 100 {
-            self.long(LONG_NAME, head.path)?;
-        }
-        if link.len() > 100 {
-            self.long(LONG_LINK, link)?;
-        }
-        let mut h = [0u8; BLOCK];
-        put(&mut h[0..100], head.path);
-        number(&mut h[100..108], u64::from(head.mode));
-        number(&mut h[108..116], 0);
-        number(&mut h[116..124], 0);
-        number(&mut h[124..136], size);
-        number(&mut h[136..148], head.mtime);
-        h[156] = kind;
-        put(&mut h[157..257], link);
-        h[257..265].copy_from_slice(b"ustar  \0");
-        // The checksum is taken with its own field as spaces.
-        h[148..156].fill(b' ');
-        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-        self.out.write_all(&h)
-    }
-
-    /// A name too long for its field, as the record before the entry.
-    fn long(&mut self, kind: u8, name: &[u8]) -> io::Result<()> {
-        let head = Head {
-            path: b"././@LongLink",
-            mode: 0o644,
-            mtime: 0,
-        };
-        let mut data = name.to_vec();
-        data.push(0);
-        self.header(&head, kind, b"", data.len() as u64)?;
-        self.out.write_all(&data)?;
-        self.pad(data.len() as u64)
-    }
-
-    /// A regular file of `len` bytes read from `data`.
-    fn file(&mut self, head: &Head<'_>, len: u64, data: impl io::Read) -> io::Result<()> {
-        self.header(head, REGULAR, b"", len)?;
-        let copied = io::copy(&mut data.take(len), &mut self.out)?;
-        if copied != len {
-            // The header promised `len` bytes: the file shrank while read.
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the file changed while it was copied",
-            ));
-        }
-        self.pad(len)
-    }
-
-    fn pad(&mut self, len: u64) -> io::Result<()> {
-        let rem = (len % BLOCK as u64) as usize;
-        if rem != 0 {
-            self.out.write_all(&[0u8; BLOCK][rem..])?;
-        }
-        Ok(())
-    }
-
-    /// The two zero blocks that end an archive.
-    fn finish(mut self) -> io::Result<()> {
-        self.out.write_all(&[0u8; 2 * BLOCK])?;
-        self.out.flush()
-    }
-}
-
-/// Copies as much of `value` as fits into a NUL-padded field; a longer
-/// value has its own record before the header.
-fn put(field: &mut [u8], value: &[u8]) {
-    let n = value.len().min(field.len());
-    field[..n].copy_from_slice(&value[..n]);
-}
-
-/// A numeric field: octal digits and a NUL, or base 256 (top bit set) for
-/// a value too large for them.
-fn number(field: &mut [u8], value: u64) {
-    let digits = field.len() - 1;
-    if value < 1u64 << (3 * digits) {
-        let s = format!("{value:0digits$o}");
-        field[..digits].copy_from_slice(s.as_bytes());
-        field[digits] = 0;
-    } else {
-        field.fill(0);
-        let bytes = value.to_be_bytes();
-        let n = field.len();
-        field[n - 8..].copy_from_slice(&bytes);
-        field[0] |= 0x80;
-    }
 }
 
 /// Copies `src` in the volume `volume` to host `dst`.
