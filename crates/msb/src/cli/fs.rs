@@ -33,7 +33,8 @@ pub enum FsCommand {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
-    /// Extract a tar archive into an existing, empty volume, all or nothing.
+    /// Extract a tar archive into an existing volume: all or nothing into an
+    /// empty one (--merge adds to one that holds files).
     Import {
         /// The volume.
         #[arg(value_parser = parse_name)]
@@ -225,17 +226,20 @@ fn stop_on_signals() -> &'static AtomicBool {
     &STOP
 }
 
-/// After a stop signal (and the clean-up it asked for), reports the
-/// outcome and ends the process by that signal, as it would have ended
-/// without the handler, so the caller sees a signal death.
+/// After a stop signal that made the operation fail (and the clean-up it
+/// asked for), reports the failure and ends the process by that signal, as
+/// it would have ended without the handler, so the caller sees a signal
+/// death. An operation that finished before the signal could stop it
+/// reports its success: its result is in place, whole.
 fn end_if_stopped(outcome: CliResult) -> CliResult {
     let sig = STOP_SIGNAL.load(Ordering::Relaxed);
-    if sig == 0 {
+    let Err(e) = outcome else {
         return outcome;
+    };
+    if sig == 0 {
+        return Err(e);
     }
-    if let Err(e) = outcome {
-        super::report(escape_error(e).as_ref());
-    }
+    super::report(escape_error(e).as_ref());
     // SAFETY: plain libc calls restoring the default action and raising
     // the signal on this process, which it ends.
     unsafe {
