@@ -199,7 +199,12 @@ fn failed_export_leaves_the_target_as_it_was() {
     let target = small.0.join("a.tar");
     std::fs::write(&target, b"old archive").unwrap();
     let e = err(&msb(h, &["volume", "export", "src", "-o", path(&target)]));
-    assert_eq!(std::fs::read(&target).unwrap(), b"old archive");
+    let kept = std::fs::read(&target).unwrap();
+    assert!(
+        kept == b"old archive",
+        "the old archive was overwritten: now {} bytes",
+        kept.len()
+    );
     assert_eq!(names(&small.0), ["a.tar"]);
     assert!(e.contains("cannot write the archive"), "{e}");
 }
