@@ -689,8 +689,8 @@ struct Staging {
 }
 
 /// Checks that the volume is empty and makes the staging directory
-/// `.msb-import-XXXXXXXX` in its root (mode 0700: nothing in a sandbox
-/// looks in while it fills).
+/// `.msb-import-PID-N` in its root (mode 0700: nothing in a sandbox looks
+/// in while it fills).
 fn stage(vfs: &VolumeFs) -> Result<Staging, ArchiveError> {
     vfs.writable("import into", Path::new("."))?;
     let empty_lost_found = |e: &crate::DirEntry| {
@@ -721,22 +721,33 @@ fn stage(vfs: &VolumeFs) -> Result<Staging, ArchiveError> {
 }
 
 /// Renames every entry of the staging directory into the root, refusing
-/// to replace anything that appeared there meanwhile.
+/// to replace anything that appeared there meanwhile. When one cannot be
+/// moved, those already moved go back into staging, to be removed with
+/// the rest.
 fn move_into_place(vfs: &VolumeFs, staging: &Staging) -> Result<(), ArchiveError> {
     let names = sorted_names(&staging.fd, &staging.rel)?;
-    for name in names {
+    let dirs = [staging.fd.as_fd(), vfs.root_fd()];
+    let shift = |name: &CStr, back: bool| {
         let rel = PathBuf::from(OsStr::from_bytes(name.to_bytes()));
-        vfs.in_dirs(&[staging.fd.as_fd(), vfs.root_fd()], 0, &rel, || {
-            fs::renameat_with(
-                &staging.fd,
-                name.as_c_str(),
-                vfs.root_fd(),
-                name.as_c_str(),
-                fs::RenameFlags::NOREPLACE,
-            )
-            .map_err(|e| FsError::from_errno("move into place", &rel, e))?;
+        let (from, to) = if back {
+            (dirs[1], dirs[0])
+        } else {
+            (dirs[0], dirs[1])
+        };
+        vfs.in_dirs(&dirs, 0, &rel, || {
+            fs::renameat_with(from, name, to, name, fs::RenameFlags::NOREPLACE)
+                .map_err(|e| FsError::from_errno("move into place", &rel, e))?;
             Ok::<_, FsError>(((), 0))
-        })?;
+        })
+    };
+    // `names` is last first: moving from its end keeps name order.
+    for (i, name) in names.iter().enumerate().rev() {
+        if let Err(e) = shift(name, false) {
+            for moved in &names[i + 1..] {
+                let _ = shift(moved, true);
+            }
+            return Err(e.into());
+        }
     }
     Ok(())
 }

@@ -513,3 +513,53 @@ fn export_to_path_replaces_the_target_only_when_complete() {
     archive::export(&env.fs("a"), &mut whole, &mut |_| {}).unwrap();
     assert_eq!(std::fs::read(&target).unwrap(), whole);
 }
+
+/// Hands out an archive, and once read, runs `then` (once).
+struct Then<'a, F: FnMut()> {
+    data: &'a [u8],
+    then: Option<F>,
+}
+
+impl<F: FnMut()> std::io::Read for Then<'_, F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::io::Read::read(&mut self.data, buf)?;
+        if self.data.is_empty()
+            && let Some(mut f) = self.then.take()
+        {
+            f();
+        }
+        Ok(n)
+    }
+}
+
+#[test]
+fn import_into_empty_undoes_its_moves_when_a_name_is_taken_meanwhile() {
+    let env = Env::new();
+    let budget = empty_budget(&env, 1 << 20);
+    let fs = env.fs("b").with_budget(budget.clone());
+    let data = hostile(&[E::File(b"a", b"1"), E::File(b"x", b"2")]);
+    // Something else writes `x` into the volume while the import stages.
+    let racer = || std::fs::write(env.p("b/x"), b"theirs").unwrap();
+    let input = Then {
+        data: &data,
+        then: Some(racer),
+    };
+    let err = archive::import_into_empty(&fs, input, &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(
+            err.error,
+            ArchiveError::Volume(FsError::AlreadyExists { .. })
+        ),
+        "{err:?}"
+    );
+    // `a`, moved before `x` failed, went back and was removed with the rest.
+    assert_eq!(
+        std::fs::read_dir(env.p("b"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect::<Vec<_>>(),
+        ["x"]
+    );
+    assert_eq!(std::fs::read(env.p("b/x")).unwrap(), b"theirs");
+    assert_eq!(budget.used(), 0);
+}
