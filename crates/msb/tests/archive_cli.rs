@@ -319,6 +319,30 @@ fn interrupted_import_leaves_an_empty_volume_empty() {
         assert_eq!(o.status.signal(), Some(sig), "{o:?}");
         assert_empty(h, "v");
     }
+    // Killed outright, it leaves its staging directory; the next import
+    // into the volume removes it and goes ahead.
+    let mut c = cmd(h, &["volume", "import", "v", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = c.stdin.take().unwrap();
+    input.write_all(&tar[..tar.len() / 2]).unwrap();
+    wait_for("the first entries to be written", || {
+        names(&root)
+            .iter()
+            .any(|n| !names(&root.join(n)).is_empty())
+    });
+    signal(&c, libc::SIGKILL);
+    c.wait().unwrap();
+    drop(input);
+    let left = names(&root);
+    assert!(
+        left.len() == 1 && left[0].starts_with(".msb-import-"),
+        "{left:?}"
+    );
+    ok(&import_stdin(h, &["volume", "import", "v", "-"], &tar));
+    assert_eq!(ok(&msb(h, &["volume", "fs", "v", "ls"])), "a/\nx/\n");
+    assert_eq!(names(&root), ["a", "x"]);
 }
 
 #[test]

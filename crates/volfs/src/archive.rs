@@ -642,7 +642,9 @@ pub fn import(
 /// is removed and its usage credited back, leaving the volume empty; the
 /// failure's report is then empty too. A volume holding anything but an
 /// empty `lost+found` (which mke2fs makes in a disk volume) is refused
-/// with [`ArchiveError::NotEmpty`] before anything is written.
+/// with [`ArchiveError::NotEmpty`] before anything is written. Staging
+/// directories left by imports killed outright (`.msb-import-PID-N`
+/// whose process is gone) do not count, and are removed first.
 pub fn import_into_empty(
     vfs: &VolumeFs,
     input: impl Read,
@@ -698,8 +700,18 @@ fn stage(vfs: &VolumeFs) -> Result<Staging, ArchiveError> {
             && e.kind() == crate::FileKind::Dir
             && vfs.list("lost+found").is_ok_and(|l| l.is_empty())
     };
-    if !vfs.list(".")?.iter().all(empty_lost_found) {
-        return Err(ArchiveError::NotEmpty);
+    let mut leftovers = Vec::new();
+    for e in vfs.list(".")? {
+        match stale_staging(&e) {
+            Some(rel) => leftovers.push(rel),
+            None if empty_lost_found(&e) => {}
+            None => return Err(ArchiveError::NotEmpty),
+        }
+    }
+    // The volume holds nothing else: what an import killed outright left
+    // goes now, credited back, rather than needing a repair.
+    for rel in leftovers {
+        vfs.remove_all(&rel)?;
     }
     for i in 0..100u32 {
         let leaf = format!(".msb-import-{}-{i}", std::process::id());
@@ -718,6 +730,16 @@ fn stage(vfs: &VolumeFs) -> Result<Staging, ArchiveError> {
         path: ".msb-import-*".into(),
     }
     .into())
+}
+
+/// The name of a staging directory whose import is gone (its process no
+/// longer exists), if `e` is one.
+fn stale_staging(e: &crate::DirEntry) -> Option<PathBuf> {
+    let name = e.name().to_str()?;
+    let (pid, _) = name.strip_prefix(".msb-import-")?.split_once('-')?;
+    let pid = rustix::process::Pid::from_raw(pid.parse().ok()?)?;
+    let gone = rustix::process::test_kill_process(pid) == Err(Errno::SRCH);
+    (e.kind() == crate::FileKind::Dir && gone).then(|| PathBuf::from(name))
 }
 
 /// Renames every entry of the staging directory into the root, refusing

@@ -563,3 +563,32 @@ fn import_into_empty_undoes_its_moves_when_a_name_is_taken_meanwhile() {
     assert_eq!(std::fs::read(env.p("b/x")).unwrap(), b"theirs");
     assert_eq!(budget.used(), 0);
 }
+
+#[test]
+fn import_into_empty_removes_what_a_killed_import_left() {
+    let env = Env::new();
+    let budget = empty_budget(&env, 1 << 20);
+    let fs = env.fs("b").with_budget(budget.clone());
+    // A process that is gone, and the staging it would have left.
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = format!(".msb-import-{dead}-0");
+    fs.mkdir(format!("{stale}/d")).unwrap();
+    fs.write(format!("{stale}/d/f"), vec![1u8; 50_000]).unwrap();
+    // A live import's staging (this process's) is someone's work: it counts.
+    let live = format!(".msb-import-{}-7", std::process::id());
+    fs.mkdir(&live).unwrap();
+    let data = hostile(&[E::File(b"x", b"1")]);
+    let err = archive::import_into_empty(&fs, data.as_slice(), &mut |_| {}).unwrap_err();
+    assert!(matches!(err.error, ArchiveError::NotEmpty), "{err:?}");
+    fs.remove(&live).unwrap();
+
+    archive::import_into_empty(&fs, data.as_slice(), &mut |_| {}).unwrap();
+    let names: Vec<String> = std::fs::read_dir(env.p("b"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["x"]);
+    assert_eq!(budget.used(), scan(&env.p("b")));
+}
