@@ -944,7 +944,13 @@ fn planted_block_device_on_a_served_mount_is_unusable() {
     // And one that arrives in an archive: refusing the import is fine too.
     let tarball = tmp.path().join("device.tar");
     record_tarball(&tarball, "imported", &record);
-    let o = home.msb(&["volume", "import", "dv", tarball.to_str().unwrap()]);
+    let o = home.msb(&[
+        "volume",
+        "import",
+        "dv",
+        "--merge",
+        tarball.to_str().unwrap(),
+    ]);
     eprintln!("volume import of a device record: {}", show(&o));
 
     let bind = format!("{}:/data:stat-virt=strict", data.display());

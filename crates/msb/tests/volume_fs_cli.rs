@@ -165,9 +165,10 @@ fn failed_import_lists_what_it_wrote() {
         hd.set_cksum();
         b.append(&hd, data).unwrap();
     }
+    // Merging: entry by entry, so what came before the bad one stays.
     let e = err(&msb_in(
         h,
-        &["volume", "import", "v", "-"],
+        &["volume", "import", "v", "--merge", "-"],
         &b.into_inner().unwrap(),
     ));
     assert!(e.contains("written: good\n"), "{e}");
@@ -406,7 +407,11 @@ fn import_reports_hostile_entry_names_escaped() {
     hd.set_size(0);
     b.append_data(&mut hd, "dev\x1b[2J", std::io::empty())
         .unwrap();
-    let o = msb_in(h, &["volume", "import", "v", "-"], &b.into_inner().unwrap());
+    let o = msb_in(
+        h,
+        &["volume", "import", "v", "--merge", "-"],
+        &b.into_inner().unwrap(),
+    );
     assert_inert("import", &o.stderr);
     let e = err(&o);
     assert!(e.contains("written: ok\\x1b]2;t\\x07\n"), "{e}");

@@ -25,7 +25,19 @@
 //! budget as [`VolumeFs`] charges it: names, data, directory growth and
 //! xattrs (a file whose name, data and xattrs do not fit is not made). The
 //! first bad entry stops the import; the error carries an [`ImportReport`]
-//! of what was written.
+//! of what was written. An archive that ends without tar's end-of-archive
+//! block (cut short at an entry boundary) is refused as truncated.
+//!
+//! [`import`] adds to what the volume holds, entry by entry, so a failure
+//! leaves part of the archive imported. [`import_into_empty`] is all or
+//! nothing: it extracts into a hidden staging directory inside the volume
+//! (charged to the budget like anything else), and only once the whole
+//! archive has been read moves the entries into place by renaming them; on
+//! failure the staging directory is removed, crediting back what it held.
+//!
+//! [`export_to_path`] writes through a temporary file beside the target
+//! (`.NAME.msb-partial-XXXXXXXX`), synced and renamed over it only on
+//! success, so the target never holds a partial archive.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
@@ -34,7 +46,8 @@ use std::io::{self, IsTerminal, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustix::fs::{self, AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
@@ -79,6 +92,29 @@ pub enum ArchiveError {
         path: String,
         /// What it is.
         kind: &'static str,
+    },
+    /// The archive ended before tar's end-of-archive block.
+    #[error("the archive is truncated: it ends without tar's end-of-archive block")]
+    Truncated,
+    /// An all-or-nothing import into a volume that already holds files.
+    #[error("the volume already holds files; an all-or-nothing import needs an empty volume")]
+    NotEmpty,
+    /// The export was stopped (by a signal) before it finished.
+    #[error("the export was interrupted; {} was left as it was", path.display())]
+    Interrupted {
+        /// The archive file asked for.
+        path: PathBuf,
+    },
+    /// The archive file cannot be made or put in place.
+    #[error("cannot {op} {}", path.display())]
+    Target {
+        /// What failed.
+        op: &'static str,
+        /// The file concerned.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
     },
     /// A hard-link entry whose target is not a file in the volume.
     #[error("archive entry {path} links to {target}, which is not a file in the volume")]
@@ -339,6 +375,125 @@ pub fn export(
     Ok(report)
 }
 
+/// Writes the whole volume to the file `path` as [`export`] does, through a
+/// temporary file beside it (`.NAME.msb-partial-XXXXXXXX`, made with
+/// `O_EXCL`), which is synced and renamed over `path` only once the archive
+/// is complete: on any failure, or once `stop` is set (a signal handler's
+/// flag, checked at every write), the temporary file is removed and
+/// `path` is left as it was. Only a process killed outright leaves the
+/// temporary file behind. A file already at `path` is replaced, owner and
+/// mode included.
+pub fn export_to_path(
+    vfs: &VolumeFs,
+    path: &Path,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ExportReport, ArchiveError> {
+    let target = |op, source| ArchiveError::Target {
+        op,
+        path: path.to_path_buf(),
+        source,
+    };
+    let Some(name) = path.file_name() else {
+        return Err(target(
+            "write the archive to",
+            io::Error::new(io::ErrorKind::InvalidInput, "not a file name"),
+        ));
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let (file, temp) = create_temp(dir, name).map_err(|e| target("create a file beside", e))?;
+    let mut out = Stoppable { file, stop };
+    let result = export(vfs, &mut out, progress)
+        .map_err(|e| match e {
+            _ if stop.load(Ordering::Relaxed) => ArchiveError::Interrupted {
+                path: path.to_path_buf(),
+            },
+            e => e,
+        })
+        .and_then(|report| {
+            // Durable before it is visible under its name: a crash after
+            // the rename must not leave a file of zeros there.
+            out.file
+                .sync_all()
+                .map_err(|e| target("write the archive to", e))?;
+            std::fs::rename(&temp, path).map_err(|e| target("put in place", e))?;
+            Ok(report)
+        });
+    match result {
+        Ok(report) => {
+            // The rename itself durable; a failure here loses nothing.
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+            Ok(report)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            Err(e)
+        }
+    }
+}
+
+/// Creates `.NAME.msb-partial-XXXXXXXX` in `dir`, exclusively, with a
+/// fresh suffix until one is free. Mode 0666 less the umask, as a plain
+/// create of the target would have.
+fn create_temp(dir: &Path, name: &OsStr) -> io::Result<(File, PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Room for the dot and suffix within a 255-byte name.
+    let stem = &name.as_bytes()[..name.len().min(200)];
+    let seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut n = seed ^ (u64::from(std::process::id()) << 32);
+    for _ in 0..100 {
+        // A multiplicative step: successive tries differ in every digit.
+        n = n
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut leaf = b".".to_vec();
+        leaf.extend_from_slice(stem);
+        leaf.extend_from_slice(format!(".msb-partial-{:08x}", n >> 32).as_bytes());
+        let temp = dir.join(OsStr::from_bytes(&leaf));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .open(&temp)
+        {
+            Ok(f) => return Ok((f, temp)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "no free temporary name",
+    ))
+}
+
+/// A writer that fails once `stop` is set, so a signal ends an export at
+/// its next write.
+struct Stoppable<'a> {
+    file: File,
+    stop: &'a AtomicBool,
+}
+
+impl Write for Stoppable<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(io::Error::other("interrupted by a signal"));
+        }
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// A directory's entry names, last first (so `pop` yields name order).
 fn sorted_names(dir: &OwnedFd, rel: &Path) -> Result<Vec<CString>, ArchiveError> {
     let fd = dir.try_clone().map_err(|e| FsError::io("list", rel, e))?;
@@ -479,6 +634,146 @@ pub fn import(
     }
 }
 
+/// Extracts a tar archive into an empty volume, all or nothing, under the
+/// rules in the module docs: the entries are extracted into a hidden
+/// staging directory inside the volume and renamed into place only after
+/// the whole archive has been read. On failure (a bad entry, a truncated
+/// archive, a read error such as an interruption) the staging directory
+/// is removed and its usage credited back, leaving the volume empty; the
+/// failure's report is then empty too. A volume holding anything but an
+/// empty `lost+found` (which mke2fs makes in a disk volume) is refused
+/// with [`ArchiveError::NotEmpty`] before anything is written. Staging
+/// directories left by imports killed outright (`.msb-import-PID-N`
+/// whose process is gone) do not count, and are removed first.
+pub fn import_into_empty(
+    vfs: &VolumeFs,
+    input: impl Read,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ImportReport, Box<ImportFailure>> {
+    let fail = |error| {
+        Box::new(ImportFailure {
+            written: ImportReport::default(),
+            error,
+        })
+    };
+    let staging = match stage(vfs) {
+        Ok(s) => s,
+        Err(e) => return Err(fail(e)),
+    };
+    let mut report = ImportReport::default();
+    let result = staging
+        .fd
+        .try_clone()
+        .map_err(|e| FsError::io("open", &staging.rel, e))
+        .and_then(|fd| vfs.beneath(fd, vfs.root().join(&staging.rel)))
+        .map_err(ArchiveError::from)
+        .and_then(|inner| import_entries(&inner, input, progress, &mut report))
+        .and_then(|()| move_into_place(vfs, &staging));
+    // Whatever is left in staging goes (all of it on failure, nothing but
+    // the empty directory on success), credited back to the budget.
+    let cleaned = vfs.remove_all(&staging.rel);
+    match result {
+        Err(error) => Err(fail(error)),
+        Ok(()) => match cleaned {
+            Ok(()) => Ok(report),
+            Err(e) => Err(Box::new(ImportFailure {
+                written: report,
+                error: e.into(),
+            })),
+        },
+    }
+}
+
+/// A staging directory of an import, in the volume's root.
+struct Staging {
+    fd: OwnedFd,
+    rel: PathBuf,
+}
+
+/// Checks that the volume is empty and makes the staging directory
+/// `.msb-import-PID-N` in its root (mode 0700: nothing in a sandbox looks
+/// in while it fills).
+fn stage(vfs: &VolumeFs) -> Result<Staging, ArchiveError> {
+    vfs.writable("import into", Path::new("."))?;
+    let empty_lost_found = |e: &crate::DirEntry| {
+        e.name() == "lost+found"
+            && e.kind() == crate::FileKind::Dir
+            && vfs.list("lost+found").is_ok_and(|l| l.is_empty())
+    };
+    let mut leftovers = Vec::new();
+    for e in vfs.list(".")? {
+        match stale_staging(&e) {
+            Some(rel) => leftovers.push(rel),
+            None if empty_lost_found(&e) => {}
+            None => return Err(ArchiveError::NotEmpty),
+        }
+    }
+    // The volume holds nothing else: what an import killed outright left
+    // goes now, credited back, rather than needing a repair.
+    for rel in leftovers {
+        vfs.remove_all(&rel)?;
+    }
+    for i in 0..100u32 {
+        let leaf = format!(".msb-import-{}-{i}", std::process::id());
+        let rel = PathBuf::from(&leaf);
+        let leaf = CString::new(leaf).expect("digits and letters only");
+        match vfs.mkdir_in(&vfs.root_fd(), &leaf, 0o700, &rel) {
+            Ok(()) => {}
+            // Left by an import killed outright: not ours to reuse.
+            Err(FsError::AlreadyExists { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let fd = open_nofollow(&vfs.root_fd(), &leaf, OFlags::DIRECTORY, &rel)?;
+        return Ok(Staging { fd, rel });
+    }
+    Err(FsError::AlreadyExists {
+        path: ".msb-import-*".into(),
+    }
+    .into())
+}
+
+/// The name of a staging directory whose import is gone (its process no
+/// longer exists), if `e` is one.
+fn stale_staging(e: &crate::DirEntry) -> Option<PathBuf> {
+    let name = e.name().to_str()?;
+    let (pid, _) = name.strip_prefix(".msb-import-")?.split_once('-')?;
+    let pid = rustix::process::Pid::from_raw(pid.parse().ok()?)?;
+    let gone = rustix::process::test_kill_process(pid) == Err(Errno::SRCH);
+    (e.kind() == crate::FileKind::Dir && gone).then(|| PathBuf::from(name))
+}
+
+/// Renames every entry of the staging directory into the root, refusing
+/// to replace anything that appeared there meanwhile. When one cannot be
+/// moved, those already moved go back into staging, to be removed with
+/// the rest.
+fn move_into_place(vfs: &VolumeFs, staging: &Staging) -> Result<(), ArchiveError> {
+    let names = sorted_names(&staging.fd, &staging.rel)?;
+    let dirs = [staging.fd.as_fd(), vfs.root_fd()];
+    let shift = |name: &CStr, back: bool| {
+        let rel = PathBuf::from(OsStr::from_bytes(name.to_bytes()));
+        let (from, to) = if back {
+            (dirs[1], dirs[0])
+        } else {
+            (dirs[0], dirs[1])
+        };
+        vfs.in_dirs(&dirs, 0, &rel, || {
+            fs::renameat_with(from, name, to, name, fs::RenameFlags::NOREPLACE)
+                .map_err(|e| FsError::from_errno("move into place", &rel, e))?;
+            Ok::<_, FsError>(((), 0))
+        })
+    };
+    // `names` is last first: moving from its end keeps name order.
+    for (i, name) in names.iter().enumerate().rev() {
+        if let Err(e) = shift(name, false) {
+            for moved in &names[i + 1..] {
+                let _ = shift(moved, true);
+            }
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
+
 fn import_entries(
     vfs: &VolumeFs,
     input: impl Read,
@@ -493,9 +788,13 @@ fn import_entries(
     let mut archive = tar::Archive::new(reader);
     let mut buf = vec![0u8; BUF];
     let mut dir_times: Vec<(PathBuf, u64)> = Vec::new();
+    // Where the last entry's data (padded to a block) ends: an archive
+    // read to its end-of-archive block was consumed past it.
+    let mut data_end = 0u64;
     let entries = archive.entries().map_err(ArchiveError::ReadArchive)?;
     for entry in entries {
         let mut entry = entry.map_err(ArchiveError::ReadArchive)?;
+        data_end = (entry.raw_file_position() + entry.size()).next_multiple_of(512);
         let raw = entry.path_bytes().into_owned();
         let rel = PathBuf::from(OsStr::from_bytes(&raw));
         let p = Clean::parse(&rel)?;
@@ -615,6 +914,12 @@ fn import_entries(
         }
         report.paths.push(rel);
         progress(archive_pos(&entry));
+    }
+    // tar stops quietly at the end of its input when that falls between
+    // entries; only a zero block read after the last entry shows that the
+    // archive was whole.
+    if archive.into_inner().count < data_end + 512 {
+        return Err(ArchiveError::Truncated);
     }
     for (rel, mtime) in dir_times.iter().rev() {
         let p = Clean::parse(rel)?;

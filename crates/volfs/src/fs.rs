@@ -143,6 +143,31 @@ impl VolumeFs {
         })
     }
 
+    /// The directory open at `dir`, on this volume's filesystem, as a volume
+    /// of its own with this one's budget, owner and rules (an import stages
+    /// there). Its own growth stays counted: to this volume's scanner it is
+    /// an ordinary directory, not the root.
+    pub(crate) fn beneath(&self, dir: OwnedFd, display_root: PathBuf) -> Result<VolumeFs> {
+        let st = fs::fstat(&dir).map_err(|e| FsError::from_errno("stat", &display_root, e))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::Directory || st.st_dev != self.root_dev
+        {
+            return Err(FsError::PathEscape {
+                path: shown(&display_root),
+            });
+        }
+        Ok(VolumeFs {
+            root: dir,
+            root_dev: self.root_dev,
+            root_ino: self.root_ino,
+            display_root,
+            budget: self.budget.clone(),
+            read_only: self.read_only,
+            resolver: self.resolver,
+            owner: self.owner,
+            euid: self.euid,
+        })
+    }
+
     /// Charges changes to `budget` (a directory volume's quota) by the rule
     /// of [`msb_quota::usage`]: a write or a new name that would pass the
     /// limit fails with [`FsError::QuotaExceeded`] before anything is

@@ -408,3 +408,187 @@ fn read_only_volume_refuses_import() {
     ));
     assert!(!env.p("b/x").exists());
 }
+
+/// A budget for the empty volume `b`, with `limit` bytes.
+fn empty_budget(env: &Env, limit: u64) -> Arc<msb_quota::Budget> {
+    let counter = env.p("usage");
+    msb_quota::Budget::create(&counter, 0).unwrap();
+    Arc::new(msb_quota::Budget::open(&counter, Some(limit)).unwrap())
+}
+
+fn scan(root: &Path) -> u64 {
+    msb_quota::scan(std::fs::File::open(root).unwrap()).unwrap()
+}
+
+#[test]
+fn import_into_empty_is_all_or_nothing_and_exactly_counted() {
+    let env = Env::new();
+    populate(&env);
+    let old = rustix::fs::Timespec {
+        tv_sec: 1_000_000_000,
+        tv_nsec: 0,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        env.p("a/etc"),
+        &rustix::fs::Timestamps {
+            last_access: old,
+            last_modification: old,
+        },
+        rustix::fs::AtFlags::empty(),
+    )
+    .unwrap();
+    let mut whole = Vec::new();
+    archive::export(&env.fs("a"), &mut whole, &mut |_| {}).unwrap();
+    let budget = empty_budget(&env, 1 << 20);
+    let fs = env.fs("b").with_budget(budget.clone());
+
+    // A bad entry after good ones, the quota running out, an archive cut
+    // short: each leaves the volume as it was, and the counter at zero.
+    let escape = hostile(&[E::File(b"good", b"1"), E::File(b"../evil", b"2")]);
+    let (small, big) = (vec![1u8; 400_000], vec![2u8; 800_000]);
+    let over = hostile(&[E::File(b"small", &small), E::File(b"big", &big)]);
+    let cut = &whole[..whole.len() - 1024];
+    for data in [&escape[..], &over[..], cut] {
+        let err = archive::import_into_empty(&fs, data, &mut |_| {}).unwrap_err();
+        assert_eq!(err.written, archive::ImportReport::default());
+        assert_eq!(std::fs::read_dir(env.p("b")).unwrap().count(), 0);
+        assert_eq!(budget.used(), 0, "{err:?}");
+    }
+    assert!(matches!(
+        archive::import_into_empty(&fs, cut, &mut |_| {})
+            .unwrap_err()
+            .error,
+        ArchiveError::Truncated
+    ));
+
+    // The whole archive lands as a merge import would have put it, the
+    // directories' times kept through the move, the counter exact.
+    let got = archive::import_into_empty(&fs, whole.as_slice(), &mut |_| {}).unwrap();
+    assert_eq!(got.hard_links, 1);
+    assert_eq!(tree(&env.p("a")), tree(&env.p("b")));
+    assert_eq!(
+        std::fs::metadata(env.p("b/etc")).unwrap().mtime(),
+        1_000_000_000
+    );
+    assert_eq!(budget.used(), scan(&env.p("b")));
+
+    // Now it holds files: refused, untouched.
+    let used = budget.used();
+    let err = archive::import_into_empty(&fs, whole.as_slice(), &mut |_| {}).unwrap_err();
+    assert!(matches!(err.error, ArchiveError::NotEmpty), "{err:?}");
+    assert_eq!(tree(&env.p("a")), tree(&env.p("b")));
+    assert_eq!(budget.used(), used);
+    env.assert_outside_intact();
+}
+
+#[test]
+fn export_to_path_replaces_the_target_only_when_complete() {
+    use std::sync::atomic::AtomicBool;
+    let env = Env::new();
+    populate(&env);
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("a.tar");
+    std::fs::write(&target, b"old").unwrap();
+    let listing = || {
+        let mut v: Vec<String> = std::fs::read_dir(out.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    // Stopped (as by a signal): the old file stays, no temporary is left.
+    let err = archive::export_to_path(&env.fs("a"), &target, &AtomicBool::new(true), &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(err, ArchiveError::Interrupted { .. }), "{err:?}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"old");
+    assert_eq!(listing(), ["a.tar"]);
+    // Completed: replaced by the whole archive.
+    let rep = archive::export_to_path(&env.fs("a"), &target, &AtomicBool::new(false), &mut |_| {})
+        .unwrap();
+    assert!(rep.entries >= 12);
+    assert_eq!(listing(), ["a.tar"]);
+    let mut whole = Vec::new();
+    archive::export(&env.fs("a"), &mut whole, &mut |_| {}).unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), whole);
+}
+
+/// Hands out an archive, and once read, runs `then` (once).
+struct Then<'a, F: FnMut()> {
+    data: &'a [u8],
+    then: Option<F>,
+}
+
+impl<F: FnMut()> std::io::Read for Then<'_, F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::io::Read::read(&mut self.data, buf)?;
+        if self.data.is_empty()
+            && let Some(mut f) = self.then.take()
+        {
+            f();
+        }
+        Ok(n)
+    }
+}
+
+#[test]
+fn import_into_empty_undoes_its_moves_when_a_name_is_taken_meanwhile() {
+    let env = Env::new();
+    let budget = empty_budget(&env, 1 << 20);
+    let fs = env.fs("b").with_budget(budget.clone());
+    let data = hostile(&[E::File(b"a", b"1"), E::File(b"x", b"2")]);
+    // Something else writes `x` into the volume while the import stages.
+    let racer = || std::fs::write(env.p("b/x"), b"theirs").unwrap();
+    let input = Then {
+        data: &data,
+        then: Some(racer),
+    };
+    let err = archive::import_into_empty(&fs, input, &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(
+            err.error,
+            ArchiveError::Volume(FsError::AlreadyExists { .. })
+        ),
+        "{err:?}"
+    );
+    // `a`, moved before `x` failed, went back and was removed with the rest.
+    assert_eq!(
+        std::fs::read_dir(env.p("b"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect::<Vec<_>>(),
+        ["x"]
+    );
+    assert_eq!(std::fs::read(env.p("b/x")).unwrap(), b"theirs");
+    assert_eq!(budget.used(), 0);
+}
+
+#[test]
+fn import_into_empty_removes_what_a_killed_import_left() {
+    let env = Env::new();
+    let budget = empty_budget(&env, 1 << 20);
+    let fs = env.fs("b").with_budget(budget.clone());
+    // A process that is gone, and the staging it would have left.
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = format!(".msb-import-{dead}-0");
+    fs.mkdir(format!("{stale}/d")).unwrap();
+    fs.write(format!("{stale}/d/f"), vec![1u8; 50_000]).unwrap();
+    // A live import's staging (this process's) is someone's work: it counts.
+    let live = format!(".msb-import-{}-7", std::process::id());
+    fs.mkdir(&live).unwrap();
+    let data = hostile(&[E::File(b"x", b"1")]);
+    let err = archive::import_into_empty(&fs, data.as_slice(), &mut |_| {}).unwrap_err();
+    assert!(matches!(err.error, ArchiveError::NotEmpty), "{err:?}");
+    fs.remove(&live).unwrap();
+
+    archive::import_into_empty(&fs, data.as_slice(), &mut |_| {}).unwrap();
+    let names: Vec<String> = std::fs::read_dir(env.p("b"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["x"]);
+    assert_eq!(budget.used(), scan(&env.p("b")));
+}
