@@ -153,15 +153,16 @@ fn mounted_on(store: &Store, dir: &Path) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let (fstype, source) = info
         .lines()
-        .filter_map(|line| {
+        // The top mount of a stack is listed last.
+        .rev()
+        .find_map(|line| {
             let (left, right) = line.split_once(" - ")?;
             let mut right = right.split(' ');
             let fstype = right.next()?;
             let source = unescape(right.next()?);
             (unescape(left.split(' ').nth(4)?) == point.as_os_str().as_bytes())
                 .then(|| (fstype.to_string(), source))
-        })
-        .last()?;
+        })?;
     let source = PathBuf::from(OsString::from_vec(source));
     if fstype != "fuse.msb" {
         return Some(format!("a {fstype} filesystem ({})", source.display()));
