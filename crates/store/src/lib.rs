@@ -506,12 +506,14 @@ impl Store {
 
     /// The volumes [`Store::prune`] would remove now: those matching
     /// `filters` that nothing uses, newest first, with their usage as
-    /// [`Store::get_current`] counts it.
+    /// [`Store::get_current`] counts it; and, for matching volumes kept
+    /// because they are in use, why.
     pub fn prune_candidates(
         &self,
         filters: &[VolumeFilter],
-    ) -> Result<Vec<VolumeInfo>, StoreError> {
+    ) -> Result<(Vec<VolumeInfo>, Vec<StoreError>), StoreError> {
         let mut found = Vec::new();
+        let mut kept = Vec::new();
         // Bound first: the catalog guard must not live through the loop.
         let rows = self.catalog().list_ready()?;
         for row in rows {
@@ -522,9 +524,11 @@ impl Store {
                 labels: &row.labels,
                 created_at,
             };
-            if !VolumeFilter::all_match(filters, &subject)
-                || !self.live_users(&row.name)?.is_empty()
-            {
+            if !VolumeFilter::all_match(filters, &subject) {
+                continue;
+            }
+            if let Err(e) = unused(&row.name, self.live_users(&row.name)?) {
+                kept.push(e);
                 continue;
             }
             match self.get_current(&row.name) {
@@ -534,7 +538,7 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
-        Ok(found)
+        Ok((found, kept))
     }
 
     /// Removes the volumes `candidates` lists (as [`Store::prune_candidates`]

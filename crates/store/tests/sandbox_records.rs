@@ -27,8 +27,9 @@ fn referenced_volume_is_in_use_until_the_sandbox_is_removed() {
         other => panic!("remove of a referenced volume: {other:?}"),
     }
     // Not a candidate; and skipped if it was listed before the sandbox came.
-    let candidates = store.prune_candidates(&[]).unwrap();
+    let (candidates, kept) = store.prune_candidates(&[]).unwrap();
     assert_eq!(candidates.len(), 1);
+    assert!(kept[0].to_string().contains("sandbox:web"), "{}", kept[0]);
     assert_eq!(candidates[0].name, name("free"));
     let listed = [candidates[0].clone(), store.get(&name("data")).unwrap()];
     let (removed, skipped) = store.prune(&listed).unwrap();

@@ -197,10 +197,10 @@ fn prune_filters_reports_freed_space_and_removes_only_what_was_listed() {
         .iter()
         .map(|f| msb_spec::VolumeFilter::parse_cli(f).unwrap())
         .collect();
-    let listed = store.prune_candidates(&filters).unwrap();
+    let (listed, _) = store.prune_candidates(&filters).unwrap();
     let names: Vec<_> = listed.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(names, ["tmp"]);
-    let listed = store
+    let (listed, _) = store
         .prune_candidates(&[msb_spec::VolumeFilter::parse_cli("label=tmp").unwrap()])
         .unwrap();
     assert_eq!(listed.len(), 2);
@@ -434,7 +434,9 @@ fn attached_volume_cannot_be_removed() {
         other => panic!("{other:?}"),
     }
     assert_eq!(store.users(&name("busy")).unwrap(), ["sandbox:web"]);
-    assert!(store.prune_candidates(&[]).unwrap().is_empty());
+    let (listed, kept) = store.prune_candidates(&[]).unwrap();
+    assert!(listed.is_empty());
+    assert!(matches!(&kept[..], [StoreError::InUse { .. }]));
     let (removed, skipped) = store.prune(&[store.get(&name("busy")).unwrap()]).unwrap();
     assert!(removed.is_empty());
     assert_eq!(skipped.len(), 1);

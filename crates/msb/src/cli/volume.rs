@@ -289,7 +289,10 @@ fn exit(failed: bool) -> ExitCode {
 /// then removes exactly that, listing each volume removed (stdout) and the
 /// space freed (stderr). Declining is an answer, not a failure.
 fn prune(store: &Store, filters: &[VolumeFilter], force: bool) -> CliResult {
-    let listed = store.prune_candidates(filters)?;
+    let (listed, kept) = store.prune_candidates(filters)?;
+    for e in &kept {
+        eprintln!("skipped: {}", escape(&e.to_string()));
+    }
     if listed.is_empty() {
         eprintln!("no volumes to remove");
         return Ok(ExitCode::SUCCESS);
