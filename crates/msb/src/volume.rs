@@ -81,17 +81,20 @@ impl VolumeStore {
         })
     }
 
-    /// Looks a volume up.
+    /// Looks a volume up, with its usage counted now: a directory volume's
+    /// tree is scanned, so files written to its directory on the host
+    /// behind msb's back are counted (see [`VolumeHandle::used_bytes`]).
     pub async fn get(&self, name: &str) -> Result<VolumeHandle> {
         let name = parse_name(name)?;
-        let info = self.blocking(move |s| s.get(&name)).await?;
+        let info = self.blocking(move |s| s.get_current(&name)).await?;
         Ok(VolumeHandle {
             info,
             store: self.clone(),
         })
     }
 
-    /// All volumes, newest first, that match every filter.
+    /// All volumes, newest first, that match every filter. Cheap: usage
+    /// figures are the counters' (see [`VolumeHandle::used_bytes`]).
     pub async fn list(&self, filters: Vec<LabelFilter>) -> Result<Vec<VolumeHandle>> {
         let infos = self.blocking(move |s| s.list(&filters)).await?;
         Ok(infos
@@ -241,7 +244,15 @@ impl VolumeHandle {
         self.info.quota_mib
     }
     /// Bytes in use: allocated by the tree for a directory volume, used
-    /// inside the filesystem for a disk volume.
+    /// inside the filesystem for a disk volume, as of the lookup.
+    ///
+    /// From [`VolumeStore::get`] / [`Volume::get`] a directory volume's
+    /// figure is a fresh scan of its tree, and the shared counter is set to
+    /// it when nothing writes to the volume through msb. From a listing it
+    /// is the counter, which sees every write made through msb (sandboxes,
+    /// host mounts, [`VolumeFiles`]) but not files put in the directory on
+    /// the host directly, until the next `get`, `msb volume inspect` or
+    /// `msb volume doctor`.
     pub fn used_bytes(&self) -> u64 {
         self.info.used_bytes
     }

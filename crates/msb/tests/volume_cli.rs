@@ -189,7 +189,21 @@ fn errors_and_exit_codes() {
         ),
         (&["volume", "ls", "--filter", "name=x"], 2, "use label=KEY"),
         (&["volume", "frobnicate"], 2, "error:"),
-        (&["volume", "prune"], 1, "pass --force"),
+        (
+            &["volume", "prune", "--filter", "dangling=true"],
+            2,
+            "filter \"dangling=true\" is not supported",
+        ),
+        (
+            &["volume", "prune", "--filter", "until=yesterday"],
+            2,
+            "filter \"until=yesterday\"",
+        ),
+        (
+            &["volume", "prune", "--filter", "kind=zfs"],
+            2,
+            "dir or disk",
+        ),
     ];
     for (args, code, msg) in cases {
         let o = msb(h, args);
@@ -251,6 +265,106 @@ fn prune_removes_matching_volumes() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "tmp2\ntmp1\n");
     assert_eq!(stdout(&msb(h, &["volume", "ls", "-q"])), "keep\n");
+}
+
+fn msb_stdin(home: &Path, args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_msb"))
+        .args(args)
+        .env("MSB_HOME", home)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn prune_asks_listing_kind_and_usage_and_no_is_not_an_error() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    assert!(msb(h, &["volume", "create", "big"]).status.success());
+    std::fs::write(h.join("volumes/big/f"), vec![1u8; 3 << 20]).unwrap();
+    for input in [&b"n\n"[..], b""] {
+        let o = msb_stdin(h, &["volume", "prune"], input);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("big   dir"), "{err}");
+        assert!(err.contains("3.0 MiB"), "{err}");
+        assert!(err.contains("[y/N]"), "{err}");
+        assert!(err.contains("nothing removed"), "{err}");
+        assert_eq!(stdout(&o), "");
+        assert_eq!(stdout(&msb(h, &["volume", "ls", "-q"])), "big\n");
+    }
+    let o = msb_stdin(h, &["volume", "prune"], b"y\n");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "big\n");
+    assert!(
+        stderr(&o).contains("removed 1 volume, freed 3.0 MiB"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stdout(&msb(h, &["volume", "ls", "-q"])), "");
+}
+
+#[test]
+fn prune_filters_as_docker_does() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    for args in [
+        &["volume", "create", "old-a", "--label", "tmp=1"][..],
+        &["volume", "create", "old-b", "--label", "tmp=2"],
+        &[
+            "volume", "create", "disk-c", "--kind", "disk", "--size", "32M",
+        ],
+    ] {
+        assert!(msb(h, args).status.success());
+    }
+    let prune = |filters: &[&str]| {
+        let mut args = vec!["volume", "prune", "-f"];
+        for f in filters {
+            args.extend(["--filter", f]);
+        }
+        let o = msb(h, &args);
+        assert!(o.status.success(), "{filters:?}: {}", stderr(&o));
+        stdout(&o)
+    };
+    // Created just now: nothing is older than an hour.
+    assert_eq!(prune(&["until=1h"]), "");
+    assert_eq!(prune(&["until=2000-01-01T00:00:00Z"]), "");
+    assert_eq!(prune(&["kind=disk", "label=tmp"]), "");
+    assert_eq!(prune(&["label!=tmp=1", "name=old"]), "old-b\n");
+    assert_eq!(
+        prune(&["kind=disk", "until=2999-01-01T00:00:00Z"]),
+        "disk-c\n"
+    );
+    assert_eq!(prune(&["label!=tmp"]), "");
+    assert_eq!(prune(&[]), "old-a\n");
+}
+
+#[test]
+fn inspect_counts_files_written_on_the_host() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    assert!(msb(h, &["volume", "create", "v"]).status.success());
+    std::fs::write(h.join("volumes/v/f"), vec![1u8; 5 << 20]).unwrap();
+    let used = |args: &[&str]| -> u64 {
+        let o = msb(h, args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let v = if v.is_array() { v[0].clone() } else { v };
+        v["used_bytes"].as_u64().unwrap()
+    };
+    // The listing reads the counter, which did not see the host write.
+    assert_eq!(used(&["volume", "ls", "--format", "json"]), 0);
+    let now = used(&["volume", "inspect", "v", "--format", "json"]);
+    assert!(now >= 5 << 20, "{now}");
+    let o = msb(h, &["volume", "inspect", "v"]);
+    assert!(stdout(&o).contains("Used:      5.0 MiB"), "{}", stdout(&o));
+    // And the counter caught up, for listings and writers.
+    assert_eq!(used(&["volume", "ls", "--format", "json"]), now);
 }
 
 #[test]

@@ -175,3 +175,38 @@ fn a_killed_server_leaves_no_mount_behind() {
     );
     assert!(!mounted(mnt.path()));
 }
+
+#[test]
+fn a_second_mount_on_a_directory_is_refused() {
+    if !root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let dir = mnt.path().to_str().unwrap();
+    ok(&msb(h, &["volume", "create", "v"]));
+    ok(&msb(h, &["volume", "create", "w"]));
+    ok(&msb(h, &["volume", "mount", "-d", "v", dir]));
+    for name in ["v", "w"] {
+        let o = msb(h, &["volume", "mount", "-d", name, dir]);
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!(
+                "{dir} already has volume v (msb volume mount) mounted"
+            )),
+            "{err}"
+        );
+    }
+    // One mount, one server, still serving.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&format!(" {dir} ")))
+        .count();
+    assert_eq!(mounts, 1);
+    server_pid(h, mnt.path());
+    ok(&msb(h, &["volume", "unmount", dir]));
+    assert!(!mounted(mnt.path()));
+}

@@ -1,7 +1,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::VolumeKind;
 
 /// Longest label key, in characters.
 pub const LABEL_KEY_MAX: usize = 128;
@@ -176,6 +179,161 @@ impl fmt::Display for LabelFilter {
     }
 }
 
+/// Why a volume filter was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VolumeFilterError {
+    #[error(
+        "filter {0:?} is not supported; use label=KEY[=VALUE], label!=KEY[=VALUE], name=TEXT, kind=dir|disk or until=TIME"
+    )]
+    Syntax(String),
+    #[error("filter {0:?}: {1}")]
+    Label(String, LabelError),
+    #[error("filter {0:?}: the kind is dir or disk")]
+    Kind(String),
+    #[error(
+        "filter {0:?}: the time is an RFC 3339 timestamp, a Unix time or a duration such as 24h, 30m or 1h30m"
+    )]
+    Time(String),
+}
+
+/// One condition on volumes, as `docker volume prune --filter` takes them.
+/// Several filters combine as docker combines them: every `label`,
+/// `label!` and `until` filter must hold; of several `name` filters one
+/// must match, and likewise of several `kind` filters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeFilter {
+    /// `label=KEY[=VALUE]`: the volume has the label.
+    Label(LabelFilter),
+    /// `label!=KEY[=VALUE]`: the volume lacks the label (or has another value).
+    NotLabel(LabelFilter),
+    /// `name=TEXT`: the name contains the text.
+    Name(String),
+    /// `kind=dir|disk`.
+    Kind(VolumeKind),
+    /// `until=TIME`: created before this instant.
+    Until(SystemTime),
+}
+
+/// What a [`VolumeFilter`] looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct FilterSubject<'a> {
+    pub name: &'a str,
+    pub kind: VolumeKind,
+    pub labels: &'a Labels,
+    pub created_at: SystemTime,
+}
+
+impl VolumeFilter {
+    /// Parses `label=..`, `label!=..`, `name=..`, `kind=..` or `until=..`;
+    /// a relative `until` counts back from now.
+    pub fn parse_cli(s: &str) -> Result<Self, VolumeFilterError> {
+        Self::parse_cli_at(s, SystemTime::now())
+    }
+
+    /// As [`parse_cli`](Self::parse_cli), counting a relative `until` back
+    /// from `now`.
+    pub fn parse_cli_at(s: &str, now: SystemTime) -> Result<Self, VolumeFilterError> {
+        let syntax = || VolumeFilterError::Syntax(s.to_string());
+        // `label!=` first: `label=` alone would not split it.
+        let (key, value) = match s.split_once("!=") {
+            Some((k, v)) if !k.contains('=') => (format!("{k}!"), v),
+            _ => {
+                let (k, v) = s.split_once('=').ok_or_else(syntax)?;
+                (k.to_string(), v)
+            }
+        };
+        let label = |v: &str| {
+            let (k, val) = match v.split_once('=') {
+                Some((k, val)) => (k, Some(val.to_string())),
+                None => (v, None),
+            };
+            LabelFilter::new(k, val).map_err(|e| VolumeFilterError::Label(s.to_string(), e))
+        };
+        match key.as_str() {
+            "label" => Ok(Self::Label(label(value)?)),
+            "label!" => Ok(Self::NotLabel(label(value)?)),
+            "name" => Ok(Self::Name(value.to_string())),
+            "kind" => value
+                .parse()
+                .map(Self::Kind)
+                .map_err(|_| VolumeFilterError::Kind(s.to_string())),
+            "until" => parse_until(value, now)
+                .map(Self::Until)
+                .ok_or_else(|| VolumeFilterError::Time(s.to_string())),
+            _ => Err(syntax()),
+        }
+    }
+
+    /// Whether `v` passes all of `filters`, combined as the type's docs say.
+    pub fn all_match(filters: &[VolumeFilter], v: &FilterSubject<'_>) -> bool {
+        // `None` when no filter of that key is given: the key then passes.
+        let any = |m: &dyn Fn(&VolumeFilter) -> Option<bool>| {
+            filters
+                .iter()
+                .filter_map(m)
+                .reduce(|a, b| a || b)
+                .unwrap_or(true)
+        };
+        filters.iter().all(|f| match f {
+            Self::Label(l) => l.matches(v.labels),
+            Self::NotLabel(l) => !l.matches(v.labels),
+            Self::Until(t) => v.created_at < *t,
+            Self::Name(_) | Self::Kind(_) => true,
+        }) && any(&|f| match f {
+            Self::Name(n) => Some(v.name.contains(n.as_str())),
+            _ => None,
+        }) && any(&|f| match f {
+            Self::Kind(k) => Some(*k == v.kind),
+            _ => None,
+        })
+    }
+}
+
+/// `until`'s time: RFC 3339, a Unix time in seconds (docker's third form),
+/// or a duration counted back from `now`.
+fn parse_until(s: &str, now: SystemTime) -> Option<SystemTime> {
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Some(t.into());
+    }
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| UNIX_EPOCH + Duration::from_secs_f64(secs));
+    }
+    now.checked_sub(parse_duration(s)?)
+}
+
+/// A Go-style duration as docker reads it: one or more decimal numbers
+/// each with a unit of h, m, s, ms, us or ns (`1h30m`, `1.5h`, `90s`).
+fn parse_duration(s: &str) -> Option<Duration> {
+    let mut rest = s;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += number * seconds;
+    }
+    Duration::try_from_secs_f64(total).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +397,57 @@ mod tests {
             LabelFilter::parse_cli("label="),
             Err(LabelFilterError::Label(..))
         ));
+    }
+
+    #[test]
+    fn volume_filters() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let parse = |s: &str| VolumeFilter::parse_cli_at(s, now);
+        let mut labels = Labels::new();
+        labels.insert("env", "prod").unwrap();
+        let v = FilterSubject {
+            name: "cache-7",
+            kind: VolumeKind::Dir,
+            labels: &labels,
+            created_at: now - Duration::from_secs(3600),
+        };
+        let all = |fs: &[&str]| {
+            let fs: Vec<_> = fs.iter().map(|f| parse(f).unwrap()).collect();
+            VolumeFilter::all_match(&fs, &v)
+        };
+        assert!(all(&[]));
+        assert!(all(&["label=env", "label=env=prod", "label!=team"]));
+        assert!(!all(&["label!=env"]));
+        assert!(!all(&["label!=env=prod"]));
+        assert!(all(&["label!=env=dev"]));
+        assert!(all(&["name=cache", "kind=dir"]));
+        // Several names or kinds: one must match.
+        assert!(all(&["name=nope", "name=-7"]));
+        assert!(!all(&["name=nope"]));
+        assert!(all(&["kind=disk", "kind=dir"]));
+        assert!(!all(&["kind=disk"]));
+        // Created an hour before `now`.
+        assert!(all(&["until=30m"]));
+        assert!(!all(&["until=1h30m"]));
+        assert!(!all(&["until=1.5h"]));
+        assert!(all(&["until=1970-01-12T13:46:40Z"]));
+        assert!(!all(&["until=1970-01-12T12:46:40Z"]));
+        assert!(all(&["until=997000"]));
+        for bad in [
+            "dangling=true",
+            "label",
+            "kind=zfs",
+            "until=",
+            "until=yesterday",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
+        assert!(matches!(
+            parse("label!="),
+            Err(VolumeFilterError::Label(..))
+        ));
+        assert!(matches!(parse("until=5d"), Err(VolumeFilterError::Time(_))));
     }
 
     #[test]

@@ -14,7 +14,10 @@ mod size;
 mod volume;
 
 pub use ids::{IdMap, OVERFLOW_ID};
-pub use label::{LabelError, LabelFilter, LabelFilterError, Labels};
+pub use label::{
+    FilterSubject, LabelError, LabelFilter, LabelFilterError, Labels, VolumeFilter,
+    VolumeFilterError,
+};
 pub use mount::{
     BindExpect, CliFlag, DiskFormat, DiskOptions, GuestPath, Mount, MountEntry, MountError,
     MountFlags, MountOptions, MountTable, NamedMode, NamedVolumeOptions, TmpfsOptions, parse_cli,

@@ -50,7 +50,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use catalog::{Catalog, State, VolumeRow};
 use msb_quota::{Budget, QuotaError};
-use msb_spec::{IdMap, LabelFilter, Labels, VolumeConfig, VolumeKind, VolumeName};
+use msb_spec::{
+    FilterSubject, IdMap, LabelFilter, Labels, VolumeConfig, VolumeFilter, VolumeKind, VolumeName,
+};
 
 pub use attach::{AttachMode, Attachment};
 pub use catalog::CatalogError;
@@ -132,6 +134,18 @@ pub struct VolumeInfo {
     pub labels: Labels,
     /// When the volume was created.
     pub created_at: SystemTime,
+}
+
+/// A volume [`Store::prune`] removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pruned {
+    /// The volume's name.
+    pub name: VolumeName,
+    /// Directory or disk.
+    pub kind: VolumeKind,
+    /// What its data held on the host when it went, counted as usage is
+    /// (see msb-quota): a directory volume's tree, a disk volume's image.
+    pub freed_bytes: u64,
 }
 
 /// What [`Store::doctor`] found and did.
@@ -380,9 +394,54 @@ impl Store {
         Ok(used)
     }
 
-    /// Looks a volume up.
+    /// Looks a volume up; its usage is the counter's figure (see
+    /// [`Store::get_current`]).
     pub fn get(&self, name: &VolumeName) -> Result<VolumeInfo, StoreError> {
         Ok(self.info_with_usage(&self.ready_row(name)?, None))
+    }
+
+    /// Looks a volume up with its usage as it is now. The counter of a
+    /// directory volume only sees writes made through msb (a sandbox, a
+    /// host mount, the file API); anything written to its directory on the
+    /// host directly is missed, so the tree is scanned and the scanned
+    /// figure returned. When nothing uses the volume read-write, the counter
+    /// is set to that figure too, so listings catch up. Costs a walk of the
+    /// tree (a disk volume's figure is always current: its superblock).
+    pub fn get_current(&self, name: &VolumeName) -> Result<VolumeInfo, StoreError> {
+        let row = self.ready_row(name)?;
+        if row.kind != VolumeKind::Dir {
+            return Ok(self.info_with_usage(&row, None));
+        }
+        let used = self.current_dir_usage(name)?;
+        Ok(self.info(&row, used))
+    }
+
+    /// Scans a directory volume and, if it can do so safely, sets its
+    /// counter to the result.
+    fn current_dir_usage(&self, name: &VolumeName) -> Result<u64, StoreError> {
+        // Attaching takes the store lock: while this process holds it, a
+        // volume with no writer now gets none until the counter is set, so
+        // no reservation can land between the scan and the reset. Without
+        // the lock (another change in progress) or with a writer, a reset
+        // could drop that writer's bytes; the counter is then left as is.
+        let lock = self.try_lock()?;
+        let quiet = lock.is_some() && self.live_writers(name)?.is_empty();
+        let used = self.scan(name)?;
+        if quiet {
+            self.set_counter(name, used)?;
+        }
+        Ok(used)
+    }
+
+    /// Sets a directory volume's usage counter, recreating it if it is
+    /// missing or damaged. The caller holds the lock.
+    fn set_counter(&self, name: &VolumeName, used: u64) -> Result<(), StoreError> {
+        let path = self.layout.usage_file(name);
+        match Budget::open(&path, None) {
+            Ok(b) => b.set_used(used),
+            Err(_) => Budget::create(&path, used)?,
+        }
+        Ok(())
     }
 
     /// The catalog row of a volume that exists (not one being created or
@@ -407,28 +466,100 @@ impl Store {
 
     /// Removes a volume and its data. Refused while it is in use.
     pub fn remove(&self, name: &VolumeName) -> Result<(), StoreError> {
+        self.remove_row(name, |_| true, false).map(drop)
+    }
+
+    /// Removes `name` if `wanted` accepts its row; with `measure`, counts
+    /// what its data held (see [`Pruned::freed_bytes`]).
+    fn remove_row(
+        &self,
+        name: &VolumeName,
+        wanted: impl FnOnce(&VolumeRow) -> bool,
+        measure: bool,
+    ) -> Result<u64, StoreError> {
         let trash = {
             let _lock = self.lock()?;
             self.reconcile_if_needed()?;
             let row = self.ready_row(name)?;
+            if !wanted(&row) {
+                return Err(StoreError::NotFound(name.clone()));
+            }
             unused(name, self.live_users(name)?)?;
             self.catalog().set_state(name, State::Removing)?;
             self.finish_remove(&row)?
         };
-        remove_tree(&trash)
+        // In the trash nothing can reach the data any more, so the count is
+        // what the delete gives back. The volume is gone from the catalog
+        // either way: a tree that cannot be counted counts nothing rather
+        // than failing a remove that has happened.
+        let freed = if measure {
+            open_dir_nofollow(&trash)
+                .ok()
+                .and_then(|dir| msb_quota::scan(&dir).ok())
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        remove_tree(&trash)?;
+        Ok(freed)
     }
 
-    /// Removes every volume that matches all `filters` and is not in use.
-    /// Returns the names removed and, for volumes skipped, why.
+    /// The volumes [`Store::prune`] would remove now: those matching
+    /// `filters` that nothing uses, newest first, with their usage as
+    /// [`Store::get_current`] counts it; and, for matching volumes kept
+    /// because they are in use, why.
+    pub fn prune_candidates(
+        &self,
+        filters: &[VolumeFilter],
+    ) -> Result<(Vec<VolumeInfo>, Vec<StoreError>), StoreError> {
+        let mut found = Vec::new();
+        let mut kept = Vec::new();
+        // Bound first: the catalog guard must not live through the loop.
+        let rows = self.catalog().list_ready()?;
+        for row in rows {
+            let created_at = self.info(&row, 0).created_at;
+            let subject = FilterSubject {
+                name: row.name.as_str(),
+                kind: row.kind,
+                labels: &row.labels,
+                created_at,
+            };
+            if !VolumeFilter::all_match(filters, &subject) {
+                continue;
+            }
+            if let Err(e) = unused(&row.name, self.live_users(&row.name)?) {
+                kept.push(e);
+                continue;
+            }
+            match self.get_current(&row.name) {
+                Ok(info) => found.push(info),
+                // Removed meanwhile: nothing left to prune.
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((found, kept))
+    }
+
+    /// Removes the volumes `candidates` lists (as [`Store::prune_candidates`]
+    /// found them). Each is checked again as it goes: one that is in use
+    /// by now, or was removed, or was replaced by a new volume of the same
+    /// name since it was listed, is skipped, so only what was listed is
+    /// ever removed. Returns what was removed and, for the skipped, why.
     pub fn prune(
         &self,
-        filters: &[LabelFilter],
-    ) -> Result<(Vec<VolumeName>, Vec<StoreError>), StoreError> {
+        candidates: &[VolumeInfo],
+    ) -> Result<(Vec<Pruned>, Vec<StoreError>), StoreError> {
         let mut removed = Vec::new();
         let mut skipped = Vec::new();
-        for info in self.list(filters)? {
-            match self.remove(&info.name) {
-                Ok(()) => removed.push(info.name),
+        for info in candidates {
+            let same = |row: &VolumeRow| self.info(row, 0).created_at == info.created_at;
+            match self.remove_row(&info.name, same, true) {
+                Ok(freed_bytes) => removed.push(Pruned {
+                    name: info.name.clone(),
+                    kind: info.kind,
+                    freed_bytes,
+                }),
                 Err(e @ (StoreError::InUse { .. } | StoreError::NotFound(_))) => skipped.push(e),
                 Err(e) => return Err(e),
             }

@@ -26,8 +26,15 @@ fn referenced_volume_is_in_use_until_the_sandbox_is_removed() {
         Err(StoreError::InUse { users, .. }) => assert_eq!(users, vec!["sandbox:web"]),
         other => panic!("remove of a referenced volume: {other:?}"),
     }
-    let (removed, skipped) = store.prune(&[]).unwrap();
-    assert_eq!(removed, vec![name("free")]);
+    // Not a candidate; and skipped if it was listed before the sandbox came.
+    let (candidates, kept) = store.prune_candidates(&[]).unwrap();
+    assert_eq!(candidates.len(), 1);
+    assert!(kept[0].to_string().contains("sandbox:web"), "{}", kept[0]);
+    assert_eq!(candidates[0].name, name("free"));
+    let listed = [candidates[0].clone(), store.get(&name("data")).unwrap()];
+    let (removed, skipped) = store.prune(&listed).unwrap();
+    assert_eq!(removed.len(), 1);
+    assert_eq!(removed[0].name, name("free"));
     assert!(
         skipped[0].to_string().contains("sandbox:web"),
         "{}",

@@ -157,6 +157,73 @@ fn usage_is_real_for_directory_volumes() {
 }
 
 #[test]
+fn get_current_counts_host_writes_and_resets_the_counter_when_quiet() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    let info = store.create(&dir_cfg("u")).unwrap();
+    std::fs::write(info.path.join("f"), vec![7u8; 1 << 20]).unwrap();
+    assert_eq!(store.get(&name("u")).unwrap().used_bytes, 0);
+    let now = store.get_current(&name("u")).unwrap().used_bytes;
+    assert!((1 << 20..(1 << 20) + (64 << 10)).contains(&now), "{now}");
+    // Nothing wrote through msb: the counter caught up.
+    assert_eq!(store.get(&name("u")).unwrap().used_bytes, now);
+
+    // A read-write user keeps its counter: the scan is reported only.
+    let writer = store
+        .attach(&name("u"), "test:writer", AttachMode::ReadWrite)
+        .unwrap();
+    std::fs::write(info.path.join("g"), vec![7u8; 1 << 20]).unwrap();
+    let later = store.get_current(&name("u")).unwrap().used_bytes;
+    assert!(later >= now + (1 << 20), "{later}");
+    assert_eq!(store.get(&name("u")).unwrap().used_bytes, now);
+    drop(writer);
+    // A reader does not stop the reset.
+    let _reader = store
+        .attach(&name("u"), "test:reader", AttachMode::ReadOnly)
+        .unwrap();
+    store.get_current(&name("u")).unwrap();
+    assert_eq!(store.get(&name("u")).unwrap().used_bytes, later);
+}
+
+#[test]
+fn prune_filters_reports_freed_space_and_removes_only_what_was_listed() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    store.create(&labelled("keep", &[("keep", "1")])).unwrap();
+    let big = store.create(&labelled("big", &[("tmp", "1")])).unwrap();
+    store.create(&labelled("tmp", &[("tmp", "1")])).unwrap();
+    std::fs::write(big.path.join("f"), vec![1u8; 2 << 20]).unwrap();
+    let filters: Vec<_> = ["label!=keep", "name=t"]
+        .iter()
+        .map(|f| msb_spec::VolumeFilter::parse_cli(f).unwrap())
+        .collect();
+    let (listed, _) = store.prune_candidates(&filters).unwrap();
+    let names: Vec<_> = listed.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["tmp"]);
+    let (listed, _) = store
+        .prune_candidates(&[msb_spec::VolumeFilter::parse_cli("label=tmp").unwrap()])
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    // Scanned: the file written on the host counts.
+    assert!(listed[1].used_bytes >= 2 << 20, "{:?}", listed[1]);
+    // "tmp" is replaced by a new volume of that name after the listing.
+    store.remove(&name("tmp")).unwrap();
+    store.create(&dir_cfg("tmp")).unwrap();
+    let (removed, skipped) = store.prune(&listed).unwrap();
+    assert_eq!(removed.len(), 1);
+    assert_eq!(removed[0].name, name("big"));
+    assert!(removed[0].freed_bytes >= 2 << 20, "{:?}", removed[0]);
+    assert!(matches!(&skipped[..], [StoreError::NotFound(n)] if n.as_str() == "tmp"));
+    let left: Vec<_> = store
+        .list(&[])
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(left, [name("tmp"), name("keep")]);
+}
+
+#[test]
 fn quota_is_the_budget_limit() {
     let home = tempfile::tempdir().unwrap();
     let store = Store::open(home.path()).unwrap();
@@ -367,7 +434,10 @@ fn attached_volume_cannot_be_removed() {
         other => panic!("{other:?}"),
     }
     assert_eq!(store.users(&name("busy")).unwrap(), ["sandbox:web"]);
-    let (removed, skipped) = store.prune(&[]).unwrap();
+    let (listed, kept) = store.prune_candidates(&[]).unwrap();
+    assert!(listed.is_empty());
+    assert!(matches!(&kept[..], [StoreError::InUse { .. }]));
+    let (removed, skipped) = store.prune(&[store.get(&name("busy")).unwrap()]).unwrap();
     assert!(removed.is_empty());
     assert_eq!(skipped.len(), 1);
     drop(att);

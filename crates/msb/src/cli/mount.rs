@@ -1,7 +1,9 @@
 //! `msb volume mount NAME DIR` and `msb volume unmount DIR`: serve a
 //! directory volume on a host directory through the filesystem server.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,6 +91,13 @@ fn serve(args: &MountArgs, ready: Option<Ready>) -> CliResult {
             .into());
         }
         let dir = std::path::absolute(&args.dir)?;
+        if let Some(existing) = mounted_on(&store, &dir) {
+            return Err(format!(
+                "{} already has {existing} mounted on it; unmount that first (a second mount would hide it)",
+                dir.display()
+            )
+            .into());
+        }
         let mode = if args.readonly {
             AttachMode::ReadOnly
         } else {
@@ -130,6 +139,67 @@ fn serve(args: &MountArgs, ready: Option<Ready>) -> CliResult {
     drop(attachment);
     res?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What is mounted on `dir`, described for an error (the top mount when
+/// several are stacked), or `None` if `dir` is not a mount point.
+fn mounted_on(store: &Store, dir: &Path) -> Option<String> {
+    // mountinfo names mount points by their real path. Only the parent is
+    // resolved: resolving a dead mount point itself would fail (ENOTCONN).
+    let point = match (dir.parent(), dir.file_name()) {
+        (Some(parent), Some(name)) => parent.canonicalize().ok()?.join(name),
+        _ => dir.to_path_buf(),
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let (fstype, source) = info
+        .lines()
+        // The top mount of a stack is listed last.
+        .rev()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut right = right.split(' ');
+            let fstype = right.next()?;
+            let source = unescape(right.next()?);
+            (unescape(left.split(' ').nth(4)?) == point.as_os_str().as_bytes())
+                .then(|| (fstype.to_string(), source))
+        })?;
+    let source = PathBuf::from(OsString::from_vec(source));
+    if fstype != "fuse.msb" {
+        return Some(format!("a {fstype} filesystem ({})", source.display()));
+    }
+    // The server's source is the volume's directory.
+    let volume = source
+        .parent()
+        .filter(|p| *p == store.layout().volumes_dir())
+        .and(source.file_name());
+    Some(match volume {
+        Some(name) => format!("volume {} (msb volume mount)", name.to_string_lossy()),
+        None => format!("the msb volume at {} (msb volume mount)", source.display()),
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            let d = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(d, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// Runs `msb volume unmount`, returning once the serving process has let go

@@ -1,11 +1,12 @@
 //! `msb volume create|ls|inspect|rm|prune|doctor`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
 use msb_spec::{
-    LabelFilter, Labels, VolumeConfig, VolumeKind, VolumeName, format_bytes, parse_size_mib,
+    LabelFilter, Labels, VolumeConfig, VolumeFilter, VolumeKind, VolumeName, format_bytes,
+    parse_size_mib,
 };
 use msb_store::{Store, VolumeInfo};
 use serde::Serialize;
@@ -48,7 +49,8 @@ pub enum VolumeCommand {
         #[arg(long = "filter", value_parser = parse_filter)]
         filters: Vec<LabelFilter>,
     },
-    /// Show volumes in detail.
+    /// Show volumes in detail, with usage counted now (a directory volume's
+    /// tree is scanned; `ls` shows the running counter).
     Inspect {
         #[arg(required = true, value_parser = parse_name)]
         names: Vec<VolumeName>,
@@ -73,8 +75,11 @@ pub enum VolumeCommand {
     },
     /// Remove every volume that is not in use (and matches the filters).
     Prune {
-        #[arg(long = "filter", value_parser = parse_filter)]
-        filters: Vec<LabelFilter>,
+        /// label=K[=V], label!=K[=V], name=TEXT, kind=dir|disk, until=TIME
+        /// (RFC 3339, Unix time, or a duration back from now: 24h, 30m)
+        /// (repeatable; as docker combines them).
+        #[arg(long = "filter", value_name = "FILTER", value_parser = parse_volume_filter)]
+        filters: Vec<VolumeFilter>,
         /// Do not ask for confirmation.
         #[arg(short, long)]
         force: bool,
@@ -113,6 +118,9 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 }
 fn parse_filter(s: &str) -> Result<LabelFilter, String> {
     LabelFilter::parse_cli(s).map_err(|e| e.to_string())
+}
+fn parse_volume_filter(s: &str) -> Result<VolumeFilter, String> {
+    VolumeFilter::parse_cli(s).map_err(|e| e.to_string())
 }
 
 pub fn run(cmd: VolumeCommand) -> CliResult {
@@ -168,7 +176,7 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             let mut found = Vec::new();
             let mut failed = false;
             for name in &names {
-                match store.get(name) {
+                match store.get_current(name) {
                     Ok(info) => found.push(info),
                     Err(e) => {
                         report(&e);
@@ -228,21 +236,7 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             }
             Ok(exit(failed))
         }
-        VolumeCommand::Prune { filters, force } => {
-            if !force && !confirm("Remove every volume not in use? [y/N] ")? {
-                return Err("prune needs confirmation; pass --force to skip it".into());
-            }
-            let (removed, skipped) = store.prune(&filters)?;
-            for name in &removed {
-                detach_dead_mounts(&store, name);
-                println!("{}", escape(name.as_str()));
-            }
-            for e in &skipped {
-                eprintln!("skipped: {}", escape(&e.to_string()));
-            }
-            eprintln!("removed {} volume(s)", removed.len());
-            Ok(ExitCode::SUCCESS)
-        }
+        VolumeCommand::Prune { filters, force } => prune(&store, &filters, force),
         VolumeCommand::Files(cmd) => super::fs::run(&store, cmd),
         VolumeCommand::Doctor => {
             let r = store.doctor()?;
@@ -297,14 +291,89 @@ fn exit(failed: bool) -> ExitCode {
     }
 }
 
-fn confirm(question: &str) -> Result<bool, std::io::Error> {
-    if !std::io::stdin().is_terminal() {
-        return Ok(false);
+/// `msb volume prune`: shows what would go and asks (unless `force`),
+/// then removes exactly that, listing each volume removed (stdout) and the
+/// space freed (stderr). Declining is an answer, not a failure.
+fn prune(store: &Store, filters: &[VolumeFilter], force: bool) -> CliResult {
+    let (listed, kept) = store.prune_candidates(filters)?;
+    for e in &kept {
+        eprintln!("skipped: {}", escape(&e.to_string()));
     }
+    if listed.is_empty() {
+        eprintln!("no volumes to remove");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !force {
+        let total: u64 = listed.iter().map(|v| v.used_bytes).sum();
+        let mut err = std::io::stderr().lock();
+        writeln!(
+            err,
+            "These volumes are not in use and would be removed with their data:"
+        )?;
+        print_usage_table(&mut err, &listed)?;
+        drop(err);
+        let question = format!(
+            "Remove {} ({} in all)? [y/N] ",
+            volumes(listed.len()),
+            format_bytes(total)
+        );
+        if !confirm(&question)? {
+            eprintln!("nothing removed");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let (removed, skipped) = store.prune(&listed)?;
+    for p in &removed {
+        detach_dead_mounts(store, &p.name);
+        println!("{}", escape(p.name.as_str()));
+    }
+    for e in &skipped {
+        eprintln!("skipped: {}", escape(&e.to_string()));
+    }
+    let freed: u64 = removed.iter().map(|p| p.freed_bytes).sum();
+    eprintln!(
+        "removed {}, freed {} ({freed} bytes)",
+        volumes(removed.len()),
+        format_bytes(freed)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn volumes(n: usize) -> String {
+    if n == 1 {
+        "1 volume".into()
+    } else {
+        format!("{n} volumes")
+    }
+}
+
+/// NAME, KIND and USED of each volume, for the prune prompt.
+fn print_usage_table(out: &mut impl Write, vols: &[VolumeInfo]) -> std::io::Result<()> {
+    let names: Vec<String> = vols.iter().map(|v| escape(v.name.as_str())).collect();
+    let width = names.iter().map(String::len).max().unwrap_or(0).max(4);
+    writeln!(out, "  {:width$}  {:4}  {:>10}", "NAME", "KIND", "USED")?;
+    for (v, name) in vols.iter().zip(&names) {
+        writeln!(
+            out,
+            "  {:width$}  {:4}  {:>10}",
+            name,
+            v.kind.as_str(),
+            format_bytes(v.used_bytes)
+        )?;
+    }
+    Ok(())
+}
+
+/// Asks on stderr and reads one line of stdin, terminal or not (so a
+/// script can answer); only y or yes agrees, and end of input declines.
+fn confirm(question: &str) -> Result<bool, std::io::Error> {
     eprint!("{question}");
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer)?;
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
 }
 
 /// The JSON form of a volume; exactly these keys.
