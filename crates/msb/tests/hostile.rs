@@ -315,6 +315,18 @@ fn run_probe(home: &Home, profile: &str, flags: &[&str], probe: &str, args: &[&s
 }
 
 /// `msb exec NAME -- python3 -c PROBE ARGS`.
+/// Runs `probe` in a fresh home under each security profile and fails
+/// with everything it found (`what` names the attack).
+fn probe_each_profile(probe: &str, what: &str) {
+    let home = Home::new();
+    let mut f = Findings::default();
+    for profile in PROFILES {
+        let o = run_probe(&home, profile, &[], probe, &[]);
+        f.probe(&format!("--security {profile}"), &o);
+    }
+    f.finish(what);
+}
+
 fn exec_probe(home: &Home, name: &str, probe: &str, args: &[&str]) -> Output {
     let script = py(probe);
     let mut a = vec!["exec", name, "--", "python3", "-c", script.as_str()];
@@ -418,13 +430,7 @@ fn host_sysctls_and_sysrq_are_out_of_reach() {
     if !can_attack("host_sysctls_and_sysrq_are_out_of_reach") {
         return;
     }
-    let home = Home::new();
-    let mut f = Findings::default();
-    for profile in PROFILES {
-        let o = run_probe(&home, profile, &[], SYSCTL_PROBE, &[]);
-        f.probe(&format!("--security {profile}"), &o);
-    }
-    f.finish("host sysctls");
+    probe_each_profile(SYSCTL_PROBE, "host sysctls");
 }
 
 const MASK_PROBE: &str = r#"
@@ -508,13 +514,7 @@ fn kernel_state_in_proc_and_sys_is_masked_or_read_only() {
     if !can_attack("kernel_state_in_proc_and_sys_is_masked_or_read_only") {
         return;
     }
-    let home = Home::new();
-    let mut f = Findings::default();
-    for profile in PROFILES {
-        let o = run_probe(&home, profile, &[], MASK_PROBE, &[]);
-        f.probe(&format!("--security {profile}"), &o);
-    }
-    f.finish("kernel state in /proc and /sys");
+    probe_each_profile(MASK_PROBE, "kernel state in /proc and /sys");
 }
 
 // ---------------------------------------------------------------------
@@ -1645,13 +1645,7 @@ fn keyring_syscalls_are_refused() {
     if !can_attack("keyring_syscalls_are_refused") {
         return;
     }
-    let home = Home::new();
-    let mut f = Findings::default();
-    for profile in PROFILES {
-        let o = run_probe(&home, profile, &[], KEYCTL_PROBE, &[]);
-        f.probe(&format!("--security {profile}"), &o);
-    }
-    f.finish("keyctl");
+    probe_each_profile(KEYCTL_PROBE, "keyctl");
 }
 
 #[test]
