@@ -50,10 +50,10 @@ pub use mount::{
 pub use msb_spec::{LabelFilter, Labels, VolumeConfig, VolumeKind, VolumeName};
 pub use msb_volfs::{FsError, VolumeFs};
 pub use sandbox::{
-    CgroupError, ExecBuilder, ExecError, ExecEvent, ExecOutput, ExecPty, ExecSignaller, ExecStream,
-    LifecycleError, Resources, RunBuilder, RunOutput, Sandbox, SandboxBuilder, SandboxConfig,
-    SandboxError, SandboxState, SandboxStore, Security, WindowSize, sandbox_init_hook,
-    supervise_sandbox,
+    BackendKind, CgroupError, ExecBuilder, ExecError, ExecEvent, ExecOutput, ExecPty,
+    ExecSignaller, ExecStream, LifecycleError, Resources, RunBuilder, RunOutput, Sandbox,
+    SandboxBuilder, SandboxConfig, SandboxError, SandboxState, SandboxStore, Security, WindowSize,
+    sandbox_init_hook, supervise_sandbox,
 };
 pub use volume::{Volume, VolumeBuilder, VolumeHandle, VolumeStore};
 

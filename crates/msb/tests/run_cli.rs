@@ -280,6 +280,41 @@ fn dry_run_prints_the_plan_and_runs_nothing() {
 }
 
 #[test]
+fn dry_run_on_the_vm_backend_serves_every_directory() {
+    let home = tempfile::tempdir().unwrap();
+    let host = tempfile::tempdir().unwrap();
+    let bind = format!("{}:/b:ro", host.path().display());
+    let o = msb(
+        home.path(),
+        &[
+            "run",
+            "--dry-run",
+            "--backend",
+            "vm",
+            "-v",
+            &bind,
+            "--tmpfs",
+            "/t",
+            "--",
+            "true",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(plan["backend"], "vm");
+    let mounts = plan["mounts"].as_array().unwrap();
+    assert_eq!(mounts[0]["served"], true, "a VM reaches /b over virtio-fs");
+    assert_eq!(mounts[1]["served"], false, "a tmpfs lives in the guest");
+    let o = msb(home.path(), &["run", "--backend", "kvm", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("unknown backend"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
 fn sigterm_and_sigint_are_forwarded() {
     if !root() {
         return;

@@ -52,6 +52,8 @@ pub enum InitError {
     NotFound(String),
     #[error("cannot run {0}")]
     Exec(String, #[source] io::Error),
+    #[error("mount at {0}: the namespace backend got a microVM's mount")]
+    NotForNamespace(String),
 }
 
 fn sys(what: impl Into<String>) -> impl FnOnce(Errno) -> InitError {
@@ -975,6 +977,9 @@ fn open_user_mount(m: &InitMount, tmpfs_mib: u32) -> Result<OwnedFd, InitError> 
         // SAFETY: the backend placed this descriptor, a detached mount made
         // by the supervisor with its flags set, for us alone.
         InitSource::Detached { fd, .. } => Ok(unsafe { OwnedFd::from_raw_fd(*fd) }),
+        InitSource::Share { .. } | InitSource::Image { .. } => {
+            Err(InitError::NotForNamespace(m.guest.to_string()))
+        }
     }
 }
 

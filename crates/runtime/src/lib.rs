@@ -30,8 +30,8 @@ pub use idmap::IdmapError;
 pub use join::{JoinError, SandboxNamespaces};
 pub use msb_store::sandbox_ids;
 pub use ns::{InitProgram, NamespaceBackend, NsError, NsSandbox};
-pub use plan::{InitMount, InitPlan, InitRoot, InitSource, SandboxSpec, Security};
-pub use prepare::{DryRun, DryRunMount, PrepareError, Prepared, dry_run, prepare};
+pub use plan::{BackendKind, InitMount, InitPlan, InitRoot, InitSource, SandboxSpec, Security};
+pub use prepare::{DryRun, DryRunMount, PrepareError, Prepared, Share, dry_run, prepare};
 
 use msb_store::Store;
 

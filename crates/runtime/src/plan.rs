@@ -36,6 +36,45 @@ impl std::str::FromStr for Security {
     }
 }
 
+/// Which isolation a sandbox gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Linux namespaces on the host's kernel.
+    #[default]
+    Namespace,
+    /// A microVM with a kernel of its own (QEMU); mounts reach it over
+    /// virtio-fs from the filesystem server and virtio-blk.
+    Vm,
+    /// The microVM where hardware virtualization works on this host, else
+    /// the namespace backend. Resolved when the sandbox starts.
+    Auto,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "namespace" | "ns" => Ok(BackendKind::Namespace),
+            "vm" => Ok(BackendKind::Vm),
+            "auto" => Ok(BackendKind::Auto),
+            other => Err(format!(
+                "unknown backend {other:?}; expected namespace, vm or auto"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::Namespace => "namespace",
+            BackendKind::Vm => "vm",
+            BackendKind::Auto => "auto",
+        })
+    }
+}
+
 /// A sandbox to run: validated mounts plus the process to start.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxSpec {
@@ -52,6 +91,10 @@ pub struct SandboxSpec {
     /// Memory, CPU and process limits.
     #[serde(default)]
     pub resources: Resources,
+    /// The isolation; [`prepare`](crate::prepare) takes a resolved one
+    /// (not [`BackendKind::Auto`]).
+    #[serde(default)]
+    pub backend: BackendKind,
     /// The mounts.
     pub mounts: MountTable,
     /// The command and its arguments. Empty: no command; the sandbox stays
@@ -149,5 +192,21 @@ pub enum InitSource {
         fd: i32,
         /// Whether it is a directory (else a single file).
         dir: bool,
+    },
+    /// A directory the VM backend serves to the guest over virtio-fs:
+    /// entry `index` of [`Prepared::take_shares`](crate::Prepared::take_shares).
+    Share {
+        /// Index into the prepared shares.
+        index: usize,
+    },
+    /// A disk image the VM backend attaches as a virtio block device; the
+    /// guest mounts the filesystem on it.
+    Image {
+        /// Absolute host path of the image.
+        path: PathBuf,
+        /// Its format, as QEMU reads it.
+        format: msb_spec::DiskFormat,
+        /// The filesystem type, or `None` to let the guest detect it.
+        fstype: Option<String>,
     },
 }

@@ -17,7 +17,7 @@ use msb_spec::{
 use msb_store::{AttachMode, Attachment, Store, StoreError, VolumeInfo};
 use serde::Serialize;
 
-use crate::plan::{InitMount, InitPlan, InitRoot, InitSource, SandboxSpec, Security};
+use crate::plan::{BackendKind, InitMount, InitPlan, InitRoot, InitSource, SandboxSpec, Security};
 
 /// Why a sandbox's mounts could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +99,28 @@ pub enum PrepareError {
         #[source]
         source: ViewError,
     },
+    #[error(
+        "mount at {guest}: {path} is a single file; a microVM sandbox takes directories only (mount its directory, or use the namespace backend)"
+    )]
+    FileOnVm { guest: GuestPath, path: PathBuf },
+    #[error("root filesystem {path}: cannot serve it to the microVM")]
+    RootShare {
+        path: PathBuf,
+        #[source]
+        source: msb_fsserver::FsServerError,
+    },
+    #[error("backend auto must be resolved before a sandbox is prepared")]
+    Unresolved,
+}
+
+/// A directory the VM backend serves to its guest over virtio-fs, opened
+/// (without following symlinks where the mount says so) when the sandbox
+/// was prepared, with the policy it is served under.
+pub struct Share {
+    /// The served directory.
+    pub root: OwnedFd,
+    /// Read-only, quota, stat virtualization, host permissions, ids.
+    pub config: msb_fsserver::ServeConfig,
 }
 
 /// Everything a sandbox holds on the host while it runs: attachments (the
@@ -112,6 +134,7 @@ pub struct Prepared<'s> {
     // Drop order: block devices, then the in-use registrations.
     views: Vec<DiskView>,
     servers: Vec<msb_fsserver::Server>,
+    shares: Vec<Share>,
     attachments: Vec<Attachment>,
     created: Vec<VolumeName>,
     recount: Vec<VolumeInfo>,
@@ -141,11 +164,20 @@ impl Prepared<'_> {
         std::mem::take(&mut self.passed)
     }
 
+    /// The directories a VM sandbox's guest mounts over virtio-fs;
+    /// [`InitSource::Share`] refers to them by index. The first is the
+    /// root's read-only lower layer: the host's `/usr` for a fresh root, the
+    /// root filesystem directory, or `/` for the host's root.
+    pub fn take_shares(&mut self) -> Vec<Share> {
+        std::mem::take(&mut self.shares)
+    }
+
     /// Undoes a failed start: releases everything and removes the volumes
     /// this sandbox created (never one that already existed).
     pub fn rollback(mut self) {
         self.views.clear();
         self.servers.clear();
+        self.shares.clear();
         self.attachments.clear();
         for name in std::mem::take(&mut self.created) {
             let _ = self.store.remove(&name);
@@ -264,12 +296,23 @@ pub fn prepare<'s>(
         store,
         views: Vec::new(),
         servers: Vec::new(),
+        shares: Vec::new(),
         attachments: Vec::new(),
         created: Vec::new(),
         recount: Vec::new(),
         passed: Vec::new(),
     };
-    match root(&mut p, spec) {
+    let vm = match spec.backend {
+        BackendKind::Namespace => false,
+        BackendKind::Vm => true,
+        BackendKind::Auto => return Err(PrepareError::Unresolved),
+    };
+    let root = if vm {
+        vm_root(&mut p, spec)
+    } else {
+        root(&mut p, spec)
+    };
+    match root {
         Ok(root) => p.plan.root = root,
         Err(e) => {
             p.rollback();
@@ -278,7 +321,12 @@ pub fn prepare<'s>(
     }
     for entry in spec.mounts.entries() {
         let flags = effective_flags(entry.mount.flags());
-        match add_mount(&mut p, &entry.guest, &entry.mount, flags, holder) {
+        let added = if vm {
+            add_vm_mount(&mut p, &entry.guest, &entry.mount, flags, holder)
+        } else {
+            add_mount(&mut p, &entry.guest, &entry.mount, flags, holder)
+        };
+        match added {
             Ok(source) => p.plan.mounts.push(InitMount {
                 guest: entry.guest.clone(),
                 source,
@@ -318,6 +366,168 @@ fn root(p: &mut Prepared<'_>, spec: &SandboxSpec) -> Result<InitRoot, PrepareErr
         path: path.clone(),
         fd: Some(pass(p, tree)),
     })
+}
+
+/// A VM's root: its read-only lower layer is served as share 0 with the
+/// host's owners as they are (none is the guest's but the sandbox range's).
+fn vm_root(p: &mut Prepared<'_>, spec: &SandboxSpec) -> Result<InitRoot, PrepareError> {
+    let (dir, root) = match &spec.rootfs {
+        None => (Path::new("/usr"), InitRoot::Fresh),
+        Some(path) if path == Path::new("/") => (path.as_path(), InitRoot::Host),
+        Some(path) => (
+            path.as_path(),
+            InitRoot::Dir {
+                path: path.clone(),
+                fd: None,
+            },
+        ),
+    };
+    let fd = msb_fsserver::open_root(dir, true).map_err(|source| PrepareError::RootShare {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    p.shares.push(Share {
+        root: fd,
+        config: msb_fsserver::ServeConfig {
+            readonly: true,
+            stat_virt: StatVirt::Off,
+            host_perms: HostPerms::Private,
+            budget: None,
+            owner: (0, 0),
+            id_map: crate::sandbox_ids(),
+        },
+    });
+    Ok(root)
+}
+
+/// The server configuration of a VM's directory mount: always served, with
+/// the seed's defaults (stat virtualization strict, host permissions
+/// private): the guest has users of its own.
+fn vm_server_config(options: &MountOptions, flags: MountFlags) -> msb_fsserver::ServeConfig {
+    msb_fsserver::ServeConfig {
+        readonly: flags.readonly,
+        stat_virt: options.stat_virt.unwrap_or_default(),
+        host_perms: options.host_perms.unwrap_or_default(),
+        budget: None,
+        owner: (0, 0),
+        id_map: crate::sandbox_ids(),
+    }
+}
+
+/// Resolves one mount of a VM sandbox: directories become shares, disks
+/// block devices; nothing is mounted on the host.
+fn add_vm_mount(
+    p: &mut Prepared<'_>,
+    guest: &GuestPath,
+    mount: &Mount,
+    flags: MountFlags,
+    holder: &str,
+) -> Result<InitSource, PrepareError> {
+    let server_err = |source| PrepareError::Server {
+        guest: guest.clone(),
+        source,
+    };
+    match mount {
+        Mount::Bind {
+            host_path,
+            expect,
+            options,
+        } => {
+            let meta = check_bind(guest, host_path, *expect, options, flags)?;
+            if !meta.is_dir() {
+                return Err(PrepareError::FileOnVm {
+                    guest: guest.clone(),
+                    path: host_path.clone(),
+                });
+            }
+            let root = msb_fsserver::open_root(host_path, true).map_err(server_err)?;
+            Ok(share(p, root, vm_server_config(options, flags)))
+        }
+        Mount::Named {
+            name,
+            options,
+            volume,
+        } => {
+            let store_err = |source| PrepareError::Store {
+                guest: guest.clone(),
+                source,
+            };
+            let info = resolve_named(p, guest, name, volume)?;
+            let mode = if flags.readonly {
+                AttachMode::ReadOnly
+            } else {
+                AttachMode::ReadWrite
+            };
+            if info.kind == VolumeKind::Disk
+                && (options.stat_virt.is_some() || options.host_perms.is_some())
+            {
+                return Err(PrepareError::PolicyOnDisk {
+                    guest: guest.clone(),
+                    name: name.clone(),
+                });
+            }
+            p.attachments
+                .push(p.store.attach(name, holder, mode).map_err(store_err)?);
+            match info.kind {
+                VolumeKind::Dir => {
+                    let mut cfg = vm_server_config(options, flags);
+                    if !flags.readonly {
+                        cfg.budget = p.store.budget(&info).map_err(store_err)?.map(Arc::new);
+                    }
+                    let root = msb_fsserver::open_root(&info.path, false).map_err(server_err)?;
+                    Ok(share(p, root, cfg))
+                }
+                VolumeKind::Disk => Ok(InitSource::Image {
+                    path: info
+                        .disk_image
+                        .unwrap_or_else(|| p.store.layout().disk_image(name)),
+                    format: msb_spec::DiskFormat::Raw,
+                    fstype: Some("ext4".to_string()),
+                }),
+            }
+        }
+        Mount::Tmpfs { options } => Ok(InitSource::Tmpfs {
+            size_mib: options.size_mib,
+        }),
+        Mount::Disk { host_path, options } => {
+            let meta = std::fs::metadata(host_path).map_err(|source| PrepareError::HostPath {
+                guest: guest.clone(),
+                path: host_path.clone(),
+                source,
+            })?;
+            if !meta.is_file() {
+                return Err(PrepareError::WrongType {
+                    guest: guest.clone(),
+                    path: host_path.clone(),
+                    expected: "disk image file",
+                });
+            }
+            Ok(InitSource::Image {
+                path: host_path.clone(),
+                format: options
+                    .format
+                    .unwrap_or_else(|| msb_spec::DiskFormat::from_extension(host_path)),
+                fstype: options.fstype.clone(),
+            })
+        }
+    }
+}
+
+impl std::fmt::Debug for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Share")
+            .field("root", &self.root)
+            .field("readonly", &self.config.readonly)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Records a share of the VM and the source that names it.
+fn share(p: &mut Prepared<'_>, root: OwnedFd, config: msb_fsserver::ServeConfig) -> InitSource {
+    p.shares.push(Share { root, config });
+    InitSource::Share {
+        index: p.shares.len() - 1,
+    }
 }
 
 /// A bind mount's host path: present, of the expected type, and a
@@ -702,6 +912,8 @@ fn check_compatible(
 /// happen. Only reads the store.
 #[derive(Debug, Serialize)]
 pub struct DryRun {
+    /// The isolation (as asked: `auto` is resolved when it starts).
+    pub backend: BackendKind,
     /// Root filesystem directory (`null`: a fresh root with the host's
     /// programs; `/`: the host's root, read-only).
     pub rootfs: Option<PathBuf>,
@@ -741,6 +953,8 @@ pub struct DryRunMount {
 
 /// Describes what [`prepare`] would do, without doing it.
 pub fn dry_run(spec: &SandboxSpec, store: &Store) -> Result<DryRun, PrepareError> {
+    // A VM's guest reaches every directory through the server.
+    let vm = spec.backend == BackendKind::Vm;
     let mut mounts = Vec::new();
     for entry in spec.mounts.entries() {
         let flags = effective_flags(entry.mount.flags());
@@ -752,7 +966,7 @@ pub fn dry_run(spec: &SandboxSpec, store: &Store) -> Result<DryRun, PrepareError
                 options,
             } => {
                 let meta = check_bind(&entry.guest, host_path, *expect, options, flags)?;
-                served = meta.is_dir() && server_config(options, flags, None).is_some();
+                served = meta.is_dir() && (vm || server_config(options, flags, None).is_some());
                 ("bind", Some(host_path.clone()))
             }
             Mount::Tmpfs { .. } => ("tmpfs", None),
@@ -775,7 +989,7 @@ pub fn dry_run(spec: &SandboxSpec, store: &Store) -> Result<DryRun, PrepareError
                     }
                     let quota = info.quota_mib.filter(|_| !flags.readonly);
                     served = info.kind == VolumeKind::Dir
-                        && server_config(options, flags, quota).is_some();
+                        && (vm || server_config(options, flags, quota).is_some());
                     let path = info.disk_image.clone().unwrap_or(info.path.clone());
                     ("reuse", Some(path))
                 }
@@ -789,7 +1003,7 @@ pub fn dry_run(spec: &SandboxSpec, store: &Store) -> Result<DryRun, PrepareError
                             })?;
                     let quota = config.quota_mib().filter(|_| !flags.readonly);
                     served = config.kind() == VolumeKind::Dir
-                        && server_config(options, flags, quota).is_some();
+                        && (vm || server_config(options, flags, quota).is_some());
                     ("create", None)
                 }
                 Ok(_) => {
@@ -815,6 +1029,7 @@ pub fn dry_run(spec: &SandboxSpec, store: &Store) -> Result<DryRun, PrepareError
         });
     }
     Ok(DryRun {
+        backend: spec.backend,
         rootfs: spec.rootfs.clone(),
         ids: crate::sandbox_ids(),
         resources: spec.resources,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use msb_runtime::{InitProgram, NamespaceBackend, Resources, SandboxSpec, Security};
+use msb_runtime::{BackendKind, InitProgram, NamespaceBackend, Resources, SandboxSpec, Security};
 use msb_spec::{CliFlag, GuestPath, MountError, MountTable, parse_cli};
 use msb_store::Store;
 
@@ -28,6 +28,11 @@ pub struct RunArgs {
     /// stricter system call filter).
     #[arg(long, default_value = "default", value_parser = parse_security)]
     pub security: Security,
+    /// namespace (Linux namespaces on this kernel), vm (a microVM with its
+    /// own kernel) or auto (the microVM where hardware virtualization works
+    /// here, else namespace).
+    #[arg(long, default_value = "namespace", value_parser = parse_backend)]
+    pub backend: BackendKind,
     #[command(flatten)]
     pub resources: ResourceFlags,
     /// Pass descriptors 3 to 3+N-1 on to the command (every other one
@@ -50,6 +55,10 @@ pub struct RunArgs {
 }
 
 fn parse_security(s: &str) -> Result<Security, String> {
+    s.parse()
+}
+
+pub(crate) fn parse_backend(s: &str) -> Result<BackendKind, String> {
     s.parse()
 }
 
@@ -201,6 +210,7 @@ fn spec(args: &RunArgs) -> Result<SandboxSpec, String> {
         env,
         security: args.security,
         resources: args.resources.resources(),
+        backend: args.backend,
         mounts,
         command: args.command.clone(),
     })

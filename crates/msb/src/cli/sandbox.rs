@@ -10,8 +10,8 @@ use std::process::ExitCode;
 
 use clap::ValueEnum;
 use msb::{
-    ExecError, LifecycleError, Sandbox, SandboxConfig, SandboxState, SandboxStore, Security,
-    VolumeName, WindowSize,
+    BackendKind, ExecError, LifecycleError, Sandbox, SandboxConfig, SandboxState, SandboxStore,
+    Security, VolumeName, WindowSize,
 };
 use serde::Serialize;
 
@@ -37,6 +37,9 @@ pub struct CreateArgs {
     /// default or restricted (see `msb run --help`).
     #[arg(long, default_value = "default", value_parser = parse_security)]
     pub security: Security,
+    /// namespace, vm or auto (see `msb run --help`).
+    #[arg(long, default_value = "namespace", value_parser = super::run::parse_backend)]
+    pub backend: BackendKind,
     #[command(flatten)]
     pub resources: super::run::ResourceFlags,
     #[command(flatten)]
@@ -204,6 +207,7 @@ pub fn create(args: CreateArgs) -> CliResult {
     let mut builder = SandboxStore::default_home()?
         .builder(args.name.as_str())
         .security(args.security)
+        .backend(args.backend)
         .resources(args.resources.resources())
         .mounts(
             mounts
@@ -261,15 +265,16 @@ pub fn ls(args: LsArgs) -> CliResult {
             let width = views.iter().map(|v| v.name.len()).max().unwrap_or(0).max(4);
             writeln!(
                 out,
-                "{:width$}  {:8}  {:6}  CREATED",
-                "NAME", "STATE", "MOUNTS"
+                "{:width$}  {:8}  {:9}  {:6}  CREATED",
+                "NAME", "STATE", "BACKEND", "MOUNTS"
             )?;
             for v in &views {
                 writeln!(
                     out,
-                    "{:width$}  {:8}  {:6}  {}",
+                    "{:width$}  {:8}  {:9}  {:6}  {}",
                     v.name,
                     v.state.to_string(),
+                    v.config.backend().to_string(),
                     v.config.mounts().len(),
                     v.created_at
                 )?;
@@ -312,6 +317,7 @@ fn print_details(out: &mut impl Write, v: &View) -> std::io::Result<()> {
     }
     let security = serde_json::to_value(c.security()).unwrap_or_default();
     writeln!(out, "Security:  {}", security.as_str().unwrap_or("?"))?;
+    writeln!(out, "Backend:   {}", c.backend())?;
     let r = c.resources();
     let cpus = r.cpus_milli.map_or("no limit".to_string(), |m| {
         format!("{}", f64::from(m) / 1000.0)

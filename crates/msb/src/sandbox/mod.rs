@@ -22,7 +22,7 @@ use msb_spec::{GuestPath, Mount, MountError};
 pub use exec::{
     ExecBuilder, ExecError, ExecEvent, ExecOutput, ExecPty, ExecSignaller, ExecStream, WindowSize,
 };
-pub use msb_runtime::{CgroupError, Resources, Security};
+pub use msb_runtime::{BackendKind, CgroupError, Resources, Security};
 pub use named::{
     LifecycleError, Sandbox, SandboxBuilder, SandboxConfig, SandboxState, SandboxStore,
     supervise_sandbox,

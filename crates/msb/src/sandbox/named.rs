@@ -36,8 +36,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use msb_runtime::{
-    Backend, NamespaceBackend, PrepareError, Resources, RunError, Running, SandboxSpec,
-    SandboxStdio, Security,
+    Backend, BackendKind, NamespaceBackend, PrepareError, Resources, RunError, Running,
+    SandboxSpec, SandboxStdio, Security,
 };
 use msb_spec::{GuestPath, Mount, MountError, MountTable, NameError, NamedMode, VolumeName};
 use msb_store::{SandboxRecord, Store, StoreError};
@@ -195,6 +195,8 @@ pub struct SandboxConfig {
     security: Security,
     #[serde(default)]
     resources: Resources,
+    #[serde(default)]
+    backend: BackendKind,
     mounts: MountTable,
 }
 
@@ -223,6 +225,11 @@ impl SandboxConfig {
     /// Memory, CPU and process limits of the whole sandbox.
     pub fn resources(&self) -> Resources {
         self.resources
+    }
+
+    /// The isolation its commands get.
+    pub fn backend(&self) -> BackendKind {
+        self.backend
     }
 
     /// The mounts, parents first.
@@ -693,6 +700,7 @@ pub fn supervise_sandbox(name: &str) -> Result<()> {
         env: config.env,
         security: config.security,
         resources: config.resources,
+        backend: config.backend,
         mounts: config.mounts,
         // No command: the init itself keeps the sandbox up.
         command: Vec::new(),
@@ -751,6 +759,7 @@ pub struct SandboxBuilder {
     workdir: Option<String>,
     security: Security,
     resources: Resources,
+    backend: BackendKind,
 }
 
 impl SandboxBuilder {
@@ -764,6 +773,7 @@ impl SandboxBuilder {
             workdir: None,
             security: Security::default(),
             resources: Resources::default(),
+            backend: BackendKind::default(),
         }
     }
 
@@ -813,6 +823,12 @@ impl SandboxBuilder {
         self
     }
 
+    /// The isolation (default: [`BackendKind::Namespace`]).
+    pub fn backend(mut self, backend: BackendKind) -> Self {
+        self.backend = backend;
+        self
+    }
+
     /// Validates everything, once, at the edge.
     fn config(&self) -> Result<(String, SandboxConfig)> {
         let name = VolumeName::new(self.name.as_str())
@@ -855,6 +871,7 @@ impl SandboxBuilder {
                 env,
                 security: self.security,
                 resources: self.resources,
+                backend: self.backend,
                 mounts: MountTable::new(mounts, &cwd)?,
             },
         ))

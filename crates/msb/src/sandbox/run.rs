@@ -19,7 +19,9 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use msb_runtime::{NamespaceBackend, Resources, RunError, SandboxSpec, SandboxStdio, Security};
+use msb_runtime::{
+    BackendKind, NamespaceBackend, Resources, RunError, SandboxSpec, SandboxStdio, Security,
+};
 use msb_spec::{Mount, MountError, MountTable};
 use msb_store::{Store, StoreError};
 
@@ -80,6 +82,7 @@ pub struct RunBuilder {
     env: Vec<(String, String)>,
     security: Security,
     resources: Resources,
+    backend: BackendKind,
     home: Option<PathBuf>,
 }
 
@@ -141,6 +144,12 @@ impl RunBuilder {
         self
     }
 
+    /// The isolation (default: [`BackendKind::Namespace`]).
+    pub fn backend(mut self, backend: BackendKind) -> Self {
+        self.backend = backend;
+        self
+    }
+
     /// Uses the volume store at `home` instead of `$MSB_HOME` or
     /// `~/.microsandbox`.
     pub fn home(mut self, home: impl Into<PathBuf>) -> Self {
@@ -164,6 +173,7 @@ impl RunBuilder {
             env: self.env.clone(),
             security: self.security,
             resources: self.resources,
+            backend: self.backend,
             mounts: MountTable::new(mounts, &cwd)?,
             command: self.command.clone(),
         })
