@@ -382,12 +382,13 @@ const OWN: [&str; 5] = ["proc", "dev", "sys", "tmp", "run"];
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 /// What a fresh root takes from the host, read-only: programs and
 /// libraries (directories, or the symlinks of a merged-/usr layout).
-const HOST_PROGRAMS: [&str; 7] = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+pub(crate) const HOST_PROGRAMS: [&str; 7] =
+    ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 /// What a fresh root copies from the host's /etc: the loader's cache and
 /// configuration, the alternatives symlinks programs resolve through, time
 /// zone, release and shell start-up files. Nothing secret, nothing that
 /// names the host's users.
-const ETC_COPIED: [&str; 14] = [
+pub(crate) const ETC_COPIED: [&str; 14] = [
     "ld.so.cache",
     "ld.so.conf",
     "ld.so.conf.d",
@@ -404,7 +405,7 @@ const ETC_COPIED: [&str; 14] = [
     "services",
 ];
 /// Empty directories of a fresh root: (path, mode).
-const FRESH_DIRS: [(&str, u32); 9] = [
+pub(crate) const FRESH_DIRS: [(&str, u32); 9] = [
     ("root", 0o700),
     ("home", 0o755),
     ("var", 0o755),
@@ -650,6 +651,28 @@ fn copy_etc(dir: &OwnedFd, name: &str) -> Result<Option<Prepared>, InitError> {
     Ok(None)
 }
 
+/// The files of a fresh root's `/etc` that msb writes itself: (path
+/// relative to the root, contents).
+pub(crate) fn generated_etc(hostname: &str) -> [(&'static str, Vec<u8>); 6] {
+    let passwd = "root:x:0:0:root:/root:/bin/sh\n\
+                  nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
+    let group = "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n";
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+    );
+    let nsswitch = "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n\
+                    networks: files\nprotocols: files\nservices: files\n";
+    [
+        ("etc/passwd", passwd.into()),
+        ("etc/group", group.into()),
+        ("etc/hosts", hosts.into_bytes()),
+        ("etc/hostname", format!("{hostname}\n").into_bytes()),
+        ("etc/nsswitch.conf", nsswitch.into()),
+        // The sandbox has loopback only: no name server to ask.
+        ("etc/resolv.conf", Vec::new()),
+    ]
+}
+
 /// Fills a fresh root: empty directories and an `/etc` of its own. Returns
 /// the host directories of `/etc` to bind into it.
 fn fill_fresh_root(root: &OwnedFd, hostname: &str) -> Result<Vec<Prepared>, InitError> {
@@ -660,24 +683,8 @@ fn fill_fresh_root(root: &OwnedFd, hostname: &str) -> Result<Vec<Prepared>, Init
         rustix::fs::chmodat(root, dir, Mode::from_raw_mode(mode), AtFlags::empty())
             .map_err(sys(format!("create /{dir}")))?;
     }
-    let passwd = "root:x:0:0:root:/root:/bin/sh\n\
-                  nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
-    let group = "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n";
-    let hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-    );
-    let nsswitch = "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n\
-                    networks: files\nprotocols: files\nservices: files\n";
-    for (name, data) in [
-        ("etc/passwd", passwd.as_bytes()),
-        ("etc/group", group.as_bytes()),
-        ("etc/hosts", hosts.as_bytes()),
-        ("etc/hostname", format!("{hostname}\n").as_bytes()),
-        ("etc/nsswitch.conf", nsswitch.as_bytes()),
-        // The sandbox has loopback only: no name server to ask.
-        ("etc/resolv.conf", b""),
-    ] {
-        write_file(root, name, data, 0o644)?;
+    for (name, data) in generated_etc(hostname) {
+        write_file(root, name, &data, 0o644)?;
     }
     let mut binds = Vec::new();
     for name in ETC_COPIED {

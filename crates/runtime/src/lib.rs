@@ -15,6 +15,7 @@
 mod backend;
 mod caps;
 mod cgroup;
+mod fresh;
 mod idmap;
 pub mod init;
 mod join;
@@ -26,6 +27,7 @@ pub mod seccomp;
 
 pub use backend::{Backend, Running, SandboxStdio};
 pub use cgroup::{CgroupEntry, CgroupError, Resources, SandboxCgroup};
+pub use fresh::{RootEntry, fresh_root_entries};
 pub use idmap::IdmapError;
 pub use join::{JoinError, SandboxNamespaces};
 pub use msb_store::sandbox_ids;
