@@ -367,6 +367,16 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Waits until every command's exit was reported, or `timeout`.
+    pub fn wait_reported(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !lock(&self.execs).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 /// Waits until PID 1 has no children left (the reaper collects them);
 /// false if some remain at the deadline.
 fn wait_no_children(timeout: Duration) -> bool {

@@ -127,6 +127,8 @@ fn handle(agent: &Arc<Agent>, msg: HostMessage) {
         }
         HostMessage::Shutdown { grace_ms } => {
             agent.stop_everything(Duration::from_millis(grace_ms));
+            // Let the last exit reports out before the machine stops.
+            agent.wait_reported(Duration::from_secs(1));
             power_off();
         }
     };

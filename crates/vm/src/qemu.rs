@@ -142,7 +142,7 @@ impl Launch<'_> {
         let mut a: Vec<String> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
         push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
-        push(&["-M", "microvm,rtc=off,memory-backend=mem"]);
+        push(&["-M", "microvm,memory-backend=mem"]);
         match self.accel {
             Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
             _ => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
