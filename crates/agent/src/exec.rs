@@ -1,0 +1,413 @@
+//! Running commands for the host: spawning on pipes or a pty, streaming
+//! their output, reaping every process as PID 1, and shutting down.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use msb_agent_protocol::{ExecId, ExecRequest, Frame, GuestMessage, MAX_DATA_CHUNK};
+
+use crate::sys;
+
+/// What the stdin thread of a command does next.
+enum StdinOp {
+    Data(Vec<u8>),
+    Close,
+}
+
+/// A running command, as the request loop sees it.
+struct ExecEntry {
+    /// Names the process even after it is reaped and its pid reused.
+    pidfd: OwnedFd,
+    stdin: Option<Sender<StdinOp>>,
+    /// The pty master, for window size changes.
+    tty: Option<Arc<OwnedFd>>,
+}
+
+/// The agent's shared state.
+pub struct Agent {
+    port: Mutex<File>,
+    execs: Mutex<HashMap<ExecId, ExecEntry>>,
+    /// Children we started, each with the pipe its wait status goes to.
+    /// Held while spawning, so the reaper cannot take a child before it is
+    /// registered (or a failed one std is reaping itself).
+    children: Mutex<HashMap<libc::pid_t, File>>,
+    children_changed: Condvar,
+    defaults: Mutex<Defaults>,
+    shutting_down: AtomicBool,
+}
+
+/// The plan's environment and working directory, applied to every exec.
+#[derive(Default)]
+pub struct Defaults {
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub workdir: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Agent {
+    /// An agent talking on `port`.
+    pub fn new(port: File) -> Arc<Agent> {
+        Arc::new(Agent {
+            port: Mutex::new(port),
+            execs: Mutex::new(HashMap::new()),
+            children: Mutex::new(HashMap::new()),
+            children_changed: Condvar::new(),
+            defaults: Mutex::new(Defaults { env: Vec::new(), workdir: "/".into() }),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// Sends a message to the host; a failure is logged, since the host
+    /// going away is handled by the read side.
+    pub fn send(&self, msg: &GuestMessage) -> io::Result<()> {
+        let frame = msg.to_frame().map_err(io::Error::other)?;
+        let mut port = lock(&self.port);
+        port.write_all(&frame)
+    }
+
+    /// Replaces the plan defaults.
+    pub fn set_defaults(&self, defaults: Defaults) {
+        *lock(&self.defaults) = defaults;
+    }
+
+    /// Reaps every child forever; a child we started gets its status sent
+    /// to its command's output thread.
+    pub fn reap_forever(&self) {
+        loop {
+            // SAFETY: siginfo_t is plain data; zeroed is a valid value.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: info is valid for writing; WNOWAIT leaves the child waitable
+            // so that the pid cannot be reused before we decide who gets it.
+            let rc = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+            if rc < 0 {
+                let err = io::Error::last_os_error();
+                if err.raw_os_error() == Some(libc::ECHILD) {
+                    let guard = lock(&self.children);
+                    let _ = self.children_changed.wait_timeout(guard, Duration::from_secs(1));
+                }
+                continue;
+            }
+            // SAFETY: waitid filled info for an exited child.
+            let pid = unsafe { info.si_pid() };
+            let mut children = lock(&self.children);
+            let mut status = 0;
+            // SAFETY: status is valid for writing; WNOHANG never blocks.
+            let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if got == pid
+                && let Some(mut notify) = children.remove(&pid)
+            {
+                let _ = notify.write_all(&status.to_le_bytes());
+            }
+        }
+    }
+
+    /// Starts a command and reports `Started` or `StartFailed`.
+    pub fn exec(self: &Arc<Self>, req: ExecRequest) {
+        let id = req.id;
+        if self.shutting_down.load(Ordering::SeqCst) {
+            let _ = self.send(&GuestMessage::StartFailed { id, code: 126, message: "the guest is shutting down".into() });
+            return;
+        }
+        if lock(&self.execs).contains_key(&id) {
+            let _ = self.send(&GuestMessage::Error { id: Some(id), message: "exec id already in use".into() });
+            return;
+        }
+        match self.spawn(&req) {
+            Ok(()) => {}
+            Err((code, message)) => {
+                let _ = self.send(&GuestMessage::StartFailed { id, code, message });
+            }
+        }
+    }
+
+    fn spawn(self: &Arc<Self>, req: &ExecRequest) -> Result<(), (i32, String)> {
+        let Some(program) = req.argv.first() else {
+            return Err((127, "empty command".into()));
+        };
+        let (env, workdir) = {
+            let d = lock(&self.defaults);
+            let mut env = d.env.clone();
+            env.extend(req.env.iter().cloned());
+            (env, req.workdir.clone().unwrap_or_else(|| d.workdir.clone()))
+        };
+        // std reports a failed chdir like a failed exec; check first so the
+        // two get their own messages.
+        if !std::path::Path::new(&workdir).is_dir() {
+            return Err((126, format!("working directory {workdir} does not exist")));
+        }
+        let mut cmd = Command::new(program);
+        cmd.args(&req.argv[1..]).env_clear().current_dir(&workdir);
+        for kv in &env {
+            match kv.split_once('=') {
+                Some((k, v)) => cmd.env(k, v),
+                None => cmd.env(kv, ""),
+            };
+        }
+        let io_err = |what: &str, e: io::Error| (126, format!("{what}: {e}"));
+        let mut tty = None;
+        if let Some((rows, cols)) = req.tty {
+            let (master, slave) = sys::openpty(rows, cols).map_err(|e| io_err("opening a pty", e))?;
+            let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| io_err("duplicating the pty", e));
+            cmd.stdin(Stdio::from(dup(&slave)?)).stdout(Stdio::from(dup(&slave)?)).stderr(Stdio::from(slave));
+            // SAFETY: setsid and ioctl are async-signal-safe; the child makes the
+            // pty (its stdin) its controlling terminal in its own session.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            tty = Some(Arc::new(master));
+        } else {
+            cmd.stdin(if req.stdin { Stdio::piped() } else { Stdio::null() })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            // SAFETY: setsid is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+
+        let (exit_r, exit_w) = sys::pipe().map_err(|e| io_err("creating a pipe", e))?;
+        let (mut child, pidfd) = {
+            let mut children = lock(&self.children);
+            let child = cmd.spawn().map_err(|e| {
+                let code = if e.kind() == io::ErrorKind::NotFound { 127 } else { 126 };
+                (code, format!("{program}: {e}"))
+            })?;
+            let pid = child.id() as libc::pid_t;
+            // The reaper waits for this lock, so the pid still names our child.
+            let pidfd = sys::pidfd_open(pid).map_err(|e| io_err("opening a pidfd", e))?;
+            children.insert(pid, File::from(exit_w));
+            self.children_changed.notify_all();
+            (child, pidfd)
+        };
+        let pid = child.id() as i32;
+        let id = req.id;
+        let _ = self.send(&GuestMessage::Started { id, pid });
+
+        let mut outs: Vec<(File, bool)> = Vec::new();
+        let mut stdin_sink: Option<File> = None;
+        if let Some(master) = &tty {
+            let clone = |m: &OwnedFd| m.try_clone().map(File::from);
+            outs.push((clone(master).map_err(|e| io_err("duplicating the pty", e))?, false));
+            if req.stdin {
+                stdin_sink = Some(clone(master).map_err(|e| io_err("duplicating the pty", e))?);
+            }
+        } else {
+            if let Some(out) = child.stdout.take() {
+                outs.push((File::from(OwnedFd::from(out)), false));
+            }
+            if let Some(err) = child.stderr.take() {
+                outs.push((File::from(OwnedFd::from(err)), true));
+            }
+            stdin_sink = child.stdin.take().map(|s| File::from(OwnedFd::from(s)));
+        }
+        let is_tty = tty.is_some();
+        let stdin = stdin_sink.map(|sink| {
+            let (tx, rx) = channel();
+            std::thread::spawn(move || feed_stdin(sink, rx, is_tty));
+            tx
+        });
+        lock(&self.execs).insert(id, ExecEntry { pidfd, stdin, tty });
+        let agent = Arc::clone(self);
+        std::thread::spawn(move || agent.pump(id, outs, File::from(exit_r)));
+        Ok(())
+    }
+
+    /// Forwards a command's output until it exits, then what is left in its
+    /// pipes, then `Exited`. A background process that keeps the pipes open
+    /// does not hold the exit report back.
+    fn pump(&self, id: ExecId, mut outs: Vec<(File, bool)>, mut exit: File) {
+        let mut buf = vec![0u8; MAX_DATA_CHUNK];
+        let status = loop {
+            let mut fds: Vec<libc::pollfd> = outs
+                .iter()
+                .map(|(f, _)| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+                .collect();
+            fds.push(libc::pollfd { fd: exit.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            // SAFETY: fds is a valid array of pollfd of the given length.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if rc < 0 {
+                continue;
+            }
+            let mut closed = Vec::new();
+            for (i, pfd) in fds[..outs.len()].iter().enumerate() {
+                if pfd.revents == 0 {
+                    continue;
+                }
+                if !self.forward_once(id, &mut outs[i], &mut buf) {
+                    closed.push(i);
+                }
+            }
+            for i in closed.into_iter().rev() {
+                outs.remove(i);
+            }
+            if fds.last().is_some_and(|p| p.revents != 0) {
+                let mut raw = [0u8; 4];
+                break match exit.read_exact(&mut raw) {
+                    Ok(()) => sys::exit_status(i32::from_le_bytes(raw)),
+                    Err(_) => 255,
+                };
+            }
+        };
+        for out in &mut outs {
+            if sys::set_nonblocking(out.0.as_raw_fd()).is_ok() {
+                while self.forward_once(id, out, &mut buf) {}
+            }
+        }
+        let _ = self.send(&GuestMessage::Exited { id, status });
+        lock(&self.execs).remove(&id);
+    }
+
+    /// Reads once from an output and sends what came; false at its end.
+    fn forward_once(&self, id: ExecId, (file, is_err): &mut (File, bool), buf: &mut [u8]) -> bool {
+        match file.read(buf) {
+            Ok(0) => false,
+            Ok(n) => {
+                let data = buf[..n].to_vec();
+                let msg = if *is_err { GuestMessage::Stderr { id, data } } else { GuestMessage::Stdout { id, data } };
+                let _ = self.send(&msg);
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+            // EAGAIN when drained, EIO once a pty's last slave closed.
+            Err(_) => false,
+        }
+    }
+
+    /// Queues bytes for a command's stdin.
+    pub fn stdin(&self, id: ExecId, data: Vec<u8>) {
+        if let Some(tx) = lock(&self.execs).get(&id).and_then(|e| e.stdin.as_ref()) {
+            let _ = tx.send(StdinOp::Data(data));
+        }
+    }
+
+    /// Ends a command's stdin.
+    pub fn stdin_close(&self, id: ExecId) {
+        if let Some(tx) = lock(&self.execs).get_mut(&id).and_then(|e| e.stdin.take()) {
+            let _ = tx.send(StdinOp::Close);
+        }
+    }
+
+    /// Signals a command.
+    pub fn signal(&self, id: ExecId, signo: i32) -> Result<(), String> {
+        let execs = lock(&self.execs);
+        let entry = execs.get(&id).ok_or("no such command")?;
+        match sys::pidfd_send_signal(&entry.pidfd, signo) {
+            // Already exited but not yet reported: nothing left to signal.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            r => r.map_err(|e| format!("sending signal {signo}: {e}")),
+        }
+    }
+
+    /// Resizes a tty command's terminal.
+    pub fn resize(&self, id: ExecId, rows: u16, cols: u16) -> Result<(), String> {
+        let execs = lock(&self.execs);
+        let master = execs.get(&id).ok_or("no such command")?.tty.as_ref().ok_or("the command has no terminal")?;
+        sys::set_winsize(master.as_raw_fd(), rows, cols).map_err(|e| format!("setting the window size: {e}"))
+    }
+
+    /// Runs `argv` `iterations` times with no streams; returns the mean
+    /// duration and the number of runs that did not exit 0.
+    pub fn time_spawn(&self, argv: &[String], iterations: u32) -> (Duration, u32) {
+        let Some(program) = argv.first() else { return (Duration::ZERO, iterations) };
+        let env = lock(&self.defaults).env.clone();
+        // Held so the reaper leaves these children to std's own wait.
+        let _children = lock(&self.children);
+        let mut failures = 0;
+        let start = Instant::now();
+        for _ in 0..iterations {
+            let mut cmd = Command::new(program);
+            cmd.args(&argv[1..]).env_clear().stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            for kv in &env {
+                if let Some((k, v)) = kv.split_once('=') {
+                    cmd.env(k, v);
+                }
+            }
+            if !cmd.status().is_ok_and(|s| s.success()) {
+                failures += 1;
+            }
+        }
+        (start.elapsed() / iterations.max(1), failures)
+    }
+
+    /// SIGTERM to every process, SIGKILL to what is left after `grace`, sync.
+    pub fn stop_everything(&self, grace: Duration) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        // SAFETY: kill(-1) signals every process but init; no pointers involved.
+        unsafe { libc::kill(-1, libc::SIGTERM) };
+        if !wait_no_children(grace) {
+            // SAFETY: as above.
+            unsafe { libc::kill(-1, libc::SIGKILL) };
+            wait_no_children(Duration::from_secs(2));
+        }
+        // SAFETY: sync has no arguments.
+        unsafe { libc::sync() };
+    }
+}
+
+impl Agent {
+    /// Waits until every command's exit was reported, or `timeout`.
+    pub fn wait_reported(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !lock(&self.execs).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Waits until PID 1 has no children left (the reaper collects them);
+/// false if some remain at the deadline.
+fn wait_no_children(timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        // SAFETY: siginfo_t is plain data; zeroed is valid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: info is valid for writing; WNOHANG|WNOWAIT neither blocks nor reaps.
+        let rc = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) };
+        if rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn feed_stdin(mut sink: File, rx: Receiver<StdinOp>, tty: bool) {
+    let mut broken = false;
+    for op in rx {
+        match op {
+            StdinOp::Data(data) if !broken => broken = sink.write_all(&data).is_err(),
+            StdinOp::Data(_) => {}
+            // A terminal has no end of input of its own: type the EOF character.
+            StdinOp::Close if tty => {
+                let _ = sink.write_all(&[4]);
+                return;
+            }
+            StdinOp::Close => return,
+        }
+    }
+}
