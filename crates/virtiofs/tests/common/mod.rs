@@ -260,13 +260,21 @@ pub fn initramfs(
     ] {
         c.dir(d);
     }
-    // An unprivileged guest user for `su user -c ...`.
+    // Unprivileged guest users: `user` for `su user -c ...`, the others
+    // for pjdfstest.
     c.file(
         "etc/passwd",
         0o644,
-        b"root:x:0:0::/:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n",
+        b"root:x:0:0::/:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n\
+          tests:x:1001:1001::/:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n",
     );
-    c.file("etc/group", 0o644, b"root:x:0:\nuser:x:1000:\n");
+    c.file(
+        "etc/group",
+        0o644,
+        b"root:x:0:\nuser:x:1000:\ntests:x:1001:\nnogroup:x:65534:\n",
+    );
+    // glibc programs look users up in these files only (a built-in module).
+    c.file("etc/nsswitch.conf", 0o644, b"passwd: files\ngroup: files\n");
     c.chardev("dev/console", 5, 1);
     c.file(
         "bin/busybox",
