@@ -442,3 +442,62 @@ pub fn results(console: &str) -> (Vec<String>, Vec<String>) {
     }
     (ok, failed)
 }
+
+/// A guest running in the background.
+pub struct Guest {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Guest {
+    /// Starts QEMU; its console lines arrive through [`Guest::wait_for`].
+    pub fn spawn(mut cmd: Command) -> Guest {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start QEMU");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line.replace('\r', "")).is_err() {
+                    return;
+                }
+            }
+        });
+        Guest { child, lines }
+    }
+
+    /// Waits for a console line containing `marker`.
+    pub fn wait_for(&self, marker: &str, timeout: Duration) -> Result<(), String> {
+        let end = Instant::now() + timeout;
+        let mut seen = String::new();
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(marker) => return Ok(()),
+                Ok(l) => {
+                    seen.push_str(&l);
+                    seen.push('\n');
+                }
+                Err(_) => return Err(format!("no {marker:?} on the console:\n{seen}")),
+            }
+        }
+    }
+
+    /// SIGKILLs QEMU and reaps it.
+    pub fn kill(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
