@@ -153,9 +153,9 @@ pub fn mount_detached(fuse: &OwnedFd) -> Result<OwnedFd, FsServerError> {
     fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(err)
 }
 
-/// Raises the descriptor limit as far as allowed: the node cache sizes
-/// itself from it.
-fn raise_fd_limit() {
+/// Raises the descriptor limit as far as allowed: the node cache of a
+/// [`PolicyFs`] sizes itself from it, so call this before building one.
+pub fn raise_fd_limit() {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let cur = getrlimit(Resource::Nofile);
     let want = Some(1 << 20);

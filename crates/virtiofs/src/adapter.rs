@@ -1,0 +1,511 @@
+//! Adapts our transport-neutral [`FileSystem`] to the `FileSystem` trait of
+//! `fuse-backend-rs`, whose `Server` decodes FUSE requests from virtio
+//! descriptor chains. No policy lives here.
+//!
+//! The guest kernel sends its own ids (0 is guest root), which are the ids
+//! the policy works in, so callers and owners pass through untranslated.
+
+use std::ffi::{CStr, OsStr};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{CreateIn, stat64, statvfs64};
+use fuse_backend_rs::api::filesystem::{
+    self as fbr, Context as FuseContext, FsOptions, GetxattrReply, ListxattrReply, OpenOptions,
+    SetattrValid, ZeroCopyReader, ZeroCopyWriter,
+};
+use msb_fsserver::filesystem::{
+    Attr, Context, Entry, Errno, FileSystem, FsResult, SetAttr, SetTime, Time,
+};
+
+/// How long the guest may cache entries and attributes: the same as the
+/// FUSE transport's. Changes made through the mount refresh the guest's
+/// copy at once, so this only bounds how late host-side changes show.
+const CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Our [`FileSystem`] as `fuse-backend-rs` wants it.
+pub(crate) struct Adapter {
+    fs: Arc<dyn FileSystem>,
+}
+
+impl Adapter {
+    pub(crate) fn new(fs: Arc<dyn FileSystem>) -> Self {
+        Adapter { fs }
+    }
+}
+
+fn err(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.raw_os_error())
+}
+
+fn res<T>(r: FsResult<T>) -> io::Result<T> {
+    r.map_err(err)
+}
+
+fn os(name: &CStr) -> &OsStr {
+    OsStr::from_bytes(name.to_bytes())
+}
+
+fn ctx(c: &FuseContext) -> Context {
+    Context {
+        uid: c.uid,
+        gid: c.gid,
+    }
+}
+
+/// The wire attributes of `node`; the node id doubles as inode number, as
+/// on the FUSE transport.
+fn stat(node: u64, a: &Attr) -> stat64 {
+    // SAFETY: stat64 is plain old data, for which all zeroes is valid.
+    let mut st: stat64 = unsafe { std::mem::zeroed() };
+    st.st_ino = node;
+    st.st_size = i64::try_from(a.size).unwrap_or(i64::MAX);
+    st.st_blocks = i64::try_from(a.blocks).unwrap_or(i64::MAX);
+    st.st_atime = a.atime.sec;
+    st.st_atime_nsec = a.atime.nsec.into();
+    st.st_mtime = a.mtime.sec;
+    st.st_mtime_nsec = a.mtime.nsec.into();
+    st.st_ctime = a.ctime.sec;
+    st.st_ctime_nsec = a.ctime.nsec.into();
+    st.st_mode = a.mode;
+    st.st_nlink = a.nlink.into();
+    st.st_uid = a.uid;
+    st.st_gid = a.gid;
+    st.st_rdev = a.rdev.into();
+    st.st_blksize = a.blksize.into();
+    st
+}
+
+fn entry(e: &Entry) -> fbr::Entry {
+    fbr::Entry {
+        inode: e.node,
+        generation: 0,
+        attr: stat(e.node, &e.attr),
+        attr_flags: 0,
+        attr_timeout: CACHE_TTL,
+        entry_timeout: CACHE_TTL,
+    }
+}
+
+fn set_time(now: bool, sec: i64, nsec: i64) -> SetTime {
+    if now {
+        SetTime::Now
+    } else {
+        SetTime::At(Time {
+            sec,
+            nsec: u32::try_from(nsec).unwrap_or(0),
+        })
+    }
+}
+
+impl fbr::FileSystem for Adapter {
+    type Inode = u64;
+    type Handle = u64;
+
+    fn init(&self, _capable: FsOptions) -> io::Result<FsOptions> {
+        // The server keeps what the guest offers of these. No writeback
+        // cache (writes must reach the quota check when they happen), no
+        // HANDLE_KILLPRIV (the guest kernel clears setuid/setgid itself
+        // and sends the mode change, as on the FUSE transport), no
+        // ATOMIC_O_TRUNC (truncation arrives as setattr, metered there).
+        Ok(FsOptions::ASYNC_READ
+            | FsOptions::BIG_WRITES
+            | FsOptions::MAX_PAGES
+            | FsOptions::DO_READDIRPLUS
+            | FsOptions::READDIRPLUS_AUTO
+            | FsOptions::PARALLEL_DIROPS
+            | FsOptions::CACHE_SYMLINKS)
+    }
+
+    fn destroy(&self) {
+        self.fs.destroy();
+    }
+
+    fn lookup(&self, c: &FuseContext, parent: u64, name: &CStr) -> io::Result<fbr::Entry> {
+        match self.fs.lookup(&ctx(c), parent, os(name)) {
+            Ok(e) => Ok(entry(&e)),
+            // Node id 0 is a negative entry the guest may cache like others.
+            Err(Errno::NOENT) => Ok(fbr::Entry {
+                entry_timeout: CACHE_TTL,
+                ..fbr::Entry::default()
+            }),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    fn forget(&self, _c: &FuseContext, inode: u64, count: u64) {
+        self.fs.forget(inode, count);
+    }
+
+    fn getattr(
+        &self,
+        _c: &FuseContext,
+        inode: u64,
+        _handle: Option<u64>,
+    ) -> io::Result<(stat64, Duration)> {
+        let a = res(self.fs.getattr(inode))?;
+        Ok((stat(inode, &a), CACHE_TTL))
+    }
+
+    fn setattr(
+        &self,
+        c: &FuseContext,
+        inode: u64,
+        attr: stat64,
+        handle: Option<u64>,
+        valid: SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        let has = |f| valid.contains(f);
+        let set = SetAttr {
+            mode: has(SetattrValid::MODE).then_some(attr.st_mode),
+            uid: has(SetattrValid::UID).then_some(attr.st_uid),
+            gid: has(SetattrValid::GID).then_some(attr.st_gid),
+            size: has(SetattrValid::SIZE).then(|| u64::try_from(attr.st_size).unwrap_or(0)),
+            atime: has(SetattrValid::ATIME).then(|| {
+                set_time(
+                    has(SetattrValid::ATIME_NOW),
+                    attr.st_atime,
+                    attr.st_atime_nsec,
+                )
+            }),
+            mtime: has(SetattrValid::MTIME).then(|| {
+                set_time(
+                    has(SetattrValid::MTIME_NOW),
+                    attr.st_mtime,
+                    attr.st_mtime_nsec,
+                )
+            }),
+        };
+        let a = res(self.fs.setattr(&ctx(c), inode, handle, &set))?;
+        Ok((stat(inode, &a), CACHE_TTL))
+    }
+
+    fn readlink(&self, _c: &FuseContext, inode: u64) -> io::Result<Vec<u8>> {
+        res(self.fs.readlink(inode))
+    }
+
+    fn symlink(
+        &self,
+        c: &FuseContext,
+        linkname: &CStr,
+        parent: u64,
+        name: &CStr,
+    ) -> io::Result<fbr::Entry> {
+        res(self.fs.symlink(&ctx(c), parent, os(name), os(linkname))).map(|e| entry(&e))
+    }
+
+    fn mknod(
+        &self,
+        c: &FuseContext,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        _umask: u32,
+    ) -> io::Result<fbr::Entry> {
+        res(self.fs.mknod(&ctx(c), parent, os(name), mode, rdev)).map(|e| entry(&e))
+    }
+
+    fn mkdir(
+        &self,
+        c: &FuseContext,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        _umask: u32,
+    ) -> io::Result<fbr::Entry> {
+        res(self.fs.mkdir(&ctx(c), parent, os(name), mode)).map(|e| entry(&e))
+    }
+
+    fn unlink(&self, c: &FuseContext, parent: u64, name: &CStr) -> io::Result<()> {
+        res(self.fs.unlink(&ctx(c), parent, os(name)))
+    }
+
+    fn rmdir(&self, c: &FuseContext, parent: u64, name: &CStr) -> io::Result<()> {
+        res(self.fs.rmdir(&ctx(c), parent, os(name)))
+    }
+
+    fn rename(
+        &self,
+        c: &FuseContext,
+        olddir: u64,
+        oldname: &CStr,
+        newdir: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        res(self
+            .fs
+            .rename(&ctx(c), olddir, os(oldname), newdir, os(newname), flags))
+    }
+
+    fn link(
+        &self,
+        c: &FuseContext,
+        inode: u64,
+        newparent: u64,
+        newname: &CStr,
+    ) -> io::Result<fbr::Entry> {
+        res(self.fs.link(&ctx(c), inode, newparent, os(newname))).map(|e| entry(&e))
+    }
+
+    fn open(
+        &self,
+        c: &FuseContext,
+        inode: u64,
+        flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        let o = res(self.fs.open(&ctx(c), inode, flags as i32))?;
+        Ok((Some(o.fh), OpenOptions::empty(), None))
+    }
+
+    fn create(
+        &self,
+        c: &FuseContext,
+        parent: u64,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(fbr::Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        let (e, o) = res(self
+            .fs
+            .create(&ctx(c), parent, os(name), args.mode, args.flags as i32))?;
+        Ok((entry(&e), Some(o.fh), OpenOptions::empty(), None))
+    }
+
+    fn read(
+        &self,
+        _c: &FuseContext,
+        inode: u64,
+        handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _flags: u32,
+    ) -> io::Result<usize> {
+        let data = res(self.fs.read(inode, handle, offset, size))?;
+        w.write_all(&data)?;
+        Ok(data.len())
+    }
+
+    fn write(
+        &self,
+        c: &FuseContext,
+        inode: u64,
+        handle: u64,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _delayed_write: bool,
+        _flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<usize> {
+        let mut data = vec![0u8; size as usize];
+        r.read_exact(&mut data)?;
+        let n = res(self.fs.write(&ctx(c), inode, handle, offset, &data))?;
+        Ok(n as usize)
+    }
+
+    fn fsync(&self, _c: &FuseContext, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        res(self.fs.fsync(inode, handle, datasync))
+    }
+
+    fn fallocate(
+        &self,
+        _c: &FuseContext,
+        inode: u64,
+        handle: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        res(self
+            .fs
+            .fallocate(inode, handle, offset, length, mode as i32))
+    }
+
+    fn release(
+        &self,
+        _c: &FuseContext,
+        inode: u64,
+        _flags: u32,
+        handle: u64,
+        _flush: bool,
+        _flock_release: bool,
+        _lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        self.fs.release(inode, handle);
+        Ok(())
+    }
+
+    fn statfs(&self, _c: &FuseContext, inode: u64) -> io::Result<statvfs64> {
+        let s = res(self.fs.statfs(inode))?;
+        // SAFETY: statvfs64 is plain old data, for which all zeroes is valid.
+        let mut st: statvfs64 = unsafe { std::mem::zeroed() };
+        st.f_bsize = s.bsize.into();
+        st.f_frsize = s.frsize.into();
+        st.f_blocks = s.blocks;
+        st.f_bfree = s.bfree;
+        st.f_bavail = s.bavail;
+        st.f_files = s.files;
+        st.f_ffree = s.ffree;
+        st.f_namemax = s.namelen.into();
+        Ok(st)
+    }
+
+    fn setxattr(
+        &self,
+        c: &FuseContext,
+        inode: u64,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        res(self
+            .fs
+            .setxattr(&ctx(c), inode, os(name), value, flags as i32))
+    }
+
+    fn getxattr(
+        &self,
+        _c: &FuseContext,
+        inode: u64,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        let v = res(self.fs.getxattr(inode, os(name)))?;
+        xattr_reply(v, size).map(|r| match r {
+            XattrReply::Count(n) => GetxattrReply::Count(n),
+            XattrReply::Data(v) => GetxattrReply::Value(v),
+        })
+    }
+
+    fn listxattr(&self, _c: &FuseContext, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        let v = res(self.fs.listxattr(inode))?;
+        xattr_reply(v, size).map(|r| match r {
+            XattrReply::Count(n) => ListxattrReply::Count(n),
+            XattrReply::Data(v) => ListxattrReply::Names(v),
+        })
+    }
+
+    fn removexattr(&self, c: &FuseContext, inode: u64, name: &CStr) -> io::Result<()> {
+        res(self.fs.removexattr(&ctx(c), inode, os(name)))
+    }
+
+    fn opendir(
+        &self,
+        c: &FuseContext,
+        inode: u64,
+        _flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions)> {
+        let fh = res(self.fs.opendir(&ctx(c), inode))?;
+        Ok((Some(fh), OpenOptions::empty()))
+    }
+
+    fn readdir(
+        &self,
+        c: &FuseContext,
+        inode: u64,
+        handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(fbr::DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        res(self
+            .fs
+            .readdir(&ctx(c), inode, handle, offset, false, &mut |de, _| {
+                let d = fbr::DirEntry {
+                    ino: de.ino,
+                    offset: de.offset,
+                    type_: de.kind >> 12,
+                    name: de.name.as_bytes(),
+                };
+                // 0 bytes taken (or an error) means the reply is full.
+                !matches!(add_entry(d), Ok(n) if n > 0)
+            }))
+    }
+
+    fn readdirplus(
+        &self,
+        c: &FuseContext,
+        inode: u64,
+        handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(fbr::DirEntry, fbr::Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        res(self
+            .fs
+            .readdir(&ctx(c), inode, handle, offset, true, &mut |de, e| {
+                let (ino, e) = match e {
+                    Some(e) => (e.node, entry(e)),
+                    // `.` and `..` carry no entry: node id 0 tells the
+                    // guest to skip its attributes.
+                    None => (de.ino, fbr::Entry::default()),
+                };
+                let d = fbr::DirEntry {
+                    ino,
+                    offset: de.offset,
+                    type_: de.kind >> 12,
+                    name: de.name.as_bytes(),
+                };
+                !matches!(add_entry(d, e), Ok(n) if n > 0)
+            }))
+    }
+
+    fn fsyncdir(
+        &self,
+        _c: &FuseContext,
+        inode: u64,
+        datasync: bool,
+        handle: u64,
+    ) -> io::Result<()> {
+        res(self.fs.fsyncdir(inode, handle, datasync))
+    }
+
+    fn releasedir(&self, _c: &FuseContext, inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
+        self.fs.releasedir(inode, handle);
+        Ok(())
+    }
+
+    fn access(&self, _c: &FuseContext, _inode: u64, _mask: u32) -> io::Result<()> {
+        // The guest kernel checks permissions itself (virtiofs always
+        // mounts with default_permissions), as on the FUSE transport.
+        Ok(())
+    }
+
+    fn lseek(
+        &self,
+        _c: &FuseContext,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        let at = res(self.fs.lseek(inode, handle, offset as i64, whence as i32))?;
+        Ok(at as u64)
+    }
+}
+
+/// A sized xattr reply: the size alone when asked with 0, ERANGE when the
+/// value does not fit the caller's buffer.
+enum XattrReply {
+    Count(u32),
+    Data(Vec<u8>),
+}
+
+fn xattr_reply(v: Vec<u8>, size: u32) -> io::Result<XattrReply> {
+    if size == 0 {
+        Ok(XattrReply::Count(
+            u32::try_from(v.len()).unwrap_or(u32::MAX),
+        ))
+    } else if v.len() > size as usize {
+        Err(io::Error::from_raw_os_error(libc::ERANGE))
+    } else {
+        Ok(XattrReply::Data(v))
+    }
+}
