@@ -62,6 +62,17 @@ pub struct RootPlan {
     /// Size of the writable upper layer in MiB; 0 lets the kernel choose
     /// (half of the guest's memory).
     pub upper_size_mib: u64,
+    /// Where the share appears: empty or `/` makes it the lower layer of
+    /// the whole root; another path (a fresh root's `/usr`) makes the root
+    /// a tmpfs with the share mounted read-only there.
+    #[serde(default)]
+    pub lower_at: String,
+    /// Directories (path, mode) made before the files, parents first.
+    #[serde(default)]
+    pub dirs: Vec<(String, u32)>,
+    /// Symbolic links (path, target) made before the files.
+    #[serde(default)]
+    pub symlinks: Vec<(String, String)>,
     /// Files written into the upper layer before anything runs.
     pub files: Vec<GuestFile>,
 }
@@ -106,7 +117,8 @@ pub enum MountSource {
     Block {
         /// The disk's serial (at most 20 bytes, as virtio-blk keeps).
         serial: String,
-        /// The filesystem type on the disk, such as `ext4`.
+        /// The filesystem type on the disk, such as `ext4`; empty tries the
+        /// common ones (ext4, xfs, btrfs, vfat).
         fstype: String,
     },
     /// A fresh tmpfs.
@@ -446,6 +458,9 @@ mod tests {
             root: Some(RootPlan {
                 tag: "root".into(),
                 upper_size_mib: 64,
+                lower_at: "/usr".into(),
+                dirs: vec![("/var/tmp".into(), 0o1777)],
+                symlinks: vec![("/bin".into(), "usr/bin".into())],
                 files: vec![GuestFile { path: "/etc/hosts".into(), contents: b"x\n".to_vec(), mode: 0o644 }],
             }),
             mounts: vec![GuestMount {

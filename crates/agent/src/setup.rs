@@ -134,14 +134,36 @@ fn switch_to_overlay_root(root: &RootPlan) -> Result<(), SetupError> {
     for dir in [&lower, &rw, &new_root] {
         mkdir_p(dir, 0o755)?;
     }
-    mount(&root.tag, &lower, "virtiofs", libc::MS_RDONLY, None)?;
     let size = if root.upper_size_mib > 0 { format!("size={}m,mode=0755", root.upper_size_mib) } else { "mode=0755".into() };
-    mount("tmpfs", &rw, "tmpfs", 0, Some(&size))?;
-    let (upper, work) = (rw.join("upper"), rw.join("work"));
-    mkdir_p(&upper, 0o755)?;
-    mkdir_p(&work, 0o755)?;
-    let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
-    mount("overlay", &new_root, "overlay", 0, Some(&opts))?;
+    let share_flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+    if root.lower_at.is_empty() || root.lower_at == "/" {
+        mount(&root.tag, &lower, "virtiofs", share_flags, None)?;
+        mount("tmpfs", &rw, "tmpfs", 0, Some(&size))?;
+        let (upper, work) = (rw.join("upper"), rw.join("work"));
+        mkdir_p(&upper, 0o755)?;
+        mkdir_p(&work, 0o755)?;
+        let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+        mount("overlay", &new_root, "overlay", 0, Some(&opts))?;
+    } else {
+        // A fresh root: a tmpfs of its own, the host's programs read-only.
+        mount("tmpfs", &new_root, "tmpfs", 0, Some(&size))?;
+        let at = under(&new_root, plain_path(&root.lower_at)?);
+        mkdir_p(&at, 0o755)?;
+        mount(&root.tag, &at, "virtiofs", share_flags, None)?;
+    }
+    for (dir, mode) in &root.dirs {
+        let target = under(&new_root, plain_path(dir)?);
+        mkdir_p(&target, 0o755)?;
+        // The umask must not narrow a sticky, world-writable mode.
+        fs::set_permissions(&target, fs::Permissions::from_mode(*mode))
+            .map_err(|source| SetupError::Create { path: target.clone(), source })?;
+    }
+    for (link, dest) in &root.symlinks {
+        let target = under(&new_root, plain_path(link)?);
+        let _ = fs::remove_file(&target);
+        std::os::unix::fs::symlink(dest, &target)
+            .map_err(|source| SetupError::Create { path: target.clone(), source })?;
+    }
 
     for file in &root.files {
         let target = under(&new_root, plain_path(&file.path)?);
@@ -190,7 +212,19 @@ fn apply_mount(m: &GuestMount) -> Result<(), SetupError> {
         MountSource::VirtioFs { tag } => mount(tag, target, "virtiofs", flags, None),
         MountSource::Block { serial, fstype } => {
             let dev = find_disk(serial)?;
-            mount(&dev.to_string_lossy(), target, fstype, flags, None)
+            let dev = dev.to_string_lossy();
+            if !fstype.is_empty() {
+                return mount(&dev, target, fstype, flags, None);
+            }
+            // Unstated: the first of the common filesystems that takes it.
+            let mut last = None;
+            for candidate in ["ext4", "xfs", "btrfs", "vfat"] {
+                match mount(&dev, target, candidate, flags, None) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.expect("candidates were tried"))
         }
         MountSource::Tmpfs { size_mib } => {
             let data = if *size_mib > 0 { format!("size={size_mib}m,mode=1777") } else { "mode=1777".into() };

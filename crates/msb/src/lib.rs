@@ -53,7 +53,7 @@ pub use sandbox::{
     BackendKind, CgroupError, ExecBuilder, ExecError, ExecEvent, ExecOutput, ExecPty,
     ExecSignaller, ExecStream, LifecycleError, Resources, RunBuilder, RunOutput, Sandbox,
     SandboxBuilder, SandboxConfig, SandboxError, SandboxState, SandboxStore, Security, WindowSize,
-    sandbox_init_hook, supervise_sandbox,
+    sandbox_init_hook, supervise_sandbox, vm_relay_hook,
 };
 pub use volume::{Volume, VolumeBuilder, VolumeHandle, VolumeStore};
 

@@ -3,5 +3,6 @@
 mod cli;
 
 fn main() -> std::process::ExitCode {
+    msb::vm_relay_hook();
     cli::main()
 }

@@ -21,6 +21,9 @@ pub struct SandboxStdio {
     pub passed: Vec<OwnedFd>,
     /// Descriptors the command gets as 3, 4, ... (`--preserve-fds`).
     pub preserved: Vec<OwnedFd>,
+    /// Directories a microVM's guest mounts over virtio-fs
+    /// ([`crate::Prepared::take_shares`]); the namespace backend takes none.
+    pub shares: Vec<crate::Share>,
 }
 
 /// Starts sandboxes from resolved plans.

@@ -58,6 +58,16 @@ pub fn next_signal() -> (i32, bool) {
     }
 }
 
+/// Waits up to `timeout` for a signal blocked by [`block_signals`] other
+/// than SIGCHLD; returns its number and the value it carries when sent
+/// with sigqueue(3) (as [`request_stop`] sends the grace period).
+pub fn poll_signal(timeout: std::time::Duration) -> Option<(i32, Option<usize>)> {
+    let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+    init::wait_signal(ms)
+        .filter(|r| r.signo != libc::SIGCHLD)
+        .map(|r| (r.signo, r.value))
+}
+
 /// How long a stopping kept sandbox gives its commands between SIGTERM and
 /// SIGKILL unless [`request_stop`] says otherwise.
 pub const DEFAULT_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -87,6 +97,9 @@ pub enum RunError {
     Prepare(#[from] PrepareError),
     #[error(transparent)]
     Start(#[from] NsError),
+    /// The microVM backend's failure (its own error type).
+    #[error(transparent)]
+    Vm(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl RunError {
@@ -100,20 +113,24 @@ impl RunError {
     }
 }
 
-/// Runs `spec` once in a namespace sandbox: prepares mounts, starts the
+/// Runs `spec` once in a sandbox of `backend`: prepares mounts, starts the
 /// command, waits for it, tears everything down. A sandbox whose command
 /// could not start removes the volumes it created. Returns the command's
 /// exit status. `stdio` says where the command's streams go.
-pub fn run(
+pub fn run<B: Backend>(
     spec: &SandboxSpec,
     store: &Store,
-    backend: &NamespaceBackend,
+    backend: &B,
     holder: &str,
     mut stdio: SandboxStdio,
     forward_signals: bool,
-) -> Result<i32, RunError> {
+) -> Result<i32, RunError>
+where
+    RunError: From<B::Error>,
+{
     let mut prepared = prepare(spec, store, holder)?;
     stdio.passed.extend(prepared.take_passed_fds());
+    stdio.shares.extend(prepared.take_shares());
     let mut sandbox = match backend.start(&prepared.plan, stdio) {
         Ok(s) => s,
         Err(e) => {

@@ -20,6 +20,7 @@ mod assets;
 mod initramfs;
 mod probe;
 mod qemu;
+mod sandbox;
 mod vm;
 
 pub use assets::{AssetsError, GUEST_MODULES, Kernel, assets_dir};
@@ -27,4 +28,5 @@ pub use initramfs::{AGENT, Cpio, InitramfsEntry, InitramfsError};
 pub use msb_agent_protocol::{ExecId, GuestFile, GuestMount, GuestPlan, MountSource, RootPlan};
 pub use probe::kvm_works;
 pub use qemu::{Accel, Disk, DiskFormat, QemuError, Share};
+pub use sandbox::{SandboxError, VmBackend, VmSandbox, auto_picks_vm};
 pub use vm::{Exec, ExecControl, ExecEvent, ExecOutput, ExecSpec, Vm, VmConfig, VmError};

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use msb_runtime::{BackendKind, InitProgram, NamespaceBackend, Resources, SandboxSpec, Security};
+use msb_runtime::{BackendKind, InitProgram, Resources, SandboxSpec, Security};
 use msb_spec::{CliFlag, GuestPath, MountError, MountTable, parse_cli};
 use msb_store::Store;
 
@@ -225,7 +225,7 @@ pub fn run(args: RunArgs) -> CliResult {
     }
     // Before anything can start a thread: signals must queue for forwarding.
     msb_runtime::block_signals();
-    let spec = match spec(&args) {
+    let mut spec = match spec(&args) {
         Ok(s) => s,
         Err(msg) => return usage(msg),
     };
@@ -235,16 +235,37 @@ pub fn run(args: RunArgs) -> CliResult {
         println!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let backend = NamespaceBackend::new(InitProgram {
+    if spec.backend == BackendKind::Auto {
+        spec.backend = if msb_vm::auto_picks_vm() {
+            BackendKind::Vm
+        } else {
+            BackendKind::Namespace
+        };
+        eprintln!("msb: backend auto: using {}", spec.backend);
+    }
+    if spec.backend == BackendKind::Vm && args.preserve_fds > 0 {
+        return usage("--preserve-fds: descriptors cannot be passed into a microVM");
+    }
+    let init = InitProgram {
         program: std::env::current_exe()?,
         args: vec!["run".into(), "--sandbox-init".into()],
-    });
+    };
     let holder = format!("sandbox:run-{}", std::process::id());
     let stdio = msb_runtime::SandboxStdio {
         preserved: preserved_fds(args.preserve_fds)?,
         ..Default::default()
     };
-    match msb_runtime::run(&spec, &store, &backend, &holder, stdio, true) {
+    let ran = match spec.backend {
+        BackendKind::Vm => {
+            let vm = msb_vm::VmBackend::default();
+            msb_runtime::run(&spec, &store, &vm, &holder, stdio, true)
+        }
+        _ => {
+            let ns = msb_runtime::NamespaceBackend::new(init);
+            msb_runtime::run(&spec, &store, &ns, &holder, stdio, true)
+        }
+    };
+    match ran {
         Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
         Err(e) => {
             super::report(&e);

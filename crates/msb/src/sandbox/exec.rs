@@ -68,6 +68,17 @@ pub enum ExecError {
     /// A blocking task panicked or was cancelled.
     #[error("background task failed")]
     Task(#[from] tokio::task::JoinError),
+    /// `preserve_fds` asked of a microVM sandbox.
+    #[error("descriptors cannot be passed into a microVM sandbox")]
+    PreserveOnVm,
+    /// No helper program was found (see [`crate::sandbox_init_hook`]).
+    #[error(
+        "cannot find the msb binary that relays commands into a microVM; set MSB_BIN or call msb::sandbox_init_hook() first in main"
+    )]
+    NoHelper,
+    /// The relay process could not start.
+    #[error("cannot start the command's relay")]
+    Spawn(#[source] io::Error),
 }
 
 impl ExecError {
@@ -203,6 +214,12 @@ impl ExecBuilder {
         };
         let not_running = || ExecError::NotRunning(self.sandbox.name().to_string());
         let files = self.sandbox.files();
+        if files.exec_socket.exists() {
+            if !files.running() {
+                return Err(not_running());
+            }
+            return self.spawn_relay(&files.exec_socket, workdir, stdio, setup);
+        }
         let init = files.init_pid().ok_or_else(not_running)?;
         let namespaces = SandboxNamespaces::open(init);
         // The pid file is trusted only while the lock says the init is ours
@@ -226,6 +243,45 @@ impl ExecBuilder {
             unsafe { cmd.pre_exec(setup) };
         }
         Ok(namespaces.spawn(&mut cmd, &workdir, config.security(), self.preserve_fds)?)
+    }
+
+    /// A microVM sandbox's command: a relay process on this side stands for
+    /// it (see [`super::relay`]).
+    fn spawn_relay(
+        &self,
+        socket: &std::path::Path,
+        workdir: String,
+        stdio: impl FnOnce(i32) -> Result<[Stdio; 3]>,
+        setup: Option<fn() -> io::Result<()>>,
+    ) -> Result<Child> {
+        if self.preserve_fds > 0 {
+            return Err(ExecError::PreserveOnVm);
+        }
+        let helper = super::Helper::find().ok_or(ExecError::NoHelper)?;
+        let order = super::relay::RelayOrder {
+            socket: socket.to_path_buf(),
+            request: msb_agent_protocol::ExecRequest {
+                id: 0,
+                argv: self.command.clone(),
+                env: self.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                workdir: Some(workdir),
+                // The relay gives the size of its terminal.
+                tty: setup.map(|_| (0, 0)),
+                stdin: true,
+            },
+        };
+        let order = serde_json::to_string(&order).map_err(|e| ExecError::Io(e.into()))?;
+        let [stdin, stdout, stderr] = stdio(0)?;
+        let mut cmd = Command::new(&helper.program);
+        cmd.env(super::relay::RELAY_ENV, order)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr);
+        if let Some(setup) = setup {
+            // SAFETY: `setup` makes only async-signal-safe system calls.
+            unsafe { cmd.pre_exec(setup) };
+        }
+        cmd.spawn().map_err(ExecError::Spawn)
     }
 
     /// Runs the command with no input, collecting its exit status and
@@ -322,12 +378,19 @@ fn controlling_terminal() -> io::Result<()> {
 }
 
 /// Opens a pty pair on the devpts instance of the sandbox whose init is
-/// host pid `init`, so the slave exists under the sandbox's `/dev/pts`.
+/// host pid `init`, so the slave exists under the sandbox's `/dev/pts`;
+/// with `init` 0 (a microVM's relay, whose guest has a terminal of its
+/// own) on the host's.
 fn open_pty(init: i32) -> io::Result<(File, OwnedFd)> {
     use rustix::fs::{Mode, OFlags};
     use rustix::pty::OpenptFlags;
+    let ptmx = if init > 0 {
+        format!("/proc/{init}/root/dev/pts/ptmx")
+    } else {
+        "/dev/ptmx".to_string()
+    };
     let master = rustix::fs::open(
-        format!("/proc/{init}/root/dev/pts/ptmx"),
+        ptmx,
         OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;

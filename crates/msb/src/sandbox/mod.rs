@@ -10,6 +10,7 @@
 
 mod exec;
 mod named;
+mod relay;
 mod run;
 
 use std::path::PathBuf;
@@ -28,6 +29,44 @@ pub use named::{
     supervise_sandbox,
 };
 pub use run::{RunBuilder, RunOutput, SandboxError};
+
+/// The backend a sandbox starts on: `auto` resolved for this host.
+pub(crate) fn resolve_backend(kind: BackendKind) -> BackendKind {
+    match kind {
+        BackendKind::Auto if msb_vm::auto_picks_vm() => BackendKind::Vm,
+        BackendKind::Auto => BackendKind::Namespace,
+        other => other,
+    }
+}
+
+/// Runs `spec` (its backend resolved) once: see [`msb_runtime::run`].
+pub(crate) fn run_once(
+    spec: &msb_runtime::SandboxSpec,
+    store: &msb_store::Store,
+    init: InitProgram,
+    holder: &str,
+    stdio: msb_runtime::SandboxStdio,
+    forward_signals: bool,
+) -> Result<i32, msb_runtime::RunError> {
+    match spec.backend {
+        BackendKind::Vm => msb_runtime::run(
+            spec,
+            store,
+            &msb_vm::VmBackend::default(),
+            holder,
+            stdio,
+            forward_signals,
+        ),
+        _ => msb_runtime::run(
+            spec,
+            store,
+            &msb_runtime::NamespaceBackend::new(init),
+            holder,
+            stdio,
+            forward_signals,
+        ),
+    }
+}
 
 /// Checks the guest paths of builder mounts (given in any order).
 fn guest_mounts(mounts: &[(String, Mount)]) -> Result<Vec<(GuestPath, Mount)>, MountError> {
@@ -65,6 +104,7 @@ pub fn sandbox_init_hook() {
     if msb_runtime::init::is_init() {
         std::process::exit(msb_runtime::init::main());
     }
+    vm_relay_hook();
     HOOKED.store(true, Ordering::Relaxed);
     if let Some(name) = std::env::var_os(SUPERVISE_ENV) {
         // Before any thread: the signals it forwards must queue.
@@ -88,9 +128,21 @@ pub fn sandbox_init_hook() {
     }
 }
 
+/// What the helper program does when started to stand for a command in a
+/// microVM sandbox (`msb exec` on one): relays the command's streams,
+/// signals and exit status, then exits. Returns at once otherwise.
+/// [`sandbox_init_hook`] calls it; the `msb` binary calls it first thing.
+pub fn vm_relay_hook() {
+    if let Some(order) = std::env::var_os(relay::RELAY_ENV) {
+        // Before any thread: the signals it forwards must queue.
+        msb_runtime::block_signals();
+        std::process::exit(relay::relay_main(&order.to_string_lossy()));
+    }
+}
+
 /// The program that serves as init and supervisor.
 pub(crate) struct Helper {
-    program: PathBuf,
+    pub(crate) program: PathBuf,
     /// The `msb` binary (roles chosen by arguments), else a hooked program
     /// (roles chosen by environment).
     msb: bool,

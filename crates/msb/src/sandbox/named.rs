@@ -589,6 +589,9 @@ pub(crate) struct RunFiles {
     lock: PathBuf,
     pid: PathBuf,
     log: PathBuf,
+    /// Where a microVM sandbox's supervisor takes commands (absent for a
+    /// namespace sandbox).
+    pub(crate) exec_socket: PathBuf,
 }
 
 impl RunFiles {
@@ -602,6 +605,7 @@ impl RunFiles {
             lock: dir.join(format!("{name}.lock")),
             pid: dir.join(format!("{name}.pid")),
             log: dir.join(format!("{name}.log")),
+            exec_socket: dir.join(format!("{name}.sock")),
         })
     }
 
@@ -694,13 +698,14 @@ pub fn supervise_sandbox(name: &str) -> Result<()> {
         return Err(LifecycleError::AlreadyRunning(name.to_string()));
     };
     let helper = Helper::find().ok_or(LifecycleError::NoHelper)?;
+    let backend = super::resolve_backend(config.backend);
     let spec = SandboxSpec {
         rootfs: config.rootfs,
         workdir: config.workdir,
         env: config.env,
         security: config.security,
         resources: config.resources,
-        backend: config.backend,
+        backend,
         mounts: config.mounts,
         // No command: the init itself keeps the sandbox up.
         command: Vec::new(),
@@ -722,6 +727,10 @@ pub fn supervise_sandbox(name: &str) -> Result<()> {
         ..Default::default()
     };
     stdio.passed.extend(prepared.take_passed_fds());
+    if backend == BackendKind::Vm {
+        stdio.shares.extend(prepared.take_shares());
+        return supervise_vm(prepared, stdio, &files, lock);
+    }
     let backend = NamespaceBackend::new(helper.init());
     let mut sandbox = match backend.start(&prepared.plan, stdio) {
         Ok(s) => s,
@@ -742,6 +751,52 @@ pub fn supervise_sandbox(name: &str) -> Result<()> {
     let status = sandbox.wait(true);
     drop(sandbox);
     prepared.finish();
+    let _ = std::fs::remove_file(&files.pid);
+    drop(lock);
+    status.map_err(RunError::from)?;
+    Ok(())
+}
+
+/// The supervisor's work for a microVM sandbox: boots it, takes commands
+/// on the exec socket, and stops it on request.
+fn supervise_vm(
+    prepared: msb_runtime::Prepared<'_>,
+    stdio: SandboxStdio,
+    files: &RunFiles,
+    lock: std::fs::File,
+) -> Result<()> {
+    let run_file = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LifecycleError::RunFile { path, source }
+    };
+    let _ = std::fs::remove_file(&files.exec_socket);
+    let listener = std::os::unix::net::UnixListener::bind(&files.exec_socket)
+        .map_err(run_file(&files.exec_socket))?;
+    // Only the owner may run commands in it.
+    std::fs::set_permissions(
+        &files.exec_socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .map_err(run_file(&files.exec_socket))?;
+    let mut sandbox = match msb_vm::VmBackend::default().start(&prepared.plan, stdio) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&files.exec_socket);
+            prepared.rollback();
+            return Err(RunError::from(e).into());
+        }
+    };
+    sandbox.serve_execs(listener);
+    std::fs::write(
+        &files.pid,
+        format!("{} {}\n", sandbox.pid(), std::process::id()),
+    )
+    .map_err(run_file(&files.pid))?;
+    println!("ready");
+    let status = sandbox.wait(true);
+    drop(sandbox);
+    prepared.finish();
+    let _ = std::fs::remove_file(&files.exec_socket);
     let _ = std::fs::remove_file(&files.pid);
     drop(lock);
     status.map_err(RunError::from)?;

@@ -19,9 +19,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use msb_runtime::{
-    BackendKind, NamespaceBackend, Resources, RunError, SandboxSpec, SandboxStdio, Security,
-};
+use msb_runtime::{BackendKind, Resources, RunError, SandboxSpec, SandboxStdio, Security};
 use msb_spec::{Mount, MountError, MountTable};
 use msb_store::{Store, StoreError};
 
@@ -180,7 +178,8 @@ impl RunBuilder {
     }
 
     fn execute(&self, stdio: SandboxStdio) -> Result<i32, SandboxError> {
-        let spec = self.spec()?;
+        let mut spec = self.spec()?;
+        spec.backend = super::resolve_backend(spec.backend);
         let init = Helper::find().ok_or(SandboxError::NoInit)?.init();
         let home = match &self.home {
             Some(h) => h.clone(),
@@ -193,14 +192,7 @@ impl RunBuilder {
             std::process::id(),
             RUNS.fetch_add(1, Ordering::Relaxed)
         );
-        Ok(msb_runtime::run(
-            &spec,
-            &store,
-            &NamespaceBackend::new(init),
-            &holder,
-            stdio,
-            false,
-        )?)
+        Ok(super::run_once(&spec, &store, init, &holder, stdio, false)?)
     }
 
     /// Runs the command with this process's standard streams and returns
