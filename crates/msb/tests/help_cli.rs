@@ -1,0 +1,169 @@
+//! Help that lives outside `--help`: shell completions and manual pages,
+//! both generated from the command definitions. The real binary; the bash
+//! script is loaded into a real bash and asked to complete.
+
+use std::process::{Command, Output};
+
+fn msb(args: &[&str]) -> Output {
+    let home = tempfile::tempdir().unwrap();
+    Command::new(env!("CARGO_BIN_EXE_msb"))
+        .args(args)
+        .env("MSB_HOME", home.path())
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = msb(args);
+    assert!(
+        o.status.success(),
+        "msb {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Loads the generated script into bash and completes `msb <words> <cur>`,
+/// returning the candidates bash would offer.
+fn bash_complete(script: &str, words: &[&str]) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("msb.bash");
+    std::fs::write(&path, script).unwrap();
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let prog = format!(
+        "source '{}'\nCOMP_WORDS=(msb {})\nCOMP_CWORD={}\n_msb msb '{}' '{}'\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        path.display(),
+        quoted.join(" "),
+        words.len(),
+        words.last().unwrap(),
+        if words.len() > 1 {
+            words[words.len() - 2]
+        } else {
+            "msb"
+        },
+    );
+    let out = Command::new("bash").arg("-c").arg(prog).output().unwrap();
+    assert!(
+        out.status.success(),
+        "bash: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn bash_completion_offers_subcommands_and_flags() {
+    let script = ok(&["completion", "bash"]);
+    let top = bash_complete(&script, &[""]);
+    for sub in ["volume", "run", "create", "cp", "exec", "completion", "man"] {
+        assert!(top.iter().any(|c| c == sub), "{sub} not in {top:?}");
+    }
+    let vol = bash_complete(&script, &["volume", "pr"]);
+    assert_eq!(vol, ["prune"], "volume pr<TAB>");
+    let flags = bash_complete(&script, &["volume", "create", "--"]);
+    assert!(flags.iter().any(|c| c == "--quota"), "{flags:?}");
+}
+
+#[test]
+fn zsh_and_fish_completions_name_the_commands() {
+    let zsh = ok(&["completion", "zsh"]);
+    assert!(zsh.starts_with("#compdef msb"), "{}", &zsh[..40]);
+    let fish = ok(&["completion", "fish"]);
+    for text in [&zsh, &fish] {
+        for sub in ["volume", "prune", "import", "cp"] {
+            assert!(text.contains(sub), "{sub} missing");
+        }
+    }
+    assert!(fish.contains("complete -c msb"));
+}
+
+#[test]
+fn unknown_shell_is_a_usage_error() {
+    let o = msb(&["completion", "tcsh"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bash"));
+}
+
+#[test]
+fn man_page_renders_with_the_subcommands() {
+    let page = ok(&["man"]);
+    assert!(page.contains(".TH msb 1"), "{}", &page[..200]);
+    for sub in ["msb\\-volume(1)", "msb\\-cp(1)", "msb\\-run(1)"] {
+        assert!(page.contains(sub), "{sub} missing from the page");
+    }
+    let groff = Command::new("sh")
+        .arg("-c")
+        .arg("command -v groff")
+        .output()
+        .unwrap();
+    if !groff.status.success() {
+        eprintln!("skipped rendering: groff is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("msb.1"), &page).unwrap();
+    let out = Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-P-cbou"])
+        .arg(dir.path().join("msb.1"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "groff warns: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SUBCOMMANDS") && text.contains("Manage named volumes"));
+}
+
+#[test]
+fn man_dir_writes_a_page_per_command() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&["man", "--dir", dir.path().to_str().unwrap()]);
+    for page in [
+        "msb.1",
+        "msb-volume.1",
+        "msb-volume-create.1",
+        "msb-volume-fs-cp.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page}");
+    }
+    let create = std::fs::read_to_string(dir.path().join("msb-volume-create.1")).unwrap();
+    assert!(
+        create.contains("quota"),
+        "volume create's page lacks its flags"
+    );
+
+    let o = msb(&["man", "--dir", "/nonexistent/msb-man"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("/nonexistent/msb-man") && err.contains("No such file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn generated_text_to_a_full_disk_fails_with_its_reason() {
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        eprintln!("skipped: no /dev/full");
+        return;
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_msb"))
+        .args(["completion", "bash"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("standard output") && err.contains("No space"),
+        "{err}"
+    );
+}
