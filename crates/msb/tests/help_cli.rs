@@ -1,6 +1,8 @@
 //! Help that lives outside `--help`: shell completions and manual pages,
-//! both generated from the command definitions. The real binary; the bash
-//! script is loaded into a real bash and asked to complete.
+//! both generated from the command definitions; and what a user sharing a
+//! home with the published microsandbox is told. The real binary; the bash
+//! script is loaded into a real bash and asked to complete; the other
+//! installation's database is a real SQLite file shaped like theirs.
 
 use std::process::{Command, Output};
 
@@ -166,4 +168,84 @@ fn generated_text_to_a_full_disk_fails_with_its_reason() {
         err.contains("standard output") && err.contains("No space"),
         "{err}"
     );
+}
+
+/// Lays out a home as the published microsandbox leaves it: its WAL-mode
+/// `db/msb.db` with sea-orm's migration table and its own `sandbox` and
+/// `volume` tables, commits still in the WAL.
+fn peer_home() -> (tempfile::TempDir, rusqlite::Connection) {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("db")).unwrap();
+    let conn = rusqlite::Connection::open(home.path().join("db/msb.db")).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.execute_batch(
+        "CREATE TABLE seaql_migrations (version TEXT PRIMARY KEY NOT NULL, applied_at BIGINT NOT NULL);
+         INSERT INTO seaql_migrations VALUES ('m20250101_000001_create_sandbox', 1735689600);
+         CREATE TABLE sandbox (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
+                               config TEXT NOT NULL, status TEXT NOT NULL);
+         CREATE TABLE volume (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
+                              quota_mib INTEGER, size_bytes BIGINT, labels TEXT,
+                              created_at DATETIME, updated_at DATETIME);
+         INSERT INTO volume (name, quota_mib) VALUES ('theirs', 64);",
+    )
+    .unwrap();
+    (home, conn)
+}
+
+/// The database files, without SQLite's shared-memory index (which any
+/// reader may update).
+fn db_files(home: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(home.join("db"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| !e.file_name().to_string_lossy().ends_with("-shm"))
+        .map(|e| {
+            let name = e.file_name().into_string().unwrap();
+            (name, std::fs::read(e.path()).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_home_shared_with_the_published_msb_is_named_as_such() {
+    // The peer keeps its connection open, as a running msb of theirs does.
+    let (home, _peer) = peer_home();
+    let before = db_files(home.path());
+    for args in [
+        &["volume", "ls"][..],
+        &["volume", "create", "mine"],
+        &["ls"],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_msb"))
+            .args(args)
+            .env("MSB_HOME", home.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "msb {args:?}: {err}");
+        assert!(
+            err.contains("another microsandbox installation")
+                && err.contains("left untouched")
+                && err.contains("MSB_HOME="),
+            "msb {args:?}: {err}"
+        );
+        assert!(!err.contains("not made by msb"), "{err}");
+    }
+    assert!(db_files(home.path()) == before, "their database changed");
+    let names: Vec<_> = std::fs::read_dir(home.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["db"], "msb wrote into their home");
+
+    // What the message suggests works: a separate home beside theirs.
+    let own = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_msb"))
+        .args(["volume", "create", "mine"])
+        .env("MSB_HOME", own.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
