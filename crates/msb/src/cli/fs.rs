@@ -211,7 +211,7 @@ extern "C" fn note_stop(sig: libc::c_int) {
 /// Catches SIGINT and SIGTERM into [`STOP`], so that the operation can
 /// clean up before the process ends. Without `SA_RESTART`, a read blocked
 /// on a pipe returns `EINTR` and sees the flag at once.
-fn stop_on_signals() -> &'static AtomicBool {
+pub(super) fn stop_on_signals() -> &'static AtomicBool {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: `note_stop` only stores to atomics, which is
         // async-signal-safe; the struct is zeroed (a valid empty mask and
@@ -231,7 +231,7 @@ fn stop_on_signals() -> &'static AtomicBool {
 /// it would have ended without the handler, so the caller sees a signal
 /// death. An operation that finished before the signal could stop it
 /// reports its success: its result is in place, whole.
-fn end_if_stopped(outcome: CliResult) -> CliResult {
+pub(super) fn end_if_stopped(outcome: CliResult) -> CliResult {
     let sig = STOP_SIGNAL.load(Ordering::Relaxed);
     let Err(e) = outcome else {
         return outcome;

@@ -13,6 +13,7 @@ mod mount;
 mod run;
 mod sandbox;
 mod text;
+mod untar;
 mod volume;
 
 /// Sandboxes with real storage.
@@ -49,8 +50,8 @@ enum Command {
     /// Run a command in a running named sandbox.
     Exec(sandbox::ExecArgs),
     /// Copy files or directories between the host and a volume
-    /// (`HOSTPATH VOLUME:PATH` or `VOLUME:PATH HOSTPATH`), or into a
-    /// running sandbox (`HOSTPATH SANDBOX:PATH`).
+    /// (`HOSTPATH VOLUME:PATH` or `VOLUME:PATH HOSTPATH`) or a running
+    /// sandbox (`HOSTPATH SANDBOX:PATH` or `SANDBOX:PATH HOSTPATH`).
     Cp(cp::CpArgs),
     /// Print a shell completion script to stdout (e.g.
     /// `msb completion bash > /etc/bash_completion.d/msb`).
