@@ -478,7 +478,7 @@ fn out_of_a_hostile_sandbox_nothing_leaves_the_target() {
     let script = h.join("tar");
     fs::write(
         &script,
-        "#!/bin/sh\nc=$(cat /evil/case)\ncat /evil/$c.tar\nexit $(cat /evil/$c.status 2>/dev/null || echo 0)\n",
+        "#!/bin/sh\nc=$(cat /evil/case)\ncat /evil/$c.tar\n[ -e /evil/$c.sleep ] && exec sleep 30\nexit $(cat /evil/$c.status 2>/dev/null || echo 0)\n",
     )
     .unwrap();
     set_mode(&script, 0o755);
@@ -606,6 +606,43 @@ fn out_of_a_hostile_sandbox_nothing_leaves_the_target() {
         assert!(!h.parent().unwrap().join("escape").exists());
         assert_eq!(fs::read_dir(&victim).unwrap().count(), 0, "{name}");
     }
+
+    // Interrupted while the sandbox stalls mid-archive: the signal ends
+    // msb as it would have without a handler, and nothing is left.
+    fs::write(
+        h.join("stall.tar"),
+        [dir(b"t/"), file(b"t/f", b"x")].concat(),
+    )
+    .unwrap();
+    fs::write(h.join("stall.sleep"), "").unwrap();
+    ok(&msb(h, &["cp", "stall.tar", "evil:"]));
+    ok(&msb(h, &["cp", "stall.sleep", "evil:"]));
+    set_case("stall");
+    let child = Command::new(env!("CARGO_BIN_EXE_msb"))
+        .args(["cp", "sb:/x/t", "out"])
+        .env("MSB_HOME", h)
+        .current_dir(h)
+        .spawn()
+        .unwrap();
+    // Until the staged directory shows the first entry was unpacked.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !fs::read_dir(h).unwrap().any(|e| {
+        let n = e.unwrap().file_name();
+        n.to_string_lossy().starts_with(".msb-cp-")
+    }) {
+        assert!(std::time::Instant::now() < deadline, "no staging seen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3), "slow to stop");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGINT), "{out:?}");
+    assert!(!h.join("out").exists());
+    no_staging_left(h);
 
     // Special files are skipped and special mode bits dropped.
     set_case("special");
