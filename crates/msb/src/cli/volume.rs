@@ -5,8 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
 use msb_spec::{
-    LabelFilter, Labels, VolumeConfig, VolumeFilter, VolumeKind, VolumeName, format_bytes,
-    parse_size_mib,
+    Labels, VolumeConfig, VolumeFilter, VolumeKind, VolumeName, format_bytes, parse_size_mib,
 };
 use msb_store::{Store, VolumeInfo};
 use serde::Serialize;
@@ -45,9 +44,10 @@ pub enum VolumeCommand {
         /// Print names only.
         #[arg(short, long)]
         quiet: bool,
-        /// Keep volumes with a label: label=KEY or label=KEY=VALUE (repeatable; all must match).
-        #[arg(long = "filter", value_parser = parse_filter)]
-        filters: Vec<LabelFilter>,
+        /// Show only matching volumes: label=K[=V], label!=K[=V],
+        /// name=TEXT, kind=dir|disk, until=TIME (as for prune; repeatable).
+        #[arg(long = "filter", value_name = "FILTER", value_parser = parse_volume_filter)]
+        filters: Vec<VolumeFilter>,
     },
     /// Show volumes in detail, with usage counted now (a directory volume's
     /// tree is scanned; `ls` shows the running counter).
@@ -116,9 +116,6 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     Labels::new().insert(k, v).map_err(|e| e.to_string())?;
     Ok((k.to_string(), v.to_string()))
 }
-fn parse_filter(s: &str) -> Result<LabelFilter, String> {
-    LabelFilter::parse_cli(s).map_err(|e| e.to_string())
-}
 fn parse_volume_filter(s: &str) -> Result<VolumeFilter, String> {
     VolumeFilter::parse_cli(s).map_err(|e| e.to_string())
 }
@@ -140,7 +137,23 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             for (k, v) in labels {
                 parsed.insert(k, v)?;
             }
-            let config = VolumeConfig::new(name, kind, size, quota, parsed)?;
+            // Flags that do not go together are a usage error, named as flags.
+            let config = match VolumeConfig::new(name, kind, size, quota, parsed) {
+                Ok(c) => c,
+                Err(e) => {
+                    use msb_spec::VolumeConfigError as E;
+                    let msg = match e {
+                        E::DiskWithoutSize => {
+                            "a disk volume needs --size (e.g. --size 10G)".to_string()
+                        }
+                        E::DirWithSize => "--size is for disk volumes (--kind disk); limit a directory volume with --quota".to_string(),
+                        E::DiskWithQuota => "--quota is for directory volumes; a disk volume's --size is already its hard limit".to_string(),
+                        e => e.to_string(),
+                    };
+                    eprintln!("error: {msg}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
             let info = store.create(&config)?;
             if !quiet {
                 println!("{}", escape(info.name.as_str()));
@@ -152,7 +165,19 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             quiet,
             filters,
         } => {
-            let vols = store.list(&filters)?;
+            let vols: Vec<_> = store
+                .list(&[])?
+                .into_iter()
+                .filter(|v| {
+                    let subject = msb_spec::FilterSubject {
+                        name: v.name.as_str(),
+                        kind: v.kind,
+                        labels: &v.labels,
+                        created_at: v.created_at,
+                    };
+                    VolumeFilter::all_match(&filters, &subject)
+                })
+                .collect();
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             if quiet {
                 for v in &vols {
