@@ -345,6 +345,70 @@ fn interrupted_import_leaves_an_empty_volume_empty() {
     assert_eq!(names(&root), ["a", "x"]);
 }
 
+/// Starts an all-or-nothing import of `tar` into the empty volume `name`,
+/// waits until its staging directory holds data, and SIGKILLs it, leaving
+/// that directory; returns its name.
+fn kill_an_import(h: &Path, name: &str, tar: &[u8]) -> String {
+    let root = h.join("volumes").join(name);
+    let mut c = cmd(h, &["volume", "import", name, "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = c.stdin.take().unwrap();
+    input.write_all(&tar[..tar.len() / 2]).unwrap();
+    wait_for("the first entries to be staged", || {
+        names(&root)
+            .iter()
+            .any(|n| n.starts_with(".msb-import-") && !names(&root.join(n)).is_empty())
+    });
+    signal(&c, libc::SIGKILL);
+    c.wait().unwrap();
+    drop(input);
+    let left: Vec<String> = names(&root)
+        .into_iter()
+        .filter(|n| n.starts_with(".msb-import-"))
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    left[0].clone()
+}
+
+#[test]
+fn what_a_killed_import_left_goes_at_doctor_or_a_merge() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let tar = archive(h);
+    ok(&msb(h, &["volume", "create", "v", "-q", "--quota", "64M"]));
+    let root = h.join("volumes/v");
+
+    // doctor removes it, says so, and the counter is exact after.
+    let left = kill_an_import(h, "v", &tar);
+    assert!(used(h, "v") > 0, "the staged data was charged");
+    let d = ok(&msb(h, &["volume", "doctor"]));
+    assert!(
+        d.contains(&format!(
+            "removed {left} from volume v, left by an import that was killed"
+        )),
+        "{d}"
+    );
+    assert!(names(&root).is_empty(), "{:?}", names(&root));
+    assert_eq!(used(h, "v"), 0);
+    let d = ok(&msb(h, &["volume", "doctor"]));
+    assert!(!d.contains("removed") && !d.contains("usage:"), "{d}");
+
+    // An import with --merge into a volume with files removes it too.
+    let left = kill_an_import(h, "v", &tar);
+    ok(&msb(h, &["volume", "fs", "v", "mkdir", "keep"]));
+    ok(&import_stdin(
+        h,
+        &["volume", "import", "v", "--merge", "-"],
+        &tar,
+    ));
+    assert!(!root.join(&left).exists(), "{:?}", names(&root));
+    assert_eq!(names(&root), ["a", "keep", "x"]);
+    let d = ok(&msb(h, &["volume", "doctor"]));
+    assert!(!d.contains("usage:"), "counter off after the merge: {d}");
+}
+
 #[test]
 fn import_into_a_volume_with_files_needs_merge() {
     let home = tempfile::tempdir().unwrap();

@@ -146,6 +146,11 @@ fn export(store: &Store, name: &VolumeName, output: Option<PathBuf>) -> CliResul
 /// was written listed).
 fn import(store: &Store, name: &VolumeName, input: &Path, merge: bool) -> CliResult {
     let v = open_volume(store, name, true)?;
+    // An import killed outright left its staging and may have been charged
+    // for more than it wrote: remove it and recount while nobody writes.
+    if !archive::remove_stale_staging(&v)?.is_empty() {
+        store.get_current(name)?;
+    }
     let (reader, len): (Box<dyn Read>, _) = if input.as_os_str() == "-" {
         (Box::new(io::stdin().lock()), None)
     } else {

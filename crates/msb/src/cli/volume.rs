@@ -264,6 +264,29 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
         VolumeCommand::Prune { filters, force } => prune(&store, &filters, force),
         VolumeCommand::Files(cmd) => super::fs::run(&store, cmd),
         VolumeCommand::Doctor => {
+            // First, so that the recount below sees the volumes without
+            // them. Disk volumes are left to their next import: opening one
+            // needs it free of sandboxes.
+            for v in store.list(&[])? {
+                if v.kind != VolumeKind::Dir {
+                    continue;
+                }
+                let removed = msb::VolumeFiles::open(&store, &v.name, true)
+                    .map_err(Box::<dyn std::error::Error>::from)
+                    .and_then(|files| Ok(msb_volfs::archive::remove_stale_staging(&files)?));
+                match removed {
+                    Ok(stale) => {
+                        for rel in stale {
+                            println!(
+                                "repaired: removed {} from volume {}, left by an import that was killed",
+                                escape(&rel),
+                                escape(v.name.as_str())
+                            );
+                        }
+                    }
+                    Err(e) => report(e.as_ref()),
+                }
+            }
             let r = store.doctor()?;
             for line in &r.repaired {
                 println!("repaired: {}", escape(line));
