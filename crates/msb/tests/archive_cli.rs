@@ -1,5 +1,6 @@
 //! `msb volume export|import` keep data safe when they fail or are
-//! interrupted: the real binary, a real store, real signals.
+//! interrupted, and clone shows its progress on a terminal: the real
+//! binary, a real store, real signals, a real pty.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -499,4 +500,52 @@ fn disk_volume_import_is_all_or_nothing_past_lost_and_found() {
         ok(&msb(h, &["volume", "fs", "d", "ls"])),
         "a/\nlost+found/\nx/\n"
     );
+}
+
+/// Runs msb with its stderr on a new terminal; returns what reached the
+/// terminal and msb's output.
+fn on_terminal(home: &Path, args: &[&str]) -> (String, Output) {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().unwrap())
+        .unwrap();
+    let out = cmd(home, args)
+        .stdin(Stdio::null())
+        .stderr(slave)
+        .output()
+        .unwrap();
+    // Every slave descriptor is closed now: the master reads what was
+    // written, then fails (EIO).
+    let mut text = Vec::new();
+    let mut master = std::fs::File::from(master);
+    let _ = std::io::Read::read_to_end(&mut master, &mut text);
+    (String::from_utf8_lossy(&text).into_owned(), out)
+}
+
+#[test]
+fn clone_shows_progress_on_a_terminal_only() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    filled(h, 64, 1 << 20);
+    let (shown, out) = on_terminal(h, &["volume", "clone", "src", "copy"]);
+    assert_eq!(ok(&out), "copy\n");
+    assert!(shown.contains("cloning ["), "{shown:?}");
+    assert!(shown.contains("MiB"), "{shown:?}");
+    // The bar is wiped once done.
+    assert!(shown.ends_with("\r\x1b[K"), "{shown:?}");
+    assert_eq!(
+        names(&h.join("volumes/copy/d")).len(),
+        64,
+        "the clone is whole"
+    );
+
+    let o = msb(h, &["volume", "clone", "src", "copy2"]);
+    assert_eq!(ok(&o), "copy2\n");
+    assert!(o.stderr.is_empty(), "{o:?}");
 }

@@ -1,7 +1,9 @@
 //! `msb volume create|ls|inspect|rm|prune|doctor`.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Subcommand, ValueEnum};
 use msb_spec::{
@@ -234,7 +236,25 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             Ok(exit(failed))
         }
         VolumeCommand::Clone { source, name } => {
-            store.clone_volume(&source, &name)?;
+            let staging = store.layout().staging_dir();
+            let done = AtomicBool::new(false);
+            // The usage as it is now (a scan), as the bar's end: the
+            // running counter misses what was written on the host.
+            let total = if std::io::stderr().is_terminal() {
+                Some(store.get_current(&source)?.used_bytes)
+            } else {
+                None
+            };
+            let cloned = std::thread::scope(|s| {
+                if let Some(total) = total {
+                    let (staging, name, done) = (&staging, &name, &done);
+                    s.spawn(move || watch_clone(staging, name, total, done));
+                }
+                let cloned = store.clone_volume(&source, &name);
+                done.store(true, Ordering::Relaxed);
+                cloned
+            });
+            cloned?;
             println!("{}", escape(name.as_str()));
             Ok(ExitCode::SUCCESS)
         }
@@ -541,4 +561,40 @@ fn detach_dead_mounts(store: &Store, name: &VolumeName) {
             escape(&point)
         );
     }
+}
+
+/// Shows a clone's progress on a terminal until `done`: the space its
+/// copy in the store's staging directory (`NAME.TOKEN`) takes so far,
+/// against the source's usage.
+fn watch_clone(staging: &Path, name: &VolumeName, total: u64, done: &AtomicBool) {
+    let mut bar = msb_volfs::archive::Progress::stderr("cloning", Some(total));
+    bar.update(0);
+    let prefix = format!("{name}.");
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let copy = std::fs::read_dir(staging).ok().and_then(|d| {
+            d.flatten()
+                .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        });
+        if let Some(copy) = copy {
+            bar.update(allocated(&copy.path()));
+        }
+    }
+    bar.finish();
+}
+
+/// Bytes allocated to the tree at `p` (symlinks not followed); what
+/// vanishes meanwhile counts as nothing.
+fn allocated(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    let mut bytes = m.blocks() * 512;
+    if m.is_dir()
+        && let Ok(entries) = std::fs::read_dir(p)
+    {
+        bytes += entries.flatten().map(|e| allocated(&e.path())).sum::<u64>();
+    }
+    bytes
 }
