@@ -249,3 +249,18 @@ fn a_home_shared_with_the_published_msb_is_named_as_such() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn only_msb_itself_has_a_version() {
+    assert_eq!(
+        ok(&["--version"]),
+        format!("msb {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    for args in [&["volume", "create", "-V"][..], &["cp", "--version"]] {
+        let o = msb(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {o:?}");
+        assert!(o.stdout.is_empty(), "{args:?}: {o:?}");
+    }
+    let help = ok(&["volume", "create", "--help"]);
+    assert!(!help.contains("--version"), "{help}");
+}

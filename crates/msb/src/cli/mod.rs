@@ -18,7 +18,7 @@ mod volume;
 
 /// Sandboxes with real storage.
 #[derive(Debug, Parser)]
-#[command(name = "msb", version, about, propagate_version = true)]
+#[command(name = "msb", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
