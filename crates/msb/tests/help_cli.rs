@@ -264,3 +264,60 @@ fn only_msb_itself_has_a_version() {
     let help = ok(&["volume", "create", "--help"]);
     assert!(!help.contains("--version"), "{help}");
 }
+
+/// Arguments and options in `help`'s text that come without a description.
+fn undescribed(help: &str) -> Vec<String> {
+    let lines: Vec<&str> = help.lines().collect();
+    let mut missing = Vec::new();
+    let mut in_list = false;
+    for (i, line) in lines.iter().enumerate() {
+        if matches!(*line, "Arguments:" | "Options:") {
+            in_list = true;
+            continue;
+        }
+        if !line.starts_with(' ') {
+            in_list = false;
+        }
+        let entry = line.strip_prefix("  ").filter(|l| !l.starts_with(' '));
+        if let (true, Some(entry)) = (in_list, entry) {
+            // The description follows on the line (short form) or on the
+            // next, indented further (long form).
+            let inline = entry.trim_end().contains("  ");
+            let below = lines
+                .get(i + 1)
+                .is_some_and(|n| n.starts_with("          ") && !n.trim().is_empty());
+            if !inline && !below {
+                missing.push(entry.trim().to_string());
+            }
+        }
+    }
+    missing
+}
+
+#[test]
+fn every_argument_and_option_is_described() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&["man", "--dir", dir.path().to_str().unwrap()]);
+    let mut pages: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    pages.sort();
+    assert!(pages.len() > 25, "{pages:?}");
+    let mut missing = Vec::new();
+    for page in &pages {
+        let path: Vec<&str> = page.trim_end_matches(".1").split('-').skip(1).collect();
+        let mut args = vec!["help"];
+        args.extend(&path);
+        let help = ok(&args);
+        assert!(help.contains("Usage: msb"), "{args:?}: {help}");
+        for m in undescribed(&help) {
+            missing.push(format!("msb {}: {m}", path.join(" ")));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "without a description:\n{}",
+        missing.join("\n")
+    );
+}

@@ -64,25 +64,52 @@ pub struct FsArgs {
 #[derive(Debug, Subcommand)]
 enum FsOp {
     /// List a directory (directories end in '/', symlinks show their target).
-    Ls { path: Option<PathBuf> },
+    Ls {
+        /// Directory in the volume, relative to its root [default: the root].
+        path: Option<PathBuf>,
+    },
     /// Print a file.
-    Cat { path: PathBuf },
+    Cat {
+        /// File in the volume, relative to its root.
+        path: PathBuf,
+    },
     /// Write stdin to a file (created or truncated; parents must exist).
-    Write { path: PathBuf },
+    Write {
+        /// File in the volume, relative to its root.
+        path: PathBuf,
+    },
     /// Create a directory and its parents.
-    Mkdir { path: PathBuf },
+    Mkdir {
+        /// Directory in the volume, relative to its root.
+        path: PathBuf,
+    },
     /// Remove a file, symlink or empty directory (-r: a whole tree).
     Rm {
+        /// Remove a directory with everything in it.
         #[arg(short, long)]
         recursive: bool,
+        /// What to remove, relative to the volume's root.
         path: PathBuf,
     },
     /// Show metadata (a final symlink is described, not followed).
-    Stat { path: PathBuf },
+    Stat {
+        /// Path in the volume, relative to its root.
+        path: PathBuf,
+    },
     /// Rename a file or directory.
-    Mv { from: PathBuf, to: PathBuf },
+    Mv {
+        /// Path in the volume to move.
+        from: PathBuf,
+        /// New path in the same volume.
+        to: PathBuf,
+    },
     /// Copy a file.
-    Cp { from: PathBuf, to: PathBuf },
+    Cp {
+        /// File in the volume to copy (for host files, see `msb cp`).
+        from: PathBuf,
+        /// Path of the copy in the same volume.
+        to: PathBuf,
+    },
 }
 
 fn parse_name(s: &str) -> Result<VolumeName, String> {

@@ -41,6 +41,8 @@ pub enum VolumeCommand {
     /// List volumes, newest first.
     #[command(visible_alias = "list")]
     Ls {
+        /// Output format (json has the keys of `inspect --format json`,
+        /// less in_use_by).
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
         /// Print names only.
@@ -54,21 +56,26 @@ pub enum VolumeCommand {
     /// Show volumes in detail, with usage counted now (a directory volume's
     /// tree is scanned; `ls` shows the running counter).
     Inspect {
+        /// The volumes to show.
         #[arg(required = true, value_parser = parse_name)]
         names: Vec<VolumeName>,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
     /// Create a volume as a copy of another (kind, quota, labels and files)
     Clone {
+        /// The volume to copy (no sandbox may be writing to it).
         #[arg(value_parser = parse_name)]
         source: VolumeName,
+        /// The new volume's name.
         #[arg(value_parser = parse_name)]
         name: VolumeName,
     },
     /// Remove volumes and their data (refused for a volume in use).
     #[command(visible_alias = "remove")]
     Rm {
+        /// The volumes to remove.
         #[arg(required = true)]
         names: Vec<String>,
         /// Print nothing on success.
