@@ -397,7 +397,7 @@ fn copy_out_of_sandbox(
 }
 
 /// The standard output of a command in a sandbox as a reader, keeping its
-/// standard error aside (up to 64 KiB) and failing once a stop signal came.
+/// standard error aside (its first 4 KiB, for an error message) and failing once a stop signal came.
 struct SandboxOutput<'a> {
     rt: &'a tokio::runtime::Runtime,
     stream: &'a mut msb::ExecStream,
@@ -446,7 +446,7 @@ impl io::Read for SandboxOutput<'_> {
                     self.pos = 0;
                 }
                 Ok(Some(msb::ExecEvent::Stderr(b))) => {
-                    let room = (64usize << 10).saturating_sub(self.stderr.len());
+                    let room = (4usize << 10).saturating_sub(self.stderr.len());
                     self.stderr.extend(&b[..b.len().min(room)]);
                 }
             }
