@@ -396,8 +396,9 @@ fn copy_out_of_sandbox(
     }
 }
 
-/// The standard output of a command in a sandbox as a reader, keeping its
-/// standard error aside (its first 4 KiB, for an error message) and failing once a stop signal came.
+/// The standard output of a command in a sandbox as a reader, keeping the
+/// first 4 KiB of its standard error for an error message, and failing
+/// once a stop signal came.
 struct SandboxOutput<'a> {
     rt: &'a tokio::runtime::Runtime,
     stream: &'a mut msb::ExecStream,
