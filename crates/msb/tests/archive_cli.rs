@@ -1,5 +1,6 @@
 //! `msb volume export|import` keep data safe when they fail or are
-//! interrupted: the real binary, a real store, real signals.
+//! interrupted, and clone shows its progress on a terminal: the real
+//! binary, a real store, real signals, a real pty.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -345,6 +346,70 @@ fn interrupted_import_leaves_an_empty_volume_empty() {
     assert_eq!(names(&root), ["a", "x"]);
 }
 
+/// Starts an all-or-nothing import of `tar` into the empty volume `name`,
+/// waits until its staging directory holds data, and SIGKILLs it, leaving
+/// that directory; returns its name.
+fn kill_an_import(h: &Path, name: &str, tar: &[u8]) -> String {
+    let root = h.join("volumes").join(name);
+    let mut c = cmd(h, &["volume", "import", name, "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = c.stdin.take().unwrap();
+    input.write_all(&tar[..tar.len() / 2]).unwrap();
+    wait_for("the first entries to be staged", || {
+        names(&root)
+            .iter()
+            .any(|n| n.starts_with(".msb-import-") && !names(&root.join(n)).is_empty())
+    });
+    signal(&c, libc::SIGKILL);
+    c.wait().unwrap();
+    drop(input);
+    let left: Vec<String> = names(&root)
+        .into_iter()
+        .filter(|n| n.starts_with(".msb-import-"))
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    left[0].clone()
+}
+
+#[test]
+fn what_a_killed_import_left_goes_at_doctor_or_a_merge() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let tar = archive(h);
+    ok(&msb(h, &["volume", "create", "v", "-q", "--quota", "64M"]));
+    let root = h.join("volumes/v");
+
+    // doctor removes it, says so, and the counter is exact after.
+    let left = kill_an_import(h, "v", &tar);
+    assert!(used(h, "v") > 0, "the staged data was charged");
+    let d = ok(&msb(h, &["volume", "doctor"]));
+    assert!(
+        d.contains(&format!(
+            "removed {left} from volume v, left by an import that was killed"
+        )),
+        "{d}"
+    );
+    assert!(names(&root).is_empty(), "{:?}", names(&root));
+    assert_eq!(used(h, "v"), 0);
+    let d = ok(&msb(h, &["volume", "doctor"]));
+    assert!(!d.contains("removed") && !d.contains("usage:"), "{d}");
+
+    // An import with --merge into a volume with files removes it too.
+    let left = kill_an_import(h, "v", &tar);
+    ok(&msb(h, &["volume", "fs", "v", "mkdir", "keep"]));
+    ok(&import_stdin(
+        h,
+        &["volume", "import", "v", "--merge", "-"],
+        &tar,
+    ));
+    assert!(!root.join(&left).exists(), "{:?}", names(&root));
+    assert_eq!(names(&root), ["a", "keep", "x"]);
+    let d = ok(&msb(h, &["volume", "doctor"]));
+    assert!(!d.contains("usage:"), "counter off after the merge: {d}");
+}
+
 #[test]
 fn import_into_a_volume_with_files_needs_merge() {
     let home = tempfile::tempdir().unwrap();
@@ -435,4 +500,52 @@ fn disk_volume_import_is_all_or_nothing_past_lost_and_found() {
         ok(&msb(h, &["volume", "fs", "d", "ls"])),
         "a/\nlost+found/\nx/\n"
     );
+}
+
+/// Runs msb with its stderr on a new terminal; returns what reached the
+/// terminal and msb's output.
+fn on_terminal(home: &Path, args: &[&str]) -> (String, Output) {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().unwrap())
+        .unwrap();
+    let out = cmd(home, args)
+        .stdin(Stdio::null())
+        .stderr(slave)
+        .output()
+        .unwrap();
+    // Every slave descriptor is closed now: the master reads what was
+    // written, then fails (EIO).
+    let mut text = Vec::new();
+    let mut master = std::fs::File::from(master);
+    let _ = std::io::Read::read_to_end(&mut master, &mut text);
+    (String::from_utf8_lossy(&text).into_owned(), out)
+}
+
+#[test]
+fn clone_shows_progress_on_a_terminal_only() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    filled(h, 64, 1 << 20);
+    let (shown, out) = on_terminal(h, &["volume", "clone", "src", "copy"]);
+    assert_eq!(ok(&out), "copy\n");
+    assert!(shown.contains("cloning ["), "{shown:?}");
+    assert!(shown.contains("MiB"), "{shown:?}");
+    // The bar is wiped once done.
+    assert!(shown.ends_with("\r\x1b[K"), "{shown:?}");
+    assert_eq!(
+        names(&h.join("volumes/copy/d")).len(),
+        64,
+        "the clone is whole"
+    );
+
+    let o = msb(h, &["volume", "clone", "src", "copy2"]);
+    assert_eq!(ok(&o), "copy2\n");
+    assert!(o.stderr.is_empty(), "{o:?}");
 }

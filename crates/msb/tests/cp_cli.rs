@@ -318,14 +318,6 @@ fn into_a_running_sandbox_through_its_tar() {
     let e = err(&msb(h, &["cp", "tree/a", "sb:/nonexistent/x"]));
     assert!(e.contains("tar in sandbox sb failed"), "{e}");
     assert!(e.contains("/nonexistent"), "{e}");
-    // Out of a sandbox is refused: its archive would be unpacked on the host.
-    let e = err(&msb(h, &["cp", "sb:/etc/passwd", "out"]));
-    assert!(
-        e.contains("copying out of a sandbox is not supported"),
-        "{e}"
-    );
-    assert!(!h.join("out").exists());
-
     // A volume of the same name wins.
     volume(h, &["sb"]);
     ok(&msb(h, &["cp", "tree/a", "sb:/from-host"]));
@@ -353,4 +345,321 @@ fn disk_volume_in_and_out() {
     ok(&msb(h, &["cp", "d:tree", "out"]));
     assert_eq!(fs::read_to_string(h.join("out/a")).unwrap(), "alpha\n");
     assert_eq!(mode(&h.join("out/sub")), 0o750);
+}
+
+/// No staging directory of an unpacking is left in `dir`.
+fn no_staging_left(dir: &Path) {
+    for e in fs::read_dir(dir).unwrap() {
+        let n = e.unwrap().file_name();
+        assert!(!n.to_string_lossy().starts_with(".msb-cp-"), "{n:?} left");
+    }
+}
+
+#[test]
+fn out_of_a_running_sandbox_through_its_tar() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: running sandboxes needs root");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    ok(&msb(h, &["create", "sb"]));
+    let _stop = Stop(h, "sb");
+    ok(&msb(
+        h,
+        &[
+            "exec",
+            "sb",
+            "sh",
+            "-c",
+            "mkdir -p /tmp/t/sub && echo alpha > /tmp/t/a && echo beta > /tmp/t/sub/b && \
+             chmod 640 /tmp/t/a && chmod 4755 /tmp/t/sub/b && chmod 750 /tmp/t/sub && \
+             ln -s a /tmp/t/link && ln /tmp/t/a /tmp/t/hard && mkfifo /tmp/t/fifo && \
+             touch -d @1000000000 /tmp/t/a /tmp/t/sub",
+        ],
+    ));
+
+    // A file under a new name, then a tree.
+    ok(&msb(h, &["cp", "sb:/tmp/t/a", "one"]));
+    assert_eq!(fs::read_to_string(h.join("one")).unwrap(), "alpha\n");
+    assert_eq!(mode(&h.join("one")), 0o640);
+    let o = msb(h, &["cp", "sb:/tmp/t", "tree"]);
+    ok(&o);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("skipped special file: t/fifo"),
+        "{o:?}"
+    );
+    let t = h.join("tree");
+    assert_eq!(fs::read_to_string(t.join("sub/b")).unwrap(), "beta\n");
+    assert_eq!(fs::read_link(t.join("link")).unwrap(), Path::new("a"));
+    assert_eq!(mode(&t.join("sub")), 0o750);
+    // setuid is not carried onto the host.
+    assert_eq!(mode(&t.join("sub/b")), 0o755);
+    assert!(!t.join("fifo").exists());
+    let (a, hard) = (
+        fs::metadata(t.join("a")).unwrap(),
+        fs::metadata(t.join("hard")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink()), (hard.ino(), 2));
+    // Times are the copy's unless -a.
+    assert_ne!(a.mtime(), 1_000_000_000);
+    no_staging_left(h);
+
+    // An existing directory receives the tree inside it, with -a its times.
+    fs::create_dir(h.join("into")).unwrap();
+    ok(&msb(h, &["cp", "-a", "sb:/tmp/t", "into"]));
+    let m = fs::metadata(h.join("into/t/a")).unwrap();
+    assert_eq!(m.mtime(), 1_000_000_000);
+    assert_eq!(
+        fs::metadata(h.join("into/t/sub")).unwrap().mtime(),
+        1_000_000_000
+    );
+    // Again: merged into what is there, files replaced, others kept.
+    fs::write(h.join("into/t/mine"), "mine\n").unwrap();
+    ok(&msb(h, &["exec", "sb", "sh", "-c", "echo new > /tmp/t/a"]));
+    ok(&msb(h, &["cp", "sb:/tmp/t", "into"]));
+    assert_eq!(fs::read_to_string(h.join("into/t/a")).unwrap(), "new\n");
+    assert_eq!(fs::read_to_string(h.join("into/t/mine")).unwrap(), "mine\n");
+    no_staging_left(&h.join("into"));
+
+    // tar's own complaint comes back, and nothing is made.
+    let e = err(&msb(h, &["cp", "sb:/nonexistent", "gone"]));
+    assert!(e.contains("tar in sandbox sb failed"), "{e}");
+    assert!(e.contains("nonexistent"), "{e}");
+    assert!(!h.join("gone").exists());
+    no_staging_left(h);
+}
+
+/// One ustar header block and its data, as a hostile tar may write it.
+fn tar_entry(name: &[u8], kind: u8, mode: u32, data: &[u8], link: &[u8]) -> Vec<u8> {
+    let mut head = [0u8; 512];
+    head[..name.len()].copy_from_slice(name);
+    let octal = |field: &mut [u8], v: u64| {
+        let s = format!("{v:0w$o}\0", w = field.len() - 1);
+        field.copy_from_slice(s.as_bytes());
+    };
+    octal(&mut head[100..108], u64::from(mode));
+    octal(&mut head[108..116], 0);
+    octal(&mut head[116..124], 0);
+    octal(&mut head[124..136], data.len() as u64);
+    octal(&mut head[136..148], 1_000_000_000);
+    head[156] = kind;
+    head[157..157 + link.len()].copy_from_slice(link);
+    head[257..265].copy_from_slice(b"ustar\x0000");
+    if kind == b'3' {
+        octal(&mut head[329..337], 1);
+        octal(&mut head[337..345], 3);
+    }
+    head[148..156].copy_from_slice(b"        ");
+    let sum: u32 = head.iter().map(|&b| u32::from(b)).sum();
+    head[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut out = head.to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().next_multiple_of(512), 0);
+    out
+}
+
+fn tar_end(mut blocks: Vec<u8>) -> Vec<u8> {
+    blocks.extend_from_slice(&[0; 1024]);
+    blocks
+}
+
+#[test]
+fn out_of_a_hostile_sandbox_nothing_leaves_the_target() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: running sandboxes needs root");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    // The sandbox's `tar` is its own: first in PATH, on a volume, writing
+    // whatever archive the case file names and exiting as told.
+    volume(h, &["evil"]);
+    let script = h.join("tar");
+    fs::write(
+        &script,
+        "#!/bin/sh\nc=$(cat /evil/case)\ncat /evil/$c.tar\n[ -e /evil/$c.sleep ] && exec sleep 30\nexit $(cat /evil/$c.status 2>/dev/null || echo 0)\n",
+    )
+    .unwrap();
+    set_mode(&script, 0o755);
+    ok(&msb(h, &["cp", "tar", "evil:tar"]));
+    let victim = h.join("victim");
+    fs::create_dir(&victim).unwrap();
+    let v = victim.to_str().unwrap().as_bytes();
+    let abs = h.join("abs");
+    let dir = |n: &[u8]| tar_entry(n, b'5', 0o755, b"", b"");
+    let file = |n: &[u8], d: &[u8]| tar_entry(n, b'0', 0o644, d, b"");
+    let mut huge = [dir(b"t/"), file(b"t/big", b"")].concat();
+    // A size of 1 PiB in base-256, far beyond any disk here.
+    let big = 512 + 124;
+    huge[big..big + 12].copy_from_slice(&[0x80, 0, 0, 0, 0, 0, 0x04, 0, 0, 0, 0, 0]);
+    let sum_at = 512 + 148;
+    huge[sum_at..sum_at + 8].copy_from_slice(b"        ");
+    let sum: u32 = huge[512..1024].iter().map(|&b| u32::from(b)).sum();
+    huge[sum_at..sum_at + 8].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "dotdot",
+            [dir(b"t/"), file(b"t/../../escape", b"x")].concat(),
+            "outside the copied tree",
+        ),
+        (
+            "absolute",
+            [dir(b"t/"), file(abs.to_str().unwrap().as_bytes(), b"x")].concat(),
+            "outside the copied tree",
+        ),
+        ("othertop", file(b"u/x", b"x"), "outside the copied tree"),
+        (
+            "symlinkwalk",
+            [
+                dir(b"t/"),
+                tar_entry(b"t/link", b'2', 0o777, b"", v),
+                file(b"t/link/pwned", b"x"),
+            ]
+            .concat(),
+            "(or under a symlink)",
+        ),
+        (
+            "hardlinkout",
+            [
+                dir(b"t/"),
+                tar_entry(b"t/h", b'1', 0o644, b"", b"/etc/passwd"),
+            ]
+            .concat(),
+            "hard link",
+        ),
+        (
+            "hardlinkup",
+            [
+                dir(b"t/"),
+                tar_entry(b"t/h", b'1', 0o644, b"", b"t/../../x"),
+            ]
+            .concat(),
+            "hard link",
+        ),
+        ("huge", huge, "reserve"),
+        ("empty", Vec::new(), "archive was empty"),
+        (
+            "trailer",
+            [dir(b"t/"), vec![0; 1024], vec![b'z'; 2 << 20]].concat(),
+            "wrote more after its archive ended",
+        ),
+        (
+            "failing",
+            [dir(b"t/"), file(b"t/f", b"x")].concat(),
+            "tar in sandbox sb failed with status 3",
+        ),
+    ];
+    for (name, blocks, _) in &cases {
+        let blocks = if *name == "trailer" {
+            blocks.clone()
+        } else {
+            tar_end(blocks.clone())
+        };
+        fs::write(h.join(format!("{name}.tar")), blocks).unwrap();
+        ok(&msb(h, &["cp", &format!("{name}.tar"), "evil:"]));
+    }
+    fs::write(h.join("failing.status"), "3\n").unwrap();
+    ok(&msb(h, &["cp", "failing.status", "evil:"]));
+    fs::write(
+        h.join("special.tar"),
+        tar_end(
+            [
+                dir(b"t/"),
+                tar_entry(b"t/suid", b'0', 0o4755, b"x", b""),
+                tar_entry(b"t/sgid", b'0', 0o2775, b"y", b""),
+                tar_entry(b"t/dev", b'3', 0o666, b"", b""),
+                tar_entry(b"t/fifo", b'6', 0o666, b"", b""),
+                tar_entry(b"t/sticky", b'5', 0o1777, b"", b""),
+            ]
+            .concat(),
+        ),
+    )
+    .unwrap();
+    ok(&msb(h, &["cp", "special.tar", "evil:"]));
+
+    ok(&msb(
+        h,
+        &[
+            "create",
+            "sb",
+            "-v",
+            "evil:/evil",
+            "-e",
+            "PATH=/evil:/usr/sbin:/usr/bin:/sbin:/bin",
+        ],
+    ));
+    let _stop = Stop(h, "sb");
+    let set_case = |c: &str| {
+        ok(&msb(
+            h,
+            &["exec", "sb", "sh", "-c", &format!("echo {c} > /evil/case")],
+        ));
+    };
+    for (name, _, want) in &cases {
+        set_case(name);
+        let e = err(&msb(h, &["cp", "sb:/x/t", "out"]));
+        assert!(e.contains(want), "{name}: {e}");
+        assert!(!h.join("out").exists(), "{name}: a target was made");
+        no_staging_left(h);
+        assert!(!abs.exists() && !h.join("escape").exists());
+        assert!(!h.parent().unwrap().join("escape").exists());
+        assert_eq!(fs::read_dir(&victim).unwrap().count(), 0, "{name}");
+    }
+
+    // Interrupted while the sandbox stalls mid-archive: the signal ends
+    // msb as it would have without a handler, and nothing is left.
+    fs::write(
+        h.join("stall.tar"),
+        [dir(b"t/"), file(b"t/f", b"x")].concat(),
+    )
+    .unwrap();
+    fs::write(h.join("stall.sleep"), "").unwrap();
+    ok(&msb(h, &["cp", "stall.tar", "evil:"]));
+    ok(&msb(h, &["cp", "stall.sleep", "evil:"]));
+    set_case("stall");
+    let child = Command::new(env!("CARGO_BIN_EXE_msb"))
+        .args(["cp", "sb:/x/t", "out"])
+        .env("MSB_HOME", h)
+        .current_dir(h)
+        .spawn()
+        .unwrap();
+    // Until the staged directory shows the first entry was unpacked.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !fs::read_dir(h).unwrap().any(|e| {
+        let n = e.unwrap().file_name();
+        n.to_string_lossy().starts_with(".msb-cp-")
+    }) {
+        assert!(std::time::Instant::now() < deadline, "no staging seen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3), "slow to stop");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGINT), "{out:?}");
+    assert!(!h.join("out").exists());
+    no_staging_left(h);
+
+    // Special files are skipped and special mode bits dropped.
+    set_case("special");
+    let o = msb(h, &["cp", "sb:/x/t", "out"]);
+    ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("skipped special file: t/dev"), "{stderr}");
+    assert!(stderr.contains("skipped special file: t/fifo"), "{stderr}");
+    let out = h.join("out");
+    assert_eq!(mode(&out.join("suid")), 0o755);
+    assert_eq!(mode(&out.join("sgid")), 0o775);
+    assert_eq!(mode(&out.join("sticky")), 0o777);
+    assert!(!out.join("dev").exists() && !out.join("fifo").exists());
+    let mut names: Vec<_> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["sgid", "sticky", "suid"]);
 }

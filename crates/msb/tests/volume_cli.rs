@@ -151,25 +151,25 @@ fn errors_and_exit_codes() {
         ),
         (
             &["volume", "create", "s", "--kind", "disk"],
-            1,
-            "a disk volume needs a size",
+            2,
+            "a disk volume needs --size",
         ),
         (
             &["volume", "create", "s", "--kind", "disk", "--size", "8M"],
-            1,
+            2,
             "16 MiB to 16777215 MiB",
         ),
         (
             &[
                 "volume", "create", "s", "--kind", "disk", "--size", "1G", "--quota", "1G",
             ],
-            1,
-            "cannot have a quota",
+            2,
+            "--quota is for directory volumes",
         ),
         (
             &["volume", "create", "s", "--size", "1G"],
-            1,
-            "directory volume has no size",
+            2,
+            "--size is for disk volumes (--kind disk); limit a directory volume with --quota",
         ),
         (&["volume", "create", "s", "--quota", "0"], 2, "is zero"),
         (
@@ -187,7 +187,12 @@ fn errors_and_exit_codes() {
             2,
             "label key is empty",
         ),
-        (&["volume", "ls", "--filter", "name=x"], 2, "use label=KEY"),
+        (
+            &["volume", "ls", "--filter", "dangling=true"],
+            2,
+            "use label=KEY",
+        ),
+        (&["volume", "ls", "--filter", "kind=zfs"], 2, "dir or disk"),
         (&["volume", "frobnicate"], 2, "error:"),
         (
             &["volume", "prune", "--filter", "dangling=true"],
@@ -307,6 +312,53 @@ fn prune_asks_listing_kind_and_usage_and_no_is_not_an_error() {
         stderr(&o)
     );
     assert_eq!(stdout(&msb(h, &["volume", "ls", "-q"])), "");
+}
+
+#[test]
+fn ls_filters_as_prune_does() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    for args in [
+        &["volume", "create", "old-a", "--label", "tmp=1"][..],
+        &["volume", "create", "old-b", "--label", "tmp=2"],
+        &[
+            "volume", "create", "disk-c", "--kind", "disk", "--size", "32M",
+        ],
+    ] {
+        assert!(msb(h, args).status.success());
+    }
+    let ls = |filters: &[&str]| {
+        let mut args = vec!["volume", "ls", "-q"];
+        for f in filters {
+            args.extend(["--filter", f]);
+        }
+        let o = msb(h, &args);
+        assert!(o.status.success(), "{filters:?}: {}", stderr(&o));
+        stdout(&o)
+    };
+    assert_eq!(ls(&[]), "disk-c\nold-b\nold-a\n");
+    assert_eq!(ls(&["label=tmp"]), "old-b\nold-a\n");
+    assert_eq!(ls(&["label=tmp=1"]), "old-a\n");
+    assert_eq!(ls(&["label!=tmp=1"]), "disk-c\nold-b\n");
+    assert_eq!(ls(&["name=old", "label!=tmp=1"]), "old-b\n");
+    // Several names: any of them.
+    assert_eq!(ls(&["name=-a", "name=disk"]), "disk-c\nold-a\n");
+    assert_eq!(ls(&["kind=disk"]), "disk-c\n");
+    assert_eq!(ls(&["kind=dir", "kind=disk"]), "disk-c\nold-b\nold-a\n");
+    // Created just now: none before an hour ago, all before the far future.
+    assert_eq!(ls(&["until=1h"]), "");
+    assert_eq!(
+        ls(&["until=2999-01-01T00:00:00Z", "kind=dir"]),
+        "old-b\nold-a\n"
+    );
+    // The table and json take the same filters.
+    let o = msb(
+        h,
+        &["volume", "ls", "--format", "json", "--filter", "kind=disk"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["name"], "disk-c");
 }
 
 #[test]

@@ -55,8 +55,21 @@ CREATE INDEX sandbox_volumes_by_volume ON sandbox_volumes (volume);
 /// Errors of the catalog.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("database {path} was not made by msb; refusing to use it")]
+    /// The published microsandbox and this msb both default to
+    /// `~/.microsandbox/db/msb.db`; its database is recognised by its
+    /// migration bookkeeping or its tables.
+    #[error(
+        "database {path} belongs to another microsandbox installation (it is left untouched); run this msb with a home of its own, e.g. `MSB_HOME=~/.msb msb ...` (the other one reads MSB_HOME too, so set it for this msb only)"
+    )]
+    OtherInstallation { path: String },
+    #[error(
+        "database {path} belongs to another program (it is left untouched); run msb with a home of its own, e.g. `MSB_HOME=~/.msb msb ...`"
+    )]
     Foreign { path: String },
+    #[error(
+        "{path} is not a SQLite database (it is left untouched); move it away or run msb with a home of its own, e.g. `MSB_HOME=~/.msb msb ...`"
+    )]
+    NotSqlite { path: String },
     #[error(
         "database {path} has schema version {found}, newer than this msb understands ({SCHEMA_VERSION}); refusing to use it"
     )]
@@ -167,9 +180,7 @@ impl Catalog {
         let app_id: i32 = tx.query_row("PRAGMA application_id", [], |r| r.get(0))?;
         if app_id == 0 {
             if has_tables(&tx)? {
-                return Err(CatalogError::Foreign {
-                    path: path.display().to_string(),
-                });
+                return Err(foreign(&tx, path)?);
             }
             tx.execute_batch(SCHEMA)?;
             tx.execute_batch(SCHEMA_V2)?;
@@ -472,12 +483,12 @@ fn check_identity(conn: &Connection, path: &Path) -> Result<bool, CatalogError> 
         Err(rusqlite::Error::SqliteFailure(e, _))
             if e.code == rusqlite::ErrorCode::NotADatabase =>
         {
-            return Err(CatalogError::Foreign { path: name() });
+            return Err(CatalogError::NotSqlite { path: name() });
         }
         Err(e) => return Err(e.into()),
     };
     if app_id != APPLICATION_ID && (app_id != 0 || version != 0 || has_tables(&snapshot)?) {
-        return Err(CatalogError::Foreign { path: name() });
+        return Err(foreign(&snapshot, path)?);
     }
     if version > SCHEMA_VERSION {
         return Err(CatalogError::Newer {
@@ -486,6 +497,25 @@ fn check_identity(conn: &Connection, path: &Path) -> Result<bool, CatalogError> 
         });
     }
     Ok(app_id == 0)
+}
+
+/// Tells another microsandbox's database (the published one keeps its
+/// migrations in `seaql_migrations`, older releases in `_sqlx_migrations`,
+/// and its records in `sandbox`/`sandboxes` and `volume`) from any other
+/// program's.
+fn foreign(conn: &Connection, path: &Path) -> Result<CatalogError, rusqlite::Error> {
+    let path = path.display().to_string();
+    let peer: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN
+         ('seaql_migrations', '_sqlx_migrations', 'sandbox', 'sandboxes', 'volume')",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(if peer > 0 {
+        CatalogError::OtherInstallation { path }
+    } else {
+        CatalogError::Foreign { path }
+    })
 }
 
 fn has_tables(conn: &Connection) -> Result<bool, rusqlite::Error> {

@@ -379,7 +379,11 @@ fn foreign_database_is_refused_and_untouched() {
     let err = Store::open(home.path())
         .err()
         .expect("foreign database accepted");
-    assert!(err.to_string().contains("not made by msb"), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("another microsandbox installation") && msg.contains("MSB_HOME"),
+        "{msg}"
+    );
     assert!(
         snapshot(&home.path().join("db")) == db_before,
         "foreign database changed"
@@ -397,7 +401,25 @@ fn foreign_database_is_refused_and_untouched() {
     )
     .unwrap();
     let before = std::fs::read(&db).unwrap();
-    assert!(Store::open(home.path()).is_err());
+    let err = Store::open(home.path()).err().expect("text file accepted");
+    assert!(err.to_string().contains("not a SQLite database"), "{err}");
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+
+    // Some other program's SQLite file is not called a microsandbox's.
+    std::fs::remove_file(&db).unwrap();
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE notes (body TEXT);")
+        .unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let err = Store::open(home.path())
+        .err()
+        .expect("foreign database accepted");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("another program") && msg.contains("MSB_HOME"),
+        "{msg}"
+    );
     assert_eq!(std::fs::read(&db).unwrap(), before);
 }
 

@@ -618,12 +618,20 @@ impl<R: Read> Read for Counting<R> {
 }
 
 /// Extracts a tar archive into the volume under the rules in the module
-/// docs. `progress` is told the archive bytes consumed so far.
+/// docs. `progress` is told the archive bytes consumed so far. Staging
+/// directories left by all-or-nothing imports killed outright are removed
+/// first (see [`remove_stale_staging`]).
 pub fn import(
     vfs: &VolumeFs,
     input: impl Read,
     progress: &mut dyn FnMut(u64),
 ) -> Result<ImportReport, Box<ImportFailure>> {
+    if let Err(error) = remove_stale_staging(vfs) {
+        return Err(Box::new(ImportFailure {
+            written: ImportReport::default(),
+            error,
+        }));
+    }
     let mut report = ImportReport::default();
     match import_entries(vfs, input, progress, &mut report) {
         Ok(()) => Ok(report),
@@ -730,6 +738,18 @@ fn stage(vfs: &VolumeFs) -> Result<Staging, ArchiveError> {
         path: ".msb-import-*".into(),
     }
     .into())
+}
+
+/// Removes the staging directories that all-or-nothing imports killed
+/// outright left in the volume's root (`.msb-import-PID-N` whose process
+/// is gone), crediting their usage back, and returns their names. A live
+/// import's staging is left alone.
+pub fn remove_stale_staging(vfs: &VolumeFs) -> Result<Vec<PathBuf>, ArchiveError> {
+    let stale: Vec<PathBuf> = vfs.list(".")?.iter().filter_map(stale_staging).collect();
+    for rel in &stale {
+        vfs.remove_all(rel)?;
+    }
+    Ok(stale)
 }
 
 /// The name of a staging directory whose import is gone (its process no

@@ -592,3 +592,38 @@ fn import_into_empty_removes_what_a_killed_import_left() {
     assert_eq!(names, ["x"]);
     assert_eq!(budget.used(), scan(&env.p("b")));
 }
+
+#[test]
+fn a_merging_import_and_remove_stale_staging_remove_what_a_killed_import_left() {
+    let env = Env::new();
+    let budget = empty_budget(&env, 1 << 20);
+    let fs = env.fs("b").with_budget(budget.clone());
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = |n: u32| format!(".msb-import-{dead}-{n}");
+    let live = format!(".msb-import-{}-7", std::process::id());
+    fs.write("mine", b"keep").unwrap();
+    fs.mkdir(&live).unwrap();
+    for n in 0..2 {
+        fs.mkdir(format!("{}/d", stale(n))).unwrap();
+        fs.write(format!("{}/d/f", stale(n)), vec![1u8; 30_000])
+            .unwrap();
+    }
+    // Only the dead process's staging goes; a live import's stays.
+    let mut removed = archive::remove_stale_staging(&fs).unwrap();
+    removed.sort();
+    assert_eq!(removed, [PathBuf::from(stale(0)), PathBuf::from(stale(1))]);
+    assert_eq!(budget.used(), scan(&env.p("b")));
+
+    fs.mkdir(format!("{}/d", stale(2))).unwrap();
+    let data = hostile(&[E::File(b"x", b"1")]);
+    archive::import(&fs, data.as_slice(), &mut |_| {}).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(env.p("b"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, [live.clone(), "mine".into(), "x".into()]);
+    assert_eq!(budget.used(), scan(&env.p("b")));
+}

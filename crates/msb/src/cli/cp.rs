@@ -22,9 +22,9 @@
 //! and a sandbox of the same name mean the volume. Copying into a sandbox
 //! pipes a tar stream to `tar -x` run inside it through the exec API, so
 //! the sandbox's own tar, confined like any command there, does the
-//! writing (PATH is absolute in the sandbox). Copying out of a sandbox is
-//! refused: it would mean unpacking an archive the sandbox made onto the
-//! host, so it goes through one of its volumes instead.
+//! writing (PATH is absolute in the sandbox). Copying out of a sandbox
+//! runs `tar -c` there and unpacks its output on the host with
+//! [`super::untar`], which treats it as the hostile archive it may be.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
@@ -51,7 +51,8 @@ pub struct CpArgs {
     /// less setuid, setgid and sticky).
     #[arg(short = 'a', long = "archive")]
     archive: bool,
-    /// What to copy: a host path, or VOLUME:PATH.
+    /// What to copy: a host path, VOLUME:PATH, or SANDBOX:PATH in a
+    /// running sandbox.
     src: OsString,
     /// Where to copy it: a host path, VOLUME:PATH, or SANDBOX:PATH in a
     /// running sandbox. An existing directory receives SRC inside it.
@@ -67,10 +68,6 @@ pub enum CpError {
         "both sides name a volume; copy out to the host and back in, or use `msb volume fs NAME cp` within one volume"
     )]
     TwoVolumes,
-    #[error(
-        "{0} is a sandbox, not a volume; copying out of a sandbox is not supported, copy from one of its volumes instead (`msb inspect {0}` lists them)"
-    )]
-    SandboxOut(String),
     #[error("sandbox {0} is not running; start it, or copy into one of its volumes")]
     SandboxStopped(String),
     #[error("{0} is not UTF-8; a sandbox path must be")]
@@ -81,6 +78,12 @@ pub enum CpError {
         status: i32,
         stderr: String,
     },
+    #[error("the sandbox's tar wrote more after its archive ended")]
+    TarTrailer,
+    #[error("tar in sandbox {0} did not end after writing its archive")]
+    TarHung(String),
+    #[error(transparent)]
+    Untar(#[from] super::untar::UntarError),
     #[error(transparent)]
     Exec(#[from] msb::ExecError),
     #[error("no volume named {0}")]
@@ -158,9 +161,11 @@ fn side(arg: &OsStr) -> Side {
 }
 
 pub fn run(args: CpArgs) -> CliResult {
-    copy(args)
-        .map(|()| ExitCode::SUCCESS)
-        .map_err(|e| escape_error(e.into()))
+    super::fs::end_if_stopped(
+        copy(args)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(|e| escape_error(e.into())),
+    )
 }
 
 fn copy(args: CpArgs) -> Result<(), CpError> {
@@ -176,7 +181,7 @@ fn copy(args: CpArgs) -> Result<(), CpError> {
             let store = Store::open_default()?;
             match open_side(&store, &name, false)? {
                 Remote::Volume(v) => copy_out(&v, &path, &name, &dst, args.archive),
-                Remote::Sandbox(_) => Err(CpError::SandboxOut(name)),
+                Remote::Sandbox(sb) => copy_out_of_sandbox(&sb, &path, &dst, args.archive),
             }
         }
         (Side::Host(_), Side::Host(_)) => Err(CpError::NoVolume),
@@ -289,6 +294,165 @@ fn copy_into_sandbox(
         });
     }
     produced
+}
+
+/// Copies `src` in the running sandbox `sb` to host `dst`: the sandbox's
+/// `tar -c` writes it, the host unpacks it confined to the target (see
+/// [`super::untar`]) and moves it into place only once tar has ended
+/// well. SIGINT and SIGTERM stop it, leaving the host as it was.
+fn copy_out_of_sandbox(
+    sb: &msb::Sandbox,
+    src: &Path,
+    dst: &Path,
+    keep_times: bool,
+) -> Result<(), CpError> {
+    // Sandbox paths are absolute, as `msb exec` sees them.
+    let src = Path::new("/").join(src);
+    let (dir, top) = if src == Path::new("/") {
+        (src.clone(), OsString::from("."))
+    } else {
+        match (src.parent(), src.file_name()) {
+            (Some(dir), Some(top)) => (dir.to_owned(), top.to_owned()),
+            _ => return Err(CpError::NoName(src)),
+        }
+    };
+    let target = if fs::metadata(dst).is_ok_and(|m| m.is_dir()) {
+        // The sandbox's root goes in under the sandbox's name.
+        dst.join(if top == "." {
+            OsStr::new(sb.name())
+        } else {
+            &top
+        })
+    } else {
+        dst.to_owned()
+    };
+    let utf8 = |p: &Path| {
+        p.to_str()
+            .map(str::to_owned)
+            .ok_or_else(|| CpError::NotUtf8(p.to_owned()))
+    };
+    // `./NAME`: a name starting with `-` is not taken for an option.
+    let member = Path::new(".").join(&top);
+    let rt = runtime()?;
+    let stop = super::fs::stop_on_signals();
+    let mut tar = rt.block_on(
+        sb.command("tar")
+            .args(["-c", "-f", "-", "-C", &utf8(&dir)?, &utf8(&member)?])
+            .spawn(),
+    )?;
+    tar.close_stdin();
+    let mut out = SandboxOutput {
+        rt: &rt,
+        stream: &mut tar,
+        chunk: Vec::new(),
+        pos: 0,
+        stderr: Vec::new(),
+        stop,
+        ended: false,
+    };
+    let staged = super::untar::stage(&mut out, &top, &target, keep_times);
+    // GNU tar pads its archive; more than that after the end is not tar's.
+    let trailer = out.drain(1 << 20);
+    let stderr = std::mem::take(&mut out.stderr);
+    if staged.is_err() || trailer.is_err() {
+        let _ = tar.signal(libc::SIGKILL);
+    }
+    // A process the sandbox left holding the output open must not hold
+    // the copy up: its status is then unknown.
+    let status = match rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(5), tar.wait()).await
+    }) {
+        Ok(status) => status?,
+        Err(_) if staged.is_err() => -1,
+        Err(_) => return Err(CpError::TarHung(sb.name().to_owned())),
+    };
+    let tar_failed = || CpError::SandboxTar {
+        name: sb.name().to_owned(),
+        status,
+        stderr: String::from_utf8_lossy(&stderr)
+            .lines()
+            .collect::<Vec<_>>()
+            .join("; "),
+    };
+    match staged {
+        Ok(staged) => {
+            trailer?;
+            if status != 0 {
+                return Err(tar_failed());
+            }
+            staged.land()?;
+            Ok(())
+        }
+        // tar's complaint explains an archive that ended early or never
+        // began; a refused entry stands on its own.
+        Err(e @ (super::untar::UntarError::Read(_) | super::untar::UntarError::Empty)) => Err(
+            if status != 0 && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tar_failed()
+            } else {
+                e.into()
+            },
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The standard output of a command in a sandbox as a reader, keeping the
+/// first 4 KiB of its standard error for an error message, and failing
+/// once a stop signal came.
+struct SandboxOutput<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    stream: &'a mut msb::ExecStream,
+    chunk: Vec<u8>,
+    pos: usize,
+    stderr: Vec<u8>,
+    stop: &'static std::sync::atomic::AtomicBool,
+    ended: bool,
+}
+
+impl SandboxOutput<'_> {
+    /// Reads on to the end of the output, failing past `limit` bytes.
+    fn drain(&mut self, limit: u64) -> Result<(), CpError> {
+        match io::copy(&mut io::Read::take(&mut *self, limit + 1), &mut io::sink()) {
+            Ok(n) if n <= limit => Ok(()),
+            _ => Err(CpError::TarTrailer),
+        }
+    }
+}
+
+impl io::Read for SandboxOutput<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.pos < self.chunk.len() {
+                let n = buf.len().min(self.chunk.len() - self.pos);
+                buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            if self.ended {
+                return Ok(0);
+            }
+            if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(io::Error::other("interrupted by a signal"));
+            }
+            // Woken now and then to notice a stop signal.
+            let next = self.rt.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_millis(100), self.stream.next())
+                    .await
+            });
+            match next {
+                Err(_) => {}
+                Ok(None) => self.ended = true,
+                Ok(Some(msb::ExecEvent::Stdout(b))) => {
+                    self.chunk = b;
+                    self.pos = 0;
+                }
+                Ok(Some(msb::ExecEvent::Stderr(b))) => {
+                    let room = (4usize << 10).saturating_sub(self.stderr.len());
+                    self.stderr.extend(&b[..b.len().min(room)]);
+                }
+            }
+        }
+    }
 }
 
 /// The last component of `p`, after resolving `.` and `..` on the host.

@@ -64,25 +64,52 @@ pub struct FsArgs {
 #[derive(Debug, Subcommand)]
 enum FsOp {
     /// List a directory (directories end in '/', symlinks show their target).
-    Ls { path: Option<PathBuf> },
+    Ls {
+        /// Directory in the volume, relative to its root [default: the root].
+        path: Option<PathBuf>,
+    },
     /// Print a file.
-    Cat { path: PathBuf },
+    Cat {
+        /// File in the volume, relative to its root.
+        path: PathBuf,
+    },
     /// Write stdin to a file (created or truncated; parents must exist).
-    Write { path: PathBuf },
+    Write {
+        /// File in the volume, relative to its root.
+        path: PathBuf,
+    },
     /// Create a directory and its parents.
-    Mkdir { path: PathBuf },
+    Mkdir {
+        /// Directory in the volume, relative to its root.
+        path: PathBuf,
+    },
     /// Remove a file, symlink or empty directory (-r: a whole tree).
     Rm {
+        /// Remove a directory with everything in it.
         #[arg(short, long)]
         recursive: bool,
+        /// What to remove, relative to the volume's root.
         path: PathBuf,
     },
     /// Show metadata (a final symlink is described, not followed).
-    Stat { path: PathBuf },
+    Stat {
+        /// Path in the volume, relative to its root.
+        path: PathBuf,
+    },
     /// Rename a file or directory.
-    Mv { from: PathBuf, to: PathBuf },
+    Mv {
+        /// Path in the volume to move.
+        from: PathBuf,
+        /// New path in the same volume.
+        to: PathBuf,
+    },
     /// Copy a file.
-    Cp { from: PathBuf, to: PathBuf },
+    Cp {
+        /// File in the volume to copy (for host files, see `msb cp`).
+        from: PathBuf,
+        /// Path of the copy in the same volume.
+        to: PathBuf,
+    },
 }
 
 fn parse_name(s: &str) -> Result<VolumeName, String> {
@@ -146,6 +173,11 @@ fn export(store: &Store, name: &VolumeName, output: Option<PathBuf>) -> CliResul
 /// was written listed).
 fn import(store: &Store, name: &VolumeName, input: &Path, merge: bool) -> CliResult {
     let v = open_volume(store, name, true)?;
+    // An import killed outright left its staging and may have been charged
+    // for more than it wrote: remove it and recount while nobody writes.
+    if !archive::remove_stale_staging(&v)?.is_empty() {
+        store.get_current(name)?;
+    }
     let (reader, len): (Box<dyn Read>, _) = if input.as_os_str() == "-" {
         (Box::new(io::stdin().lock()), None)
     } else {
@@ -211,7 +243,7 @@ extern "C" fn note_stop(sig: libc::c_int) {
 /// Catches SIGINT and SIGTERM into [`STOP`], so that the operation can
 /// clean up before the process ends. Without `SA_RESTART`, a read blocked
 /// on a pipe returns `EINTR` and sees the flag at once.
-fn stop_on_signals() -> &'static AtomicBool {
+pub(super) fn stop_on_signals() -> &'static AtomicBool {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: `note_stop` only stores to atomics, which is
         // async-signal-safe; the struct is zeroed (a valid empty mask and
@@ -231,7 +263,7 @@ fn stop_on_signals() -> &'static AtomicBool {
 /// it would have ended without the handler, so the caller sees a signal
 /// death. An operation that finished before the signal could stop it
 /// reports its success: its result is in place, whole.
-fn end_if_stopped(outcome: CliResult) -> CliResult {
+pub(super) fn end_if_stopped(outcome: CliResult) -> CliResult {
     let sig = STOP_SIGNAL.load(Ordering::Relaxed);
     let Err(e) = outcome else {
         return outcome;

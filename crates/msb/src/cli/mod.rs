@@ -2,9 +2,10 @@
 //! module; every module turns raw strings into typed config once, then calls
 //! the library.
 
+use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod cp;
 mod fs;
@@ -12,11 +13,12 @@ mod mount;
 mod run;
 mod sandbox;
 mod text;
+mod untar;
 mod volume;
 
 /// Sandboxes with real storage.
 #[derive(Debug, Parser)]
-#[command(name = "msb", version, about, propagate_version = true)]
+#[command(name = "msb", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,9 +50,29 @@ enum Command {
     /// Run a command in a running named sandbox.
     Exec(sandbox::ExecArgs),
     /// Copy files or directories between the host and a volume
-    /// (`HOSTPATH VOLUME:PATH` or `VOLUME:PATH HOSTPATH`), or into a
-    /// running sandbox (`HOSTPATH SANDBOX:PATH`).
+    /// (`HOSTPATH VOLUME:PATH` or `VOLUME:PATH HOSTPATH`) or a running
+    /// sandbox (`HOSTPATH SANDBOX:PATH` or `SANDBOX:PATH HOSTPATH`).
     Cp(cp::CpArgs),
+    /// Print a shell completion script to stdout (e.g.
+    /// `msb completion bash > /etc/bash_completion.d/msb`).
+    Completion(CompletionArgs),
+    /// Print the manual page msb(1) to stdout, or write a page for every
+    /// command into a directory (--dir).
+    Man(ManArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CompletionArgs {
+    /// The shell to complete for.
+    shell: clap_complete::Shell,
+}
+
+#[derive(Debug, clap::Args)]
+struct ManArgs {
+    /// Write msb.1, msb-volume.1, msb-volume-create.1, ... into this
+    /// existing directory instead of printing msb.1.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<std::path::PathBuf>,
 }
 
 /// A command's failure, already reported or to be printed as `error: ...`.
@@ -69,6 +91,8 @@ pub fn main() -> ExitCode {
         Command::Stop(args) => sandbox::stop(args),
         Command::Exec(args) => sandbox::exec(args),
         Command::Cp(args) => cp::run(args),
+        Command::Completion(args) => completion(args),
+        Command::Man(args) => man(args),
     };
     match result {
         Ok(code) => code,
@@ -77,6 +101,52 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Completions come from the same definitions that parse the command line,
+/// so they cannot drift from it.
+fn completion(args: CompletionArgs) -> CliResult {
+    let mut text = Vec::new();
+    clap_complete::generate(args.shell, &mut Cli::command(), "msb", &mut text);
+    print_text(&text)
+}
+
+fn man(args: ManArgs) -> CliResult {
+    let cmd = Cli::command();
+    match args.dir {
+        Some(dir) => {
+            clap_mangen::generate_to(cmd, &dir)
+                .map_err(|source| CliError::ManDir { dir, source })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let mut text = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut text)?;
+            print_text(&text)
+        }
+    }
+}
+
+/// Writes generated text to stdout; a reader that stopped early (`| head`)
+/// is not a failure of ours.
+fn print_text(text: &[u8]) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Stdout(e).into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Failures of the commands defined in this module.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("cannot write manual pages into {}", dir.display())]
+    ManDir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write to standard output")]
+    Stdout(#[source] std::io::Error),
 }
 
 /// A timestamp as RFC 3339 in UTC, to the second (`2026-11-29T05:17:13Z`).

@@ -1,12 +1,13 @@
 //! `msb volume create|ls|inspect|rm|prune|doctor`.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Subcommand, ValueEnum};
 use msb_spec::{
-    LabelFilter, Labels, VolumeConfig, VolumeFilter, VolumeKind, VolumeName, format_bytes,
-    parse_size_mib,
+    Labels, VolumeConfig, VolumeFilter, VolumeKind, VolumeName, format_bytes, parse_size_mib,
 };
 use msb_store::{Store, VolumeInfo};
 use serde::Serialize;
@@ -40,33 +41,41 @@ pub enum VolumeCommand {
     /// List volumes, newest first.
     #[command(visible_alias = "list")]
     Ls {
+        /// Output format (json has the keys of `inspect --format json`,
+        /// less in_use_by).
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
         /// Print names only.
         #[arg(short, long)]
         quiet: bool,
-        /// Keep volumes with a label: label=KEY or label=KEY=VALUE (repeatable; all must match).
-        #[arg(long = "filter", value_parser = parse_filter)]
-        filters: Vec<LabelFilter>,
+        /// Show only matching volumes: label=K[=V], label!=K[=V],
+        /// name=TEXT, kind=dir|disk, until=TIME (as for prune; repeatable).
+        #[arg(long = "filter", value_name = "FILTER", value_parser = parse_volume_filter)]
+        filters: Vec<VolumeFilter>,
     },
     /// Show volumes in detail, with usage counted now (a directory volume's
     /// tree is scanned; `ls` shows the running counter).
     Inspect {
+        /// The volumes to show.
         #[arg(required = true, value_parser = parse_name)]
         names: Vec<VolumeName>,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
     /// Create a volume as a copy of another (kind, quota, labels and files)
     Clone {
+        /// The volume to copy (no sandbox may be writing to it).
         #[arg(value_parser = parse_name)]
         source: VolumeName,
+        /// The new volume's name.
         #[arg(value_parser = parse_name)]
         name: VolumeName,
     },
     /// Remove volumes and their data (refused for a volume in use).
     #[command(visible_alias = "remove")]
     Rm {
+        /// The volumes to remove.
         #[arg(required = true)]
         names: Vec<String>,
         /// Print nothing on success.
@@ -116,9 +125,6 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     Labels::new().insert(k, v).map_err(|e| e.to_string())?;
     Ok((k.to_string(), v.to_string()))
 }
-fn parse_filter(s: &str) -> Result<LabelFilter, String> {
-    LabelFilter::parse_cli(s).map_err(|e| e.to_string())
-}
 fn parse_volume_filter(s: &str) -> Result<VolumeFilter, String> {
     VolumeFilter::parse_cli(s).map_err(|e| e.to_string())
 }
@@ -140,7 +146,23 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             for (k, v) in labels {
                 parsed.insert(k, v)?;
             }
-            let config = VolumeConfig::new(name, kind, size, quota, parsed)?;
+            // Flags that do not go together are a usage error, named as flags.
+            let config = match VolumeConfig::new(name, kind, size, quota, parsed) {
+                Ok(c) => c,
+                Err(e) => {
+                    use msb_spec::VolumeConfigError as E;
+                    let msg = match e {
+                        E::DiskWithoutSize => {
+                            "a disk volume needs --size (e.g. --size 10G)".to_string()
+                        }
+                        E::DirWithSize => "--size is for disk volumes (--kind disk); limit a directory volume with --quota".to_string(),
+                        E::DiskWithQuota => "--quota is for directory volumes; a disk volume's --size is already its hard limit".to_string(),
+                        e => e.to_string(),
+                    };
+                    eprintln!("error: {msg}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
             let info = store.create(&config)?;
             if !quiet {
                 println!("{}", escape(info.name.as_str()));
@@ -152,7 +174,19 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             quiet,
             filters,
         } => {
-            let vols = store.list(&filters)?;
+            let vols: Vec<_> = store
+                .list(&[])?
+                .into_iter()
+                .filter(|v| {
+                    let subject = msb_spec::FilterSubject {
+                        name: v.name.as_str(),
+                        kind: v.kind,
+                        labels: &v.labels,
+                        created_at: v.created_at,
+                    };
+                    VolumeFilter::all_match(&filters, &subject)
+                })
+                .collect();
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             if quiet {
                 for v in &vols {
@@ -209,7 +243,25 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             Ok(exit(failed))
         }
         VolumeCommand::Clone { source, name } => {
-            store.clone_volume(&source, &name)?;
+            let staging = store.layout().staging_dir();
+            let done = AtomicBool::new(false);
+            // The usage as it is now (a scan), as the bar's end: the
+            // running counter misses what was written on the host.
+            let total = if std::io::stderr().is_terminal() {
+                Some(store.get_current(&source)?.used_bytes)
+            } else {
+                None
+            };
+            let cloned = std::thread::scope(|s| {
+                if let Some(total) = total {
+                    let (staging, name, done) = (&staging, &name, &done);
+                    s.spawn(move || watch_clone(staging, name, total, done));
+                }
+                let cloned = store.clone_volume(&source, &name);
+                done.store(true, Ordering::Relaxed);
+                cloned
+            });
+            cloned?;
             println!("{}", escape(name.as_str()));
             Ok(ExitCode::SUCCESS)
         }
@@ -239,6 +291,29 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
         VolumeCommand::Prune { filters, force } => prune(&store, &filters, force),
         VolumeCommand::Files(cmd) => super::fs::run(&store, cmd),
         VolumeCommand::Doctor => {
+            // First, so that the recount below sees the volumes without
+            // them. Disk volumes are left to their next import: opening one
+            // needs it free of sandboxes.
+            for v in store.list(&[])? {
+                if v.kind != VolumeKind::Dir {
+                    continue;
+                }
+                let removed = msb::VolumeFiles::open(&store, &v.name, true)
+                    .map_err(Box::<dyn std::error::Error>::from)
+                    .and_then(|files| Ok(msb_volfs::archive::remove_stale_staging(&files)?));
+                match removed {
+                    Ok(stale) => {
+                        for rel in stale {
+                            println!(
+                                "repaired: removed {} from volume {}, left by an import that was killed",
+                                escape(&rel),
+                                escape(v.name.as_str())
+                            );
+                        }
+                    }
+                    Err(e) => report(e.as_ref()),
+                }
+            }
             let r = store.doctor()?;
             for line in &r.repaired {
                 println!("repaired: {}", escape(line));
@@ -493,4 +568,40 @@ fn detach_dead_mounts(store: &Store, name: &VolumeName) {
             escape(&point)
         );
     }
+}
+
+/// Shows a clone's progress on a terminal until `done`: the space its
+/// copy in the store's staging directory (`NAME.TOKEN`) takes so far,
+/// against the source's usage.
+fn watch_clone(staging: &Path, name: &VolumeName, total: u64, done: &AtomicBool) {
+    let mut bar = msb_volfs::archive::Progress::stderr("cloning", Some(total));
+    bar.update(0);
+    let prefix = format!("{name}.");
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let copy = std::fs::read_dir(staging).ok().and_then(|d| {
+            d.flatten()
+                .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        });
+        if let Some(copy) = copy {
+            bar.update(allocated(&copy.path()));
+        }
+    }
+    bar.finish();
+}
+
+/// Bytes allocated to the tree at `p` (symlinks not followed); what
+/// vanishes meanwhile counts as nothing.
+fn allocated(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    let mut bytes = m.blocks() * 512;
+    if m.is_dir()
+        && let Ok(entries) = std::fs::read_dir(p)
+    {
+        bytes += entries.flatten().map(|e| allocated(&e.path())).sum::<u64>();
+    }
+    bytes
 }
