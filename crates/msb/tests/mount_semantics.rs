@@ -13,9 +13,15 @@ use std::process::{Command, Output, Stdio};
 const SANDBOX_ROOT: u32 = 1_878_982_656;
 
 fn msb(home: &Path, args: &[&str]) -> Output {
+    // One guest kernel cache for every home of the run.
+    let assets = std::env::var_os("MSB_VM_ASSETS").map_or_else(
+        || Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-assets"),
+        PathBuf::from,
+    );
     Command::new(env!("CARGO_BIN_EXE_msb"))
         .args(args)
         .env("MSB_HOME", home)
+        .env("MSB_VM_ASSETS", assets)
         .current_dir(home)
         .stdin(Stdio::null())
         .output()
@@ -292,5 +298,30 @@ fn can_run_sandboxes() -> bool {
 fn namespace_backend() {
     if can_run_sandboxes() {
         suite("namespace");
+    }
+}
+
+/// Whether a microVM can be had here: QEMU installed, and a guest kernel
+/// cached or fetchable (the suite's cache is shared through
+/// `MSB_VM_ASSETS`, set by scripts/test).
+fn can_run_vms() -> bool {
+    if !can_run_sandboxes() {
+        return false;
+    }
+    let qemu = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !qemu {
+        eprintln!("skipped: qemu-system-x86_64 is not installed (scripts/setup installs it)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn vm_backend() {
+    if can_run_vms() {
+        suite("vm");
     }
 }
