@@ -1,0 +1,280 @@
+//! The microVM backend through the real binary: one-shot runs, a named VM
+//! sandbox's commands (streams, statuses, signals), and faults: QEMU or the
+//! supervisor killed, a command that ignores SIGTERM at stop, a rootless
+//! user. Under TCG a boot takes seconds, so each test boots once.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn assets() -> PathBuf {
+    std::env::var_os("MSB_VM_ASSETS").map_or_else(
+        || Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-assets"),
+        PathBuf::from,
+    )
+}
+
+fn cmd(home: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_msb"));
+    c.args(args)
+        .env("MSB_HOME", home)
+        .env("MSB_VM_ASSETS", assets())
+        .current_dir(home);
+    c
+}
+
+fn msb(home: &Path, args: &[&str]) -> Output {
+    cmd(home, args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn can_run() -> bool {
+    let qemu = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !qemu {
+        eprintln!("skipped: qemu-system-x86_64 is not installed (scripts/setup installs it)");
+    }
+    qemu
+}
+
+fn alive(pid: i32) -> bool {
+    // Zombies count as gone: they hold nothing.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `(qemu, supervisor)` pids of a running VM sandbox.
+fn pids(home: &Path, name: &str) -> (i32, i32) {
+    let s = std::fs::read_to_string(home.join(format!("run/sandboxes/{name}.pid"))).unwrap();
+    let mut it = s.split_whitespace().map(|p| p.parse().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+fn state(home: &Path, name: &str) -> String {
+    let o = msb(home, &["inspect", name, "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["state"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn one_shot_run_passes_streams_and_statuses() {
+    if !can_run() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let mut child = cmd(
+        home.path(),
+        &[
+            "run",
+            "--backend",
+            "vm",
+            "sh",
+            "-c",
+            "read l; echo \"got $l\"; echo oops >&2; uname -r; exit 3",
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    child.stdin.take().unwrap().write_all(b"line\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.starts_with("got line\n"), "{out}");
+    // The guest's own kernel, not the host's.
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(out.lines().nth(1).unwrap(), host.trim());
+    assert!(text(&o.stderr).contains("oops"));
+    let o = msb(home.path(), &["run", "--backend", "vm", "no-such-program"]);
+    assert_eq!(o.status.code(), Some(127), "{}", text(&o.stderr));
+}
+
+#[test]
+fn named_vm_sandbox_commands_signals_and_stop() {
+    if !can_run() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let o = msb(h, &["create", "box", "--backend", "vm", "-e", "MODE=vm"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = msb(h, &["ls"]);
+    assert!(text(&o.stdout).contains("vm"), "{}", text(&o.stdout));
+    // Environment, status, both streams.
+    let o = msb(
+        h,
+        &["exec", "box", "sh", "-c", "echo $MODE; echo e >&2; exit 9"],
+    );
+    assert_eq!(o.status.code(), Some(9));
+    assert_eq!(text(&o.stdout), "vm\n");
+    assert_eq!(text(&o.stderr), "e\n");
+    // A signal to msb exec reaches the command.
+    let mut child = cmd(
+        h,
+        &[
+            "exec",
+            "box",
+            "sh",
+            "-c",
+            "trap 'echo term; exit 42' TERM; echo ready; while :; do sleep 0.1; done",
+        ],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    out.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ready\n");
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert_eq!(status.code(), Some(42), "{rest}");
+    assert_eq!(rest, "term\n");
+    // A command that ignores SIGTERM is killed after the grace period.
+    let mut stubborn = cmd(
+        h,
+        &[
+            "exec",
+            "box",
+            "sh",
+            "-c",
+            "trap '' TERM; while :; do sleep 0.1; done",
+        ],
+    )
+    .stdin(Stdio::null())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (qemu, supervisor) = pids(h, "box");
+    let o = msb(h, &["stop", "-t", "1", "box"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let _ = stubborn.wait();
+    assert_eq!(state(h, "box"), "stopped");
+    wait_until("QEMU and the supervisor to end", || {
+        !alive(qemu) && !alive(supervisor)
+    });
+    assert!(!h.join("run/sandboxes/box.sock").exists());
+    let o = msb(h, &["exec", "box", "true"]);
+    assert!(
+        text(&o.stderr).contains("not running"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn killed_qemu_or_supervisor_leaves_nothing_behind() {
+    if !can_run() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let o = msb(
+        h,
+        &[
+            "create",
+            "box",
+            "--backend",
+            "vm",
+            "--mount-named",
+            "data:/data",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // QEMU killed: the supervisor notices, releases the volume and ends.
+    let (qemu, supervisor) = pids(h, "box");
+    let kill = |pid: i32| {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+    };
+    kill(qemu);
+    wait_until("the supervisor to end", || !alive(supervisor));
+    assert_eq!(state(h, "box"), "stopped");
+    let o = msb(h, &["volume", "inspect", "data", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // Held by the stopped sandbox (until it is removed), not by a process.
+    assert_eq!(v[0]["in_use_by"], serde_json::json!(["sandbox:box"]), "{v}");
+    // The supervisor killed: QEMU dies with it.
+    let o = msb(h, &["start", "box"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let (qemu, supervisor) = pids(h, "box");
+    kill(supervisor);
+    wait_until("QEMU and the supervisor to end", || {
+        !alive(qemu) && !alive(supervisor)
+    });
+    assert_eq!(state(h, "box"), "stopped");
+    let o = msb(h, &["exec", "box", "true"]);
+    assert!(!o.status.success());
+    let o = msb(h, &["rm", "box"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = msb(h, &["volume", "rm", "data"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+#[test]
+fn rootless_user_runs_a_vm() {
+    if !can_run() {
+        return;
+    }
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: switching to an unprivileged user needs root");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(home.path(), Some(65534), Some(65534)).unwrap();
+    // The asset cache must be readable by the user: fetch it as root first.
+    let o = msb(home.path(), &["run", "--backend", "vm", "true"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_msb"))
+        .args([
+            "run",
+            "--backend",
+            "vm",
+            "--mount-named",
+            "mine:/data",
+            "sh",
+            "-c",
+            "echo hi > /data/f; id -u",
+        ])
+        .env("MSB_HOME", home.path().join("user"))
+        .env("MSB_VM_ASSETS", assets())
+        .env("HOME", home.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "0\n");
+    let meta = std::fs::metadata(home.path().join("user/volumes/mine/f")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
+}
