@@ -278,3 +278,26 @@ fn rootless_user_runs_a_vm() {
     let meta = std::fs::metadata(home.path().join("user/volumes/mine/f")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
 }
+
+#[test]
+fn doctor_tries_each_backend() {
+    if !can_run() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let o = msb(home.path(), &["doctor", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let vm = &v["backends"][1];
+    assert_eq!(vm["backend"], "vm");
+    assert_eq!(vm["works"], true, "{v}");
+    let accel = vm["facts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f[0] == "acceleration")
+        .unwrap();
+    // auto takes the VM only where KVM works.
+    let kvm = accel[1].as_str().unwrap().starts_with("works");
+    assert_eq!(v["auto"], if kvm { "vm" } else { "namespace" }, "{v}");
+}

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod cp;
+mod doctor;
 mod fs;
 mod mount;
 mod run;
@@ -53,6 +54,8 @@ enum Command {
     /// (`HOSTPATH VOLUME:PATH` or `VOLUME:PATH HOSTPATH`) or a running
     /// sandbox (`HOSTPATH SANDBOX:PATH` or `SANDBOX:PATH HOSTPATH`).
     Cp(cp::CpArgs),
+    /// Say which backends work on this host and why not (each is tried).
+    Doctor(doctor::DoctorArgs),
     /// Print a shell completion script to stdout (e.g.
     /// `msb completion bash > /etc/bash_completion.d/msb`).
     Completion(CompletionArgs),
@@ -91,6 +94,7 @@ pub fn main() -> ExitCode {
         Command::Stop(args) => sandbox::stop(args),
         Command::Exec(args) => sandbox::exec(args),
         Command::Cp(args) => cp::run(args),
+        Command::Doctor(args) => doctor::run(args),
         Command::Completion(args) => completion(args),
         Command::Man(args) => man(args),
     };
@@ -160,11 +164,16 @@ pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
 
 /// Prints `error: ...` with the chain of causes.
 pub(crate) fn report(e: &dyn std::error::Error) {
-    let mut msg = format!("error: {e}");
+    eprintln!("error: {}", chain(e));
+}
+
+/// An error and its sources, `: `-separated.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
         msg.push_str(&format!(": {s}"));
         source = s.source();
     }
-    eprintln!("{msg}");
+    msg
 }
