@@ -9,7 +9,8 @@ use std::process::Command;
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let workspace = manifest.join("../..");
     let target = env::var("TARGET").expect("cargo sets TARGET");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -23,9 +24,21 @@ fn main() {
         .current_dir(&workspace)
         // --target keeps the flags off build scripts and proc macros;
         // --offline because the outer build already fetched every crate.
-        .args(["build", "--offline", "--release", "-p", "msb-agent", "--target", &target, "--target-dir"])
+        .args([
+            "build",
+            "--offline",
+            "--release",
+            "-p",
+            "msb-agent",
+            "--target",
+            &target,
+            "--target-dir",
+        ])
         .arg(&target_dir)
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+crt-static\u{1f}-Cstrip=symbols")
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Ctarget-feature=+crt-static\u{1f}-Cstrip=symbols",
+        )
         .env_remove("RUSTFLAGS")
         // A plain build even when the outer one runs under clippy.
         .env_remove("RUSTC_WORKSPACE_WRAPPER")

@@ -372,7 +372,10 @@ impl Frame for GuestMessage {
         match payload.first() {
             Some(&KIND_JSON) => {
                 let msg: GuestMessage = serde_json::from_slice(&payload[1..])?;
-                if matches!(msg, GuestMessage::Stdout { .. } | GuestMessage::Stderr { .. }) {
+                if matches!(
+                    msg,
+                    GuestMessage::Stdout { .. } | GuestMessage::Stderr { .. }
+                ) {
                     return Err(FrameError::Malformed("output data sent as json"));
                 }
                 Ok(msg)
@@ -432,7 +435,10 @@ mod tests {
 
     #[test]
     fn messages_survive_a_round_trip() {
-        round_trip(HostMessage::Stdin { id: 7, data: vec![0, 255, b'J', b'D'] });
+        round_trip(HostMessage::Stdin {
+            id: 7,
+            data: vec![0, 255, b'J', b'D'],
+        });
         round_trip(HostMessage::Exec(ExecRequest {
             id: 3,
             argv: vec!["sh".into(), "-c".into(), "exit 7".into()],
@@ -446,11 +452,18 @@ mod tests {
             root: Some(RootPlan {
                 tag: "root".into(),
                 upper_size_mib: 64,
-                files: vec![GuestFile { path: "/etc/hosts".into(), contents: b"x\n".to_vec(), mode: 0o644 }],
+                files: vec![GuestFile {
+                    path: "/etc/hosts".into(),
+                    contents: b"x\n".to_vec(),
+                    mode: 0o644,
+                }],
             }),
             mounts: vec![GuestMount {
                 guest_path: "/data".into(),
-                source: MountSource::Block { serial: "d0".into(), fstype: "ext4".into() },
+                source: MountSource::Block {
+                    serial: "d0".into(),
+                    fstype: "ext4".into(),
+                },
                 ro: true,
                 noexec: false,
                 nosuid: true,
@@ -459,22 +472,41 @@ mod tests {
             workdir: "/".into(),
             env: vec![],
         }));
-        round_trip(GuestMessage::Stdout { id: 1, data: b"hello".to_vec() });
-        round_trip(GuestMessage::Stderr { id: u32::MAX, data: vec![] });
+        round_trip(GuestMessage::Stdout {
+            id: 1,
+            data: b"hello".to_vec(),
+        });
+        round_trip(GuestMessage::Stderr {
+            id: u32::MAX,
+            data: vec![],
+        });
         round_trip(GuestMessage::Exited { id: 1, status: 137 });
     }
 
     #[test]
     fn corrupt_frames_are_refused() {
         let huge = ((MAX_FRAME + 1) as u32).to_le_bytes();
-        assert!(matches!(read_message::<_, GuestMessage>(&mut &huge[..]), Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            read_message::<_, GuestMessage>(&mut &huge[..]),
+            Err(FrameError::TooLarge(_))
+        ));
         let mut truncated = Vec::new();
         write_message(&mut truncated, &GuestMessage::Ready).unwrap();
         truncated.pop();
         assert!(read_message::<_, GuestMessage>(&mut &truncated[..]).is_err());
         // Stdin data may only come from the host.
         let mut wrong = Vec::new();
-        write_message(&mut wrong, &HostMessage::Stdin { id: 1, data: vec![1] }).unwrap();
-        assert!(matches!(read_message::<_, GuestMessage>(&mut &wrong[..]), Err(FrameError::Malformed(_))));
+        write_message(
+            &mut wrong,
+            &HostMessage::Stdin {
+                id: 1,
+                data: vec![1],
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            read_message::<_, GuestMessage>(&mut &wrong[..]),
+            Err(FrameError::Malformed(_))
+        ));
     }
 }

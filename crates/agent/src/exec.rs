@@ -65,7 +65,10 @@ impl Agent {
             execs: Mutex::new(HashMap::new()),
             children: Mutex::new(HashMap::new()),
             children_changed: Condvar::new(),
-            defaults: Mutex::new(Defaults { env: Vec::new(), workdir: "/".into() }),
+            defaults: Mutex::new(Defaults {
+                env: Vec::new(),
+                workdir: "/".into(),
+            }),
             shutting_down: AtomicBool::new(false),
         })
     }
@@ -91,12 +94,15 @@ impl Agent {
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
             // SAFETY: info is valid for writing; WNOWAIT leaves the child waitable
             // so that the pid cannot be reused before we decide who gets it.
-            let rc = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+            let rc =
+                unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
             if rc < 0 {
                 let err = io::Error::last_os_error();
                 if err.raw_os_error() == Some(libc::ECHILD) {
                     let guard = lock(&self.children);
-                    let _ = self.children_changed.wait_timeout(guard, Duration::from_secs(1));
+                    let _ = self
+                        .children_changed
+                        .wait_timeout(guard, Duration::from_secs(1));
                 }
                 continue;
             }
@@ -118,11 +124,18 @@ impl Agent {
     pub fn exec(self: &Arc<Self>, req: ExecRequest) {
         let id = req.id;
         if self.shutting_down.load(Ordering::SeqCst) {
-            let _ = self.send(&GuestMessage::StartFailed { id, code: 126, message: "the guest is shutting down".into() });
+            let _ = self.send(&GuestMessage::StartFailed {
+                id,
+                code: 126,
+                message: "the guest is shutting down".into(),
+            });
             return;
         }
         if lock(&self.execs).contains_key(&id) {
-            let _ = self.send(&GuestMessage::Error { id: Some(id), message: "exec id already in use".into() });
+            let _ = self.send(&GuestMessage::Error {
+                id: Some(id),
+                message: "exec id already in use".into(),
+            });
             return;
         }
         match self.spawn(&req) {
@@ -141,7 +154,10 @@ impl Agent {
             let d = lock(&self.defaults);
             let mut env = d.env.clone();
             env.extend(req.env.iter().cloned());
-            (env, req.workdir.clone().unwrap_or_else(|| d.workdir.clone()))
+            (
+                env,
+                req.workdir.clone().unwrap_or_else(|| d.workdir.clone()),
+            )
         };
         // std reports a failed chdir like a failed exec; check first so the
         // two get their own messages.
@@ -159,9 +175,12 @@ impl Agent {
         let io_err = |what: &str, e: io::Error| (126, format!("{what}: {e}"));
         let mut tty = None;
         if let Some((rows, cols)) = req.tty {
-            let (master, slave) = sys::openpty(rows, cols).map_err(|e| io_err("opening a pty", e))?;
+            let (master, slave) =
+                sys::openpty(rows, cols).map_err(|e| io_err("opening a pty", e))?;
             let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| io_err("duplicating the pty", e));
-            cmd.stdin(Stdio::from(dup(&slave)?)).stdout(Stdio::from(dup(&slave)?)).stderr(Stdio::from(slave));
+            cmd.stdin(Stdio::from(dup(&slave)?))
+                .stdout(Stdio::from(dup(&slave)?))
+                .stderr(Stdio::from(slave));
             // SAFETY: setsid and ioctl are async-signal-safe; the child makes the
             // pty (its stdin) its controlling terminal in its own session.
             unsafe {
@@ -174,9 +193,13 @@ impl Agent {
             }
             tty = Some(Arc::new(master));
         } else {
-            cmd.stdin(if req.stdin { Stdio::piped() } else { Stdio::null() })
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
+            cmd.stdin(if req.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
             // SAFETY: setsid is async-signal-safe.
             unsafe {
                 cmd.pre_exec(|| {
@@ -192,7 +215,11 @@ impl Agent {
         let (mut child, pidfd) = {
             let mut children = lock(&self.children);
             let child = cmd.spawn().map_err(|e| {
-                let code = if e.kind() == io::ErrorKind::NotFound { 127 } else { 126 };
+                let code = if e.kind() == io::ErrorKind::NotFound {
+                    127
+                } else {
+                    126
+                };
                 (code, format!("{program}: {e}"))
             })?;
             let pid = child.id() as libc::pid_t;
@@ -210,7 +237,10 @@ impl Agent {
         let mut stdin_sink: Option<File> = None;
         if let Some(master) = &tty {
             let clone = |m: &OwnedFd| m.try_clone().map(File::from);
-            outs.push((clone(master).map_err(|e| io_err("duplicating the pty", e))?, false));
+            outs.push((
+                clone(master).map_err(|e| io_err("duplicating the pty", e))?,
+                false,
+            ));
             if req.stdin {
                 stdin_sink = Some(clone(master).map_err(|e| io_err("duplicating the pty", e))?);
             }
@@ -243,9 +273,17 @@ impl Agent {
         let status = loop {
             let mut fds: Vec<libc::pollfd> = outs
                 .iter()
-                .map(|(f, _)| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+                .map(|(f, _)| libc::pollfd {
+                    fd: f.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
                 .collect();
-            fds.push(libc::pollfd { fd: exit.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            fds.push(libc::pollfd {
+                fd: exit.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
             // SAFETY: fds is a valid array of pollfd of the given length.
             let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
             if rc < 0 {
@@ -286,7 +324,11 @@ impl Agent {
             Ok(0) => false,
             Ok(n) => {
                 let data = buf[..n].to_vec();
-                let msg = if *is_err { GuestMessage::Stderr { id, data } } else { GuestMessage::Stdout { id, data } };
+                let msg = if *is_err {
+                    GuestMessage::Stderr { id, data }
+                } else {
+                    GuestMessage::Stdout { id, data }
+                };
                 let _ = self.send(&msg);
                 true
             }
@@ -324,14 +366,22 @@ impl Agent {
     /// Resizes a tty command's terminal.
     pub fn resize(&self, id: ExecId, rows: u16, cols: u16) -> Result<(), String> {
         let execs = lock(&self.execs);
-        let master = execs.get(&id).ok_or("no such command")?.tty.as_ref().ok_or("the command has no terminal")?;
-        sys::set_winsize(master.as_raw_fd(), rows, cols).map_err(|e| format!("setting the window size: {e}"))
+        let master = execs
+            .get(&id)
+            .ok_or("no such command")?
+            .tty
+            .as_ref()
+            .ok_or("the command has no terminal")?;
+        sys::set_winsize(master.as_raw_fd(), rows, cols)
+            .map_err(|e| format!("setting the window size: {e}"))
     }
 
     /// Runs `argv` `iterations` times with no streams; returns the mean
     /// duration and the number of runs that did not exit 0.
     pub fn time_spawn(&self, argv: &[String], iterations: u32) -> (Duration, u32) {
-        let Some(program) = argv.first() else { return (Duration::ZERO, iterations) };
+        let Some(program) = argv.first() else {
+            return (Duration::ZERO, iterations);
+        };
         let env = lock(&self.defaults).env.clone();
         // Held so the reaper leaves these children to std's own wait.
         let _children = lock(&self.children);
@@ -339,7 +389,11 @@ impl Agent {
         let start = Instant::now();
         for _ in 0..iterations {
             let mut cmd = Command::new(program);
-            cmd.args(&argv[1..]).env_clear().stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            cmd.args(&argv[1..])
+                .env_clear()
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
             for kv in &env {
                 if let Some((k, v)) = kv.split_once('=') {
                     cmd.env(k, v);
@@ -385,7 +439,14 @@ fn wait_no_children(timeout: Duration) -> bool {
         // SAFETY: siginfo_t is plain data; zeroed is valid.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: info is valid for writing; WNOHANG|WNOWAIT neither blocks nor reaps.
-        let rc = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_ALL,
+                0,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
         if rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
             return true;
         }

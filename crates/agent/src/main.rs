@@ -67,7 +67,10 @@ fn run() -> Result<(), AgentError> {
     setup::kernel_filesystems()?;
     setup::load_modules()?;
     let port = open_port()?;
-    let mut reader = port.try_clone().map_err(|source| AgentError::OpenPort { path: "port".into(), source })?;
+    let mut reader = port.try_clone().map_err(|source| AgentError::OpenPort {
+        path: "port".into(),
+        source,
+    })?;
     let agent = Agent::new(port);
     {
         let agent = Arc::clone(&agent);
@@ -98,11 +101,21 @@ fn handle(agent: &Arc<Agent>, msg: HostMessage) {
     let reply = match msg {
         HostMessage::Configure(plan) => Some(match setup::apply(&plan) {
             Ok(()) => {
-                let workdir = if plan.workdir.is_empty() { "/".into() } else { plan.workdir };
-                agent.set_defaults(Defaults { env: plan.env, workdir });
+                let workdir = if plan.workdir.is_empty() {
+                    "/".into()
+                } else {
+                    plan.workdir
+                };
+                agent.set_defaults(Defaults {
+                    env: plan.env,
+                    workdir,
+                });
                 GuestMessage::Configured
             }
-            Err(e) => GuestMessage::Error { id: None, message: chain(&e) },
+            Err(e) => GuestMessage::Error {
+                id: None,
+                message: chain(&e),
+            },
         }),
         HostMessage::Exec(req) => {
             agent.exec(req);
@@ -116,14 +129,31 @@ fn handle(agent: &Arc<Agent>, msg: HostMessage) {
             agent.stdin_close(id);
             None
         }
-        HostMessage::Signal { id, signo } => agent.signal(id, signo).err().map(|message| GuestMessage::Error { id: Some(id), message }),
+        HostMessage::Signal { id, signo } => {
+            agent
+                .signal(id, signo)
+                .err()
+                .map(|message| GuestMessage::Error {
+                    id: Some(id),
+                    message,
+                })
+        }
         HostMessage::Resize { id, rows, cols } => {
-            agent.resize(id, rows, cols).err().map(|message| GuestMessage::Error { id: Some(id), message })
+            agent
+                .resize(id, rows, cols)
+                .err()
+                .map(|message| GuestMessage::Error {
+                    id: Some(id),
+                    message,
+                })
         }
         HostMessage::Ping { nonce } => Some(GuestMessage::Pong { nonce }),
         HostMessage::TimeSpawn { argv, iterations } => {
             let (mean, failures) = agent.time_spawn(&argv, iterations);
-            Some(GuestMessage::SpawnTimed { mean_ns: mean.as_nanos() as u64, failures })
+            Some(GuestMessage::SpawnTimed {
+                mean_ns: mean.as_nanos() as u64,
+                failures,
+            })
         }
         HostMessage::Shutdown { grace_ms } => {
             agent.stop_everything(Duration::from_millis(grace_ms));
@@ -144,7 +174,8 @@ fn open_port() -> Result<File, AgentError> {
     loop {
         if let Ok(entries) = fs::read_dir("/sys/class/virtio-ports") {
             for entry in entries.flatten() {
-                let named = fs::read_to_string(entry.path().join("name")).is_ok_and(|n| n.trim_end() == CONTROL_PORT_NAME);
+                let named = fs::read_to_string(entry.path().join("name"))
+                    .is_ok_and(|n| n.trim_end() == CONTROL_PORT_NAME);
                 let dev = PathBuf::from("/dev").join(entry.file_name());
                 if named && dev.exists() {
                     return OpenOptions::new()

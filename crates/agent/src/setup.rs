@@ -22,7 +22,11 @@ const STAGING: &str = "/msb/stage";
 pub enum SetupError {
     /// A mount failed.
     #[error("mounting {what} on {target} failed")]
-    Mount { what: String, target: PathBuf, source: io::Error },
+    Mount {
+        what: String,
+        target: PathBuf,
+        source: io::Error,
+    },
     /// Creating a directory or file failed.
     #[error("creating {path} failed")]
     Create { path: PathBuf, source: io::Error },
@@ -43,7 +47,13 @@ pub enum SetupError {
     Hostname(#[source] io::Error),
 }
 
-fn mount(what: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: Option<&str>) -> Result<(), SetupError> {
+fn mount(
+    what: &str,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Result<(), SetupError> {
     sys::mount(what, target, fstype, flags, data).map_err(|source| SetupError::Mount {
         what: format!("{fstype} {what}"),
         target: target.to_owned(),
@@ -56,7 +66,10 @@ fn mkdir_p(path: &Path, mode: u32) -> Result<(), SetupError> {
         .recursive(true)
         .mode(mode)
         .create(path)
-        .map_err(|source| SetupError::Create { path: path.to_owned(), source })
+        .map_err(|source| SetupError::Create {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// Mounts /proc, /sys, /dev (devtmpfs), /dev/pts and /dev/shm.
@@ -65,8 +78,18 @@ pub fn kernel_filesystems() -> Result<(), SetupError> {
     for (dir, fstype, flags, data) in [
         ("/proc", "proc", nosuid_noexec, None),
         ("/sys", "sysfs", nosuid_noexec, None),
-        ("/dev", "devtmpfs", libc::MS_NOSUID | libc::MS_NOEXEC, Some("mode=0755")),
-        ("/dev/pts", "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, Some("gid=5,mode=620,ptmxmode=666")),
+        (
+            "/dev",
+            "devtmpfs",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some("mode=0755"),
+        ),
+        (
+            "/dev/pts",
+            "devpts",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some("gid=5,mode=620,ptmxmode=666"),
+        ),
         ("/dev/shm", "tmpfs", nosuid_noexec, Some("mode=1777")),
     ] {
         mkdir_p(Path::new(dir), 0o755)?;
@@ -80,10 +103,18 @@ pub fn load_modules() -> Result<(), SetupError> {
     let list = match fs::read_to_string(MODULE_LIST) {
         Ok(list) => list,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => return Err(SetupError::Module { path: MODULE_LIST.into(), source }),
+        Err(source) => {
+            return Err(SetupError::Module {
+                path: MODULE_LIST.into(),
+                source,
+            });
+        }
     };
     for path in list.lines().filter(|l| !l.is_empty()) {
-        let err = |source| SetupError::Module { path: path.to_owned(), source };
+        let err = |source| SetupError::Module {
+            path: path.to_owned(),
+            source,
+        };
         let file = fs::File::open(path).map_err(err)?;
         match sys::finit_module(file.as_raw_fd()) {
             Ok(()) => {}
@@ -99,8 +130,14 @@ pub fn load_modules() -> Result<(), SetupError> {
 fn plain_path(p: &str) -> Result<&Path, SetupError> {
     let path = Path::new(p);
     let plain = path.is_absolute()
-        && path.components().all(|c| !matches!(c, std::path::Component::ParentDir));
-    if plain { Ok(path) } else { Err(SetupError::BadPath(p.to_owned())) }
+        && path
+            .components()
+            .all(|c| !matches!(c, std::path::Component::ParentDir));
+    if plain {
+        Ok(path)
+    } else {
+        Err(SetupError::BadPath(p.to_owned()))
+    }
 }
 
 fn under(root: &Path, p: &Path) -> PathBuf {
@@ -135,12 +172,21 @@ fn switch_to_overlay_root(root: &RootPlan) -> Result<(), SetupError> {
         mkdir_p(dir, 0o755)?;
     }
     mount(&root.tag, &lower, "virtiofs", libc::MS_RDONLY, None)?;
-    let size = if root.upper_size_mib > 0 { format!("size={}m,mode=0755", root.upper_size_mib) } else { "mode=0755".into() };
+    let size = if root.upper_size_mib > 0 {
+        format!("size={}m,mode=0755", root.upper_size_mib)
+    } else {
+        "mode=0755".into()
+    };
     mount("tmpfs", &rw, "tmpfs", 0, Some(&size))?;
     let (upper, work) = (rw.join("upper"), rw.join("work"));
     mkdir_p(&upper, 0o755)?;
     mkdir_p(&work, 0o755)?;
-    let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
     mount("overlay", &new_root, "overlay", 0, Some(&opts))?;
 
     for file in &root.files {
@@ -148,7 +194,10 @@ fn switch_to_overlay_root(root: &RootPlan) -> Result<(), SetupError> {
         if let Some(parent) = target.parent() {
             mkdir_p(parent, 0o755)?;
         }
-        let create = |source| SetupError::Create { path: target.clone(), source };
+        let create = |source| SetupError::Create {
+            path: target.clone(),
+            source,
+        };
         // A symlink in the lower layer must not redirect the write.
         let _ = fs::remove_file(&target);
         fs::write(&target, &file.contents).map_err(create)?;
@@ -193,7 +242,11 @@ fn apply_mount(m: &GuestMount) -> Result<(), SetupError> {
             mount(&dev.to_string_lossy(), target, fstype, flags, None)
         }
         MountSource::Tmpfs { size_mib } => {
-            let data = if *size_mib > 0 { format!("size={size_mib}m,mode=1777") } else { "mode=1777".into() };
+            let data = if *size_mib > 0 {
+                format!("size={size_mib}m,mode=1777")
+            } else {
+                "mode=1777".into()
+            };
             mount("tmpfs", target, "tmpfs", flags, Some(&data))
         }
     }

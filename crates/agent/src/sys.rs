@@ -12,7 +12,11 @@ pub fn cstr(s: impl AsRef<[u8]>) -> io::Result<CString> {
 }
 
 fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
 }
 
 /// mount(2).
@@ -35,7 +39,8 @@ pub fn mount(
             target.as_ptr(),
             fstype.as_ptr(),
             flags,
-            data.as_ref().map_or(std::ptr::null(), |d| d.as_ptr().cast()),
+            data.as_ref()
+                .map_or(std::ptr::null(), |d| d.as_ptr().cast()),
         )
     })
     .map(drop)
@@ -85,10 +90,21 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 pub fn openpty(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut master = -1;
     let mut slave = -1;
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: master/slave receive descriptors; name and termios may be null; ws is valid.
     check(unsafe {
-        libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &ws)
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
     })?;
     // SAFETY: both descriptors were just created and belong to us alone.
     let pair = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
@@ -101,7 +117,12 @@ pub fn openpty(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Sets a terminal's window size.
 pub fn set_winsize(fd: RawFd, rows: u16, cols: u16) -> io::Result<()> {
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: fd is open and ws is a valid winsize for TIOCSWINSZ.
     check(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) }).map(drop)
 }

@@ -29,10 +29,17 @@ pub const GUEST_MODULES: &[&str] = &[
 pub enum AssetsError {
     /// A file operation in the cache failed.
     #[error("{what} {path} failed")]
-    Io { what: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     /// A helper program failed to run or failed.
     #[error("{program} failed: {detail}")]
-    Tool { program: &'static str, detail: String },
+    Tool {
+        program: &'static str,
+        detail: String,
+    },
     /// apt knows no versioned kernel behind the metapackage.
     #[error("apt names no kernel package behind {0}")]
     NoKernelPackage(String),
@@ -55,9 +62,14 @@ pub fn assets_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("MSB_VM_ASSETS") {
         return dir.into();
     }
-    let home = std::env::var_os("MSB_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/".into()).join(".microsandbox")
-    });
+    let home = std::env::var_os("MSB_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "/".into())
+                .join(".microsandbox")
+        });
     home.join("vm")
 }
 
@@ -101,7 +113,11 @@ impl Kernel {
         if !modules_dir.is_dir() {
             return Err(incomplete());
         }
-        Ok(Kernel { image, modules_dir, release })
+        Ok(Kernel {
+            image,
+            modules_dir,
+            release,
+        })
     }
 
     /// The module files to load for `names`, dependencies first, skipping
@@ -120,7 +136,13 @@ impl Kernel {
         let mut order = Vec::new();
         let mut seen = HashSet::new();
         for name in names {
-            self.visit(&normalize(name), &builtin, &available, &mut seen, &mut order)?;
+            self.visit(
+                &normalize(name),
+                &builtin,
+                &available,
+                &mut seen,
+                &mut order,
+            )?;
         }
         Ok(order)
     }
@@ -136,7 +158,9 @@ impl Kernel {
         if builtin.contains(name) || !seen.insert(name.to_owned()) {
             return Ok(());
         }
-        let path = available.get(name).ok_or_else(|| AssetsError::NoModule(name.to_owned()))?;
+        let path = available
+            .get(name)
+            .ok_or_else(|| AssetsError::NoModule(name.to_owned()))?;
         let bytes = fs::read(path).map_err(io_err("reading", path))?;
         for dep in modinfo_depends(&bytes) {
             self.visit(&normalize(&dep), builtin, available, seen, order)?;
@@ -160,7 +184,11 @@ fn index_modules(dir: &Path, into: &mut HashMap<String, PathBuf>) -> Result<(), 
     for entry in fs::read_dir(dir).map_err(io_err("reading", dir))? {
         let entry = entry.map_err(io_err("reading", dir))?;
         let path = entry.path();
-        if entry.file_type().map_err(io_err("reading", &path))?.is_dir() {
+        if entry
+            .file_type()
+            .map_err(io_err("reading", &path))?
+            .is_dir()
+        {
             index_modules(&path, into)?;
         } else if path.extension().is_some_and(|e| e == "ko") {
             into.insert(module_name(&path.to_string_lossy()), path);
@@ -177,15 +205,24 @@ fn modinfo_depends(module: &[u8]) -> Vec<String> {
     };
     let rest = &module[at + KEY.len()..];
     let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-    String::from_utf8_lossy(&rest[..end]).split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    String::from_utf8_lossy(&rest[..end])
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn run(program: &'static str, cmd: &mut Command) -> Result<String, AssetsError> {
-    let out = cmd
-        .output()
-        .map_err(|e| AssetsError::Tool { program, detail: e.to_string() })?;
+    let out = cmd.output().map_err(|e| AssetsError::Tool {
+        program,
+        detail: e.to_string(),
+    })?;
     if !out.status.success() {
-        let detail = format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        let detail = format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
         return Err(AssetsError::Tool { program, detail });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -197,7 +234,10 @@ fn kernel_package() -> Result<String, AssetsError> {
     if let Ok(pkg) = std::env::var("MSB_VM_KERNEL_PACKAGE") {
         return Ok(pkg);
     }
-    let deps = run("apt-cache", Command::new("apt-cache").args(["depends", KERNEL_METAPACKAGE]))?;
+    let deps = run(
+        "apt-cache",
+        Command::new("apt-cache").args(["depends", KERNEL_METAPACKAGE]),
+    )?;
     deps.lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .find(|p| p.starts_with("linux-image-") && p.ends_with("-cloud-amd64"))
@@ -212,15 +252,27 @@ fn fetch(dir: &Path, root: &Path) -> Result<(), AssetsError> {
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir(&tmp).map_err(io_err("creating", &tmp))?;
     let result = (|| {
-        run("apt-get download", Command::new("apt-get").arg("download").arg(&package).current_dir(&tmp))?;
+        run(
+            "apt-get download",
+            Command::new("apt-get")
+                .arg("download")
+                .arg(&package)
+                .current_dir(&tmp),
+        )?;
         let deb = fs::read_dir(&tmp)
             .map_err(io_err("reading", &tmp))?
             .flatten()
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|e| e == "deb"))
-            .ok_or_else(|| AssetsError::Tool { program: "apt-get download", detail: "no .deb downloaded".into() })?;
+            .ok_or_else(|| AssetsError::Tool {
+                program: "apt-get download",
+                detail: "no .deb downloaded".into(),
+            })?;
         let unpacked = tmp.join("root");
-        run("dpkg-deb", Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+        run(
+            "dpkg-deb",
+            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked),
+        )?;
         Kernel::at(&unpacked)?;
         match fs::rename(&unpacked, root) {
             // Another process finished the same fetch first.

@@ -71,7 +71,10 @@ const S_IFCHR: u32 = 0o020000;
 impl Cpio {
     /// An empty archive.
     pub fn new() -> Cpio {
-        Cpio { out: Vec::new(), next_ino: 1 }
+        Cpio {
+            out: Vec::new(),
+            next_ino: 1,
+        }
     }
 
     fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
@@ -79,7 +82,21 @@ impl Cpio {
         let ino = self.next_ino;
         self.next_ino += 1;
         let nlink = if mode & S_IFDIR != 0 { 2 } else { 1 };
-        let fields = [ino, mode, 0, 0, nlink, 0, data.len() as u32, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
+        let fields = [
+            ino,
+            mode,
+            0,
+            0,
+            nlink,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0,
+        ];
         self.out.extend_from_slice(b"070701");
         for f in fields {
             self.out.extend_from_slice(format!("{f:08x}").as_bytes());
@@ -92,7 +109,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
     }
@@ -121,7 +138,7 @@ impl Cpio {
     pub fn finish(mut self) -> Vec<u8> {
         self.entry("TRAILER!!!", 0, (0, 0), &[]);
         // The kernel reads the archive in 512-byte blocks.
-        while self.out.len() % 512 != 0 {
+        while !self.out.len().is_multiple_of(512) {
             self.out.push(0);
         }
         self.out
@@ -130,9 +147,21 @@ impl Cpio {
 
 /// Builds the guest initramfs: `init` as `/init`, the modules (loaded in
 /// the given order via `/msb/modules`), and the extra entries.
-pub fn build(init: &[u8], modules: &[PathBuf], extra: &[InitramfsEntry]) -> Result<Vec<u8>, InitramfsError> {
+pub fn build(
+    init: &[u8],
+    modules: &[PathBuf],
+    extra: &[InitramfsEntry],
+) -> Result<Vec<u8>, InitramfsError> {
     let mut cpio = Cpio::new();
-    for dir in ["/dev", "/proc", "/sys", "/run", "/tmp", "/msb", "/msb/modules.d"] {
+    for dir in [
+        "/dev",
+        "/proc",
+        "/sys",
+        "/run",
+        "/tmp",
+        "/msb",
+        "/msb/modules.d",
+    ] {
         cpio.dir(dir, 0o755);
     }
     // The kernel opens /dev/console for init's stdio before devtmpfs exists.
@@ -141,7 +170,10 @@ pub fn build(init: &[u8], modules: &[PathBuf], extra: &[InitramfsEntry]) -> Resu
     let mut list = String::new();
     for module in modules {
         let data = fs::read(module).map_err(|e| InitramfsError::Read(module.clone(), e))?;
-        let name = module.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = module
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let path = format!("/msb/modules.d/{name}");
         cpio.file(&path, 0o644, &data);
         list.push_str(&path);
@@ -155,7 +187,11 @@ pub fn build(init: &[u8], modules: &[PathBuf], extra: &[InitramfsEntry]) -> Resu
                 let data = fs::read(source).map_err(|e| InitramfsError::Read(source.clone(), e))?;
                 cpio.file(path, *mode, &data);
             }
-            InitramfsEntry::Bytes { path, contents, mode } => cpio.file(path, *mode, contents),
+            InitramfsEntry::Bytes {
+                path,
+                contents,
+                mode,
+            } => cpio.file(path, *mode, contents),
             InitramfsEntry::Symlink { path, target } => cpio.symlink(path, target),
         }
     }
@@ -187,16 +223,28 @@ mod tests {
             eprintln!("skipping: cpio(1) is not installed");
             return;
         };
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let listing = String::from_utf8_lossy(&out.stdout);
         assert!(listing.contains("bin/hello"), "{listing}");
         assert!(listing.contains("bin/sh -> hello"), "{listing}");
-        assert!(listing.lines().any(|l| l.starts_with('c') && l.contains("5,") && l.contains("dev/console")), "{listing}");
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with('c') && l.contains("5,") && l.contains("dev/console")),
+            "{listing}"
+        );
         let extract = dir.path().join("x");
         fs::create_dir(&extract).unwrap();
         let status = std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!("cpio -i --quiet -F {} bin/hello", archive.display()))
+            .arg(format!(
+                "cpio -i --quiet -F {} bin/hello",
+                archive.display()
+            ))
             .current_dir(&extract)
             .status()
             .unwrap();

@@ -17,7 +17,12 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// True if a guest booted under KVM on this host (cached in `assets`).
 pub fn kvm_works(assets: &Path, kernel: &Kernel, config: &VmConfig) -> bool {
-    if fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+    if fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
         return false;
     }
     let host = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();

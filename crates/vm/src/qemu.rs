@@ -112,7 +112,14 @@ fn esc(path: &Path) -> String {
 /// given it skips a calibration that hangs now and then on a busy host.
 fn host_tsc_khz() -> Option<u64> {
     let info = fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = info.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
     Some((mhz * 1000.0) as u64)
 }
 
@@ -149,15 +156,42 @@ impl Launch<'_> {
         }
         let mem = format!("{}M", self.memory_mib);
         push(&["-smp", &self.cpus.to_string(), "-m", &mem]);
-        push(&["-object", &format!("memory-backend-memfd,id=mem,size={mem},share=on")]);
-        push(&["-kernel", &esc(self.kernel), "-initrd", &esc(self.initramfs), "-append", &self.cmdline()]);
-        push(&["-chardev", &format!("file,id=con,path={}", esc(self.console_log)), "-serial", "chardev:con"]);
+        push(&[
+            "-object",
+            &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        ]);
+        push(&[
+            "-kernel",
+            &esc(self.kernel),
+            "-initrd",
+            &esc(self.initramfs),
+            "-append",
+            &self.cmdline(),
+        ]);
+        push(&[
+            "-chardev",
+            &format!("file,id=con,path={}", esc(self.console_log)),
+            "-serial",
+            "chardev:con",
+        ]);
         push(&["-device", "virtio-serial-device,max_ports=2"]);
         push(&["-chardev", &format!("socket,id=ctl,fd={CONTROL_FD}")]);
-        push(&["-device", &format!("virtserialport,chardev=ctl,name={CONTROL_PORT_NAME}")]);
+        push(&[
+            "-device",
+            &format!("virtserialport,chardev=ctl,name={CONTROL_PORT_NAME}"),
+        ]);
         for (i, share) in self.shares.iter().enumerate() {
-            push(&["-chardev", &format!("socket,id=fs{i},path={}", esc(&share.socket))]);
-            push(&["-device", &format!("vhost-user-fs-device,chardev=fs{i},tag={}", share.tag.replace(',', ",,"))]);
+            push(&[
+                "-chardev",
+                &format!("socket,id=fs{i},path={}", esc(&share.socket)),
+            ]);
+            push(&[
+                "-device",
+                &format!(
+                    "vhost-user-fs-device,chardev=fs{i},tag={}",
+                    share.tag.replace(',', ",,")
+                ),
+            ]);
         }
         for (i, disk) in self.disks.iter().enumerate() {
             if disk.serial.len() > 20 {
@@ -166,9 +200,19 @@ impl Launch<'_> {
             let ro = if disk.readonly { "on" } else { "off" };
             push(&[
                 "-drive",
-                &format!("file={},format={},if=none,id=disk{i},readonly={ro}", esc(&disk.path), disk.format.name()),
+                &format!(
+                    "file={},format={},if=none,id=disk{i},readonly={ro}",
+                    esc(&disk.path),
+                    disk.format.name()
+                ),
             ]);
-            push(&["-device", &format!("virtio-blk-device,drive=disk{i},serial={}", disk.serial.replace(',', ",,"))]);
+            push(&[
+                "-device",
+                &format!(
+                    "virtio-blk-device,drive=disk{i},serial={}",
+                    disk.serial.replace(',', ",,")
+                ),
+            ]);
         }
         Ok(a.into_iter().map(OsString::from).collect())
     }
@@ -178,8 +222,11 @@ impl Launch<'_> {
     /// long as the VM.
     pub fn spawn(&self, control: &OwnedFd) -> Result<std::process::Child, QemuError> {
         let args = self.args()?;
-        let log = fs::File::create(self.qemu_log).map_err(|e| QemuError::File(self.qemu_log.to_owned(), e))?;
-        let log2 = log.try_clone().map_err(|e| QemuError::File(self.qemu_log.to_owned(), e))?;
+        let log = fs::File::create(self.qemu_log)
+            .map_err(|e| QemuError::File(self.qemu_log.to_owned(), e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| QemuError::File(self.qemu_log.to_owned(), e))?;
         let control_fd = control.as_raw_fd();
         // SAFETY: getpid has no preconditions.
         let parent = unsafe { libc::getpid() };
@@ -205,6 +252,7 @@ impl Launch<'_> {
                 Ok(())
             });
         }
-        cmd.spawn().map_err(|e| QemuError::Spawn(self.qemu.to_owned(), e))
+        cmd.spawn()
+            .map_err(|e| QemuError::Spawn(self.qemu.to_owned(), e))
     }
 }

@@ -14,7 +14,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use msb_agent_protocol::{
-    ExecId, ExecRequest, Frame, FrameError, GuestMessage, GuestPlan, HostMessage, MAX_DATA_CHUNK, read_message,
+    ExecId, ExecRequest, Frame, FrameError, GuestMessage, GuestPlan, HostMessage, MAX_DATA_CHUNK,
+    read_message,
 };
 
 use crate::assets::{AssetsError, GUEST_MODULES, Kernel, assets_dir};
@@ -91,7 +92,9 @@ pub enum VmError {
         console_log: PathBuf,
     },
     /// QEMU ended before the guest was ready.
-    #[error("the VM exited ({status}) before the guest agent was ready; last console lines:\n{console_tail}")]
+    #[error(
+        "the VM exited ({status}) before the guest agent was ready; last console lines:\n{console_tail}"
+    )]
     DiedBeforeReady {
         /// QEMU's exit status.
         status: String,
@@ -99,7 +102,9 @@ pub enum VmError {
         console_tail: String,
     },
     /// The guest was not ready in time.
-    #[error("the guest agent was not ready within {timeout:?}; last console lines:\n{console_tail}")]
+    #[error(
+        "the guest agent was not ready within {timeout:?}; last console lines:\n{console_tail}"
+    )]
     BootTimeout {
         /// The timeout.
         timeout: Duration,
@@ -162,7 +167,10 @@ pub struct ExecSpec {
 impl ExecSpec {
     /// Runs `argv` on pipes without stdin.
     pub fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> ExecSpec {
-        ExecSpec { argv: argv.into_iter().map(Into::into).collect(), ..ExecSpec::default() }
+        ExecSpec {
+            argv: argv.into_iter().map(Into::into).collect(),
+            ..ExecSpec::default()
+        }
     }
 }
 
@@ -177,9 +185,13 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
+/// Where a command's start (its pid or why it failed) goes, once.
+type StartSender = Sender<Result<i32, VmError>>;
+
 #[derive(Default)]
 struct Routes {
-    execs: HashMap<ExecId, (Option<Sender<Result<i32, VmError>>>, Sender<ExecEvent>)>,
+    /// Per command: the pending start answer and the event stream.
+    execs: HashMap<ExecId, (Option<StartSender>, Sender<ExecEvent>)>,
     /// Where the answer to the current control request goes.
     control: Option<Sender<GuestMessage>>,
     closed: bool,
@@ -237,13 +249,22 @@ impl Shared {
                 return Some(status);
             }
             match deadline {
-                None => state = self.qemu_exited.wait(state).unwrap_or_else(|e| e.into_inner()),
+                None => {
+                    state = self
+                        .qemu_exited
+                        .wait(state)
+                        .unwrap_or_else(|e| e.into_inner())
+                }
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
                         return None;
                     }
-                    state = self.qemu_exited.wait_timeout(state, d - now).unwrap_or_else(|e| e.into_inner()).0;
+                    state = self
+                        .qemu_exited
+                        .wait_timeout(state, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
                 }
             }
         }
@@ -272,11 +293,7 @@ impl Shared {
 
     /// Reads the guest's messages until the channel ends, routing each.
     fn read_loop(&self, mut reader: UnixStream) {
-        loop {
-            let msg = match read_message::<_, GuestMessage>(&mut reader) {
-                Ok(Some(msg)) => msg,
-                Ok(None) | Err(_) => break,
-            };
+        while let Ok(Some(msg)) = read_message::<_, GuestMessage>(&mut reader) {
             let mut routes = lock(&self.routes);
             let (id, event) = match msg {
                 GuestMessage::Started { id, pid } => {
@@ -332,13 +349,18 @@ pub struct Vm {
 
 impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vm").field("qemu_pid", &self.shared.qemu_pid).field("accel", &self.accel).finish()
+        f.debug_struct("Vm")
+            .field("qemu_pid", &self.shared.qemu_pid)
+            .field("accel", &self.accel)
+            .finish()
     }
 }
 
 /// The end of a log file, for error messages.
 fn tail(path: &Path, lines: usize) -> String {
-    let Ok(mut f) = fs::File::open(path) else { return String::new() };
+    let Ok(mut f) = fs::File::open(path) else {
+        return String::new();
+    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(8192)));
     let mut buf = Vec::new();
@@ -356,17 +378,24 @@ impl Vm {
         let assets = config.assets_dir.clone().unwrap_or_else(assets_dir);
         let kernel = Kernel::ensure(&assets)?;
         let accel = match config.accel {
-            Accel::Auto => crate::probe::kvm_works(&assets, &kernel, config).then_some(Accel::Kvm).unwrap_or(Accel::Tcg),
+            Accel::Auto if crate::probe::kvm_works(&assets, &kernel, config) => Accel::Kvm,
+            Accel::Auto => Accel::Tcg,
             other => other,
         };
         Vm::boot_with(config, plan, &kernel, accel)
     }
 
     /// Boots with a resolved accelerator (the KVM probe uses this directly).
-    pub(crate) fn boot_with(config: &VmConfig, plan: &GuestPlan, kernel: &Kernel, accel: Accel) -> Result<Vm, VmError> {
+    pub(crate) fn boot_with(
+        config: &VmConfig,
+        plan: &GuestPlan,
+        kernel: &Kernel,
+        accel: Accel,
+    ) -> Result<Vm, VmError> {
         let (run_dir, temp_run_dir) = match &config.run_dir {
             Some(dir) => {
-                fs::create_dir_all(dir).map_err(|e| VmError::Io("creating the run directory", e))?;
+                fs::create_dir_all(dir)
+                    .map_err(|e| VmError::Io("creating the run directory", e))?;
                 (dir.clone(), None)
             }
             None => {
@@ -392,7 +421,8 @@ impl Vm {
             .or_else(|| std::env::var_os("MSB_QEMU").map(PathBuf::from))
             .unwrap_or_else(|| "qemu-system-x86_64".into());
 
-        let (ours, theirs) = UnixStream::pair().map_err(|e| VmError::Io("creating the control socket", e))?;
+        let (ours, theirs) =
+            UnixStream::pair().map_err(|e| VmError::Io("creating the control socket", e))?;
         let launch_cfg = (
             qemu,
             config.cpus,
@@ -410,7 +440,18 @@ impl Vm {
         let (started_tx, started_rx) = mpsc::channel();
         let (shared_tx, shared_rx) = mpsc::channel::<Arc<Shared>>();
         let waiter = std::thread::spawn(move || {
-            let (qemu, cpus, memory_mib, kernel, initramfs, console_log, qemu_log, extra, shares, disks) = launch_cfg;
+            let (
+                qemu,
+                cpus,
+                memory_mib,
+                kernel,
+                initramfs,
+                console_log,
+                qemu_log,
+                extra,
+                shares,
+                disks,
+            ) = launch_cfg;
             let launch = Launch {
                 qemu: &qemu,
                 accel,
@@ -434,11 +475,15 @@ impl Vm {
             };
             drop(theirs);
             // SAFETY: pidfd_open with the pid of our unreaped child.
-            let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) } as i32;
+            let pidfd =
+                unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) } as i32;
             if pidfd < 0 {
                 let _ = child.kill();
                 let _ = child.wait();
-                let _ = started_tx.send(Err(VmError::Io("opening a pidfd for QEMU", io::Error::last_os_error())));
+                let _ = started_tx.send(Err(VmError::Io(
+                    "opening a pidfd for QEMU",
+                    io::Error::last_os_error(),
+                )));
                 return;
             }
             // SAFETY: the kernel just gave us this descriptor.
@@ -447,7 +492,10 @@ impl Vm {
             let status = child.wait();
             if let Ok(shared) = shared_rx.recv() {
                 let mut state = lock(&shared.qemu_state);
-                state.exited = Some(status.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(255 << 8)));
+                state.exited =
+                    Some(status.unwrap_or_else(|_| {
+                        std::os::unix::process::ExitStatusExt::from_raw(255 << 8)
+                    }));
                 shared.qemu_exited.notify_all();
             }
         });
@@ -459,7 +507,9 @@ impl Vm {
             }
             Err(_) => return Err(VmError::Gone),
         };
-        let reader = ours.try_clone().map_err(|e| VmError::Io("cloning the control socket", e))?;
+        let reader = ours
+            .try_clone()
+            .map_err(|e| VmError::Io("cloning the control socket", e))?;
         let shared = Arc::new(Shared {
             writer: Mutex::new(ours),
             routes: Mutex::new(Routes::default()),
@@ -480,18 +530,30 @@ impl Vm {
             let shared = Arc::clone(&shared);
             std::thread::spawn(move || shared.read_loop(reader))
         };
-        let mut vm = Vm { shared, accel, console_log, temp_run_dir, threads: vec![waiter, reader_thread] };
+        let mut vm = Vm {
+            shared,
+            accel,
+            console_log,
+            temp_run_dir,
+            threads: vec![waiter, reader_thread],
+        };
         match ready_rx.recv_timeout(config.boot_timeout) {
             Ok(GuestMessage::Ready) => {}
             Ok(other) => return Err(VmError::Protocol(format!("{other:?} instead of Ready"))),
             Err(RecvTimeoutError::Timeout) => {
                 vm.shared.kill_qemu();
-                return Err(VmError::BootTimeout { timeout: config.boot_timeout, console_tail: tail(&vm.console_log, 20) });
+                return Err(VmError::BootTimeout {
+                    timeout: config.boot_timeout,
+                    console_tail: tail(&vm.console_log, 20),
+                });
             }
             Err(RecvTimeoutError::Disconnected) => return Err(vm.died_before_ready()),
         }
         lock(&vm.shared.routes).control = None;
-        match vm.shared.request(&HostMessage::Configure(plan.clone()), config.boot_timeout)? {
+        match vm
+            .shared
+            .request(&HostMessage::Configure(plan.clone()), config.boot_timeout)?
+        {
             GuestMessage::Configured => Ok(vm),
             GuestMessage::Error { message, .. } => {
                 vm.kill();
@@ -499,7 +561,9 @@ impl Vm {
             }
             other => {
                 vm.kill();
-                Err(VmError::Protocol(format!("{other:?} instead of Configured")))
+                Err(VmError::Protocol(format!(
+                    "{other:?} instead of Configured"
+                )))
             }
         }
     }
@@ -508,8 +572,16 @@ impl Vm {
         let status = self.shared.wait_qemu(Some(Duration::from_secs(10)));
         let console = fs::read_to_string(&self.console_log).unwrap_or_default();
         if let Some(line) = console.lines().find(|l| l.contains("Kernel panic")) {
-            let message = line.split("Kernel panic - not syncing:").nth(1).unwrap_or(line).trim().to_owned();
-            return VmError::KernelPanic { message, console_log: self.console_log.clone() };
+            let message = line
+                .split("Kernel panic - not syncing:")
+                .nth(1)
+                .unwrap_or(line)
+                .trim()
+                .to_owned();
+            return VmError::KernelPanic {
+                message,
+                console_log: self.console_log.clone(),
+            };
         }
         VmError::DiedBeforeReady {
             status: status.map_or_else(|| "still running".into(), |s| s.to_string()),
@@ -530,20 +602,37 @@ impl Vm {
             }
             routes.execs.insert(id, (Some(start_tx), events_tx));
         }
-        let req = ExecRequest { id, argv: spec.argv, env: spec.env, workdir: spec.workdir, tty: spec.tty, stdin: spec.stdin };
+        let req = ExecRequest {
+            id,
+            argv: spec.argv,
+            env: spec.env,
+            workdir: spec.workdir,
+            tty: spec.tty,
+            stdin: spec.stdin,
+        };
         if let Err(e) = self.shared.send(&HostMessage::Exec(req)) {
             lock(&self.shared.routes).execs.remove(&id);
             return Err(e);
         }
         let pid = start_rx.recv().map_err(|_| VmError::Gone)??;
-        Ok(Exec { control: ExecControl { id, shared: Arc::clone(&self.shared) }, pid, events: events_rx })
+        Ok(Exec {
+            control: ExecControl {
+                id,
+                shared: Arc::clone(&self.shared),
+            },
+            pid,
+            events: events_rx,
+        })
     }
 
     /// One request/response over the control channel; returns its round trip.
     pub fn ping(&self) -> Result<Duration, VmError> {
         let nonce = self.shared.next_nonce.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
-        match self.shared.request(&HostMessage::Ping { nonce }, Duration::from_secs(30))? {
+        match self
+            .shared
+            .request(&HostMessage::Ping { nonce }, Duration::from_secs(30))?
+        {
             GuestMessage::Pong { nonce: n } if n == nonce => Ok(start.elapsed()),
             other => Err(VmError::Protocol(format!("{other:?} instead of Pong"))),
         }
@@ -552,10 +641,17 @@ impl Vm {
     /// Has the guest run `argv` `iterations` times (fork, exec, wait) and
     /// returns its mean time per run and the runs that failed.
     pub fn time_spawn(&self, argv: &[&str], iterations: u32) -> Result<(Duration, u32), VmError> {
-        let msg = HostMessage::TimeSpawn { argv: argv.iter().map(|s| s.to_string()).collect(), iterations };
+        let msg = HostMessage::TimeSpawn {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            iterations,
+        };
         match self.shared.request(&msg, Duration::from_secs(600))? {
-            GuestMessage::SpawnTimed { mean_ns, failures } => Ok((Duration::from_nanos(mean_ns), failures)),
-            other => Err(VmError::Protocol(format!("{other:?} instead of SpawnTimed"))),
+            GuestMessage::SpawnTimed { mean_ns, failures } => {
+                Ok((Duration::from_nanos(mean_ns), failures))
+            }
+            other => Err(VmError::Protocol(format!(
+                "{other:?} instead of SpawnTimed"
+            ))),
         }
     }
 
@@ -630,7 +726,10 @@ impl ExecControl {
     /// Sends bytes to the command's stdin (the exec must have asked for stdin).
     pub fn write_stdin(&self, data: &[u8]) -> Result<(), VmError> {
         for chunk in data.chunks(MAX_DATA_CHUNK) {
-            self.shared.send(&HostMessage::Stdin { id: self.id, data: chunk.to_vec() })?;
+            self.shared.send(&HostMessage::Stdin {
+                id: self.id,
+                data: chunk.to_vec(),
+            })?;
         }
         Ok(())
     }
@@ -642,12 +741,17 @@ impl ExecControl {
 
     /// Sends signal `signo` to the command.
     pub fn signal(&self, signo: i32) -> Result<(), VmError> {
-        self.shared.send(&HostMessage::Signal { id: self.id, signo })
+        self.shared
+            .send(&HostMessage::Signal { id: self.id, signo })
     }
 
     /// Changes the command's terminal size.
     pub fn resize(&self, rows: u16, cols: u16) -> Result<(), VmError> {
-        self.shared.send(&HostMessage::Resize { id: self.id, rows, cols })
+        self.shared.send(&HostMessage::Resize {
+            id: self.id,
+            rows,
+            cols,
+        })
     }
 }
 
@@ -699,7 +803,13 @@ impl Exec {
             match self.next_event()? {
                 ExecEvent::Stdout(d) => stdout.extend(d),
                 ExecEvent::Stderr(d) => stderr.extend(d),
-                ExecEvent::Exited(status) => return Ok(ExecOutput { status, stdout, stderr }),
+                ExecEvent::Exited(status) => {
+                    return Ok(ExecOutput {
+                        status,
+                        stdout,
+                        stderr,
+                    });
+                }
             }
         }
     }

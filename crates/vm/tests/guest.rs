@@ -8,10 +8,19 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{busybox_config, run, sh};
-use msb_vm::{Disk, DiskFormat, ExecEvent, ExecSpec, GuestMount, GuestPlan, MountSource, Vm, VmError};
+use msb_vm::{
+    Disk, DiskFormat, ExecEvent, ExecSpec, GuestMount, GuestPlan, MountSource, Vm, VmError,
+};
 
 fn mount(path: &str, source: MountSource, ro: bool, noexec: bool) -> GuestMount {
-    GuestMount { guest_path: path.into(), source, ro, noexec, nosuid: true, nodev: true }
+    GuestMount {
+        guest_path: path.into(),
+        source,
+        ro,
+        noexec,
+        nosuid: true,
+        nodev: true,
+    }
 }
 
 /// An ext4 image holding `hello`, made by mke2fs without mounting.
@@ -33,18 +42,43 @@ fn ext4_image(dir: &std::path::Path) -> Option<std::path::PathBuf> {
 
 #[test]
 fn one_guest_many_checks() {
-    let Some(mut config) = busybox_config("one_guest_many_checks") else { return };
+    let Some(mut config) = busybox_config("one_guest_many_checks") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut mounts = vec![
         mount("/mnt/ro", MountSource::Tmpfs { size_mib: 4 }, true, false),
-        mount("/mnt/noexec", MountSource::Tmpfs { size_mib: 8 }, false, true),
-        mount("/mnt/small", MountSource::Tmpfs { size_mib: 1 }, false, false),
+        mount(
+            "/mnt/noexec",
+            MountSource::Tmpfs { size_mib: 8 },
+            false,
+            true,
+        ),
+        mount(
+            "/mnt/small",
+            MountSource::Tmpfs { size_mib: 1 },
+            false,
+            false,
+        ),
     ];
     let image = ext4_image(dir.path());
     match &image {
         Some(image) => {
-            config.disks.push(Disk { path: image.clone(), format: DiskFormat::Raw, readonly: true, serial: "msb-data0".into() });
-            mounts.push(mount("/disk", MountSource::Block { serial: "msb-data0".into(), fstype: "ext4".into() }, true, false));
+            config.disks.push(Disk {
+                path: image.clone(),
+                format: DiskFormat::Raw,
+                readonly: true,
+                serial: "msb-data0".into(),
+            });
+            mounts.push(mount(
+                "/disk",
+                MountSource::Block {
+                    serial: "msb-data0".into(),
+                    fstype: "ext4".into(),
+                },
+                true,
+                false,
+            ));
         }
         None => eprintln!("one_guest_many_checks: mke2fs missing, skipping the disk checks"),
     }
@@ -66,13 +100,19 @@ fn one_guest_many_checks() {
 
     // stdout and stderr apart.
     let out = run(&vm, &["sh", "-c", "echo out; echo err >&2; echo more"]);
-    assert_eq!((out.stdout.as_slice(), out.stderr.as_slice()), (&b"out\nmore\n"[..], &b"err\n"[..]));
+    assert_eq!(
+        (out.stdout.as_slice(), out.stderr.as_slice()),
+        (&b"out\nmore\n"[..], &b"err\n"[..])
+    );
 
     // Environment, workdir, hostname from the plan and the exec.
     let mut spec = ExecSpec::new(["sh", "-c", "echo $FROM_PLAN $FROM_EXEC; pwd; hostname"]);
     spec.env = vec!["FROM_EXEC=exec".into()];
     let out = vm.exec(spec).unwrap().output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "plan exec\n/tmp\nguest-one\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "plan exec\n/tmp\nguest-one\n"
+    );
     let mut spec = ExecSpec::new(["pwd"]);
     spec.workdir = Some("/proc".into());
     assert_eq!(vm.exec(spec).unwrap().output().unwrap().stdout, b"/proc\n");
@@ -88,7 +128,10 @@ fn one_guest_many_checks() {
     }
     let mut spec = ExecSpec::new(["true"]);
     spec.workdir = Some("/nowhere".into());
-    assert!(matches!(vm.exec(spec), Err(VmError::StartFailed { code: 126, .. })));
+    assert!(matches!(
+        vm.exec(spec),
+        Err(VmError::StartFailed { code: 126, .. })
+    ));
 
     // stdin round trip, larger than one frame and than a pipe buffer.
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
@@ -104,7 +147,12 @@ fn one_guest_many_checks() {
     let out = cat.output().unwrap();
     writer.join().unwrap();
     assert_eq!(out.status, 0);
-    assert!(out.stdout == data, "cat returned {} bytes, not the {} sent", out.stdout.len(), data.len());
+    assert!(
+        out.stdout == data,
+        "cat returned {} bytes, not the {} sent",
+        out.stdout.len(),
+        data.len()
+    );
 
     // Signals: 128+N, whether sent by the host or by the command itself.
     let sleeper = vm.exec(ExecSpec::new(["sleep", "100"])).unwrap();
@@ -113,31 +161,54 @@ fn one_guest_many_checks() {
     let sleeper = vm.exec(ExecSpec::new(["sleep", "100"])).unwrap();
     sleeper.signal(libc::SIGTERM).unwrap();
     assert_eq!(sleeper.output().unwrap().status, 128 + libc::SIGTERM);
-    assert_eq!(run(&vm, &["sh", "-c", "kill -SEGV $$"]).status, 128 + libc::SIGSEGV);
+    assert_eq!(
+        run(&vm, &["sh", "-c", "kill -SEGV $$"]).status,
+        128 + libc::SIGSEGV
+    );
 
     // Several commands at once, each with its own output.
     let execs: Vec<_> = (0..6)
-        .map(|i| vm.exec(ExecSpec::new(["sh", "-c", &format!("sleep 0.$((6 - {i})); echo n{i}; exit {i}")])).unwrap())
+        .map(|i| {
+            vm.exec(ExecSpec::new([
+                "sh",
+                "-c",
+                &format!("sleep 0.$((6 - {i})); echo n{i}; exit {i}"),
+            ]))
+            .unwrap()
+        })
         .collect();
     for (i, exec) in execs.into_iter().enumerate() {
         let out = exec.output().unwrap();
-        assert_eq!((out.status, out.stdout), (i as i32, format!("n{i}\n").into_bytes()));
+        assert_eq!(
+            (out.status, out.stdout),
+            (i as i32, format!("n{i}\n").into_bytes())
+        );
     }
 
     // A background process that keeps the pipes open does not hold the exit back.
     let t = Instant::now();
     let out = run(&vm, &["sh", "-c", "sleep 30 & echo started"]);
     assert_eq!((out.status, out.stdout.as_slice()), (0, &b"started\n"[..]));
-    assert!(t.elapsed() < Duration::from_secs(10), "exit report waited for the background process");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "exit report waited for the background process"
+    );
 
     // PID 1 reaps orphans: no zombies after a double fork.
     sh(&vm, "(sleep 0.1 &) ; true");
     std::thread::sleep(Duration::from_millis(500));
-    let zombies = sh(&vm, "cat /proc/[0-9]*/stat 2>/dev/null | grep -c ') Z ' || true");
+    let zombies = sh(
+        &vm,
+        "cat /proc/[0-9]*/stat 2>/dev/null | grep -c ') Z ' || true",
+    );
     assert_eq!(zombies.trim(), "0", "zombies left in the guest");
 
     // A pty with the asked window size, resized while it runs.
-    let mut spec = ExecSpec::new(["sh", "-c", "test -t 0 && test -t 1 && stty size; read line; stty size"]);
+    let mut spec = ExecSpec::new([
+        "sh",
+        "-c",
+        "test -t 0 && test -t 1 && stty size; read line; stty size",
+    ]);
     spec.tty = Some((24, 80));
     spec.stdin = true;
     let tty = vm.exec(spec).unwrap();
@@ -145,29 +216,57 @@ fn one_guest_many_checks() {
     while !String::from_utf8_lossy(&seen).contains("24 80") {
         match tty.next_event_timeout(Duration::from_secs(30)).unwrap() {
             Some(ExecEvent::Stdout(d)) => seen.extend(d),
-            other => panic!("tty gave {other:?} after {:?}", String::from_utf8_lossy(&seen)),
+            other => panic!(
+                "tty gave {other:?} after {:?}",
+                String::from_utf8_lossy(&seen)
+            ),
         }
     }
     tty.resize(40, 132).unwrap();
     tty.write_stdin(b"go\n").unwrap();
     let out = tty.output().unwrap();
     assert_eq!(out.status, 0);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("40 132"), "{:?}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("40 132"),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(out.stderr.is_empty(), "a tty merges stderr into its output");
 
     // tmpfs mounts with their options honoured.
     let ro = run(&vm, &["touch", "/mnt/ro/x"]);
     assert_ne!(ro.status, 0);
-    assert!(String::from_utf8_lossy(&ro.stderr).contains("Read-only"), "{:?}", String::from_utf8_lossy(&ro.stderr));
-    sh(&vm, "cp /bin/busybox /mnt/noexec/bb && echo ok > /mnt/noexec/data");
+    assert!(
+        String::from_utf8_lossy(&ro.stderr).contains("Read-only"),
+        "{:?}",
+        String::from_utf8_lossy(&ro.stderr)
+    );
+    sh(
+        &vm,
+        "cp /bin/busybox /mnt/noexec/bb && echo ok > /mnt/noexec/data",
+    );
     let noexec = run(&vm, &["sh", "-c", "/mnt/noexec/bb true"]);
     assert_eq!(noexec.status, 126, "exec from noexec gave {noexec:?}");
-    assert!(matches!(vm.exec(ExecSpec::new(["/mnt/noexec/bb"])), Err(VmError::StartFailed { code: 126, .. })));
+    assert!(matches!(
+        vm.exec(ExecSpec::new(["/mnt/noexec/bb"])),
+        Err(VmError::StartFailed { code: 126, .. })
+    ));
     let mounts = sh(&vm, "grep ' /mnt/' /proc/mounts");
-    for (path, opts) in [("/mnt/ro", "ro,nosuid,nodev"), ("/mnt/noexec", "rw,nosuid,nodev,noexec")] {
-        assert!(mounts.lines().any(|l| l.contains(&format!("{path} tmpfs {opts}"))), "{path} not {opts}: {mounts}");
+    for (path, opts) in [
+        ("/mnt/ro", "ro,nosuid,nodev"),
+        ("/mnt/noexec", "rw,nosuid,nodev,noexec"),
+    ] {
+        assert!(
+            mounts
+                .lines()
+                .any(|l| l.contains(&format!("{path} tmpfs {opts}"))),
+            "{path} not {opts}: {mounts}"
+        );
     }
-    let full = run(&vm, &["sh", "-c", "head -c 2000000 /dev/zero > /mnt/small/big"]);
+    let full = run(
+        &vm,
+        &["sh", "-c", "head -c 2000000 /dev/zero > /mnt/small/big"],
+    );
     assert_ne!(full.status, 0, "a 1 MiB tmpfs took 2 MB");
 
     // The disk, found by its serial, read-only.
@@ -183,21 +282,43 @@ fn one_guest_many_checks() {
     // Shutdown: one command ends on SIGTERM, one ignores it and is killed
     // after the grace period; both exits are reported.
     let polite = vm
-        .exec(ExecSpec::new(["sh", "-c", "trap 'echo term; exit 3' TERM; echo ready; while true; do sleep 0.1; done"]))
+        .exec(ExecSpec::new([
+            "sh",
+            "-c",
+            "trap 'echo term; exit 3' TERM; echo ready; while true; do sleep 0.1; done",
+        ]))
         .unwrap();
-    let stubborn = vm.exec(ExecSpec::new(["sh", "-c", "trap '' TERM; echo ready; sleep 100"])).unwrap();
+    let stubborn = vm
+        .exec(ExecSpec::new([
+            "sh",
+            "-c",
+            "trap '' TERM; echo ready; sleep 100",
+        ]))
+        .unwrap();
     for exec in [&polite, &stubborn] {
-        assert_eq!(exec.next_event_timeout(Duration::from_secs(30)).unwrap(), Some(ExecEvent::Stdout(b"ready\n".to_vec())));
+        assert_eq!(
+            exec.next_event_timeout(Duration::from_secs(30)).unwrap(),
+            Some(ExecEvent::Stdout(b"ready\n".to_vec()))
+        );
     }
     let grace = Duration::from_secs(2);
     let t = Instant::now();
     let status = vm.shutdown(grace).unwrap();
     let took = t.elapsed();
     assert!(status.success(), "QEMU ended with {status}");
-    assert!(took >= grace && took < grace + Duration::from_secs(10), "shutdown took {took:?}");
+    assert!(
+        took >= grace && took < grace + Duration::from_secs(10),
+        "shutdown took {took:?}"
+    );
     let polite = polite.output().unwrap();
-    assert_eq!((polite.status, polite.stdout.as_slice()), (3, &b"term\n"[..]));
+    assert_eq!(
+        (polite.status, polite.stdout.as_slice()),
+        (3, &b"term\n"[..])
+    );
     assert_eq!(stubborn.output().unwrap().status, 128 + libc::SIGKILL);
-    assert!(matches!(vm.exec(ExecSpec::new(["true"])), Err(VmError::Gone)));
+    assert!(matches!(
+        vm.exec(ExecSpec::new(["true"])),
+        Err(VmError::Gone)
+    ));
     let _ = std::io::stderr().flush();
 }

@@ -16,8 +16,11 @@ fn virtiofsd() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("MSB_VIRTIOFSD") {
         return Some(p.into());
     }
-    let on_path = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("virtiofsd")).find(|p| p.is_file()));
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("virtiofsd"))
+            .find(|p| p.is_file())
+    });
     on_path.or_else(|| Some(PathBuf::from("/usr/libexec/virtiofsd")).filter(|p| p.is_file()))
 }
 
@@ -52,9 +55,13 @@ fn serve(bin: &Path, dir: &Path, socket: &Path) -> Server {
 
 #[test]
 fn root_share_under_a_writable_overlay() {
-    let Some(mut config) = busybox_config("root_share_under_a_writable_overlay") else { return };
+    let Some(mut config) = busybox_config("root_share_under_a_writable_overlay") else {
+        return;
+    };
     let Some(bin) = virtiofsd() else {
-        eprintln!("skipping root_share_under_a_writable_overlay: virtiofsd not found (set MSB_VIRTIOFSD)");
+        eprintln!(
+            "skipping root_share_under_a_writable_overlay: virtiofsd not found (set MSB_VIRTIOFSD)"
+        );
         return;
     };
     // The root gets busybox from the share, not from the initramfs.
@@ -74,15 +81,25 @@ fn root_share_under_a_writable_overlay() {
     let _root_server = serve(&bin, &root, &tmp.path().join("root.sock"));
     let _data_server = serve(&bin, &data, &tmp.path().join("data.sock"));
     config.shares = vec![
-        Share { tag: "root".into(), socket: tmp.path().join("root.sock") },
-        Share { tag: "data".into(), socket: tmp.path().join("data.sock") },
+        Share {
+            tag: "root".into(),
+            socket: tmp.path().join("root.sock"),
+        },
+        Share {
+            tag: "data".into(),
+            socket: tmp.path().join("data.sock"),
+        },
     ];
     let plan = GuestPlan {
         hostname: "rooted".into(),
         root: Some(RootPlan {
             tag: "root".into(),
             upper_size_mib: 16,
-            files: vec![GuestFile { path: "/etc/generated".into(), contents: b"by the host\n".to_vec(), mode: 0o600 }],
+            files: vec![GuestFile {
+                path: "/etc/generated".into(),
+                contents: b"by the host\n".to_vec(),
+                mode: 0o600,
+            }],
         }),
         mounts: vec![GuestMount {
             guest_path: "/data".into(),
@@ -98,20 +115,35 @@ fn root_share_under_a_writable_overlay() {
     let vm = Vm::boot(&config, &plan).unwrap();
 
     assert_eq!(sh(&vm, "cat /marker"), "lower layer\n");
-    assert_eq!(sh(&vm, "cat /etc/generated; stat -c %a /etc/generated"), "by the host\n600\n");
+    assert_eq!(
+        sh(&vm, "cat /etc/generated; stat -c %a /etc/generated"),
+        "by the host\n600\n"
+    );
     // Writes land in the overlay's upper layer, never in the shared root.
-    sh(&vm, "echo guest > /marker && echo new > /newfile && cat /marker /newfile");
-    assert_eq!(std::fs::read_to_string(root.join("marker")).unwrap(), "lower layer\n");
+    sh(
+        &vm,
+        "echo guest > /marker && echo new > /newfile && cat /marker /newfile",
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("marker")).unwrap(),
+        "lower layer\n"
+    );
     assert!(!root.join("newfile").exists());
     assert!(!root.join("etc/generated").exists());
     // The initramfs (and its agent) is no longer visible.
     assert_ne!(run(&vm, &["ls", "/init"]).status, 0);
     // The data share is writable and reaches the host.
     sh(&vm, "echo from guest > /data/out");
-    assert_eq!(std::fs::read_to_string(data.join("out")).unwrap(), "from guest\n");
+    assert_eq!(
+        std::fs::read_to_string(data.join("out")).unwrap(),
+        "from guest\n"
+    );
     let mounts = sh(&vm, "grep -E ' / | /data ' /proc/mounts");
     assert!(mounts.contains("overlay / overlay rw"), "{mounts}");
-    assert!(mounts.contains("data /data virtiofs rw,nosuid,nodev,noexec"), "{mounts}");
+    assert!(
+        mounts.contains("data /data virtiofs rw,nosuid,nodev,noexec"),
+        "{mounts}"
+    );
 
     assert!(vm.shutdown(Duration::from_secs(1)).unwrap().success());
 }
