@@ -108,17 +108,33 @@ fn killed_supervisor_leaves_no_qemu() {
 /// boot proved it (cached per host), else TCG.
 #[test]
 fn auto_accel_boots_and_caches_the_kvm_probe() {
-    let Some(mut config) = busybox_config("auto_accel_boots_and_caches_the_kvm_probe") else { return };
+    let Some(mut config) = busybox_config("auto_accel_boots_and_caches_the_kvm_probe") else {
+        return;
+    };
     config.accel = msb_vm::Accel::Auto;
-    let vm = Vm::boot(&config, &GuestPlan { env: vec!["PATH=/bin".into()], ..GuestPlan::default() }).unwrap();
+    let vm = Vm::boot(
+        &config,
+        &GuestPlan {
+            env: vec!["PATH=/bin".into()],
+            ..GuestPlan::default()
+        },
+    )
+    .unwrap();
     eprintln!("auto picked {:?}", vm.accel());
     assert_eq!(common::run(&vm, &["true"]).status, 0);
-    let kvm_usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let kvm_usable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     let cached = std::fs::read_dir(common::assets())
         .unwrap()
         .flatten()
         .any(|e| e.file_name().to_string_lossy().starts_with("kvm-probe-"));
-    assert_eq!(cached, kvm_usable, "a probe result is cached exactly when /dev/kvm is usable");
+    assert_eq!(
+        cached, kvm_usable,
+        "a probe result is cached exactly when /dev/kvm is usable"
+    );
     if !kvm_usable {
         assert_eq!(vm.accel(), msb_vm::Accel::Tcg);
     }
