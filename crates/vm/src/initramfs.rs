@@ -239,12 +239,10 @@ mod tests {
         );
         let extract = dir.path().join("x");
         fs::create_dir(&extract).unwrap();
-        let status = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "cpio -i --quiet -F {} bin/hello",
-                archive.display()
-            ))
+        let status = std::process::Command::new("cpio")
+            .args(["-i", "-d", "--quiet", "-F"])
+            .arg(&archive)
+            .arg("bin/hello")
             .current_dir(&extract)
             .status()
             .unwrap();
