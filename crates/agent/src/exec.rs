@@ -42,6 +42,7 @@ pub struct Agent {
     children_changed: Condvar,
     defaults: Mutex<Defaults>,
     shutting_down: AtomicBool,
+    configured: AtomicBool,
 }
 
 /// The plan's environment and working directory, applied to every exec.
@@ -70,6 +71,7 @@ impl Agent {
                 workdir: "/".into(),
             }),
             shutting_down: AtomicBool::new(false),
+            configured: AtomicBool::new(false),
         })
     }
 
@@ -79,6 +81,11 @@ impl Agent {
         let frame = msg.to_frame().map_err(io::Error::other)?;
         let mut port = lock(&self.port);
         port.write_all(&frame)
+    }
+
+    /// True the first time only: a plan is applied once.
+    pub fn start_configuring(&self) -> bool {
+        !self.configured.swap(true, Ordering::SeqCst)
     }
 
     /// Replaces the plan defaults.
