@@ -109,6 +109,17 @@ fn main() {
     );
 
     let vm = Vm::boot(&config, &plan).expect("boot");
+    std::thread::sleep(Duration::from_secs(1));
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", vm.qemu_pid())).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap_or("VmRSS: ?");
+    println!(
+        "idle VM ({} MiB guest memory): QEMU {rss}",
+        config.memory_mib
+    );
     for _ in 0..5 {
         vm.exec(ExecSpec::new(["true"])).unwrap().output().unwrap();
         vm.ping().unwrap();
