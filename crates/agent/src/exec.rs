@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -37,11 +37,12 @@ pub struct Agent {
     execs: Mutex<HashMap<ExecId, ExecEntry>>,
     /// Children we started, each with the pipe its wait status goes to.
     /// Held while spawning, so the reaper cannot take a child before it is
-    /// registered (or a failed one std is reaping itself).
+    /// registered (or one that glibc or `time_spawn` waits for itself).
     children: Mutex<HashMap<libc::pid_t, File>>,
     children_changed: Condvar,
     defaults: Mutex<Defaults>,
     shutting_down: AtomicBool,
+    configured: AtomicBool,
 }
 
 /// The plan's environment and working directory, applied to every exec.
@@ -70,6 +71,7 @@ impl Agent {
                 workdir: "/".into(),
             }),
             shutting_down: AtomicBool::new(false),
+            configured: AtomicBool::new(false),
         })
     }
 
@@ -79,6 +81,11 @@ impl Agent {
         let frame = msg.to_frame().map_err(io::Error::other)?;
         let mut port = lock(&self.port);
         port.write_all(&frame)
+    }
+
+    /// True the first time only: a plan is applied once.
+    pub fn start_configuring(&self) -> bool {
+        !self.configured.swap(true, Ordering::SeqCst)
     }
 
     /// Replaces the plan defaults.
@@ -147,112 +154,89 @@ impl Agent {
     }
 
     fn spawn(self: &Arc<Self>, req: &ExecRequest) -> Result<(), (i32, String)> {
-        let Some(program) = req.argv.first() else {
+        let Some(name) = req.argv.first() else {
             return Err((127, "empty command".into()));
         };
         let (env, workdir) = {
             let d = lock(&self.defaults);
             let mut env = d.env.clone();
             env.extend(req.env.iter().cloned());
-            (
-                env,
-                req.workdir.clone().unwrap_or_else(|| d.workdir.clone()),
-            )
+            let workdir = req.workdir.clone().unwrap_or_else(|| d.workdir.clone());
+            (env, workdir)
         };
-        // std reports a failed chdir like a failed exec; check first so the
+        // A failed chdir would look like a failed exec; check first so the
         // two get their own messages.
-        if !std::path::Path::new(&workdir).is_dir() {
+        if !Path::new(&workdir).is_dir() {
             return Err((126, format!("working directory {workdir} does not exist")));
         }
-        let mut cmd = Command::new(program);
-        cmd.args(&req.argv[1..]).env_clear().current_dir(&workdir);
-        for kv in &env {
-            match kv.split_once('=') {
-                Some((k, v)) => cmd.env(k, v),
-                None => cmd.env(kv, ""),
-            };
-        }
+        let program = resolve_program(name, &env)?;
         let io_err = |what: &str, e: io::Error| (126, format!("{what}: {e}"));
+
+        // Our ends of the command's stdio, and the ends it gets (closed here
+        // once it has them).
+        let mut outs: Vec<(File, bool)> = Vec::new();
+        let mut stdin_sink: Option<File> = None;
         let mut tty = None;
+        let child_stdio;
+        let mut child_ends: Vec<OwnedFd> = Vec::new();
         if let Some((rows, cols)) = req.tty {
             let (master, slave) =
                 sys::openpty(rows, cols).map_err(|e| io_err("opening a pty", e))?;
-            let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| io_err("duplicating the pty", e));
-            cmd.stdin(Stdio::from(dup(&slave)?))
-                .stdout(Stdio::from(dup(&slave)?))
-                .stderr(Stdio::from(slave));
-            // SAFETY: setsid and ioctl are async-signal-safe; the child makes the
-            // pty (its stdin) its controlling terminal in its own session.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
+            let path = sys::tty_path(&slave).map_err(|e| io_err("naming the pty", e))?;
+            child_stdio = sys::ChildStdio::Terminal(path);
+            // Held open until the command has its own, so the master does
+            // not see the terminal hang up in between.
+            child_ends.push(slave);
+            let clone = |m: &OwnedFd| {
+                m.try_clone()
+                    .map(File::from)
+                    .map_err(|e| io_err("duplicating the pty", e))
+            };
+            outs.push((clone(&master)?, false));
+            if req.stdin {
+                stdin_sink = Some(clone(&master)?);
             }
             tty = Some(Arc::new(master));
         } else {
-            cmd.stdin(if req.stdin {
-                Stdio::piped()
+            let pipe = || sys::pipe().map_err(|e| io_err("creating a pipe", e));
+            let stdin = if req.stdin {
+                let (r, w) = pipe()?;
+                stdin_sink = Some(File::from(w));
+                r
             } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-            // SAFETY: setsid is async-signal-safe.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::setsid() < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+                sys::dev_null().map_err(|e| io_err("opening /dev/null", e))?
+            };
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            outs.push((File::from(out_r), false));
+            outs.push((File::from(err_r), true));
+            child_stdio =
+                sys::ChildStdio::Fds([stdin.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()]);
+            child_ends.extend([stdin, out_w, err_w]);
         }
 
         let (exit_r, exit_w) = sys::pipe().map_err(|e| io_err("creating a pipe", e))?;
-        let (mut child, pidfd) = {
+        let (pid, pidfd) = {
             let mut children = lock(&self.children);
-            let child = cmd.spawn().map_err(|e| {
-                let code = if e.kind() == io::ErrorKind::NotFound {
-                    127
-                } else {
-                    126
-                };
-                (code, format!("{program}: {e}"))
-            })?;
-            let pid = child.id() as libc::pid_t;
+            let pid =
+                sys::spawn(&program, &req.argv, &env, &workdir, &child_stdio).map_err(|e| {
+                    let code = if e.kind() == io::ErrorKind::NotFound {
+                        127
+                    } else {
+                        126
+                    };
+                    (code, format!("{}: {e}", program.display()))
+                })?;
             // The reaper waits for this lock, so the pid still names our child.
             let pidfd = sys::pidfd_open(pid).map_err(|e| io_err("opening a pidfd", e))?;
             children.insert(pid, File::from(exit_w));
             self.children_changed.notify_all();
-            (child, pidfd)
+            (pid, pidfd)
         };
-        let pid = child.id() as i32;
+        drop(child_ends);
         let id = req.id;
         let _ = self.send(&GuestMessage::Started { id, pid });
 
-        let mut outs: Vec<(File, bool)> = Vec::new();
-        let mut stdin_sink: Option<File> = None;
-        if let Some(master) = &tty {
-            let clone = |m: &OwnedFd| m.try_clone().map(File::from);
-            outs.push((
-                clone(master).map_err(|e| io_err("duplicating the pty", e))?,
-                false,
-            ));
-            if req.stdin {
-                stdin_sink = Some(clone(master).map_err(|e| io_err("duplicating the pty", e))?);
-            }
-        } else {
-            if let Some(out) = child.stdout.take() {
-                outs.push((File::from(OwnedFd::from(out)), false));
-            }
-            if let Some(err) = child.stderr.take() {
-                outs.push((File::from(OwnedFd::from(err)), true));
-            }
-            stdin_sink = child.stdin.take().map(|s| File::from(OwnedFd::from(s)));
-        }
         let is_tty = tty.is_some();
         let stdin = stdin_sink.map(|sink| {
             let (tx, rx) = channel();
@@ -383,23 +367,27 @@ impl Agent {
             return (Duration::ZERO, iterations);
         };
         let env = lock(&self.defaults).env.clone();
-        // Held so the reaper leaves these children to std's own wait.
+        // Held so the reaper leaves these children to the wait below.
         let _children = lock(&self.children);
         let mut failures = 0;
+        let Ok(program) = resolve_program(program, &env) else {
+            return (Duration::ZERO, iterations);
+        };
+        // The bare cost: the agent's own stdio is inherited, nothing opened.
+        let stdio = sys::ChildStdio::Fds([0, 1, 2]);
         let start = Instant::now();
         for _ in 0..iterations {
-            let mut cmd = Command::new(program);
-            cmd.args(&argv[1..])
-                .env_clear()
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            for kv in &env {
-                if let Some((k, v)) = kv.split_once('=') {
-                    cmd.env(k, v);
+            let ok = match sys::spawn(&program, argv, &env, "/", &stdio) {
+                Ok(pid) => {
+                    let mut status = 0;
+                    // SAFETY: status is valid for writing; pid is our child, which
+                    // the reaper leaves alone while we hold the children lock.
+                    let got = unsafe { libc::waitpid(pid, &mut status, 0) };
+                    got == pid && sys::exit_status(status) == 0
                 }
-            }
-            if !cmd.status().is_ok_and(|s| s.success()) {
+                Err(_) => false,
+            };
+            if !ok {
                 failures += 1;
             }
         }
@@ -428,6 +416,38 @@ impl Agent {
         while !lock(&self.execs).is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+}
+
+/// Finds `program` as execvp would, in the command's own `PATH`: a name
+/// with a slash is taken as it is; a missing one gives 127, one found only
+/// without execute permission 126.
+fn resolve_program(program: &str, env: &[String]) -> Result<PathBuf, (i32, String)> {
+    if program.contains('/') {
+        return Ok(PathBuf::from(program));
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find_map(|kv| kv.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let mut not_executable = None;
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(program);
+        let Ok(meta) = std::fs::metadata(&candidate) else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        if meta.permissions().mode() & 0o111 != 0 {
+            return Ok(candidate);
+        }
+        not_executable.get_or_insert(candidate);
+    }
+    match not_executable {
+        Some(p) => Err((126, format!("{}: permission denied", p.display()))),
+        None => Err((127, format!("{program}: command not found"))),
     }
 }
 

@@ -99,6 +99,11 @@ fn run() -> Result<(), AgentError> {
 
 fn handle(agent: &Arc<Agent>, msg: HostMessage) {
     let reply = match msg {
+        // Applying a plan again would remount under running commands.
+        HostMessage::Configure(_) if !agent.start_configuring() => Some(GuestMessage::Error {
+            id: None,
+            message: "the guest is already configured".into(),
+        }),
         HostMessage::Configure(plan) => Some(match setup::apply(&plan) {
             Ok(()) => {
                 let workdir = if plan.workdir.is_empty() {

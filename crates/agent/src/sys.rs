@@ -146,3 +146,131 @@ pub fn exit_status(wstatus: libc::c_int) -> i32 {
         255
     }
 }
+
+/// How a spawned command's stdio is set up.
+pub enum ChildStdio {
+    /// These descriptors become 0, 1 and 2.
+    Fds([RawFd; 3]),
+    /// The terminal at this path, opened after `setsid` so that it becomes
+    /// the controlling terminal, as 0, 1 and 2.
+    Terminal(CString),
+}
+
+/// Starts `program` with posix_spawn: glibc's vfork-style spawn, much
+/// cheaper than fork under emulation. Signal dispositions and mask are
+/// reset; the child gets its own process group (or its own session with a
+/// terminal). Returns the pid; an exec failure comes back as its errno.
+pub fn spawn(
+    program: &Path,
+    argv: &[String],
+    env: &[String],
+    cwd: &str,
+    stdio: &ChildStdio,
+) -> io::Result<libc::pid_t> {
+    use std::os::unix::ffi::OsStrExt;
+    let program = cstr(program.as_os_str().as_bytes())?;
+    let argv: Vec<CString> = argv.iter().map(cstr).collect::<io::Result<_>>()?;
+    let env: Vec<CString> = env
+        .iter()
+        .map(|kv| {
+            if kv.contains('=') {
+                cstr(kv)
+            } else {
+                cstr(format!("{kv}="))
+            }
+        })
+        .collect::<io::Result<_>>()?;
+    let cwd = cstr(cwd)?;
+    let mut argv_ptrs: Vec<*mut libc::c_char> =
+        argv.iter().map(|a| a.as_ptr().cast_mut()).collect();
+    argv_ptrs.push(std::ptr::null_mut());
+    let mut env_ptrs: Vec<*mut libc::c_char> = env.iter().map(|e| e.as_ptr().cast_mut()).collect();
+    env_ptrs.push(std::ptr::null_mut());
+
+    let errno = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(rc))
+        }
+    };
+    // SAFETY: the attribute and file-action objects are initialised before
+    // use and destroyed on every path; every pointer handed to glibc points
+    // into CStrings and vectors that outlive the posix_spawn call.
+    unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        errno(libc::posix_spawn_file_actions_init(&mut actions))?;
+        if let Err(e) = errno(libc::posix_spawnattr_init(&mut attr)) {
+            libc::posix_spawn_file_actions_destroy(&mut actions);
+            return Err(e);
+        }
+        let result = (|| {
+            let mut flags = libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF;
+            match stdio {
+                ChildStdio::Fds(fds) => {
+                    for (target, &fd) in fds.iter().enumerate() {
+                        errno(libc::posix_spawn_file_actions_adddup2(
+                            &mut actions,
+                            fd,
+                            target as i32,
+                        ))?;
+                    }
+                    flags |= libc::POSIX_SPAWN_SETPGROUP;
+                }
+                ChildStdio::Terminal(path) => {
+                    errno(libc::posix_spawn_file_actions_addopen(
+                        &mut actions,
+                        0,
+                        path.as_ptr(),
+                        libc::O_RDWR,
+                        0,
+                    ))?;
+                    errno(libc::posix_spawn_file_actions_adddup2(&mut actions, 0, 1))?;
+                    errno(libc::posix_spawn_file_actions_adddup2(&mut actions, 0, 2))?;
+                    flags |= libc::POSIX_SPAWN_SETSID as libc::c_int;
+                }
+            }
+            errno(libc::posix_spawn_file_actions_addchdir_np(
+                &mut actions,
+                cwd.as_ptr(),
+            ))?;
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigfillset(&mut all);
+            errno(libc::posix_spawnattr_setsigmask(&mut attr, &none))?;
+            errno(libc::posix_spawnattr_setsigdefault(&mut attr, &all))?;
+            errno(libc::posix_spawnattr_setpgroup(&mut attr, 0))?;
+            errno(libc::posix_spawnattr_setflags(
+                &mut attr,
+                flags as libc::c_short,
+            ))?;
+            let mut pid = 0;
+            errno(libc::posix_spawn(
+                &mut pid,
+                program.as_ptr(),
+                &actions,
+                &attr,
+                argv_ptrs.as_ptr(),
+                env_ptrs.as_ptr(),
+            ))?;
+            Ok(pid)
+        })();
+        libc::posix_spawnattr_destroy(&mut attr);
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        result
+    }
+}
+
+/// Opens /dev/null for reading.
+pub fn dev_null() -> io::Result<OwnedFd> {
+    Ok(std::fs::File::open("/dev/null")?.into())
+}
+
+/// The path of the terminal `fd` refers to.
+pub fn tty_path(fd: &OwnedFd) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    cstr(path.as_os_str().as_bytes())
+}

@@ -245,9 +245,30 @@ fn kernel_package() -> Result<String, AssetsError> {
         .ok_or_else(|| AssetsError::NoKernelPackage(KERNEL_METAPACKAGE.into()))
 }
 
+/// Removes the temporary directories of fetches whose process is gone
+/// (killed mid-fetch); a running fetch keeps its own.
+fn remove_abandoned_fetches(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(".kernel-fetch-")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn fetch(dir: &Path, root: &Path) -> Result<(), AssetsError> {
     fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
     let package = kernel_package()?;
+    remove_abandoned_fetches(dir);
     let tmp = dir.join(format!(".kernel-fetch-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir(&tmp).map_err(io_err("creating", &tmp))?;

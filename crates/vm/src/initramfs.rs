@@ -109,7 +109,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
     }
@@ -138,7 +138,7 @@ impl Cpio {
     pub fn finish(mut self) -> Vec<u8> {
         self.entry("TRAILER!!!", 0, (0, 0), &[]);
         // The kernel reads the archive in 512-byte blocks.
-        while self.out.len() % 512 != 0 {
+        while !self.out.len().is_multiple_of(512) {
             self.out.push(0);
         }
         self.out
@@ -239,12 +239,10 @@ mod tests {
         );
         let extract = dir.path().join("x");
         fs::create_dir(&extract).unwrap();
-        let status = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "cpio -i --quiet -F {} bin/hello",
-                archive.display()
-            ))
+        let status = std::process::Command::new("cpio")
+            .args(["-i", "-d", "--quiet", "-F"])
+            .arg(&archive)
+            .arg("bin/hello")
             .current_dir(&extract)
             .status()
             .unwrap();

@@ -13,6 +13,10 @@
 //! # Ok::<(), msb_vm::VmError>(())
 //! ```
 //!
+//! A [`Vm`] is `Send + Sync`: a supervisor can share it (in an `Arc`) among
+//! threads serving `exec` requests; each [`Exec`] streams its own events
+//! while clones of its [`ExecControl`] send stdin, signals and resizes.
+//!
 //! The VM's file servers are not started here: the caller runs them and
 //! passes their vhost-user sockets as [`Share`]s.
 
@@ -30,3 +34,16 @@ pub use probe::kvm_works;
 pub use qemu::{Accel, Disk, DiskFormat, QemuError, Share};
 pub use sandbox::{SandboxError, VmBackend, VmSandbox, auto_picks_vm};
 pub use vm::{Exec, ExecControl, ExecEvent, ExecOutput, ExecSpec, Vm, VmConfig, VmError};
+
+#[cfg(test)]
+mod tests {
+    /// A supervisor shares one `Vm` among the threads serving its clients.
+    #[test]
+    fn handles_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<super::Vm>();
+        send_sync::<super::ExecControl>();
+        send::<super::Exec>();
+    }
+}

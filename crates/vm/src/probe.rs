@@ -49,7 +49,7 @@ pub fn kvm_works(assets: &Path, kernel: &Kernel, config: &VmConfig) -> bool {
         Err(_) => false,
     };
     // Best effort: without the cache the next boot probes again.
-    let tmp = cache.with_extension("tmp");
+    let tmp = assets.join(format!(".kvm-probe-{}", std::process::id()));
     if fs::write(&tmp, if works { "works" } else { "fails" }).is_ok() {
         let _ = fs::rename(&tmp, &cache);
     }

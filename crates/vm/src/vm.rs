@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,6 +48,9 @@ pub struct VmConfig {
     pub qemu: Option<PathBuf>,
     /// How long the guest may take to be ready.
     pub boot_timeout: Duration,
+    /// The most console output kept in the log (the guest is hostile and
+    /// could otherwise fill the disk); the rest is counted and dropped.
+    pub console_cap: u64,
 }
 
 impl Default for VmConfig {
@@ -64,6 +67,7 @@ impl Default for VmConfig {
             run_dir: None,
             qemu: None,
             boot_timeout: Duration::from_secs(60),
+            console_cap: 1 << 20,
         }
     }
 }
@@ -185,9 +189,13 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
+/// Where a command's start (its pid or why it failed) goes, once.
+type StartSender = Sender<Result<i32, VmError>>;
+
 #[derive(Default)]
 struct Routes {
-    execs: HashMap<ExecId, (Option<Sender<Result<i32, VmError>>>, Sender<ExecEvent>)>,
+    /// Per command: the pending start answer and the event stream.
+    execs: HashMap<ExecId, (Option<StartSender>, SyncSender<ExecEvent>)>,
     /// Where the answer to the current control request goes.
     control: Option<Sender<GuestMessage>>,
     closed: bool,
@@ -289,11 +297,7 @@ impl Shared {
 
     /// Reads the guest's messages until the channel ends, routing each.
     fn read_loop(&self, mut reader: UnixStream) {
-        loop {
-            let msg = match read_message::<_, GuestMessage>(&mut reader) {
-                Ok(Some(msg)) => msg,
-                Ok(None) | Err(_) => break,
-            };
+        while let Ok(Some(msg)) = read_message::<_, GuestMessage>(&mut reader) {
             let mut routes = lock(&self.routes);
             let (id, event) = match msg {
                 GuestMessage::Started { id, pid } => {
@@ -322,11 +326,16 @@ impl Shared {
                 }
             };
             let done = matches!(event, ExecEvent::Exited(_));
-            if let Some((_, events)) = routes.execs.get(&id) {
+            let events = if done {
+                routes.execs.remove(&id).map(|r| r.1)
+            } else {
+                routes.execs.get(&id).map(|r| r.1.clone())
+            };
+            // Not under the lock: a slow consumer may block this send, and
+            // must not block everyone else's exec starts meanwhile.
+            drop(routes);
+            if let Some(events) = events {
                 let _ = events.send(event);
-            }
-            if done {
-                routes.execs.remove(&id);
             }
         }
         // Dropping every sender tells each waiter the VM is gone.
@@ -344,6 +353,8 @@ pub struct Vm {
     console_log: PathBuf,
     /// Removed on drop when we made it.
     temp_run_dir: Option<PathBuf>,
+    /// Copies the console into its log until QEMU ends.
+    console_thread: Option<JoinHandle<()>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -372,15 +383,18 @@ fn tail(path: &Path, lines: usize) -> String {
 
 static RUN_DIR_SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// Events buffered per command before the channel reader waits for its
+/// consumer; bounds what a guest flooding output can make the host hold.
+const EVENT_BACKLOG: usize = 256;
+
 impl Vm {
     /// Boots a VM, waits for the guest agent and applies `plan`.
     pub fn boot(config: &VmConfig, plan: &GuestPlan) -> Result<Vm, VmError> {
         let assets = config.assets_dir.clone().unwrap_or_else(assets_dir);
         let kernel = Kernel::ensure(&assets)?;
         let accel = match config.accel {
-            Accel::Auto => crate::probe::kvm_works(&assets, &kernel, config)
-                .then_some(Accel::Kvm)
-                .unwrap_or(Accel::Tcg),
+            Accel::Auto if crate::probe::kvm_works(&assets, &kernel, config) => Accel::Kvm,
+            Accel::Auto => Accel::Tcg,
             other => other,
         };
         Vm::boot_with(config, plan, &kernel, accel)
@@ -424,13 +438,18 @@ impl Vm {
 
         let (ours, theirs) =
             UnixStream::pair().map_err(|e| VmError::Io("creating the control socket", e))?;
+        let (console_ours, console_theirs) =
+            UnixStream::pair().map_err(|e| VmError::Io("creating the console socket", e))?;
+        let console_thread = {
+            let (log, cap) = (console_log.clone(), config.console_cap);
+            std::thread::spawn(move || crate::qemu::pump_console(console_ours, &log, cap))
+        };
         let launch_cfg = (
             qemu,
             config.cpus,
             config.memory_mib,
             kernel.image.clone(),
             initramfs_path,
-            console_log.clone(),
             qemu_log,
             config.extra_cmdline.clone(),
             config.shares.clone(),
@@ -441,18 +460,8 @@ impl Vm {
         let (started_tx, started_rx) = mpsc::channel();
         let (shared_tx, shared_rx) = mpsc::channel::<Arc<Shared>>();
         let waiter = std::thread::spawn(move || {
-            let (
-                qemu,
-                cpus,
-                memory_mib,
-                kernel,
-                initramfs,
-                console_log,
-                qemu_log,
-                extra,
-                shares,
-                disks,
-            ) = launch_cfg;
+            let (qemu, cpus, memory_mib, kernel, initramfs, qemu_log, extra, shares, disks) =
+                launch_cfg;
             let launch = Launch {
                 qemu: &qemu,
                 accel,
@@ -460,21 +469,23 @@ impl Vm {
                 memory_mib,
                 kernel: &kernel,
                 initramfs: &initramfs,
-                console_log: &console_log,
                 qemu_log: &qemu_log,
                 extra_cmdline: &extra,
                 shares: &shares,
                 disks: &disks,
             };
             let theirs = OwnedFd::from(theirs);
-            let mut child = match launch.spawn(&theirs) {
+            let console = OwnedFd::from(console_theirs);
+            let spawned = launch.spawn(&theirs, &console);
+            // Only QEMU may hold these ends, so its exit ends our reads.
+            drop((theirs, console));
+            let mut child = match spawned {
                 Ok(child) => child,
                 Err(e) => {
                     let _ = started_tx.send(Err(VmError::from(e)));
                     return;
                 }
             };
-            drop(theirs);
             // SAFETY: pidfd_open with the pid of our unreaped child.
             let pidfd =
                 unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) } as i32;
@@ -536,6 +547,7 @@ impl Vm {
             accel,
             console_log,
             temp_run_dir,
+            console_thread: Some(console_thread),
             threads: vec![waiter, reader_thread],
         };
         match ready_rx.recv_timeout(config.boot_timeout) {
@@ -571,6 +583,12 @@ impl Vm {
 
     fn died_before_ready(&mut self) -> VmError {
         let status = self.shared.wait_qemu(Some(Duration::from_secs(10)));
+        if status.is_some()
+            && let Some(console) = self.console_thread.take()
+        {
+            // The whole console, panic message included, is in the log.
+            let _ = console.join();
+        }
         let console = fs::read_to_string(&self.console_log).unwrap_or_default();
         if let Some(line) = console.lines().find(|l| l.contains("Kernel panic")) {
             let message = line
@@ -595,7 +613,7 @@ impl Vm {
     pub fn exec(&self, spec: ExecSpec) -> Result<Exec, VmError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (start_tx, start_rx) = mpsc::channel();
-        let (events_tx, events_rx) = mpsc::channel();
+        let (events_tx, events_rx) = mpsc::sync_channel(EVENT_BACKLOG);
         {
             let mut routes = lock(&self.shared.routes);
             if routes.closed {
@@ -700,7 +718,7 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
-        for t in self.threads.drain(..) {
+        for t in self.threads.drain(..).chain(self.console_thread.take()) {
             let _ = t.join();
         }
         if let Some(dir) = &self.temp_run_dir {

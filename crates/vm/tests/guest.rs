@@ -12,6 +12,9 @@ use msb_vm::{
     Disk, DiskFormat, ExecEvent, ExecSpec, GuestMount, GuestPlan, MountSource, Vm, VmError,
 };
 
+/// Room for the boot messages, not for what the test floods in.
+const CONSOLE_CAP: u64 = 64 << 10;
+
 fn mount(path: &str, source: MountSource, ro: bool, noexec: bool) -> GuestMount {
     GuestMount {
         guest_path: path.into(),
@@ -45,6 +48,7 @@ fn one_guest_many_checks() {
     let Some(mut config) = busybox_config("one_guest_many_checks") else {
         return;
     };
+    config.console_cap = CONSOLE_CAP;
     let dir = tempfile::tempdir().unwrap();
     let mut mounts = vec![
         mount("/mnt/ro", MountSource::Tmpfs { size_mib: 4 }, true, false),
@@ -274,6 +278,18 @@ fn one_guest_many_checks() {
         assert_eq!(sh(&vm, "cat /disk/hello"), "from the disk\n");
         assert_ne!(run(&vm, &["touch", "/disk/new"]).status, 0);
     }
+
+    // A guest flooding its console cannot fill the host's disk.
+    let t = Instant::now();
+    sh(&vm, "head -c 100000 /dev/zero | tr '\\0' x > /dev/console");
+    let log = vm.console_log().to_owned();
+    let size = || std::fs::metadata(&log).map_or(0, |m| m.len());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while size() < CONSOLE_CAP && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(size(), CONSOLE_CAP, "console log not capped");
+    eprintln!("100 kB of console took {:?}", t.elapsed());
 
     // The channel itself.
     let rtt = vm.ping().unwrap();
