@@ -98,5 +98,5 @@ mod server;
 pub use msb_spec::{HostPerms, IdMap, StatVirt};
 pub use server::{
     FsServerError, ServeConfig, Server, detach_mounts_of, is_served_mount, mount, mount_data,
-    mount_detached, open_root, serve, unmount_path,
+    mount_detached, open_root, serve, serve_guest, unmount_path,
 };

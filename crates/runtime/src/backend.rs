@@ -21,6 +21,11 @@ pub struct SandboxStdio {
     pub passed: Vec<OwnedFd>,
     /// Descriptors the command gets as 3, 4, ... (`--preserve-fds`).
     pub preserved: Vec<OwnedFd>,
+    /// Directories the backend serves for the sandbox, from
+    /// [`crate::Prepared::take_shares`]: the namespace backend serves a
+    /// rootless sandbox's [`InitSource::Fuse`](crate::InitSource::Fuse)
+    /// mounts for as long as the sandbox runs.
+    pub shares: Vec<crate::Share>,
 }
 
 /// Starts sandboxes from resolved plans.

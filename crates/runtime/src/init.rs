@@ -10,7 +10,7 @@
 //! the mount namespace with every mount in it.
 
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
@@ -54,6 +54,12 @@ pub enum InitError {
     Exec(String, #[source] io::Error),
     #[error("mount at {0}: the namespace backend got a microVM's mount")]
     NotForNamespace(String),
+    #[error("mount at {guest}")]
+    Fuse {
+        guest: String,
+        #[source]
+        source: msb_fsserver::FsServerError,
+    },
 }
 
 fn sys(what: impl Into<String>) -> impl FnOnce(Errno) -> InitError {
@@ -903,8 +909,14 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
         nosuid_nodev | MountAttrFlags::MOUNT_ATTR_NOEXEC,
     )?;
     let mut user = Vec::new();
+    let mut fuse = Vec::new();
     for m in &plan.mounts {
-        user.push((m, open_user_mount(m, plan.resources.memory_mib)?));
+        user.push((m, open_user_mount(m, plan.resources.memory_mib, &mut fuse)?));
+    }
+    // Served before anything is attached: attaching beneath a FUSE mount,
+    // or entering a working directory on it, asks its server.
+    if let Some(channel) = plan.fuse_channel {
+        hand_over_fuse(channel, fuse)?;
     }
     let root = match (root, lower) {
         (Some(root), _) => root,
@@ -972,9 +984,35 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
     Ok(())
 }
 
-fn open_user_mount(m: &InitMount, tmpfs_mib: u32) -> Result<OwnedFd, InitError> {
+/// Opens the source of a user mount. A FUSE mount's device goes to
+/// `fuse`, with the share it serves, for the supervisor.
+fn open_user_mount(
+    m: &InitMount,
+    tmpfs_mib: u32,
+    fuse: &mut Vec<(usize, OwnedFd)>,
+) -> Result<OwnedFd, InitError> {
     let a = attrs(m.flags);
     match &m.source {
+        InitSource::Fuse { index } => {
+            // Opened here, in the sandbox's user namespace: the kernel
+            // mounts FUSE only over a device opened in the namespace the
+            // mount belongs to.
+            let dev = rustix::fs::open(
+                crate::prepare::FUSE_DEVICE,
+                OFlags::RDWR | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(sys(format!("open /dev/fuse for {}", m.guest)))?;
+            // Owned by the namespace's root (user_id=0), always nosuid and
+            // nodev, then the mount's own flags.
+            let mount = msb_fsserver::mount_detached(&dev).map_err(|source| InitError::Fuse {
+                guest: m.guest.to_string(),
+                source,
+            })?;
+            set_attrs(&mount, a, false).map_err(sys(format!("set flags on {}", m.guest)))?;
+            fuse.push((*index, dev));
+            Ok(mount)
+        }
         InitSource::Bind { path, .. } => {
             let fd = clone_tree(path, true)?;
             set_attrs(&fd, a, true).map_err(sys(format!("set flags on {}", m.guest)))?;
@@ -988,6 +1026,32 @@ fn open_user_mount(m: &InitMount, tmpfs_mib: u32) -> Result<OwnedFd, InitError> 
             Err(InitError::NotForNamespace(m.guest.to_string()))
         }
     }
+}
+
+/// Sends the supervisor the `/dev/fuse` descriptors of the FUSE mounts, in
+/// one message on `channel` (their share indexes as data), and closes it.
+fn hand_over_fuse(channel: RawFd, fuse: Vec<(usize, OwnedFd)>) -> Result<(), InitError> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    // SAFETY: the backend placed this socket for us alone; it is closed
+    // when this descriptor drops.
+    let channel = unsafe { OwnedFd::from_raw_fd(channel) };
+    let indexes: Vec<u8> = fuse
+        .iter()
+        .flat_map(|(i, _)| (*i as u32).to_le_bytes())
+        .collect();
+    let fds: Vec<_> = fuse.iter().map(|(_, fd)| fd.as_fd()).collect();
+    let mut space =
+        vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    rustix::net::sendmsg(
+        &channel,
+        &[io::IoSlice::new(&indexes)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )
+    .map_err(sys("hand the FUSE devices to the supervisor"))?;
+    Ok(())
 }
 
 /// Brings up `lo` in the new network namespace.

@@ -114,6 +114,7 @@ pub fn run(
 ) -> Result<i32, RunError> {
     let mut prepared = prepare(spec, store, holder)?;
     stdio.passed.extend(prepared.take_passed_fds());
+    stdio.shares.extend(prepared.take_shares());
     let mut sandbox = match backend.start(&prepared.plan, stdio) {
         Ok(s) => s,
         Err(e) => {

@@ -722,6 +722,7 @@ pub fn supervise_sandbox(name: &str) -> Result<()> {
         ..Default::default()
     };
     stdio.passed.extend(prepared.take_passed_fds());
+    stdio.shares.extend(prepared.take_shares());
     let backend = NamespaceBackend::new(helper.init());
     let mut sandbox = match backend.start(&prepared.plan, stdio) {
         Ok(s) => s,
