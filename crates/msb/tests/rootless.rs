@@ -15,6 +15,9 @@ use std::sync::{Mutex, MutexGuard};
 
 /// The unprivileged user the tests run msb as.
 const USER: u32 = 65534;
+/// Its group: another number than its uid, so that a mix-up of user and
+/// group ids shows.
+const GROUP: u32 = 65533;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -25,7 +28,7 @@ fn msb(home: &Path, args: &[&str]) -> Output {
     Command::new("setpriv")
         .args([
             &format!("--reuid={USER}"),
-            &format!("--regid={USER}"),
+            &format!("--regid={GROUP}"),
             "--clear-groups",
             "--",
         ])
@@ -41,7 +44,7 @@ fn msb(home: &Path, args: &[&str]) -> Output {
 /// A directory [`USER`] owns, in one every user may enter.
 fn user_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::chown(dir.path(), Some(USER), Some(USER)).unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(USER), Some(GROUP)).unwrap();
     dir
 }
 
@@ -55,7 +58,7 @@ fn can_run() -> bool {
     let probe = Command::new("setpriv")
         .args([
             &format!("--reuid={USER}"),
-            &format!("--regid={USER}"),
+            &format!("--regid={GROUP}"),
             "--clear-groups",
             "unshare",
             "--user",
@@ -149,7 +152,7 @@ fn an_unprivileged_user_runs_sandboxes_with_volumes_binds_and_tmpfs() {
     // What the sandbox wrote belongs to the user, on the host.
     for f in [store.join("volumes/data/f"), bind.path().join("f")] {
         let meta = std::fs::metadata(&f).unwrap();
-        assert_eq!((meta.uid(), meta.gid()), (USER, USER), "{}", f.display());
+        assert_eq!((meta.uid(), meta.gid()), (USER, GROUP), "{}", f.display());
     }
 }
 
@@ -181,7 +184,7 @@ fn what_needs_root_is_refused_with_the_reason() {
     }
     let image = home.path().join("disk.raw");
     std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
-    std::os::unix::fs::chown(&image, Some(USER), Some(USER)).unwrap();
+    std::os::unix::fs::chown(&image, Some(USER), Some(GROUP)).unwrap();
     let o = msb(
         &store,
         &[
@@ -283,7 +286,7 @@ fn an_unprivileged_user_gets_quota_and_stat_virt_through_its_own_fuse_mounts() {
     }
     assert!(out.lines().any(|l| l == "0 0"), "{out}");
     let big = std::fs::metadata(store.join("volumes/capped/big")).unwrap();
-    assert_eq!((big.uid(), big.gid()), (USER, USER));
+    assert_eq!((big.uid(), big.gid()), (USER, GROUP));
     assert!(
         big.len() <= 8 << 20 && big.len() >= 7 << 20,
         "{}",
@@ -316,7 +319,7 @@ fn an_unprivileged_user_gets_quota_and_stat_virt_through_its_own_fuse_mounts() {
     for name in ["f", "p"] {
         let meta = std::fs::symlink_metadata(bind.path().join(name)).unwrap();
         assert!(meta.file_type().is_file(), "{name}");
-        assert_eq!((meta.uid(), meta.gid()), (USER, USER), "{name}");
+        assert_eq!((meta.uid(), meta.gid()), (USER, GROUP), "{name}");
         assert_eq!(meta.permissions().mode() & 0o7777, 0o600, "{name}");
     }
 }

@@ -405,6 +405,7 @@ fn vm_root(p: &mut Prepared<'_>, spec: &SandboxSpec) -> Result<InitRoot, Prepare
             budget: None,
             owner: (0, 0),
             id_map: crate::sandbox_ids(),
+            gid_map: msb_store::sandbox_gids(),
         },
     });
     Ok(root)
@@ -421,6 +422,7 @@ fn vm_server_config(options: &MountOptions, flags: MountFlags) -> msb_fsserver::
         budget: None,
         owner: (0, 0),
         id_map: crate::sandbox_ids(),
+        gid_map: msb_store::sandbox_gids(),
     }
 }
 
@@ -727,6 +729,7 @@ fn server_config(
         budget: None,
         owner: (0, 0),
         id_map: crate::sandbox_ids(),
+        gid_map: msb_store::sandbox_gids(),
     })
 }
 
