@@ -517,3 +517,65 @@ fn quota_volume_is_a_hard_limit_in_the_sandbox() {
     let used = v[0]["used_bytes"].as_u64().unwrap();
     assert!(used > 3 << 20 && used <= 4 << 20, "{used}");
 }
+
+#[test]
+fn mount_points_under_the_read_only_usr_are_made_in_the_sandbox_only() {
+    if !sandboxes() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("f"), "hi\n").unwrap();
+    // Missing on the host: made in the sandbox, under the fresh root's
+    // read-only /usr, next to the host directory's own entries.
+    let name = format!("msb-test-{}", std::process::id());
+    let guest = format!("/usr/local/share/{name}/deeper");
+    let shared = std::fs::read_dir("/usr/local/share")
+        .unwrap()
+        .flatten()
+        .find_map(|e| e.file_name().into_string().ok());
+    let o = msb(
+        home.path(),
+        &[
+            "run",
+            "-v",
+            &format!("{}:{guest}", host.path().display()),
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "cat {guest}/f; ls /usr/local/share; \
+                 mkdir /usr/local/share/other 2>/dev/null || echo read-only"
+            ),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"hi"), "{out}");
+    assert!(lines.contains(&name.as_str()), "{out}");
+    if let Some(shared) = shared {
+        assert!(lines.contains(&shared.as_str()), "{shared} hidden: {out}");
+    }
+    assert_eq!(lines.last(), Some(&"read-only"), "{out}");
+    assert!(!Path::new("/usr/local/share").join(&name).exists());
+    // Inside a read-only mount no mount point can be made: said so.
+    let o = msb(
+        home.path(),
+        &[
+            "run",
+            "-v",
+            &format!("{}:/data:ro", host.path().display()),
+            "--tmpfs",
+            "/data/sub",
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("cannot create the mount point /data/sub: /data is read-only"),
+        "{err}"
+    );
+}

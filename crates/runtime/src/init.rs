@@ -54,6 +54,10 @@ pub enum InitError {
     Exec(String, #[source] io::Error),
     #[error("mount at {0}: the namespace backend got a microVM's mount")]
     NotForNamespace(String),
+    #[error(
+        "cannot create the mount point {path}: {parent} is read-only; mount at a directory that exists there"
+    )]
+    ReadOnlyParent { path: String, parent: String },
     #[error("mount at {guest}")]
     Fuse {
         guest: String,
@@ -546,6 +550,12 @@ fn mount_point(root: &OwnedFd, path: &str, dir: bool) -> Result<OwnedFd, InitErr
     };
     match created {
         Ok(()) | Err(Errno::EXIST) => {}
+        Err(Errno::ROFS) => {
+            return Err(InitError::ReadOnlyParent {
+                path: format!("/{path}"),
+                parent: format!("/{}", parent.unwrap_or("")),
+            });
+        }
         Err(e) => return Err(sys(format!("create mount point /{path}"))(e)),
     }
     open(path).map_err(sys(format!("open mount point /{path}")))
@@ -562,6 +572,124 @@ enum Prepared {
         path: String,
         target: std::path::PathBuf,
     },
+}
+
+/// Attaches a prepared source under `root`.
+fn place(root: &OwnedFd, p: &Prepared) -> Result<(), InitError> {
+    match p {
+        Prepared::Tree { path, fd, dir } => attach(root, path, fd, *dir),
+        Prepared::Link { path, target } => rustix::fs::symlinkat(target, root, path.as_str())
+            .map_err(sys(format!("create /{path}"))),
+    }
+}
+
+/// A read-only host directory a new mount point must be made in (say
+/// `/usr/local/share` for `-v DIR:/usr/local/share/x` in a fresh root): a
+/// small tmpfs covers it, holding the directory's own entries (bound
+/// read-only one by one, symlinks copied) and room for the mount points;
+/// it turns read-only once every mount is attached. Nothing is created on
+/// the host. Entries other than directories, files and symlinks (or with
+/// names that are not UTF-8) are left out.
+struct Skeleton {
+    /// The directory, relative to the root.
+    path: String,
+    tmpfs: OwnedFd,
+    entries: Vec<Prepared>,
+}
+
+/// The skeletons the user mounts need: for each mount whose mount point is
+/// missing in a read-only host tree of `top` (and not inside another user
+/// mount, where it is made), the deepest host directory on its way that
+/// exists. Parents come before children.
+fn skeletons(top: &[Prepared], mounts: &[InitMount]) -> Result<Vec<Skeleton>, InitError> {
+    let mut dirs: Vec<String> = Vec::new();
+    for m in mounts {
+        let rel = m.guest.relative();
+        let in_tree = top.iter().any(|p| match p {
+            Prepared::Tree {
+                path, dir: true, ..
+            } => rel.starts_with(path.as_str()) && rel.as_bytes().get(path.len()) == Some(&b'/'),
+            _ => false,
+        });
+        let in_mount = mounts
+            .iter()
+            .any(|n| n.guest != m.guest && m.guest.is_within(&n.guest));
+        if !in_tree || in_mount {
+            continue;
+        }
+        // The deepest existing directory, reached through directories
+        // only (a symlink or file in the way keeps the ordinary error).
+        let mut deepest = None;
+        let mut prefix = String::new();
+        for part in rel.split('/') {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            match std::fs::symlink_metadata(Path::new("/").join(&prefix)) {
+                Ok(meta) if meta.is_dir() => deepest = Some(prefix.clone()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                _ => {
+                    deepest = None;
+                    break;
+                }
+            }
+        }
+        if let Some(dir) = deepest
+            && dir != rel
+            && !dirs.contains(&dir)
+        {
+            dirs.push(dir);
+        }
+    }
+    dirs.sort_by_key(|d| d.matches('/').count());
+    dirs.into_iter().map(skeleton).collect()
+}
+
+/// Opens what the skeleton of the host directory `/path` holds.
+fn skeleton(path: String) -> Result<Skeleton, InitError> {
+    use std::os::unix::fs::PermissionsExt;
+    let host = Path::new("/").join(&path);
+    let meta = std::fs::metadata(&host).map_err(read_dir_err(&host))?;
+    let mode = format!("{:o}", meta.permissions().mode() & 0o7777);
+    let tmpfs = tmpfs(
+        Some(1),
+        &mode,
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
+    )?;
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(&host).map_err(read_dir_err(&host))? {
+        let entry = entry.map_err(read_dir_err(&host))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let rel = format!("{path}/{name}");
+        let ft = entry.file_type().map_err(read_dir_err(&entry.path()))?;
+        if ft.is_symlink() {
+            let target = std::fs::read_link(entry.path()).map_err(read_dir_err(&entry.path()))?;
+            entries.push(Prepared::Link { path: rel, target });
+        } else if ft.is_dir() || ft.is_file() {
+            let fd = clone_tree(&entry.path(), true)?;
+            set_attrs(
+                &fd,
+                MountAttrFlags::MOUNT_ATTR_RDONLY
+                    | MountAttrFlags::MOUNT_ATTR_NOSUID
+                    | MountAttrFlags::MOUNT_ATTR_NODEV,
+                true,
+            )
+            .map_err(sys(format!("make {} read-only", entry.path().display())))?;
+            entries.push(Prepared::Tree {
+                path: rel,
+                fd,
+                dir: ft.is_dir(),
+            });
+        }
+    }
+    Ok(Skeleton {
+        path,
+        tmpfs,
+        entries,
+    })
 }
 
 fn read_dir_err(path: &Path) -> impl Fn(io::Error) -> InitError + '_ {
@@ -918,6 +1046,7 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
     if let Some(channel) = plan.fuse_channel {
         hand_over_fuse(channel, fuse)?;
     }
+    let skeletons = skeletons(&top, &plan.mounts)?;
     let root = match (root, lower) {
         (Some(root), _) => root,
         (None, Some(lower)) => private_layer(&lower, size)?,
@@ -928,10 +1057,12 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
     move_mount(&root, "", CWD, "/", MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
         .map_err(sys("attach the sandbox root"))?;
     for p in &top {
-        match p {
-            Prepared::Tree { path, fd, dir } => attach(&root, path, fd, *dir)?,
-            Prepared::Link { path, target } => rustix::fs::symlinkat(target, &root, path.as_str())
-                .map_err(sys(format!("create /{path}")))?,
+        place(&root, p)?;
+    }
+    for s in &skeletons {
+        attach(&root, &s.path, &s.tmpfs, true)?;
+        for p in &s.entries {
+            place(&root, p)?;
         }
     }
     attach(&root, "proc", &proc_fd, true)?;
@@ -965,6 +1096,10 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
             InitSource::Detached { dir: false, .. } | InitSource::Bind { dir: false, .. }
         );
         attach(&root, m.guest.relative(), fd, dir)?;
+    }
+    for s in &skeletons {
+        set_attrs(&s.tmpfs, MountAttrFlags::MOUNT_ATTR_RDONLY, false)
+            .map_err(sys(format!("make /{} read-only", s.path)))?;
     }
     if plan.root == InitRoot::Host {
         set_attrs(&root, MountAttrFlags::MOUNT_ATTR_RDONLY, false)
