@@ -1170,6 +1170,10 @@ fn hand_over_fuse(channel: RawFd, fuse: Vec<(usize, OwnedFd)>) -> Result<(), Ini
     // SAFETY: the backend placed this socket for us alone; it is closed
     // when this descriptor drops.
     let channel = unsafe { OwnedFd::from_raw_fd(channel) };
+    if fuse.is_empty() {
+        // Closing it says so.
+        return Ok(());
+    }
     let indexes: Vec<u8> = fuse
         .iter()
         .flat_map(|(i, _)| (*i as u32).to_le_bytes())

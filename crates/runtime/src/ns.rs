@@ -372,6 +372,18 @@ fn serve_fuse(
             fds.extend(rights);
         }
     }
+    if got.bytes == 0 {
+        return Ok(Vec::new());
+    }
+    // Every mount is served, or the sandbox does not start: an unserved
+    // one would hang whoever touches it.
+    if got.bytes != 4 * shares.len() || fds.len() != shares.len() {
+        return Err(NsError::FuseChannel(io::Error::other(format!(
+            "got {} devices for {} FUSE mounts",
+            fds.len(),
+            shares.len()
+        ))));
+    }
     let mut shares: Vec<Option<crate::Share>> = shares.into_iter().map(Some).collect();
     let mut servers = Vec::new();
     for (index, fuse) in data[..got.bytes].chunks_exact(4).zip(fds) {
