@@ -751,15 +751,16 @@ fn serve(
         // The init mounts it in the sandbox's user namespace; the device
         // it opens there must be open to this user.
         check_fuse_access(guest)?;
-        let root = msb_fsserver::open_root(dir, follow_symlinks).map_err(server_err)?;
+    }
+    let root = msb_fsserver::open_root(dir, follow_symlinks).map_err(server_err)?;
+    if rootless() {
         p.shares.push(Share { root, config: cfg });
         return Ok(InitSource::Fuse {
             index: p.shares.len() - 1,
         });
     }
-    let root = msb_fsserver::open_root(dir, follow_symlinks).map_err(server_err)?;
     let fuse = rustix::fs::open(
-        "/dev/fuse",
+        FUSE_DEVICE,
         rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
