@@ -1,8 +1,10 @@
 //! FUSE transport: decodes `/dev/fuse` requests (via `fuser`) into
 //! [`FileSystem`] calls. No policy lives here.
 //!
-//! The connection belongs to the host's user namespace, so requests and
-//! attributes carry host ids; the file system speaks guest ids. Callers are
+//! A connection mounted in the host's user namespace carries host ids in
+//! requests and attributes; the file system speaks guest ids. (One mounted
+//! in the sandbox's namespace carries guest ids: the kernel translates, and
+//! the transport's map is the identity.) Callers are
 //! translated on the way in (a host id outside the map is the overflow id,
 //! as a kernel shows it), owners on the way out (a guest id without a host
 //! id, [`filesystem::NO_ID`] above all, is the host's overflow id, which no

@@ -29,11 +29,13 @@
 //!
 //! # User and group ids
 //!
-//! The policy works in guest ids ([`ServeConfig::id_map`] relates them to
-//! host ids): callers, records and [`ServeConfig::owner`] are guest ids, 0
-//! being the sandbox's root. The FUSE transport translates, since its
-//! requests carry host ids (`msb volume mount` on the host uses
-//! [`IdMap::IDENTITY`]). In `off` the host owner is shown as its guest id
+//! The policy works in guest ids ([`ServeConfig::id_map`] and
+//! [`ServeConfig::gid_map`] relate them to host user and group ids):
+//! callers, records and [`ServeConfig::owner`] are guest ids, 0 being the
+//! sandbox's root. The FUSE transport translates, since its requests carry
+//! host ids (`msb volume mount` on the host uses [`IdMap::IDENTITY`]),
+//! except on a mount made in the sandbox's own user namespace
+//! ([`serve_guest`]), where the kernel already did. In `off` the host owner is shown as its guest id
 //! ([`filesystem::NO_ID`] when it has none: no guest process owns it), and
 //! new objects belong on disk to their creator's host ids. Under
 //! virtualization new host objects belong to the host ids of guest root.
@@ -98,5 +100,5 @@ mod server;
 pub use msb_spec::{HostPerms, IdMap, StatVirt};
 pub use server::{
     FsServerError, ServeConfig, Server, detach_mounts_of, is_served_mount, mount, mount_data,
-    mount_detached, open_root, raise_fd_limit, serve, unmount_path,
+    mount_detached, open_root, raise_fd_limit, serve, serve_guest, unmount_path,
 };

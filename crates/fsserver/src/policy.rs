@@ -60,9 +60,12 @@ pub struct Policy {
     pub budget: Option<Arc<Budget>>,
     /// Guest uid/gid shown for files without a metadata record.
     pub owner: (u32, u32),
-    /// How the guest ids this policy works in (callers, records, `owner`)
-    /// relate to the host ids on disk.
+    /// How the guest user ids this policy works in (callers, records,
+    /// `owner`) relate to the host user ids on disk.
     pub id_map: IdMap,
+    /// The same for group ids: a rootless sandbox's group 0 is its
+    /// caller's group, whose id need not be the caller's user id.
+    pub gid_map: IdMap,
 }
 
 /// Why a policy filesystem cannot be set up.
@@ -563,7 +566,7 @@ impl PolicyFs {
             mode: st.st_mode,
             nlink: to_u32(st.st_nlink),
             uid: self.guest_id(st.st_uid),
-            gid: self.guest_id(st.st_gid),
+            gid: self.guest_gid(st.st_gid),
             rdev: encode_dev(st.st_rdev),
             blksize: to_u32(st.st_blksize),
         };
@@ -635,6 +638,11 @@ impl PolicyFs {
         self.policy.id_map.to_guest(host).unwrap_or(NO_ID)
     }
 
+    /// [`Self::guest_id`] for a host group.
+    fn guest_gid(&self, host: u32) -> u32 {
+        self.policy.gid_map.to_guest(host).unwrap_or(NO_ID)
+    }
+
     /// Who a new object made for `ctx` belongs to, decided before anything
     /// is created. On disk: in `off` the creator's own host ids; under
     /// virtualization (the guest owner lives in the record) the host ids of
@@ -646,8 +654,8 @@ impl PolicyFs {
         } else {
             (ctx.uid, ctx.gid)
         };
-        let map = &self.policy.id_map;
-        match (map.to_host(uid), map.to_host(gid)) {
+        let (users, groups) = (&self.policy.id_map, &self.policy.gid_map);
+        match (users.to_host(uid), groups.to_host(gid)) {
             (Some(host_uid), Some(host_gid)) => Ok(Creator {
                 guest: *ctx,
                 host: (host_uid, host_gid),

@@ -210,6 +210,22 @@ pub fn serve(root: OwnedFd, fuse: OwnedFd, cfg: ServeConfig) -> Result<Server, F
     start(fs, fuse, ids)
 }
 
+/// Serves `root` on a `/dev/fuse` descriptor that a sandbox's init opened
+/// and mounted in the sandbox's own user namespace (a rootless sandbox,
+/// whose caller may not make mounts in the host's). The kernel translates
+/// ids at that namespace's edge, so requests and attributes already carry
+/// guest ids; the policy still maps them through [`ServeConfig::id_map`]
+/// for the owners of host files. Otherwise as [`serve`].
+pub fn serve_guest(
+    root: OwnedFd,
+    fuse: OwnedFd,
+    cfg: ServeConfig,
+) -> Result<Server, FsServerError> {
+    raise_fd_limit();
+    let fs = PolicyFs::new(&root, cfg)?;
+    start(fs, fuse, IdMap::IDENTITY)
+}
+
 /// Host convenience (used by `msb volume mount`): serves the directory `dir`
 /// (reached without following symlinks) at `mountpoint` (nosuid, nodev;
 /// read-only when the policy is); the Server unmounts on drop /

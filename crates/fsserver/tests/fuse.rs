@@ -41,6 +41,7 @@ fn config(stat_virt: StatVirt) -> ServeConfig {
         budget: None,
         owner: OWNER,
         id_map: IdMap::IDENTITY,
+        gid_map: IdMap::IDENTITY,
     }
 }
 
@@ -682,6 +683,7 @@ fn off_gives_new_objects_the_callers_host_ids_and_hides_unmapped_owners() {
         host,
         ServeConfig {
             id_map: IdMap::ROOTFUL,
+            gid_map: IdMap::ROOTFUL,
             ..config(StatVirt::Off)
         },
     );
@@ -749,6 +751,7 @@ fn strict_records_guest_ids_and_serves_them_as_mapped_host_ids() {
         host,
         ServeConfig {
             id_map: IdMap::ROOTFUL,
+            gid_map: IdMap::ROOTFUL,
             owner: (0, 0),
             ..config(StatVirt::Strict)
         },
@@ -846,6 +849,7 @@ fn a_sandbox_user_namespace_sees_its_own_ids() {
     }
     let strict = Mounted::new(ServeConfig {
         id_map: IdMap::ROOTFUL,
+        gid_map: IdMap::ROOTFUL,
         owner: (0, 0),
         ..config(StatVirt::Strict)
     });
@@ -862,6 +866,7 @@ fn a_sandbox_user_namespace_sees_its_own_ids() {
 
     let off = Mounted::new(ServeConfig {
         id_map: IdMap::ROOTFUL,
+        gid_map: IdMap::ROOTFUL,
         ..config(StatVirt::Off)
     });
     std::fs::write(off.h("rootfile"), b"r").unwrap();

@@ -19,6 +19,7 @@ fn policy(readonly: bool, stat_virt: StatVirt) -> Policy {
         budget: None,
         owner: (1000, 1000),
         id_map: IdMap::IDENTITY,
+        gid_map: IdMap::IDENTITY,
     }
 }
 
@@ -210,6 +211,7 @@ fn a_creator_without_host_ids_creates_nothing() {
         open_root(host.path(), false).unwrap(),
         Policy {
             id_map: IdMap::single(1000),
+            gid_map: IdMap::single(1000),
             ..policy(false, StatVirt::Off)
         },
     )

@@ -7,8 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The msb binary: the one cargo built, or `MSB_TEST_BIN` (scripts/test's
+/// rootless pass runs a copy its unprivileged user can reach).
+fn msb_bin() -> std::ffi::OsString {
+    std::env::var_os("MSB_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_msb").into())
+}
+
 fn cmd(home: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_msb"));
+    let mut c = Command::new(msb_bin());
     c.args(args).env("MSB_HOME", home);
     c
 }
@@ -454,7 +460,7 @@ fn export_to_a_terminal_is_refused() {
     ok(&msb(h, &["volume", "create", "v", "-q"]));
     // `script` gives the command a terminal as stdout (and stderr), and
     // exits with its status.
-    let line = format!("{} volume export v", env!("CARGO_BIN_EXE_msb"));
+    let line = format!("{} volume export v", msb_bin().to_string_lossy());
     for cmdline in [line.clone(), format!("{line} -o -")] {
         let o = Command::new("script")
             .args(["-qec", &cmdline, "/dev/null"])

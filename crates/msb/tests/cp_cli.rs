@@ -6,8 +6,14 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The msb binary: the one cargo built, or `MSB_TEST_BIN` (scripts/test's
+/// rootless pass runs a copy its unprivileged user can reach).
+fn msb_bin() -> std::ffi::OsString {
+    std::env::var_os("MSB_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_msb").into())
+}
+
 fn msb(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_msb"))
+    Command::new(msb_bin())
         .args(args)
         .env("MSB_HOME", home)
         // Relative host paths in the tests are inside the home.

@@ -1,23 +1,55 @@
 //! `msb run` as users run it: the real binary, real namespaces and mounts,
-//! a real store in a temporary MSB_HOME. Needs root (skips with a reason
-//! otherwise).
+//! a real store in a temporary MSB_HOME. Runs as root, or rootless where
+//! the kernel lets users create user namespaces (what needs root skips with
+//! a reason).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0) {
-        eprintln!("skipped: msb run needs root");
+/// The msb binary: the one cargo built, or `MSB_TEST_BIN` (scripts/test's
+/// rootless pass runs a copy its unprivileged user can reach).
+fn msb_bin() -> std::ffi::OsString {
+    std::env::var_os("MSB_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_msb").into())
+}
+
+/// Whether sandboxes can run here: as root, or rootless as a user the
+/// kernel lets create user namespaces (printed when not).
+fn sandboxes() -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    let rootless = Command::new("unshare")
+        .args(["--user", "true"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !rootless {
+        eprintln!("skipped: sandboxes need root or unprivileged user namespaces");
+    }
+    rootless
+}
+
+/// Whether served mounts (quota) can run here: root, or rootless with a
+/// `/dev/fuse` this user may open (printed when not).
+fn served_mounts() -> bool {
+    if !sandboxes() {
+        return false;
+    }
+    let fuse = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse");
+    if let Err(e) = fuse {
+        eprintln!("skipped: served mounts need /dev/fuse: {e}");
         return false;
     }
     true
 }
 
 fn msb(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_msb"))
+    Command::new(msb_bin())
         .args(args)
         .env("MSB_HOME", home)
         .stdin(Stdio::null())
@@ -31,7 +63,7 @@ fn text(b: &[u8]) -> String {
 
 /// Starts `msb run ...` and waits for the line `ready` on its stdout.
 fn spawn_ready(home: &Path, args: &[&str]) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_msb"))
+    let mut child = Command::new(msb_bin())
         .args(args)
         .env("MSB_HOME", home)
         .stdin(Stdio::null())
@@ -98,7 +130,7 @@ fn host_mounts_under(dir: &Path) -> Vec<String> {
 
 #[test]
 fn readme_main_job() {
-    if !root() {
+    if !sandboxes() {
         return;
     }
     let home = tempfile::tempdir().unwrap();
@@ -138,11 +170,11 @@ fn readme_main_job() {
 
 #[test]
 fn stdio_and_exit_status_pass_through() {
-    if !root() {
+    if !sandboxes() {
         return;
     }
     let home = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_msb"))
+    let mut child = Command::new(msb_bin())
         .args(["run", "--", "sh", "-c", "tr a-z A-Z; echo err >&2; exit 3"])
         .env("MSB_HOME", home.path())
         .stdin(Stdio::piped())
@@ -316,7 +348,7 @@ fn dry_run_on_the_vm_backend_serves_every_directory() {
 
 #[test]
 fn sigterm_and_sigint_are_forwarded() {
-    if !root() {
+    if !sandboxes() {
         return;
     }
     let home = tempfile::tempdir().unwrap();
@@ -340,7 +372,8 @@ fn sigterm_and_sigint_are_forwarded() {
 
 #[test]
 fn in_use_while_running_and_sigkill_leaves_nothing() {
-    if !root() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: disk images need loop devices, which need root");
         return;
     }
     let home = tempfile::tempdir().unwrap();
@@ -458,8 +491,7 @@ fn in_use_while_running_and_sigkill_leaves_nothing() {
 
 #[test]
 fn quota_volume_is_a_hard_limit_in_the_sandbox() {
-    if !root() || !Path::new("/dev/fuse").exists() {
-        eprintln!("skipped: needs root and /dev/fuse");
+    if !served_mounts() {
         return;
     }
     let home = tempfile::tempdir().unwrap();
@@ -484,4 +516,66 @@ fn quota_volume_is_a_hard_limit_in_the_sandbox() {
     assert_eq!(v[0]["quota_mib"], 4);
     let used = v[0]["used_bytes"].as_u64().unwrap();
     assert!(used > 3 << 20 && used <= 4 << 20, "{used}");
+}
+
+#[test]
+fn mount_points_under_the_read_only_usr_are_made_in_the_sandbox_only() {
+    if !sandboxes() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("f"), "hi\n").unwrap();
+    // Missing on the host: made in the sandbox, under the fresh root's
+    // read-only /usr, next to the host directory's own entries.
+    let name = format!("msb-test-{}", std::process::id());
+    let guest = format!("/usr/local/share/{name}/deeper");
+    let shared = std::fs::read_dir("/usr/local/share")
+        .unwrap()
+        .flatten()
+        .find_map(|e| e.file_name().into_string().ok());
+    let o = msb(
+        home.path(),
+        &[
+            "run",
+            "-v",
+            &format!("{}:{guest}", host.path().display()),
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "cat {guest}/f; ls /usr/local/share; \
+                 mkdir /usr/local/share/other 2>/dev/null || echo read-only"
+            ),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"hi"), "{out}");
+    assert!(lines.contains(&name.as_str()), "{out}");
+    if let Some(shared) = shared {
+        assert!(lines.contains(&shared.as_str()), "{shared} hidden: {out}");
+    }
+    assert_eq!(lines.last(), Some(&"read-only"), "{out}");
+    assert!(!Path::new("/usr/local/share").join(&name).exists());
+    // Inside a read-only mount no mount point can be made: said so.
+    let o = msb(
+        home.path(),
+        &[
+            "run",
+            "-v",
+            &format!("{}:/data:ro", host.path().display()),
+            "--tmpfs",
+            "/data/sub",
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("cannot create the mount point /data/sub: /data is read-only"),
+        "{err}"
+    );
 }

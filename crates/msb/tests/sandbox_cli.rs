@@ -4,6 +4,46 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// The msb binary: the one cargo built, or `MSB_TEST_BIN` (scripts/test's
+/// rootless pass runs a copy its unprivileged user can reach).
+fn msb_bin() -> std::ffi::OsString {
+    std::env::var_os("MSB_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_msb").into())
+}
+
+/// Whether sandboxes can run here: as root, or rootless as a user the
+/// kernel lets create user namespaces (printed when not).
+fn sandboxes() -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    let rootless = Command::new("unshare")
+        .args(["--user", "true"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !rootless {
+        eprintln!("skipped: sandboxes need root or unprivileged user namespaces");
+    }
+    rootless
+}
+
+/// Whether served mounts (quota) can run here: root, or rootless with a
+/// `/dev/fuse` this user may open (printed when not).
+fn served_mounts() -> bool {
+    if !sandboxes() {
+        return false;
+    }
+    let fuse = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse");
+    if let Err(e) = fuse {
+        eprintln!("skipped: served mounts need /dev/fuse: {e}");
+        return false;
+    }
+    true
+}
+
 /// A temporary MSB_HOME whose running sandboxes are stopped when it goes
 /// away, so a failing test leaves no supervisor behind.
 struct Home(tempfile::TempDir);
@@ -36,7 +76,7 @@ fn home() -> Home {
 }
 
 fn msb_in(home: &Path, cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_msb"))
+    Command::new(msb_bin())
         .args(args)
         .env("MSB_HOME", home)
         .current_dir(cwd)
@@ -291,15 +331,6 @@ fn bad_input_is_refused_with_clear_messages() {
     );
 }
 
-fn root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0) {
-        eprintln!("skipped: running sandboxes needs root");
-        return false;
-    }
-    true
-}
-
 fn state(home: &Path, name: &str) -> String {
     json(&msb(home, &["inspect", name, "--format", "json"]))["state"]
         .as_str()
@@ -324,7 +355,7 @@ fn dead(pid: i32) -> bool {
 
 #[test]
 fn start_exec_stop_keeps_data_and_passes_status_through() {
-    if !root() {
+    if !sandboxes() {
         return;
     }
     let home = home();
@@ -454,13 +485,13 @@ fn start_web_with_data(home: &Path) -> std::path::PathBuf {
 
 #[test]
 fn stop_gives_commands_a_chance_to_finish() {
-    if !root() {
+    if !sandboxes() {
         return;
     }
     let home = home();
     let data = start_web_with_data(home.path());
     let exec = |script: &str| {
-        Command::new(env!("CARGO_BIN_EXE_msb"))
+        Command::new(msb_bin())
             .args(["exec", "web", "--", "sh", "-c", script])
             .env("MSB_HOME", home.path())
             .stderr(std::process::Stdio::null())
@@ -488,7 +519,7 @@ fn stop_gives_commands_a_chance_to_finish() {
 
 #[test]
 fn stop_time_sets_the_grace_period() {
-    if !root() {
+    if !sandboxes() {
         return;
     }
     let home = home();
@@ -503,7 +534,7 @@ fn stop_time_sets_the_grace_period() {
             "trap 'sleep 6; echo saved > /data/{tag}; exit 3' TERM; touch /data/up-{tag}; \
              while :; do sleep 0.05; done"
         );
-        let child = Command::new(env!("CARGO_BIN_EXE_msb"))
+        let child = Command::new(msb_bin())
             .args(["exec", "web", "--", "sh", "-c", &script])
             .env("MSB_HOME", home.path())
             .stderr(std::process::Stdio::null())
@@ -532,7 +563,7 @@ fn stop_time_sets_the_grace_period() {
 
 #[test]
 fn commands_start_with_default_signal_actions() {
-    if !root() {
+    if !sandboxes() {
         return;
     }
     let home = home();
@@ -541,7 +572,7 @@ fn commands_start_with_default_signal_actions() {
     // must not inherit that (a shell could not even trap them), nor the
     // signals `msb exec` blocks to forward them.
     let ignoring = |args: &[&str]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_msb"));
+        let mut cmd = Command::new(msb_bin());
         cmd.args(args).env("MSB_HOME", home.path());
         // SAFETY: between fork and exec only signal(2), which is
         // async-signal-safe.
@@ -573,7 +604,7 @@ fn commands_start_with_default_signal_actions() {
 
 #[test]
 fn exec_passes_signals_on_to_the_command() {
-    if !root() {
+    if !sandboxes() {
         return;
     }
     let home = home();
@@ -594,7 +625,7 @@ fn exec_passes_signals_on_to_the_command() {
             args.push("-t");
         }
         args.extend(["--", "sh", "-c", &script]);
-        let mut client = Command::new(env!("CARGO_BIN_EXE_msb"))
+        let mut client = Command::new(msb_bin())
             .args(&args)
             .env("MSB_HOME", home.path())
             .stdin(std::process::Stdio::null())
@@ -618,7 +649,7 @@ fn exec_passes_signals_on_to_the_command() {
 
 #[test]
 fn killed_supervisor_leaves_the_sandbox_stopped() {
-    if !root() {
+    if !sandboxes() {
         return;
     }
     let home = home();
@@ -663,7 +694,7 @@ fn cap_eff(status: &str) -> u64 {
 
 #[test]
 fn exec_gets_the_workload_privileges_not_the_supervisors() {
-    if !root() {
+    if !sandboxes() {
         return;
     }
     const CAP_SYS_ADMIN: u64 = 1 << 21;
@@ -699,7 +730,7 @@ fn exec_gets_the_workload_privileges_not_the_supervisors() {
 
 #[test]
 fn two_sandboxes_share_a_volume_and_its_quota() {
-    if !root() {
+    if !served_mounts() {
         return;
     }
     let home = home();
@@ -790,7 +821,7 @@ fn host_pty(rows: u16, cols: u16) -> (std::os::fd::OwnedFd, std::fs::File) {
 
 #[test]
 fn exec_tty_gives_the_command_a_terminal() {
-    if !root() {
+    if !sandboxes() {
         return;
     }
     let home = home();
@@ -802,7 +833,7 @@ fn exec_tty_gives_the_command_a_terminal() {
 
     // Our side is a terminal too (as a user's would be), sized 33x101.
     let (master, slave) = host_pty(33, 101);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_msb"))
+    let mut child = Command::new(msb_bin())
         .args(["exec", "-t", "term", "--", "sh", "-c"])
         .arg("tty; stty size; [ -t 0 ] && echo stdin-is-a-tty; exit 6")
         .env("MSB_HOME", h)
@@ -823,7 +854,7 @@ fn exec_tty_gives_the_command_a_terminal() {
 
     // A change of our terminal's size reaches the command (SIGWINCH).
     let (master, slave) = host_pty(33, 101);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_msb"))
+    let mut child = Command::new(msb_bin())
         .args(["exec", "-t", "term", "--", "sh", "-c"])
         .arg("trap 'stty size; exit 7' WINCH; echo armed; while :; do sleep 0.05; done")
         .env("MSB_HOME", h)
@@ -869,7 +900,7 @@ fn exec_tty_gives_the_command_a_terminal() {
 
     // Without a terminal on our side, -t still gives the command one, and
     // piped input reaches it, ended by the terminal's end-of-file.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_msb"))
+    let mut child = Command::new(msb_bin())
         .args([
             "exec",
             "-t",
@@ -902,7 +933,7 @@ fn exec_tty_gives_the_command_a_terminal() {
 
 #[test]
 fn exec_without_a_command_runs_a_shell() {
-    if !root() {
+    if !sandboxes() {
         return;
     }
     let home = home();
@@ -911,7 +942,7 @@ fn exec_without_a_command_runs_a_shell() {
     assert!(o.status.success(), "{}", stderr(&o));
     let o = msb(h, &["start", "sh"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_msb"))
+    let mut child = Command::new(msb_bin())
         .args(["exec", "sh"])
         .env("MSB_HOME", h)
         .stdin(std::process::Stdio::piped())

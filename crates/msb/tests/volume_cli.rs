@@ -3,8 +3,14 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// The msb binary: the one cargo built, or `MSB_TEST_BIN` (scripts/test's
+/// rootless pass runs a copy its unprivileged user can reach).
+fn msb_bin() -> std::ffi::OsString {
+    std::env::var_os("MSB_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_msb").into())
+}
+
 fn msb(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_msb"))
+    Command::new(msb_bin())
         .args(args)
         .env("MSB_HOME", home)
         .output()
@@ -274,7 +280,7 @@ fn prune_removes_matching_volumes() {
 
 fn msb_stdin(home: &Path, args: &[&str], input: &[u8]) -> Output {
     use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_msb"))
+    let mut child = Command::new(msb_bin())
         .args(args)
         .env("MSB_HOME", home)
         .stdin(std::process::Stdio::piped())
@@ -426,7 +432,7 @@ fn concurrent_creates_of_one_name_exactly_one_wins() {
         let name = format!("race{round}");
         let children: Vec<_> = (0..10)
             .map(|_| {
-                Command::new(env!("CARGO_BIN_EXE_msb"))
+                Command::new(msb_bin())
                     .args(["volume", "create", &name])
                     .env("MSB_HOME", home.path())
                     .stdout(std::process::Stdio::piped())
@@ -456,7 +462,7 @@ fn many_processes_at_once_never_see_a_locked_database() {
     let script = format!(
         "for i in $(seq 1 15); do {msb} volume create v$1-$i -q || exit 1; {msb} volume ls -q >/dev/null || exit 1; \
          {msb} volume rm v$1-$i -q || exit 1; done",
-        msb = env!("CARGO_BIN_EXE_msb")
+        msb = msb_bin().to_string_lossy()
     );
     let children: Vec<_> = (0..8)
         .map(|w| {

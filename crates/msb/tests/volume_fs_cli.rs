@@ -5,8 +5,14 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+/// The msb binary: the one cargo built, or `MSB_TEST_BIN` (scripts/test's
+/// rootless pass runs a copy its unprivileged user can reach).
+fn msb_bin() -> std::ffi::OsString {
+    std::env::var_os("MSB_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_msb").into())
+}
+
 fn msb_in(home: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_msb"))
+    let mut child = Command::new(msb_bin())
         .args(args)
         .env("MSB_HOME", home)
         .stdin(Stdio::piped())
@@ -283,7 +289,7 @@ fn clone_copies_a_volume_and_its_settings() {
 
 /// `msb` with arguments that need not be UTF-8.
 fn msb_os(home: &Path, args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_msb"))
+    Command::new(msb_bin())
         .args(args)
         .env("MSB_HOME", home)
         .output()

@@ -21,8 +21,11 @@ pub struct SandboxStdio {
     pub passed: Vec<OwnedFd>,
     /// Descriptors the command gets as 3, 4, ... (`--preserve-fds`).
     pub preserved: Vec<OwnedFd>,
-    /// Directories a microVM's guest mounts over virtio-fs
-    /// ([`crate::Prepared::take_shares`]); the namespace backend takes none.
+    /// Directories the backend serves for the sandbox, from
+    /// [`crate::Prepared::take_shares`]: a microVM's guest mounts them over
+    /// virtio-fs; the namespace backend serves a rootless sandbox's
+    /// [`InitSource::Fuse`](crate::InitSource::Fuse) mounts for as long as
+    /// the sandbox runs.
     pub shares: Vec<crate::Share>,
 }
 

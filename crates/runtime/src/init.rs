@@ -10,7 +10,7 @@
 //! the mount namespace with every mount in it.
 
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
@@ -54,6 +54,16 @@ pub enum InitError {
     Exec(String, #[source] io::Error),
     #[error("mount at {0}: the namespace backend got a microVM's mount")]
     NotForNamespace(String),
+    #[error(
+        "cannot create the mount point {path}: {parent} is read-only; mount at a directory that exists there"
+    )]
+    ReadOnlyParent { path: String, parent: String },
+    #[error("mount at {guest}")]
+    Fuse {
+        guest: String,
+        #[source]
+        source: msb_fsserver::FsServerError,
+    },
 }
 
 fn sys(what: impl Into<String>) -> impl FnOnce(Errno) -> InitError {
@@ -540,6 +550,12 @@ fn mount_point(root: &OwnedFd, path: &str, dir: bool) -> Result<OwnedFd, InitErr
     };
     match created {
         Ok(()) | Err(Errno::EXIST) => {}
+        Err(Errno::ROFS) => {
+            return Err(InitError::ReadOnlyParent {
+                path: format!("/{path}"),
+                parent: format!("/{}", parent.unwrap_or("")),
+            });
+        }
         Err(e) => return Err(sys(format!("create mount point /{path}"))(e)),
     }
     open(path).map_err(sys(format!("open mount point /{path}")))
@@ -556,6 +572,124 @@ enum Prepared {
         path: String,
         target: std::path::PathBuf,
     },
+}
+
+/// Attaches a prepared source under `root`.
+fn place(root: &OwnedFd, p: &Prepared) -> Result<(), InitError> {
+    match p {
+        Prepared::Tree { path, fd, dir } => attach(root, path, fd, *dir),
+        Prepared::Link { path, target } => rustix::fs::symlinkat(target, root, path.as_str())
+            .map_err(sys(format!("create /{path}"))),
+    }
+}
+
+/// A read-only host directory a new mount point must be made in (say
+/// `/usr/local/share` for `-v DIR:/usr/local/share/x` in a fresh root): a
+/// small tmpfs covers it, holding the directory's own entries (bound
+/// read-only one by one, symlinks copied) and room for the mount points;
+/// it turns read-only once every mount is attached. Nothing is created on
+/// the host. Entries other than directories, files and symlinks (or with
+/// names that are not UTF-8) are left out.
+struct Skeleton {
+    /// The directory, relative to the root.
+    path: String,
+    tmpfs: OwnedFd,
+    entries: Vec<Prepared>,
+}
+
+/// The skeletons the user mounts need: for each mount whose mount point is
+/// missing in a read-only host tree of `top` (and not inside another user
+/// mount, where it is made), the deepest host directory on its way that
+/// exists. Parents come before children.
+fn skeletons(top: &[Prepared], mounts: &[InitMount]) -> Result<Vec<Skeleton>, InitError> {
+    let mut dirs: Vec<String> = Vec::new();
+    for m in mounts {
+        let rel = m.guest.relative();
+        let in_tree = top.iter().any(|p| match p {
+            Prepared::Tree {
+                path, dir: true, ..
+            } => rel.starts_with(path.as_str()) && rel.as_bytes().get(path.len()) == Some(&b'/'),
+            _ => false,
+        });
+        let in_mount = mounts
+            .iter()
+            .any(|n| n.guest != m.guest && m.guest.is_within(&n.guest));
+        if !in_tree || in_mount {
+            continue;
+        }
+        // The deepest existing directory, reached through directories
+        // only (a symlink or file in the way keeps the ordinary error).
+        let mut deepest = None;
+        let mut prefix = String::new();
+        for part in rel.split('/') {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            match std::fs::symlink_metadata(Path::new("/").join(&prefix)) {
+                Ok(meta) if meta.is_dir() => deepest = Some(prefix.clone()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                _ => {
+                    deepest = None;
+                    break;
+                }
+            }
+        }
+        if let Some(dir) = deepest
+            && dir != rel
+            && !dirs.contains(&dir)
+        {
+            dirs.push(dir);
+        }
+    }
+    dirs.sort_by_key(|d| d.matches('/').count());
+    dirs.into_iter().map(skeleton).collect()
+}
+
+/// Opens what the skeleton of the host directory `/path` holds.
+fn skeleton(path: String) -> Result<Skeleton, InitError> {
+    use std::os::unix::fs::PermissionsExt;
+    let host = Path::new("/").join(&path);
+    let meta = std::fs::metadata(&host).map_err(read_dir_err(&host))?;
+    let mode = format!("{:o}", meta.permissions().mode() & 0o7777);
+    let tmpfs = tmpfs(
+        Some(1),
+        &mode,
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
+    )?;
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(&host).map_err(read_dir_err(&host))? {
+        let entry = entry.map_err(read_dir_err(&host))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let rel = format!("{path}/{name}");
+        let ft = entry.file_type().map_err(read_dir_err(&entry.path()))?;
+        if ft.is_symlink() {
+            let target = std::fs::read_link(entry.path()).map_err(read_dir_err(&entry.path()))?;
+            entries.push(Prepared::Link { path: rel, target });
+        } else if ft.is_dir() || ft.is_file() {
+            let fd = clone_tree(&entry.path(), true)?;
+            set_attrs(
+                &fd,
+                MountAttrFlags::MOUNT_ATTR_RDONLY
+                    | MountAttrFlags::MOUNT_ATTR_NOSUID
+                    | MountAttrFlags::MOUNT_ATTR_NODEV,
+                true,
+            )
+            .map_err(sys(format!("make {} read-only", entry.path().display())))?;
+            entries.push(Prepared::Tree {
+                path: rel,
+                fd,
+                dir: ft.is_dir(),
+            });
+        }
+    }
+    Ok(Skeleton {
+        path,
+        tmpfs,
+        entries,
+    })
 }
 
 fn read_dir_err(path: &Path) -> impl Fn(io::Error) -> InitError + '_ {
@@ -903,9 +1037,16 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
         nosuid_nodev | MountAttrFlags::MOUNT_ATTR_NOEXEC,
     )?;
     let mut user = Vec::new();
+    let mut fuse = Vec::new();
     for m in &plan.mounts {
-        user.push((m, open_user_mount(m, plan.resources.memory_mib)?));
+        user.push((m, open_user_mount(m, plan.resources.memory_mib, &mut fuse)?));
     }
+    // Served before anything is attached: attaching beneath a FUSE mount,
+    // or entering a working directory on it, asks its server.
+    if let Some(channel) = plan.fuse_channel {
+        hand_over_fuse(channel, fuse)?;
+    }
+    let skeletons = skeletons(&top, &plan.mounts)?;
     let root = match (root, lower) {
         (Some(root), _) => root,
         (None, Some(lower)) => private_layer(&lower, size)?,
@@ -916,10 +1057,12 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
     move_mount(&root, "", CWD, "/", MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
         .map_err(sys("attach the sandbox root"))?;
     for p in &top {
-        match p {
-            Prepared::Tree { path, fd, dir } => attach(&root, path, fd, *dir)?,
-            Prepared::Link { path, target } => rustix::fs::symlinkat(target, &root, path.as_str())
-                .map_err(sys(format!("create /{path}")))?,
+        place(&root, p)?;
+    }
+    for s in &skeletons {
+        attach(&root, &s.path, &s.tmpfs, true)?;
+        for p in &s.entries {
+            place(&root, p)?;
         }
     }
     attach(&root, "proc", &proc_fd, true)?;
@@ -954,6 +1097,10 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
         );
         attach(&root, m.guest.relative(), fd, dir)?;
     }
+    for s in &skeletons {
+        set_attrs(&s.tmpfs, MountAttrFlags::MOUNT_ATTR_RDONLY, false)
+            .map_err(sys(format!("make /{} read-only", s.path)))?;
+    }
     if plan.root == InitRoot::Host {
         set_attrs(&root, MountAttrFlags::MOUNT_ATTR_RDONLY, false)
             .map_err(sys("make the root read-only"))?;
@@ -972,9 +1119,35 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
     Ok(())
 }
 
-fn open_user_mount(m: &InitMount, tmpfs_mib: u32) -> Result<OwnedFd, InitError> {
+/// Opens the source of a user mount. A FUSE mount's device goes to
+/// `fuse`, with the share it serves, for the supervisor.
+fn open_user_mount(
+    m: &InitMount,
+    tmpfs_mib: u32,
+    fuse: &mut Vec<(usize, OwnedFd)>,
+) -> Result<OwnedFd, InitError> {
     let a = attrs(m.flags);
     match &m.source {
+        InitSource::Fuse { index } => {
+            // Opened here, in the sandbox's user namespace: the kernel
+            // mounts FUSE only over a device opened in the namespace the
+            // mount belongs to.
+            let dev = rustix::fs::open(
+                crate::prepare::FUSE_DEVICE,
+                OFlags::RDWR | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(sys(format!("open /dev/fuse for {}", m.guest)))?;
+            // Owned by the namespace's root (user_id=0), always nosuid and
+            // nodev, then the mount's own flags.
+            let mount = msb_fsserver::mount_detached(&dev).map_err(|source| InitError::Fuse {
+                guest: m.guest.to_string(),
+                source,
+            })?;
+            set_attrs(&mount, a, false).map_err(sys(format!("set flags on {}", m.guest)))?;
+            fuse.push((*index, dev));
+            Ok(mount)
+        }
         InitSource::Bind { path, .. } => {
             let fd = clone_tree(path, true)?;
             set_attrs(&fd, a, true).map_err(sys(format!("set flags on {}", m.guest)))?;
@@ -988,6 +1161,36 @@ fn open_user_mount(m: &InitMount, tmpfs_mib: u32) -> Result<OwnedFd, InitError> 
             Err(InitError::NotForNamespace(m.guest.to_string()))
         }
     }
+}
+
+/// Sends the supervisor the `/dev/fuse` descriptors of the FUSE mounts, in
+/// one message on `channel` (their share indexes as data), and closes it.
+fn hand_over_fuse(channel: RawFd, fuse: Vec<(usize, OwnedFd)>) -> Result<(), InitError> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    // SAFETY: the backend placed this socket for us alone; it is closed
+    // when this descriptor drops.
+    let channel = unsafe { OwnedFd::from_raw_fd(channel) };
+    if fuse.is_empty() {
+        // Closing it says so.
+        return Ok(());
+    }
+    let indexes: Vec<u8> = fuse
+        .iter()
+        .flat_map(|(i, _)| (*i as u32).to_le_bytes())
+        .collect();
+    let fds: Vec<_> = fuse.iter().map(|(_, fd)| fd.as_fd()).collect();
+    let mut space =
+        vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    rustix::net::sendmsg(
+        &channel,
+        &[io::IoSlice::new(&indexes)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )
+    .map_err(sys("hand the FUSE devices to the supervisor"))?;
+    Ok(())
 }
 
 /// Brings up `lo` in the new network namespace.

@@ -14,7 +14,7 @@
 
 use std::ffi::{CString, OsString};
 use std::io::{self, BufRead};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
@@ -53,6 +53,10 @@ pub enum NsError {
     Wait(#[source] io::Error),
     #[error("cannot signal the sandbox")]
     Signal(#[source] io::Error),
+    #[error("cannot receive the sandbox's FUSE devices")]
+    FuseChannel(#[source] io::Error),
+    #[error("cannot serve a FUSE mount of the sandbox")]
+    Serve(#[source] msb_fsserver::FsServerError),
 }
 
 /// The program the backend execs as the sandbox's init: a binary that calls
@@ -189,7 +193,7 @@ impl Backend for NamespaceBackend {
     type Error = NsError;
     type Running = NsSandbox;
 
-    fn start(&self, plan: &InitPlan, stdio: SandboxStdio) -> Result<NsSandbox, NsError> {
+    fn start(&self, plan: &InitPlan, mut stdio: SandboxStdio) -> Result<NsSandbox, NsError> {
         // Everything the child needs is built before the clone: between
         // clone and exec it may only make async-signal-safe calls.
         let program = cstring(self.init.program.as_os_str().as_bytes())?;
@@ -202,6 +206,23 @@ impl Backend for NamespaceBackend {
         plan.preserved = (0..stdio.preserved.len() as i32)
             .map(|i| preserved_base + i)
             .collect();
+        // A rootless sandbox's init mounts its served directories itself and
+        // hands over the devices on a socket, placed after the preserved
+        // descriptors.
+        let shares = std::mem::take(&mut stdio.shares);
+        let channel = if shares.is_empty() {
+            None
+        } else {
+            let (ours, theirs) = rustix::net::socketpair(
+                rustix::net::AddressFamily::UNIX,
+                rustix::net::SocketType::SEQPACKET,
+                rustix::net::SocketFlags::CLOEXEC,
+                None,
+            )
+            .map_err(|e| NsError::FuseChannel(e.into()))?;
+            plan.fuse_channel = Some(preserved_base + stdio.preserved.len() as i32);
+            Some((ours, theirs))
+        };
         let json = serde_json::to_string(&plan).map_err(NsError::Encode)?;
         let envp = [cstring(format!("{PLAN_ENV}={json}").as_bytes())?];
         let argv_ptrs: Vec<*const libc::c_char> = argv
@@ -234,6 +255,9 @@ impl Backend for NamespaceBackend {
         moves.push((write.as_raw_fd(), STATUS_FD));
         for (i, fd) in stdio.passed.iter().chain(&stdio.preserved).enumerate() {
             moves.push((fd.as_raw_fd(), PASSED_FD_BASE + i as i32));
+        }
+        if let (Some((_, theirs)), Some(target)) = (&channel, plan.fuse_channel) {
+            moves.push((theirs.as_raw_fd(), target));
         }
         let mut high = vec![-1; moves.len()];
         // Rootless sandboxes go without limits: an unprivileged user may
@@ -287,14 +311,19 @@ impl Backend for NamespaceBackend {
         drop(write);
         drop(stdio);
         drop(entry);
+        let channel = channel.map(|(ours, _theirs)| ours);
         let mut sandbox = NsSandbox {
             pid,
             status: None,
+            servers: Servers(Vec::new()),
             _cgroup: cgroup,
         };
         write_id_maps(pid, self.ids).map_err(NsError::IdMap)?;
         rustix::io::write(&go_write, b"g").map_err(|e| NsError::Status(e.into()))?;
         drop(go_write);
+        if let Some(channel) = channel {
+            sandbox.servers.0 = serve_fuse(&channel, shares)?;
+        }
         // One line: `ok`, or `err CODE MESSAGE`; EOF first means the init died.
         let mut report = String::new();
         std::io::BufReader::new(std::fs::File::from(read))
@@ -314,12 +343,81 @@ impl Backend for NamespaceBackend {
     }
 }
 
+/// Receives the `/dev/fuse` descriptors of a rootless sandbox's FUSE mounts
+/// from its init and serves each share on its own. Nothing received (the
+/// init failed first, and says why on its status pipe) serves nothing.
+fn serve_fuse(
+    channel: &OwnedFd,
+    shares: Vec<crate::Share>,
+) -> Result<Vec<msb_fsserver::Server>, NsError> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut data = vec![0u8; 4 * shares.len()];
+    let mut space =
+        vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(shares.len()))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = loop {
+        match rustix::net::recvmsg(
+            channel,
+            &mut [io::IoSliceMut::new(&mut data)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other.map_err(|e| NsError::FuseChannel(e.into()))?,
+        }
+    };
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = message {
+            fds.extend(rights);
+        }
+    }
+    if got.bytes == 0 {
+        return Ok(Vec::new());
+    }
+    // Every mount is served, or the sandbox does not start: an unserved
+    // one would hang whoever touches it.
+    if got.bytes != 4 * shares.len() || fds.len() != shares.len() {
+        return Err(NsError::FuseChannel(io::Error::other(format!(
+            "got {} devices for {} FUSE mounts",
+            fds.len(),
+            shares.len()
+        ))));
+    }
+    let mut shares: Vec<Option<crate::Share>> = shares.into_iter().map(Some).collect();
+    let mut servers = Vec::new();
+    for (index, fuse) in data[..got.bytes].chunks_exact(4).zip(fds) {
+        let index = u32::from_le_bytes(index.try_into().expect("chunks of 4")) as usize;
+        let share = shares
+            .get_mut(index)
+            .and_then(Option::take)
+            .ok_or_else(|| {
+                NsError::FuseChannel(io::Error::other(format!("no share {index} to serve")))
+            })?;
+        servers.push(
+            msb_fsserver::serve_guest(share.root, fuse, share.config).map_err(NsError::Serve)?,
+        );
+    }
+    Ok(servers)
+}
+
+/// The servers of a sandbox's FUSE mounts; they stop after the sandbox.
+struct Servers(Vec<msb_fsserver::Server>);
+
+impl std::fmt::Debug for Servers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} FUSE servers", self.0.len())
+    }
+}
+
 /// A running namespace sandbox; its init is our child. Dropping it without
 /// waiting kills the sandbox.
 #[derive(Debug)]
 pub struct NsSandbox {
     pid: i32,
     status: Option<i32>,
+    /// Dropped after the init is killed and reaped (Drop runs first).
+    servers: Servers,
     /// Dropped after the init is reaped: kills whatever is left and
     /// removes the group.
     _cgroup: Option<SandboxCgroup>,

@@ -129,6 +129,11 @@ pub struct InitPlan {
     /// 4, ... (set by the backend, which lays the descriptors out).
     #[serde(default)]
     pub preserved: Vec<i32>,
+    /// The number in the init of the socket on which it hands the
+    /// supervisor the `/dev/fuse` descriptors of its [`InitSource::Fuse`]
+    /// mounts (set by the backend when there are any).
+    #[serde(default)]
+    pub fuse_channel: Option<i32>,
 }
 
 /// The root filesystem of a resolved sandbox.
@@ -192,6 +197,15 @@ pub enum InitSource {
         fd: i32,
         /// Whether it is a directory (else a single file).
         dir: bool,
+    },
+    /// A directory served to a rootless sandbox: the init opens
+    /// `/dev/fuse` and makes the FUSE mount in the sandbox's user namespace
+    /// (its caller may not mount in the host's), then hands the device to
+    /// the supervisor, which serves entry `index` of
+    /// [`Prepared::take_shares`](crate::Prepared::take_shares) on it.
+    Fuse {
+        /// Index into the prepared shares.
+        index: usize,
     },
     /// A directory the VM backend serves to the guest over virtio-fs:
     /// entry `index` of [`Prepared::take_shares`](crate::Prepared::take_shares).

@@ -81,6 +81,10 @@ pub enum PrepareError {
         guest: GuestPath,
         what: &'static str,
     },
+    #[error(
+        "mount at {guest}: quota, stat-virt and host-perms are served by a FUSE mount, and this user may not open /dev/fuse ({mode}); make it mode 0666 (as Debian ships it), run msb as root, or mount without them"
+    )]
+    FuseDenied { guest: GuestPath, mode: String },
     #[error("mount at {guest}")]
     Idmap {
         guest: GuestPath,
@@ -113,7 +117,8 @@ pub enum PrepareError {
     Unresolved,
 }
 
-/// A directory the VM backend serves to its guest over virtio-fs, opened
+/// A directory the filesystem server serves for the sandbox (to a VM's
+/// guest over virtio-fs, or on a rootless sandbox's own FUSE mount), opened
 /// (without following symlinks where the mount says so) when the sandbox
 /// was prepared, with the policy it is served under.
 pub struct Share {
@@ -157,7 +162,7 @@ impl Prepared<'_> {
     }
 
     /// Descriptors the init must receive (see [`SandboxStdio::passed`]);
-    /// [`InitSource::Fuse`] mounts refer to them by number.
+    /// [`InitSource::Detached`] mounts refer to them by number.
     ///
     /// [`SandboxStdio::passed`]: crate::SandboxStdio::passed
     pub fn take_passed_fds(&mut self) -> Vec<OwnedFd> {
@@ -167,7 +172,11 @@ impl Prepared<'_> {
     /// The directories a VM sandbox's guest mounts over virtio-fs;
     /// [`InitSource::Share`] refers to them by index. The first is the
     /// root's read-only lower layer: the host's `/usr` for a fresh root, the
-    /// root filesystem directory, or `/` for the host's root.
+    /// root filesystem directory, or `/` for the host's root. For a rootless
+    /// namespace sandbox: the directories [`InitSource::Fuse`] mounts serve
+    /// (see [`SandboxStdio::shares`]).
+    ///
+    /// [`SandboxStdio::shares`]: crate::SandboxStdio::shares
     pub fn take_shares(&mut self) -> Vec<Share> {
         std::mem::take(&mut self.shares)
     }
@@ -292,6 +301,7 @@ pub fn prepare<'s>(
             command: spec.command.clone(),
             hostname: "msb".to_string(),
             preserved: Vec::new(),
+            fuse_channel: None,
         },
         store,
         views: Vec::new(),
@@ -395,6 +405,7 @@ fn vm_root(p: &mut Prepared<'_>, spec: &SandboxSpec) -> Result<InitRoot, Prepare
             budget: None,
             owner: (0, 0),
             id_map: crate::sandbox_ids(),
+            gid_map: msb_store::sandbox_gids(),
         },
     });
     Ok(root)
@@ -411,6 +422,7 @@ fn vm_server_config(options: &MountOptions, flags: MountFlags) -> msb_fsserver::
         budget: None,
         owner: (0, 0),
         id_map: crate::sandbox_ids(),
+        gid_map: msb_store::sandbox_gids(),
     }
 }
 
@@ -717,6 +729,7 @@ fn server_config(
         budget: None,
         owner: (0, 0),
         id_map: crate::sandbox_ids(),
+        gid_map: msb_store::sandbox_gids(),
     })
 }
 
@@ -730,19 +743,24 @@ fn serve(
     cfg: msb_fsserver::ServeConfig,
     flags: MountFlags,
 ) -> Result<InitSource, PrepareError> {
-    if rootless() {
-        return Err(PrepareError::NeedsRoot {
-            guest: guest.clone(),
-            what: "quota, stat-virt and host-perms are served by a FUSE mount",
-        });
-    }
     let server_err = |source| PrepareError::Server {
         guest: guest.clone(),
         source,
     };
+    if rootless() {
+        // The init mounts it in the sandbox's user namespace; the device
+        // it opens there must be open to this user.
+        check_fuse_access(guest)?;
+    }
     let root = msb_fsserver::open_root(dir, follow_symlinks).map_err(server_err)?;
+    if rootless() {
+        p.shares.push(Share { root, config: cfg });
+        return Ok(InitSource::Fuse {
+            index: p.shares.len() - 1,
+        });
+    }
     let fuse = rustix::fs::open(
-        "/dev/fuse",
+        FUSE_DEVICE,
         rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
@@ -763,6 +781,37 @@ fn serve(
         dir: true,
     })
 }
+
+/// Whether this user may open `/dev/fuse`, as a rootless sandbox's init
+/// (the same host user) will; a refusal names the device's permissions.
+fn check_fuse_access(guest: &GuestPath) -> Result<(), PrepareError> {
+    use rustix::fs::{Mode, OFlags};
+    match rustix::fs::open(FUSE_DEVICE, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()) {
+        Ok(_) => Ok(()),
+        Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => {
+            let mode = match rustix::fs::stat(FUSE_DEVICE) {
+                Ok(st) => format!(
+                    "mode {:04o}, owner uid {} gid {}",
+                    st.st_mode & 0o7777,
+                    st.st_uid,
+                    st.st_gid
+                ),
+                Err(e) => format!("cannot stat it: {e}"),
+            };
+            Err(PrepareError::FuseDenied {
+                guest: guest.clone(),
+                mode,
+            })
+        }
+        Err(e) => Err(PrepareError::Server {
+            guest: guest.clone(),
+            source: msb_fsserver::FsServerError::OpenFuse(e.into()),
+        }),
+    }
+}
+
+/// The FUSE device, as every sandbox's init sees it before it pivots.
+pub(crate) const FUSE_DEVICE: &str = "/dev/fuse";
 
 /// A kernel bind mount of `path`, made here: the sandbox's root may not
 /// reach host paths only host root may (a volume under a 0700 home).

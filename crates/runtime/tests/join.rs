@@ -58,6 +58,7 @@ fn wait_mode_needs_nothing_from_the_rootfs_and_stops_when_signalled() {
     let mut prepared = prepare(&spec, &store, "sandbox:wait-test").unwrap();
     let mut stdio = SandboxStdio::default();
     stdio.passed.extend(prepared.take_passed_fds());
+    stdio.shares.extend(prepared.take_shares());
     let mut sandbox = backend.start(&prepared.plan, stdio).unwrap();
     let init = sandbox.pid();
 

@@ -546,20 +546,26 @@ fn failed_start_removes_only_created_volumes() {
         e.store.get(&name("new")),
         Err(StoreError::NotFound(_))
     ));
-    // The setup inside the sandbox fails (mount point in the read-only
-    // root): same.
+    // The setup inside the sandbox fails (a mount point missing in a
+    // read-only mount): same.
+    let host = sandbox_dir();
+    let ro = MountOptions {
+        readonly: true,
+        ..Default::default()
+    };
     let s = spec(
         vec![
             ("/new", ensure("new")),
-            (
-                "/usr/msb-no-such-dir",
-                Mount::tmpfs(TmpfsOptions::default()),
-            ),
+            ("/ro", Mount::bind(host.path(), ro)),
+            ("/ro/msb-no-such-dir", Mount::tmpfs(TmpfsOptions::default())),
         ],
         "true",
     );
     let err = chain(&run(&e, &s).unwrap_err());
-    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(
+        err.contains("cannot create the mount point /ro/msb-no-such-dir: /ro is read-only"),
+        "{err}"
+    );
     assert!(matches!(
         e.store.get(&name("new")),
         Err(StoreError::NotFound(_))

@@ -28,6 +28,8 @@ fn config(readonly: bool, budget: Option<Arc<Budget>>) -> ServeConfig {
         owner: (0, 0),
         // As a rootless VM: guest root is the calling user.
         id_map: IdMap::single(rustix_euid()),
+        // SAFETY: getegid has no preconditions.
+        gid_map: IdMap::single(unsafe { libc::getegid() }),
     }
 }
 

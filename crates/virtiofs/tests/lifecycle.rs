@@ -19,6 +19,8 @@ fn fs(dir: &std::path::Path) -> Arc<PolicyFs> {
         owner: (0, 0),
         // SAFETY: geteuid has no preconditions.
         id_map: IdMap::single(unsafe { libc::geteuid() }),
+        // SAFETY: getegid has no preconditions.
+        gid_map: IdMap::single(unsafe { libc::getegid() }),
     };
     policy_fs(open_root(dir, false).unwrap(), cfg).unwrap()
 }

@@ -109,6 +109,8 @@ fn pjdfstest_in_guest() {
         owner: (0, 0),
         // SAFETY: geteuid has no preconditions.
         id_map: IdMap::single(unsafe { libc::geteuid() }),
+        // SAFETY: getegid has no preconditions.
+        gid_map: IdMap::single(unsafe { libc::getegid() }),
     };
     let fs = policy_fs(open_root(&dir, false).unwrap(), cfg).unwrap();
     let share = common::Share {

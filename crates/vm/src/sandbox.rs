@@ -171,7 +171,7 @@ fn mounts(plan: &InitPlan) -> Result<(Vec<GuestMount>, Vec<Disk>), SandboxError>
             InitSource::Tmpfs { size_mib } => MountSource::Tmpfs {
                 size_mib: u64::from(size_mib.unwrap_or(plan.resources.memory_mib)),
             },
-            InitSource::Bind { .. } | InitSource::Detached { .. } => {
+            InitSource::Bind { .. } | InitSource::Detached { .. } | InitSource::Fuse { .. } => {
                 return Err(SandboxError::NotForVm(m.guest.to_string()));
             }
         };

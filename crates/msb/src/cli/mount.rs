@@ -114,6 +114,7 @@ fn serve(args: &MountArgs, ready: Option<Ready>) -> CliResult {
             owner: invoking_user(),
             // Served on the host: host ids as they are.
             id_map: msb_spec::IdMap::IDENTITY,
+            gid_map: msb_spec::IdMap::IDENTITY,
         };
         let server = msb_fsserver::mount(&info.path, &dir, cfg)?;
         Ok((server, attachment, dir))

@@ -727,8 +727,8 @@ pub fn supervise_sandbox(name: &str) -> Result<()> {
         ..Default::default()
     };
     stdio.passed.extend(prepared.take_passed_fds());
+    stdio.shares.extend(prepared.take_shares());
     if backend == BackendKind::Vm {
-        stdio.shares.extend(prepared.take_shares());
         return supervise_vm(prepared, stdio, &files, lock);
     }
     let backend = NamespaceBackend::new(helper.init());
