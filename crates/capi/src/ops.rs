@@ -466,8 +466,9 @@ fn lock_execs() -> std::sync::MutexGuard<'static, HashMap<u64, Exec>> {
 struct ExecStart {
     sandbox: String,
     cmd: String,
+    /// Null or absent: none.
     #[serde(default)]
-    args: Vec<String>,
+    args: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -480,7 +481,7 @@ fn exec_start(req: ExecStart) -> Result<String> {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let stream = runtime().block_on(async {
         let sb = Sandbox::get(&req.sandbox).await?;
-        let mut stream = sb.exec_stream(req.cmd, req.args).await?;
+        let mut stream = sb.exec_stream(req.cmd, req.args.unwrap_or_default()).await?;
         // Like `Sandbox::exec`: the command gets no input.
         stream.close_stdin();
         Ok::<_, CallError>(stream)
