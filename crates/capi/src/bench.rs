@@ -54,8 +54,16 @@ async fn run(b: &Bench) -> Result<(), CallError> {
         "fs_write_read" => {
             for _ in 0..b.n {
                 let store = VolumeStore::default_home()?;
-                store.files(&b.name, true).await?.write(&b.path, &data).map_err(fs)?;
-                let got = store.files(&b.name, false).await?.read(&b.path).map_err(fs)?;
+                store
+                    .files(&b.name, true)
+                    .await?
+                    .write(&b.path, &data)
+                    .map_err(fs)?;
+                let got = store
+                    .files(&b.name, false)
+                    .await?
+                    .read(&b.path)
+                    .map_err(fs)?;
                 assert_eq!(got.len(), data.len());
             }
         }

@@ -110,9 +110,9 @@ impl From<LifecycleError> for CallError {
         let kind = match &e {
             LifecycleError::InvalidName { .. } => "InvalidName",
             LifecycleError::Mount(_) | LifecycleError::Settings { .. } => "InvalidMount",
-            LifecycleError::Resources(_)
-            | LifecycleError::Workdir(_)
-            | LifecycleError::Env(_) => "InvalidConfig",
+            LifecycleError::Resources(_) | LifecycleError::Workdir(_) | LifecycleError::Env(_) => {
+                "InvalidConfig"
+            }
             LifecycleError::Rootfs { .. } | LifecycleError::HostPath(_) => "HostPath",
             LifecycleError::NotFound(_) => "SandboxNotFound",
             LifecycleError::AlreadyExists(_) => "SandboxAlreadyExists",

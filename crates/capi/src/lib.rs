@@ -57,7 +57,9 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, CallError>) -> Result<T, CallError> 
 /// A string handed to the caller (JSON never holds a NUL byte).
 fn give_string(s: String) -> *mut c_char {
     CString::new(s)
-        .unwrap_or_else(|_| c"{\"err\":{\"kind\":\"Internal\",\"message\":\"NUL in reply\"}}".into())
+        .unwrap_or_else(|_| {
+            c"{\"err\":{\"kind\":\"Internal\",\"message\":\"NUL in reply\"}}".into()
+        })
         .into_raw()
 }
 

@@ -235,7 +235,10 @@ impl GoMount {
     fn options(&self) -> Result<MountOptions> {
         let stat_virt = match self.stat_virtualization.as_str() {
             "" => None,
-            s => Some(s.parse::<StatVirt>().map_err(|e| invalid_mount(e.to_string()))?),
+            s => Some(
+                s.parse::<StatVirt>()
+                    .map_err(|e| invalid_mount(e.to_string()))?,
+            ),
         };
         let host_perms = match self.host_permissions.as_str() {
             "" => None,
@@ -481,7 +484,9 @@ fn exec_start(req: ExecStart) -> Result<String> {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let stream = runtime().block_on(async {
         let sb = Sandbox::get(&req.sandbox).await?;
-        let mut stream = sb.exec_stream(req.cmd, req.args.unwrap_or_default()).await?;
+        let mut stream = sb
+            .exec_stream(req.cmd, req.args.unwrap_or_default())
+            .await?;
         // Like `Sandbox::exec`: the command gets no input.
         stream.close_stdin();
         Ok::<_, CallError>(stream)

@@ -1,0 +1,145 @@
+package microsandbox
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"testing"
+	"time"
+)
+
+// compare runs goOp and the same operation through the Rust API
+// (msb_bench_rust) in alternating rounds, and reports both costs per
+// operation and their ratio (the median of the rounds' ratios, so a noisy
+// round on a shared machine does not decide it).
+func compare(b *testing.B, rust map[string]any, goOp func(i int) error) {
+	const rounds = 5
+	per := b.N / rounds
+	if per == 0 {
+		per = 1
+	}
+	var goTotal, rustTotal float64
+	ratios := make([]float64, 0, rounds)
+	b.ResetTimer()
+	for r := 0; r < rounds; r++ {
+		start := time.Now()
+		for i := 0; i < per; i++ {
+			if err := goOp(r*per + i); err != nil {
+				b.Fatal(err)
+			}
+		}
+		goNs := float64(time.Since(start).Nanoseconds()) / float64(per)
+		b.StopTimer()
+		in := map[string]any{"n": per}
+		for k, v := range rust {
+			in[k] = v
+		}
+		if name, ok := in["name"].(string); ok && in["op"] == "create_remove" {
+			in["name"] = fmt.Sprintf("%s-r%d-", name, r)
+		}
+		rustNs, err := benchRust(in)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		goTotal += goNs
+		rustTotal += rustNs
+		ratios = append(ratios, goNs/rustNs)
+	}
+	b.StopTimer()
+	sort.Float64s(ratios)
+	b.ReportMetric(goTotal/rounds, "go-ns/op")
+	b.ReportMetric(rustTotal/rounds, "rust-ns/op")
+	b.ReportMetric(ratios[len(ratios)/2], "go/rust")
+}
+
+func BenchmarkCreateRemoveVolume(b *testing.B) {
+	ctx := context.Background()
+	prefix := uniqueName("bench-cr")
+	compare(b, map[string]any{"op": "create_remove", "name": prefix}, func(i int) error {
+		name := fmt.Sprintf("%s-go-%d", prefix, i)
+		if _, err := CreateVolume(ctx, name); err != nil {
+			return err
+		}
+		return RemoveVolume(ctx, name)
+	})
+}
+
+func BenchmarkGetVolume(b *testing.B) {
+	ctx := context.Background()
+	v, err := CreateVolume(ctx, uniqueName("bench-get"), WithVolumeQuota(64),
+		WithVolumeLabels(map[string]string{"team": "ci", "tier": "bench"}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer v.Remove(ctx)
+	for i := 0; i < 10; i++ {
+		if err := v.FS().Write(fmt.Sprintf("f%d", i), make([]byte, 4096)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	compare(b, map[string]any{"op": "get", "name": v.Name()}, func(int) error {
+		_, err := GetVolume(ctx, v.Name())
+		return err
+	})
+}
+
+func BenchmarkListVolumes1000(b *testing.B) {
+	ctx := context.Background()
+	prefix := uniqueName("bench-ls")
+	var names []string
+	defer func() {
+		for _, n := range names {
+			_ = RemoveVolume(ctx, n)
+		}
+	}()
+	existing, err := ListVolumes(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := len(existing); i < 1000; i++ {
+		n := fmt.Sprintf("%s-%04d", prefix, i)
+		if _, err := CreateVolume(ctx, n, WithVolumeLabels(map[string]string{"bench": "list"})); err != nil {
+			b.Fatal(err)
+		}
+		names = append(names, n)
+	}
+	compare(b, map[string]any{"op": "list"}, func(int) error {
+		list, err := ListVolumes(ctx)
+		if err == nil && len(list) < 1000 {
+			err = fmt.Errorf("listed %d volumes", len(list))
+		}
+		return err
+	})
+}
+
+func BenchmarkVolumeFsWriteRead4KiB(b *testing.B) {
+	ctx := context.Background()
+	v, err := CreateVolume(ctx, uniqueName("bench-fs"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer v.Remove(ctx)
+	fs := v.FS()
+	data := make([]byte, 4096)
+	for i := range data {
+		data[i] = 0x5a
+	}
+	compare(b, map[string]any{"op": "fs_write_read", "name": v.Name(), "path": "blob", "size": len(data)}, func(int) error {
+		if err := fs.Write("blob", data); err != nil {
+			return err
+		}
+		got, err := fs.Read("blob")
+		if err == nil && len(got) != len(data) {
+			err = fmt.Errorf("read %d bytes", len(got))
+		}
+		return err
+	})
+	// For reference, Rust with one open for all the pairs (no Go equivalent:
+	// the Go VolumeFs holds no handle between calls).
+	once, err := benchRust(map[string]any{"op": "fs_write_read_open_once", "name": v.Name(), "path": "blob", "size": len(data), "n": 1000})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(once, "rust-open-once-ns/op")
+}
