@@ -15,6 +15,7 @@ import "C"
 
 import (
 	"encoding/json"
+	"time"
 	"unsafe"
 )
 
@@ -163,3 +164,102 @@ func benchRust(input any) (float64, error) {
 	}
 	return r.Ok.NsPerOp, nil
 }
+
+// volumeRecords looks volume *name up, or lists every volume if name is
+// nil, decoding the records of msb_volumes (format in msb_capi.h).
+func volumeRecords(name *string) ([]*VolumeHandle, error) {
+	var cname *C.char
+	if name != nil {
+		cname = C.CString(*name)
+		defer C.free(unsafe.Pointer(cname))
+	}
+	var outp *C.uint8_t
+	var outn C.size_t
+	if err := errorReply(C.msb_volumes(cname, &outp, &outn)); err != nil {
+		return nil, err
+	}
+	// One copy into a string: every name, path and label is a substring.
+	s := string(unsafe.Slice((*byte)(unsafe.Pointer(outp)), int(outn)))
+	C.msb_bytes_free(outp, outn)
+	d := recordReader{s: s}
+	count := d.u32()
+	if int64(count) > int64(len(s)) {
+		return nil, &Error{Kind: ErrInternal, Message: "bad volume records from msb"}
+	}
+	hs := make([]*VolumeHandle, count)
+	for i := range hs {
+		h := &VolumeHandle{name: d.str(), path: d.str()}
+		h.kind = VolumeKindDir
+		if d.u8() == 1 {
+			h.kind = VolumeKindDisk
+		}
+		flags := d.u8()
+		quota, used, capacity, created := d.u32(), d.u64(), d.u64(), int64(d.u64())
+		if flags&1 != 0 {
+			h.quotaMiB = &quota
+		}
+		h.usedBytes = used
+		if flags&2 != 0 {
+			h.capacityBytes = &capacity
+		}
+		if flags&4 != 0 {
+			h.createdAt = time.Unix(0, created)
+		}
+		if f := d.str(); f != "" {
+			h.diskFormat = &f
+		}
+		if f := d.str(); f != "" {
+			h.diskFstype = &f
+		}
+		n := d.u32()
+		h.labels = make(map[string]string, n)
+		for j := uint32(0); j < n; j++ {
+			k := d.str()
+			h.labels[k] = d.str()
+		}
+		hs[i] = h
+	}
+	if d.bad {
+		return nil, &Error{Kind: ErrInternal, Message: "truncated volume records from msb"}
+	}
+	return hs, nil
+}
+
+// recordReader reads the records of msb_volumes; reading past the end
+// sets bad and yields zero values.
+type recordReader struct {
+	s   string
+	off int
+	bad bool
+}
+
+func (r *recordReader) take(n int) string {
+	if r.bad || n < 0 || r.off+n > len(r.s) {
+		r.bad = true
+		return ""
+	}
+	v := r.s[r.off : r.off+n]
+	r.off += n
+	return v
+}
+
+func (r *recordReader) u8() uint8 {
+	if b := r.take(1); b != "" {
+		return b[0]
+	}
+	return 0
+}
+
+func (r *recordReader) u32() uint32 {
+	if b := r.take(4); b != "" {
+		return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+	}
+	return 0
+}
+
+func (r *recordReader) u64() uint64 {
+	lo, hi := r.u32(), r.u32()
+	return uint64(lo) | uint64(hi)<<32
+}
+
+func (r *recordReader) str() string { return r.take(int(r.u32())) }

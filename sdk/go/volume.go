@@ -82,68 +82,55 @@ func (v *Volume) Remove(ctx context.Context) error { return RemoveVolume(ctx, v.
 
 // VolumeHandle is a volume's metadata, as GetVolume and ListVolumes return it.
 type VolumeHandle struct {
-	w volumeWire
-}
-
-type volumeWire struct {
-	Name          string            `json:"name"`
-	Path          string            `json:"path"`
-	Kind          VolumeKind        `json:"kind"`
-	QuotaMiB      *uint32           `json:"quota_mib"`
-	UsedBytes     uint64            `json:"used_bytes"`
-	CapacityBytes *uint64           `json:"capacity_bytes"`
-	DiskFormat    *string           `json:"disk_format"`
-	DiskFstype    *string           `json:"disk_fstype"`
-	Labels        map[string]string `json:"labels"`
-	CreatedNs     *int64            `json:"created_ns"`
+	name, path    string
+	kind          VolumeKind
+	quotaMiB      *uint32
+	usedBytes     uint64
+	capacityBytes *uint64
+	diskFormat    *string
+	diskFstype    *string
+	labels        map[string]string
+	createdAt     time.Time
 }
 
 // Name is the volume's name.
-func (h *VolumeHandle) Name() string { return h.w.Name }
+func (h *VolumeHandle) Name() string { return h.name }
 
 // Path is the host path (see Volume.Path).
-func (h *VolumeHandle) Path() string { return h.w.Path }
+func (h *VolumeHandle) Path() string { return h.path }
 
 // Kind is VolumeKindDir or VolumeKindDisk.
-func (h *VolumeHandle) Kind() VolumeKind { return h.w.Kind }
+func (h *VolumeHandle) Kind() VolumeKind { return h.kind }
 
 // QuotaMiB is the quota in MiB, nil if unlimited.
-func (h *VolumeHandle) QuotaMiB() *uint32 { return h.w.QuotaMiB }
+func (h *VolumeHandle) QuotaMiB() *uint32 { return h.quotaMiB }
 
 // UsedBytes is the space in use. From GetVolume a directory volume's tree
 // is scanned now; from ListVolumes it is the shared usage counter.
-func (h *VolumeHandle) UsedBytes() uint64 { return h.w.UsedBytes }
+func (h *VolumeHandle) UsedBytes() uint64 { return h.usedBytes }
 
 // CapacityBytes is a disk volume's capacity, nil for directory volumes.
-func (h *VolumeHandle) CapacityBytes() *uint64 { return h.w.CapacityBytes }
+func (h *VolumeHandle) CapacityBytes() *uint64 { return h.capacityBytes }
 
 // DiskFormat is "raw" for disk volumes, nil for directory volumes.
-func (h *VolumeHandle) DiskFormat() *string { return h.w.DiskFormat }
+func (h *VolumeHandle) DiskFormat() *string { return h.diskFormat }
 
 // DiskFstype is "ext4" for disk volumes, nil for directory volumes.
-func (h *VolumeHandle) DiskFstype() *string { return h.w.DiskFstype }
+func (h *VolumeHandle) DiskFstype() *string { return h.diskFstype }
 
 // Labels are the metadata labels (never nil).
 func (h *VolumeHandle) Labels() map[string]string {
-	if h.w.Labels == nil {
-		return map[string]string{}
-	}
-	return h.w.Labels
+	return h.labels
 }
 
 // CreatedAt is the creation time, the zero value if unknown.
-func (h *VolumeHandle) CreatedAt() time.Time {
-	if h.w.CreatedNs == nil {
-		return time.Time{}
-	}
-	return time.Unix(0, *h.w.CreatedNs)
-}
+func (h *VolumeHandle) CreatedAt() time.Time { return h.createdAt }
 
 // FS gives host-side access to the volume's files.
-func (h *VolumeHandle) FS() *VolumeFs { return &VolumeFs{volume: h.w.Name, root: h.w.Path} }
+func (h *VolumeHandle) FS() *VolumeFs { return &VolumeFs{volume: h.name, root: h.path} }
 
 // Remove deletes the volume, like RemoveVolume(ctx, h.Name()).
-func (h *VolumeHandle) Remove(ctx context.Context) error { return RemoveVolume(ctx, h.w.Name) }
+func (h *VolumeHandle) Remove(ctx context.Context) error { return RemoveVolume(ctx, h.name) }
 
 // CreateVolume creates a named volume in the msb home ($MSB_HOME, else
 // ~/.microsandbox). It returns an error of kind ErrVolumeAlreadyExists if
@@ -184,11 +171,14 @@ func GetVolume(ctx context.Context, name string) (*VolumeHandle, error) {
 	if err := checkContext(ctx); err != nil {
 		return nil, err
 	}
-	h := &VolumeHandle{}
-	if err := call("volume.get", nameArg{name}, &h.w); err != nil {
+	hs, err := volumeRecords(&name)
+	if err != nil {
 		return nil, err
 	}
-	return h, nil
+	if len(hs) != 1 {
+		return nil, &Error{Kind: ErrInternal, Message: "msb returned no volume record"}
+	}
+	return hs[0], nil
 }
 
 // ListVolumes returns every volume, newest first.
@@ -196,15 +186,7 @@ func ListVolumes(ctx context.Context) ([]*VolumeHandle, error) {
 	if err := checkContext(ctx); err != nil {
 		return nil, err
 	}
-	var ws []volumeWire
-	if err := call("volume.list", struct{}{}, &ws); err != nil {
-		return nil, err
-	}
-	hs := make([]*VolumeHandle, len(ws))
-	for i := range ws {
-		hs[i] = &VolumeHandle{w: ws[i]}
-	}
-	return hs, nil
+	return volumeRecords(nil)
 }
 
 // RemoveVolume deletes a volume and its data. It is refused (ErrVolumeInUse)

@@ -31,8 +31,6 @@
  * {"err": ERROR}; free it with msb_string_free.
  *
  *   volume.create  {name, kind?, size_mib?, quota_mib?, labels?} -> {name, path, kind}
- *   volume.get     {name} -> VOLUME
- *   volume.list    {} -> [VOLUME], newest first
  *   volume.remove  {name} -> null
  *   sandbox.create {name, mounts?: {GUEST: MOUNT}, rootfs?, env?, workdir?,
  *                   memory_mib?, cpus?} -> {name, state}   (created and started)
@@ -42,13 +40,25 @@
  *   exec.start     {sandbox, cmd, args?} -> {id}   (collect with msb_exec_wait)
  *   exec.kill      {id} -> null   (SIGKILL; no-op once collected)
  *
- * VOLUME: {name, path, kind, quota_mib?, used_bytes, capacity_bytes?,
- * disk_format?, disk_fstype?, labels?, created_ns?}. MOUNT: the Go SDK's
+ * MOUNT: the Go SDK's
  * MountConfig with snake_case keys (kind, bind, named, named_mode,
  * named_kind, quota_mib, tmpfs, disk, format, fstype, readonly, noexec,
  * nosuid, nodev, size_mib, stat_virtualization, host_permissions).
  */
 char *msb_call(const char *op, const char *input);
+
+/*
+ * Looks volume `name` up (usage counted now), or lists every volume when
+ * `name` is NULL (newest first, usage from the counters). On success
+ * returns NULL and sets *out/*out_len (msb_bytes_free) to: u32 count, then
+ * per volume: STR name, STR path, u8 kind (0 dir, 1 disk), u8 flags (bit 0
+ * quota set, bit 1 capacity set, bit 2 creation time known), u32 quota_mib,
+ * u64 used_bytes, u64 capacity_bytes, i64 created (ns since the epoch),
+ * STR disk_format, STR disk_fstype (empty: none), u32 label count, then
+ * STR key, STR value per label. Numbers are little-endian; STR is a u32
+ * length and that many bytes. Otherwise returns an error JSON string.
+ */
+char *msb_volumes(const char *name, uint8_t **out, size_t *out_len);
 
 /* msb_fs operations. */
 #define MSB_FS_READ 0       /* bytes into *out / *out_len (msb_bytes_free) */

@@ -3,8 +3,10 @@
 //!
 //! The boundary is small: one JSON call for everything that is not bulk
 //! data ([`msb_call`]), one call for a volume's files with the data passed
-//! as pointer and length ([`msb_fs`]), one to collect a command's output
-//! ([`msb_exec_wait`]), and the two free functions.
+//! as pointer and length ([`msb_fs`]), one for volume records in a compact
+//! binary form ([`msb_volumes`], so a listing of many volumes is cheap to
+//! decode), one to collect a command's output ([`msb_exec_wait`]), and the
+//! two free functions.
 //!
 //! Ownership: every string or buffer returned by this library belongs to
 //! the caller, who frees it exactly once with [`msb_string_free`] or
@@ -33,8 +35,7 @@ pub use error::CallError;
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+        tokio::runtime::Builder::new_current_thread()
             .thread_name("msb-capi")
             .enable_all()
             .build()
@@ -185,6 +186,37 @@ pub unsafe extern "C" fn msb_fs(
                 unsafe { *out_len = usize::from(found) };
             }
         }
+        Ok(())
+    });
+    match result {
+        Ok(()) => std::ptr::null_mut(),
+        Err(e) => give_string(e.to_json()),
+    }
+}
+
+/// Looks volume `name` up (its usage counted now), or lists every volume
+/// when `name` is null (newest first, usage from the counters), and
+/// returns the records in `*out`/`*out_len` (freed with
+/// [`msb_bytes_free`]) in the format the header describes. Returns null on
+/// success, else an error JSON string.
+///
+/// # Safety
+/// `name` is null or a valid NUL-terminated string; `out` and `out_len`
+/// are writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn msb_volumes(
+    name: *const c_char,
+    out: *mut *mut u8,
+    out_len: *mut usize,
+) -> *mut c_char {
+    let result = guarded(|| {
+        let name = if name.is_null() {
+            None
+        } else {
+            // SAFETY: non-null, so a valid string by the caller's contract.
+            Some(unsafe { str_arg(name, "name")? })
+        };
+        give_bytes(ops::volumes(name)?, out, out_len);
         Ok(())
     });
     match result {

@@ -3,6 +3,7 @@
 //! (`$MSB_HOME`, else `~/.microsandbox`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -32,8 +33,6 @@ fn to_json<T: Serialize>(value: &T) -> Result<String> {
 pub fn call(op: &str, input: &str) -> Result<String> {
     match op {
         "volume.create" => volume_create(parse(input)?),
-        "volume.get" => volume_get(parse(input)?),
-        "volume.list" => volume_list(),
         "volume.remove" => volume_remove(parse(input)?),
         "sandbox.create" => sandbox_create(parse(input)?),
         "sandbox.start" => sandbox_start(parse(input)?),
@@ -74,45 +73,57 @@ struct CreateVolume {
     labels: BTreeMap<String, String>,
 }
 
-/// What the Go SDK's `Volume` and `VolumeHandle` carry.
-#[derive(Serialize)]
-pub(crate) struct VolumeJson<'a> {
-    name: &'a str,
-    path: &'a str,
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    quota_mib: Option<u32>,
-    used_bytes: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    capacity_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    disk_format: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    disk_fstype: Option<&'static str>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    labels: &'a BTreeMap<String, String>,
-    /// Nanoseconds since the Unix epoch; absent if unknown.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    created_ns: Option<u128>,
+/// Appends `h` to `buf` in the record format of `msb_volumes` (see the
+/// header): length-prefixed strings and little-endian numbers, which the Go
+/// SDK decodes without a JSON parser (a listing of 1000 volumes would
+/// otherwise cost more to decode than to make).
+pub(crate) fn encode_volume(buf: &mut Vec<u8>, h: &VolumeHandle) {
+    fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
+        buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        buf.extend_from_slice(b);
+    }
+    put_bytes(buf, h.name().as_bytes());
+    put_bytes(buf, h.path().as_os_str().as_bytes());
+    buf.push(match h.kind() {
+        VolumeKind::Dir => 0,
+        VolumeKind::Disk => 1,
+    });
+    let created = h
+        .created_at()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_nanos()).ok());
+    let flags = u8::from(h.quota_mib().is_some())
+        | u8::from(h.capacity_bytes().is_some()) << 1
+        | u8::from(created.is_some()) << 2;
+    buf.push(flags);
+    buf.extend_from_slice(&h.quota_mib().unwrap_or(0).to_le_bytes());
+    buf.extend_from_slice(&h.used_bytes().to_le_bytes());
+    buf.extend_from_slice(&h.capacity_bytes().unwrap_or(0).to_le_bytes());
+    buf.extend_from_slice(&created.unwrap_or(0).to_le_bytes());
+    put_bytes(buf, h.disk_format().unwrap_or("").as_bytes());
+    put_bytes(buf, h.disk_fstype().unwrap_or("").as_bytes());
+    let labels = h.labels();
+    buf.extend_from_slice(&(labels.len() as u32).to_le_bytes());
+    for (k, v) in labels.iter() {
+        put_bytes(buf, k.as_bytes());
+        put_bytes(buf, v.as_bytes());
+    }
 }
 
-pub(crate) fn handle_json(h: &VolumeHandle) -> VolumeJson<'_> {
-    VolumeJson {
-        name: h.name(),
-        path: h.path().to_str().unwrap_or_default(),
-        kind: h.kind().as_str(),
-        quota_mib: h.quota_mib(),
-        used_bytes: h.used_bytes(),
-        capacity_bytes: h.capacity_bytes(),
-        disk_format: h.disk_format(),
-        disk_fstype: h.disk_fstype(),
-        labels: h.labels().as_map(),
-        created_ns: h
-            .created_at()
-            .duration_since(UNIX_EPOCH)
-            .ok()
-            .map(|d| d.as_nanos()),
+/// `name`'s record, or every volume's (newest first) when `name` is `None`,
+/// each after a count.
+pub(crate) fn volumes(name: Option<&str>) -> Result<Vec<u8>> {
+    let list = match name {
+        Some(n) => vec![runtime().block_on(Volume::get(n))?],
+        None => runtime().block_on(Volume::list())?,
+    };
+    let mut buf = Vec::with_capacity(16 + list.len() * 192);
+    buf.extend_from_slice(&(list.len() as u32).to_le_bytes());
+    for h in &list {
+        encode_volume(&mut buf, h);
     }
+    Ok(buf)
 }
 
 fn volume_create(req: CreateVolume) -> Result<String> {
@@ -148,16 +159,6 @@ fn volume_create(req: CreateVolume) -> Result<String> {
         path: v.path().to_str().unwrap_or_default(),
         kind: v.kind().as_str(),
     })
-}
-
-fn volume_get(req: Named) -> Result<String> {
-    let h = runtime().block_on(Volume::get(&req.name))?;
-    to_json(&handle_json(&h))
-}
-
-fn volume_list() -> Result<String> {
-    let list = runtime().block_on(Volume::list())?;
-    to_json(&list.iter().map(handle_json).collect::<Vec<_>>())
 }
 
 fn volume_remove(req: Named) -> Result<String> {
