@@ -9,16 +9,19 @@ import (
 )
 
 // compare runs goOp and the same operation through the Rust API
-// (msb_bench_rust) in alternating rounds, and reports both costs per
-// operation and their ratio (the median of the rounds' ratios, so a noisy
-// round on a shared machine does not decide it).
+// (msb_bench_rust, which times a loop of awaited Rust calls in the
+// library's runtime) in alternating rounds, and reports the median cost per
+// operation of each and the median of the rounds' ratios: on a shared
+// machine both sides then see the same load, and a noisy round does not
+// decide the result.
 func compare(b *testing.B, rust map[string]any, goOp func(i int) error) {
-	const rounds = 5
+	const rounds = 20
 	per := b.N / rounds
 	if per == 0 {
 		per = 1
 	}
-	var goTotal, rustTotal float64
+	goNs := make([]float64, 0, rounds)
+	rustNs := make([]float64, 0, rounds)
 	ratios := make([]float64, 0, rounds)
 	b.ResetTimer()
 	for r := 0; r < rounds; r++ {
@@ -28,7 +31,7 @@ func compare(b *testing.B, rust map[string]any, goOp func(i int) error) {
 				b.Fatal(err)
 			}
 		}
-		goNs := float64(time.Since(start).Nanoseconds()) / float64(per)
+		g := float64(time.Since(start).Nanoseconds()) / float64(per)
 		b.StopTimer()
 		in := map[string]any{"n": per}
 		for k, v := range rust {
@@ -37,20 +40,24 @@ func compare(b *testing.B, rust map[string]any, goOp func(i int) error) {
 		if name, ok := in["name"].(string); ok && in["op"] == "create_remove" {
 			in["name"] = fmt.Sprintf("%s-r%d-", name, r)
 		}
-		rustNs, err := benchRust(in)
+		rs, err := benchRust(in)
 		if err != nil {
 			b.Fatal(err)
 		}
 		b.StartTimer()
-		goTotal += goNs
-		rustTotal += rustNs
-		ratios = append(ratios, goNs/rustNs)
+		goNs = append(goNs, g)
+		rustNs = append(rustNs, rs)
+		ratios = append(ratios, g/rs)
 	}
 	b.StopTimer()
-	sort.Float64s(ratios)
-	b.ReportMetric(goTotal/rounds, "go-ns/op")
-	b.ReportMetric(rustTotal/rounds, "rust-ns/op")
-	b.ReportMetric(ratios[len(ratios)/2], "go/rust")
+	b.ReportMetric(median(goNs), "go-ns/op")
+	b.ReportMetric(median(rustNs), "rust-ns/op")
+	b.ReportMetric(median(ratios), "go/rust")
+}
+
+func median(v []float64) float64 {
+	sort.Float64s(v)
+	return v[len(v)/2]
 }
 
 func BenchmarkCreateRemoveVolume(b *testing.B) {

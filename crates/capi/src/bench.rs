@@ -105,13 +105,7 @@ pub unsafe extern "C" fn msb_bench_rust(input: *const c_char) -> *mut c_char {
         let b: Bench = serde_json::from_str(input)
             .map_err(|e| CallError::new("InvalidArgument", e.to_string()))?;
         let start = Instant::now();
-        if b.op == "get_each" {
-            for _ in 0..b.n {
-                runtime().block_on(Volume::get(&b.name))?;
-            }
-        } else {
-            runtime().block_on(run(&b))?;
-        }
+        runtime().block_on(run(&b))?;
         Ok(start.elapsed().as_nanos() as f64 / f64::from(b.n.max(1)))
     });
     give_string(match result {
