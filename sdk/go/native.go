@@ -186,36 +186,28 @@ func volumeRecords(name *string) ([]*VolumeHandle, error) {
 	if int64(count) > int64(len(s)) {
 		return nil, &Error{Kind: ErrInternal, Message: "bad volume records from msb"}
 	}
+	// One allocation for all the handles; labels only where there are any.
+	store := make([]VolumeHandle, count)
 	hs := make([]*VolumeHandle, count)
 	for i := range hs {
-		h := &VolumeHandle{name: d.str(), path: d.str()}
+		h := &store[i]
+		h.name, h.path = d.str(), d.str()
 		h.kind = VolumeKindDir
 		if d.u8() == 1 {
 			h.kind = VolumeKindDisk
 		}
-		flags := d.u8()
-		quota, used, capacity, created := d.u32(), d.u64(), d.u64(), int64(d.u64())
-		if flags&1 != 0 {
-			h.quotaMiB = &quota
-		}
-		h.usedBytes = used
-		if flags&2 != 0 {
-			h.capacityBytes = &capacity
-		}
-		if flags&4 != 0 {
+		h.flags = d.u8()
+		h.quotaMiB, h.usedBytes, h.capacityBytes = d.u32(), d.u64(), d.u64()
+		if created := int64(d.u64()); h.flags&flagCreated != 0 {
 			h.createdAt = time.Unix(0, created)
 		}
-		if f := d.str(); f != "" {
-			h.diskFormat = &f
-		}
-		if f := d.str(); f != "" {
-			h.diskFstype = &f
-		}
-		n := d.u32()
-		h.labels = make(map[string]string, n)
-		for j := uint32(0); j < n; j++ {
-			k := d.str()
-			h.labels[k] = d.str()
+		h.diskFormat, h.diskFstype = d.str(), d.str()
+		if n := d.u32(); n > 0 {
+			h.labels = make(map[string]string, n)
+			for j := uint32(0); j < n; j++ {
+				k := d.str()
+				h.labels[k] = d.str()
+			}
 		}
 		hs[i] = h
 	}
@@ -224,6 +216,13 @@ func volumeRecords(name *string) ([]*VolumeHandle, error) {
 	}
 	return hs, nil
 }
+
+// Bits of a record's flags byte.
+const (
+	flagQuota    = 1
+	flagCapacity = 2
+	flagCreated  = 4
+)
 
 // recordReader reads the records of msb_volumes; reading past the end
 // sets bad and yields zero values.

@@ -84,11 +84,12 @@ func (v *Volume) Remove(ctx context.Context) error { return RemoveVolume(ctx, v.
 type VolumeHandle struct {
 	name, path    string
 	kind          VolumeKind
-	quotaMiB      *uint32
+	flags         uint8 // flagQuota, flagCapacity, flagCreated
+	quotaMiB      uint32
 	usedBytes     uint64
-	capacityBytes *uint64
-	diskFormat    *string
-	diskFstype    *string
+	capacityBytes uint64
+	diskFormat    string
+	diskFstype    string
 	labels        map[string]string
 	createdAt     time.Time
 }
@@ -103,23 +104,45 @@ func (h *VolumeHandle) Path() string { return h.path }
 func (h *VolumeHandle) Kind() VolumeKind { return h.kind }
 
 // QuotaMiB is the quota in MiB, nil if unlimited.
-func (h *VolumeHandle) QuotaMiB() *uint32 { return h.quotaMiB }
+func (h *VolumeHandle) QuotaMiB() *uint32 {
+	if h.flags&flagQuota == 0 {
+		return nil
+	}
+	q := h.quotaMiB
+	return &q
+}
 
 // UsedBytes is the space in use. From GetVolume a directory volume's tree
 // is scanned now; from ListVolumes it is the shared usage counter.
 func (h *VolumeHandle) UsedBytes() uint64 { return h.usedBytes }
 
 // CapacityBytes is a disk volume's capacity, nil for directory volumes.
-func (h *VolumeHandle) CapacityBytes() *uint64 { return h.capacityBytes }
+func (h *VolumeHandle) CapacityBytes() *uint64 {
+	if h.flags&flagCapacity == 0 {
+		return nil
+	}
+	c := h.capacityBytes
+	return &c
+}
 
 // DiskFormat is "raw" for disk volumes, nil for directory volumes.
-func (h *VolumeHandle) DiskFormat() *string { return h.diskFormat }
+func (h *VolumeHandle) DiskFormat() *string { return optional(h.diskFormat) }
 
 // DiskFstype is "ext4" for disk volumes, nil for directory volumes.
-func (h *VolumeHandle) DiskFstype() *string { return h.diskFstype }
+func (h *VolumeHandle) DiskFstype() *string { return optional(h.diskFstype) }
+
+func optional(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
 
 // Labels are the metadata labels (never nil).
 func (h *VolumeHandle) Labels() map[string]string {
+	if h.labels == nil {
+		return map[string]string{}
+	}
 	return h.labels
 }
 
