@@ -291,3 +291,22 @@ func TestExecHonoursContext(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+func TestSandboxBindRootfs(t *testing.T) {
+	needRoot(t)
+	// "/" shares the host's root, read-only.
+	sb := newSandbox(t, "rootfs", WithBindRootfs("/"), WithEnv(map[string]string{"A": "1"}),
+		WithEnv(map[string]string{"B": "2"}), WithWorkdir("/tmp"))
+	if s := shell(t, sb, "test -x /usr/bin/env && echo $A$B && pwd"); s != "12\n/tmp\n" {
+		t.Fatalf("%q", s)
+	}
+	marker := filepath.Join("/var/tmp", uniqueName("rootfs-marker"))
+	out, err := sb.Shell(context.Background(), "echo x > "+marker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		os.Remove(marker)
+		t.Fatalf("the sandbox wrote the host's root (exit %d)", out.ExitCode())
+	}
+}
