@@ -51,6 +51,8 @@ func TestMountValidation(t *testing.T) {
 	twoSources := Mount.Bind(dir, MountOptions{})
 	twoSources.Named = "data"
 	handMadeTwo := MountConfig{Bind: dir, Tmpfs: true}
+	switched := Mount.Bind(dir, MountOptions{})
+	switched.Bind, switched.Named = "", "data"
 	bindQuota := Mount.Bind(dir, MountOptions{})
 	bindQuota.QuotaMiB = 10
 	cases := []struct {
@@ -64,6 +66,7 @@ func TestMountValidation(t *testing.T) {
 		{"unknown policy", map[string]MountConfig{"/b": Mount.Bind(dir, MountOptions{StatVirtualization: "lax"})}, ErrInvalidMount},
 		{"two sources", map[string]MountConfig{"/b": twoSources}, ErrInvalidMount},
 		{"hand-made, two sources", map[string]MountConfig{"/b": handMadeTwo}, ErrInvalidMount},
+		{"bind kind, named source", map[string]MountConfig{"/b": switched}, ErrInvalidMount},
 		{"no source", map[string]MountConfig{"/b": {}}, ErrInvalidMount},
 		{"quota on bind", map[string]MountConfig{"/b": bindQuota}, ErrInvalidMount},
 		{"relative guest path", map[string]MountConfig{"data": Mount.Tmpfs(TmpfsOptions{})}, ErrInvalidMount},

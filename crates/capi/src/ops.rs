@@ -219,17 +219,22 @@ impl GoMount {
         .into_iter()
         .filter_map(|(on, k)| on.then_some(k))
         .collect();
-        match (self.kind.as_str(), set.as_slice()) {
-            ("", [one]) => Ok(one),
-            (k, [one]) if k == *one => Ok(one),
-            ("" | "bind" | "named" | "tmpfs" | "disk", []) => Err(invalid_mount(
+        let kind = self.kind.as_str();
+        if !matches!(kind, "" | "bind" | "named" | "tmpfs" | "disk") {
+            return Err(invalid_mount(format!("unknown mount kind {kind:?}")));
+        }
+        match set.as_slice() {
+            [one] if kind.is_empty() || kind == *one => Ok(one),
+            [one] => Err(invalid_mount(format!(
+                "the {kind} mount sets the source of a {one} mount instead"
+            ))),
+            [] => Err(invalid_mount(
                 "the mount names no source; build it with the Mount factory",
             )),
-            ("" | "bind" | "named" | "tmpfs" | "disk", _) => Err(invalid_mount(format!(
+            _ => Err(invalid_mount(format!(
                 "the mount sets more than one of Bind, Named, Tmpfs and Disk ({})",
                 set.join(", ")
             ))),
-            (k, _) => Err(invalid_mount(format!("unknown mount kind {k:?}"))),
         }
     }
 
