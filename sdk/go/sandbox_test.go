@@ -3,6 +3,7 @@ package microsandbox
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -308,5 +309,33 @@ func TestSandboxBindRootfs(t *testing.T) {
 	if _, err := os.Stat(marker); err == nil {
 		os.Remove(marker)
 		t.Fatalf("the sandbox wrote the host's root (exit %d)", out.ExitCode())
+	}
+}
+
+func TestExecBinaryOutputAndConcurrency(t *testing.T) {
+	needRoot(t)
+	sb := newSandbox(t, "conc")
+	out, err := sb.Exec(context.Background(), "printf", []string{`\377\000\001`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := out.StdoutBytes(); len(b) != 3 || b[0] != 0xff || b[1] != 0 || b[2] != 1 {
+		t.Fatalf("stdout bytes %v", b)
+	}
+	// Commands from many goroutines at once, each with its own output.
+	errs := make(chan error, 8)
+	for i := 0; i < 8; i++ {
+		go func(i int) {
+			out, err := sb.Shell(context.Background(), fmt.Sprintf("sleep 0.2; echo %d", i))
+			if err == nil && out.Stdout() != fmt.Sprintf("%d\n", i) {
+				err = fmt.Errorf("command %d printed %q", i, out.Stdout())
+			}
+			errs <- err
+		}(i)
+	}
+	for i := 0; i < 8; i++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
 	}
 }
