@@ -202,19 +202,31 @@ func volumeRecords(name *string) ([]*VolumeHandle, error) {
 			h.createdAt = time.Unix(0, created)
 		}
 		h.diskFormat, h.diskFstype = d.str(), d.str()
-		if n := d.u32(); n > 0 {
-			h.labels = make(map[string]string, n)
-			for j := uint32(0); j < n; j++ {
-				k := d.str()
-				h.labels[k] = d.str()
-			}
+		// Labels stay encoded until asked for (see VolumeHandle.Labels).
+		start := d.off
+		for n := d.u32(); n > 0 && !d.bad; n-- {
+			d.str()
+			d.str()
 		}
+		h.labels = d.s[start:d.off]
 		hs[i] = h
 	}
 	if d.bad {
 		return nil, &Error{Kind: ErrInternal, Message: "truncated volume records from msb"}
 	}
 	return hs, nil
+}
+
+// decodeLabels decodes the labels part of a volume record.
+func decodeLabels(raw string) map[string]string {
+	d := recordReader{s: raw}
+	n := d.u32()
+	m := make(map[string]string, n)
+	for ; n > 0 && !d.bad; n-- {
+		k := d.str()
+		m[k] = d.str()
+	}
+	return m
 }
 
 // Bits of a record's flags byte.

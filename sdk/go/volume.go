@@ -90,7 +90,7 @@ type VolumeHandle struct {
 	capacityBytes uint64
 	diskFormat    string
 	diskFstype    string
-	labels        map[string]string
+	labels        string // encoded, as in the record
 	createdAt     time.Time
 }
 
@@ -138,13 +138,8 @@ func optional(s string) *string {
 	return &s
 }
 
-// Labels are the metadata labels (never nil).
-func (h *VolumeHandle) Labels() map[string]string {
-	if h.labels == nil {
-		return map[string]string{}
-	}
-	return h.labels
-}
+// Labels are the metadata labels: a new map at each call (never nil).
+func (h *VolumeHandle) Labels() map[string]string { return decodeLabels(h.labels) }
 
 // CreatedAt is the creation time, the zero value if unknown.
 func (h *VolumeHandle) CreatedAt() time.Time { return h.createdAt }
