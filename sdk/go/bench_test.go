@@ -148,11 +148,4 @@ func BenchmarkVolumeFsWriteRead4KiB(b *testing.B) {
 		}
 		return err
 	})
-	// For reference, Rust with one open for all the pairs (no Go equivalent:
-	// the Go VolumeFs holds no handle between calls).
-	once, err := benchRust(map[string]any{"op": "fs_write_read_open_once", "name": v.Name(), "path": "once-blob", "size": len(data), "n": 1000})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.ReportMetric(once, "rust-open-once-ns/op")
 }

@@ -64,7 +64,6 @@ func WithVolumeLabels(labels map[string]string) VolumeOption {
 type Volume struct {
 	name string
 	path string
-	kind VolumeKind
 }
 
 // Name is the volume's name.
@@ -169,14 +168,13 @@ func CreateVolume(ctx context.Context, name string, opts ...VolumeOption) (*Volu
 		Labels   map[string]string `json:"labels,omitempty"`
 	}{name, c.Kind, c.SizeMiB, c.QuotaMiB, c.Labels}
 	var out struct {
-		Name string     `json:"name"`
-		Path string     `json:"path"`
-		Kind VolumeKind `json:"kind"`
+		Name string `json:"name"`
+		Path string `json:"path"`
 	}
 	if err := call("volume.create", in, &out); err != nil {
 		return nil, err
 	}
-	return &Volume{name: out.Name, path: out.Path, kind: out.Kind}, nil
+	return &Volume{name: out.Name, path: out.Path}, nil
 }
 
 type nameArg struct {

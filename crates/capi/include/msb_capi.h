@@ -85,8 +85,8 @@ char *msb_exec_wait(uint64_t id, int32_t *status, uint8_t **out, size_t *out_len
                     uint8_t **err, size_t *err_len);
 
 /*
- * Times `input` ({op, n, name?, path?, size?}; op create_remove, get, list,
- * fs_write_read or fs_write_read_open_once) through the Rust API. Returns
+ * Times `input` ({op, n, name?, path?, size?}; op create_remove, get, list
+ * or fs_write_read) through the Rust API. Returns
  * {"ok": {"ns_per_op": N}} or {"err": ERROR} (msb_string_free).
  */
 char *msb_bench_rust(const char *input);

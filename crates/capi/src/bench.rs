@@ -14,8 +14,7 @@ use crate::{give_string, guarded, runtime, str_arg};
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Bench {
-    /// `create_remove`, `get`, `list`, `fs_write_read` or
-    /// `fs_write_read_open_once`.
+    /// `create_remove`, `get`, `list` or `fs_write_read`.
     op: String,
     n: u32,
     /// The volume (`get`, `fs_*`) or the name prefix (`create_remove`).
@@ -62,15 +61,6 @@ async fn run(b: &Bench) -> Result<(), CallError> {
                     .write(path, &data)
                     .map_err(fs)?;
                 let got = store.files(&b.name, false).await?.read(path).map_err(fs)?;
-                assert_eq!(got.len(), data.len());
-            }
-        }
-        // For reference: one open, then the pair.
-        "fs_write_read_open_once" => {
-            let files = VolumeStore::default_home()?.files(&b.name, true).await?;
-            for _ in 0..b.n {
-                files.write(&b.path, &data).map_err(fs)?;
-                let got = files.read(&b.path).map_err(fs)?;
                 assert_eq!(got.len(), data.len());
             }
         }
