@@ -1,0 +1,3 @@
+module github.com/msb/microsandbox-go
+
+go 1.21
