@@ -21,7 +21,23 @@ type SandboxConfig struct {
 	MemoryMiB uint32
 	// CPUs limits the sandbox's CPU time (zero: no limit).
 	CPUs uint8
+	// Backend is the isolation (empty: BackendNamespace).
+	Backend Backend
 }
+
+// Backend is how a sandbox is isolated.
+type Backend string
+
+const (
+	// BackendNamespace runs the sandbox in Linux namespaces on the host's
+	// kernel.
+	BackendNamespace Backend = "namespace"
+	// BackendVM runs the sandbox in a microVM with a kernel of its own.
+	BackendVM Backend = "vm"
+	// BackendAuto takes the microVM where KVM works on this host, else
+	// the namespace backend.
+	BackendAuto Backend = "auto"
+)
 
 // SandboxOption configures CreateSandbox.
 type SandboxOption func(*SandboxConfig)
@@ -70,6 +86,12 @@ func WithCPUs(cpus uint8) SandboxOption {
 	return func(c *SandboxConfig) { c.CPUs = cpus }
 }
 
+// WithBackend chooses the isolation: BackendNamespace (the default),
+// BackendVM or BackendAuto.
+func WithBackend(backend Backend) SandboxOption {
+	return func(c *SandboxConfig) { c.Backend = backend }
+}
+
 // Sandbox is a named sandbox. Running one needs root for served mounts
 // and the msb binary as its helper ($MSB_BIN, next to the program, or on
 // PATH).
@@ -108,7 +130,8 @@ func CreateSandbox(ctx context.Context, name string, opts ...SandboxOption) (*Sa
 		Workdir   string               `json:"workdir,omitempty"`
 		MemoryMiB uint32               `json:"memory_mib,omitempty"`
 		CPUs      uint8                `json:"cpus,omitempty"`
-	}{name, mounts, c.Rootfs, c.Env, c.Workdir, c.MemoryMiB, c.CPUs}
+		Backend   Backend              `json:"backend,omitempty"`
+	}{name, mounts, c.Rootfs, c.Env, c.Workdir, c.MemoryMiB, c.CPUs, c.Backend}
 	var out sandboxWire
 	if err := call("sandbox.create", in, &out); err != nil {
 		return nil, err

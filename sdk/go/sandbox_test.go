@@ -339,3 +339,48 @@ func TestExecBinaryOutputAndConcurrency(t *testing.T) {
 		}
 	}
 }
+
+func TestSandboxOnTheVMBackend(t *testing.T) {
+	needRoot(t)
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("skipped: qemu-system-x86_64 is not installed (scripts/setup installs it)")
+	}
+	if os.Getenv("MSB_VM_ASSETS") == "" {
+		// One guest kernel cache for the whole run, outside the scratch home.
+		t.Setenv("MSB_VM_ASSETS", filepath.Join(os.TempDir(), "msb-go-vm-assets"))
+	}
+	ctx := context.Background()
+	vol := uniqueName("vmvol")
+	t.Cleanup(func() { _ = RemoveVolume(ctx, vol) })
+	sb := newSandbox(t, "vm",
+		WithBackend(BackendVM),
+		WithMounts(map[string]MountConfig{
+			"/data": Mount.NamedWith(vol, MountOptions{}, NamedVolumeOptions{Mode: "ensure-exists", QuotaMiB: 4}),
+		}))
+	host, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(shell(t, sb, "uname -r")); got == strings.TrimSpace(string(host)) {
+		t.Fatalf("the sandbox runs the host's kernel %q, not a VM's", got)
+	}
+	shell(t, sb, "echo from-the-vm > /data/greeting")
+	h, err := GetVolume(ctx, vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := h.FS().ReadString("greeting")
+	if err != nil || data != "from-the-vm\n" {
+		t.Fatalf("volume file = %q, %v", data, err)
+	}
+	out, err := sb.Shell(ctx, "dd if=/dev/zero of=/data/big bs=1M count=8")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Success() || !strings.Contains(out.Stderr(), "No space left") {
+		t.Fatalf("the quota did not hold: exit %d, %q", out.ExitCode(), out.Stderr())
+	}
+	if _, err := CreateSandbox(ctx, uniqueName("bad"), WithBackend("kvm")); !IsKind(err, ErrInvalidArgument) {
+		t.Fatalf("an unknown backend: %v", err)
+	}
+}

@@ -383,6 +383,9 @@ struct CreateSandbox {
     /// Zero: no limit.
     #[serde(default)]
     cpus: u32,
+    /// `namespace` (the default), `vm` or `auto`.
+    #[serde(default)]
+    backend: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -421,6 +424,12 @@ fn sandbox_create(req: CreateSandbox) -> Result<String> {
     }
     if req.cpus != 0 {
         resources.cpus_milli = Some(req.cpus.saturating_mul(1000));
+    }
+    if let Some(backend) = req.backend {
+        let kind: msb::BackendKind = backend
+            .parse()
+            .map_err(|e: String| CallError::new("InvalidArgument", e))?;
+        b = b.backend(kind);
     }
     let sb = runtime().block_on(b.resources(resources).create())?;
     to_json(&sandbox_json(&sb))
