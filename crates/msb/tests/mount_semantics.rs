@@ -153,6 +153,18 @@ fn suite(backend: &str) {
         format!("{code} {out:?} {err:?}"),
     );
 
+    // The root's own scratch space.
+    let (code, out, err) = sh(
+        home,
+        name,
+        "touch /tmp/x /run/x && grep -E ' /(tmp|run) tmpfs' /proc/mounts | wc -l",
+    );
+    check(
+        "/tmp and /run are fresh tmpfs",
+        code == 0 && out.trim() == "2",
+        format!("{code} {out:?} {err}"),
+    );
+
     // A read-write bind: written inside, seen on the host.
     let (code, _, err) = sh(home, name, "echo data > /rw/new && cat /rw/new");
     check("bind write", code == 0, err);

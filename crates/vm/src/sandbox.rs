@@ -142,7 +142,25 @@ fn root_plan(plan: &InitPlan) -> Result<RootPlan, SandboxError> {
 
 /// The guest's mounts, and the disks they need attached.
 fn mounts(plan: &InitPlan) -> Result<(Vec<GuestMount>, Vec<Disk>), SandboxError> {
-    let mut mounts = Vec::new();
+    // As the namespace init gives them: a fresh /tmp always, a fresh /run
+    // unless the root directory brings its own.
+    let mut own = vec!["/tmp"];
+    if !matches!(plan.root, InitRoot::Dir { .. }) {
+        own.push("/run");
+    }
+    let mut mounts: Vec<GuestMount> = own
+        .into_iter()
+        .map(|path| GuestMount {
+            guest_path: path.to_string(),
+            source: MountSource::Tmpfs {
+                size_mib: u64::from(plan.resources.memory_mib),
+            },
+            ro: false,
+            noexec: false,
+            nosuid: true,
+            nodev: true,
+        })
+        .collect();
     let mut disks = Vec::new();
     for m in &plan.mounts {
         let source = match &m.source {
