@@ -97,11 +97,13 @@ pub enum VmError {
     },
     /// QEMU ended before the guest was ready.
     #[error(
-        "the VM exited ({status}) before the guest agent was ready; last console lines:\n{console_tail}"
+        "the VM exited ({status}) before the guest agent was ready; QEMU said:\n{qemu_tail}\nlast console lines:\n{console_tail}"
     )]
     DiedBeforeReady {
         /// QEMU's exit status.
         status: String,
+        /// The end of QEMU's own output (its errors).
+        qemu_tail: String,
         /// The end of the console log.
         console_tail: String,
     },
@@ -604,6 +606,7 @@ impl Vm {
         }
         VmError::DiedBeforeReady {
             status: status.map_or_else(|| "still running".into(), |s| s.to_string()),
+            qemu_tail: tail(&self.console_log.with_file_name("qemu.log"), 10),
             console_tail: tail(&self.console_log, 20),
         }
     }
