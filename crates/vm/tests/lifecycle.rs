@@ -163,3 +163,29 @@ fn qemu_failing_to_start_says_why() {
     }
     assert!(t.elapsed() < Duration::from_secs(30));
 }
+
+/// A plan the guest cannot apply ends the boot with the guest's reason,
+/// and the VM is gone.
+#[test]
+fn a_plan_the_guest_refuses_ends_the_boot() {
+    let Some(config) = busybox_config("a_plan_the_guest_refuses_ends_the_boot") else {
+        return;
+    };
+    let plan = GuestPlan {
+        mounts: vec![msb_vm::GuestMount {
+            guest_path: "/mnt/../escape".into(),
+            source: msb_vm::MountSource::Tmpfs { size_mib: 1 },
+            ro: false,
+            noexec: false,
+            nosuid: false,
+            nodev: false,
+        }],
+        ..GuestPlan::default()
+    };
+    match Vm::boot(&config, &plan) {
+        Err(VmError::Configure(message)) => {
+            assert!(message.contains("/mnt/../escape"), "{message}")
+        }
+        other => panic!("expected the plan to be refused, got {other:?}"),
+    }
+}
