@@ -389,6 +389,27 @@ fn tail(path: &Path, lines: usize) -> String {
 
 static RUN_DIR_SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// Removes temporary run directories (`msb-vm-<pid>-<n>`) of processes
+/// that are gone: a supervisor killed with SIGKILL cannot clean up its own.
+fn remove_abandoned_run_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("msb-vm-")
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Events buffered per command before the channel reader waits for its
 /// consumer; bounds what a guest flooding output can make the host hold.
 const EVENT_BACKLOG: usize = 256;
@@ -420,6 +441,7 @@ impl Vm {
                 (dir.clone(), None)
             }
             None => {
+                remove_abandoned_run_dirs();
                 let dir = std::env::temp_dir().join(format!(
                     "msb-vm-{}-{}",
                     std::process::id(),

@@ -102,6 +102,11 @@ fn killed_supervisor_leaves_no_qemu() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The next VM started clears the dead supervisor's run directory.
+    let run_dir = std::env::temp_dir().join(format!("msb-vm-{}-0", child.id()));
+    assert!(run_dir.exists(), "{} not where expected", run_dir.display());
+    drop(Vm::boot(&config, &GuestPlan::default()).unwrap());
+    assert!(!run_dir.exists(), "{} left behind", run_dir.display());
 }
 
 /// `Accel::Auto` boots with whatever works here: KVM only after a probe
