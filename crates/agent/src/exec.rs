@@ -1,7 +1,7 @@
 //! Running commands for the host: spawning on pipes or a pty, streaming
 //! their output, reaping every process as PID 1, and shutting down.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -35,10 +35,11 @@ struct ExecEntry {
 pub struct Agent {
     port: Mutex<File>,
     execs: Mutex<HashMap<ExecId, ExecEntry>>,
-    /// Children we started, each with the pipe its wait status goes to.
+    /// Children we started, which their output threads reap (through
+    /// their pidfds) so the exit report needs no hop through the reaper.
     /// Held while spawning, so the reaper cannot take a child before it is
     /// registered (or one that glibc or `time_spawn` waits for itself).
-    children: Mutex<HashMap<libc::pid_t, File>>,
+    children: Mutex<HashSet<libc::pid_t>>,
     children_changed: Condvar,
     defaults: Mutex<Defaults>,
     shutting_down: AtomicBool,
@@ -64,7 +65,7 @@ impl Agent {
         Arc::new(Agent {
             port: Mutex::new(port),
             execs: Mutex::new(HashMap::new()),
-            children: Mutex::new(HashMap::new()),
+            children: Mutex::new(HashSet::new()),
             children_changed: Condvar::new(),
             defaults: Mutex::new(Defaults {
                 env: Vec::new(),
@@ -93,8 +94,8 @@ impl Agent {
         *lock(&self.defaults) = defaults;
     }
 
-    /// Reaps every child forever; a child we started gets its status sent
-    /// to its command's output thread.
+    /// Reaps every child forever but those of running commands, which
+    /// their output threads reap.
     pub fn reap_forever(&self) {
         loop {
             // SAFETY: siginfo_t is plain data; zeroed is a valid value.
@@ -115,15 +116,21 @@ impl Agent {
             }
             // SAFETY: waitid filled info for an exited child.
             let pid = unsafe { info.si_pid() };
-            let mut children = lock(&self.children);
-            let mut status = 0;
-            // SAFETY: status is valid for writing; WNOHANG never blocks.
-            let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if got == pid
-                && let Some(mut notify) = children.remove(&pid)
-            {
-                let _ = notify.write_all(&status.to_le_bytes());
+            let children = lock(&self.children);
+            if children.contains(&pid) {
+                // Its output thread reaps it; wait until it has rather than
+                // finding the same zombie again at once.
+                let _ = self.children_changed.wait_timeout_while(
+                    children,
+                    Duration::from_millis(200),
+                    |c| c.contains(&pid),
+                );
+                continue;
             }
+            let mut status = 0;
+            // SAFETY: status is valid for writing; WNOHANG never blocks, and a
+            // child someone else reaped meanwhile just gives ECHILD.
+            unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
         }
     }
 
@@ -215,7 +222,6 @@ impl Agent {
             child_ends.extend([stdin, out_w, err_w]);
         }
 
-        let (exit_r, exit_w) = sys::pipe().map_err(|e| io_err("creating a pipe", e))?;
         let (pid, pidfd) = {
             let mut children = lock(&self.children);
             let pid =
@@ -229,7 +235,7 @@ impl Agent {
                 })?;
             // The reaper waits for this lock, so the pid still names our child.
             let pidfd = sys::pidfd_open(pid).map_err(|e| io_err("opening a pidfd", e))?;
-            children.insert(pid, File::from(exit_w));
+            children.insert(pid);
             self.children_changed.notify_all();
             (pid, pidfd)
         };
@@ -243,16 +249,19 @@ impl Agent {
             std::thread::spawn(move || feed_stdin(sink, rx, is_tty));
             tx
         });
+        let exit = pidfd
+            .try_clone()
+            .map_err(|e| io_err("duplicating a pidfd", e))?;
         lock(&self.execs).insert(id, ExecEntry { pidfd, stdin, tty });
         let agent = Arc::clone(self);
-        std::thread::spawn(move || agent.pump(id, outs, File::from(exit_r)));
+        std::thread::spawn(move || agent.pump(id, outs, pid, exit));
         Ok(())
     }
 
     /// Forwards a command's output until it exits, then what is left in its
     /// pipes, then `Exited`. A background process that keeps the pipes open
     /// does not hold the exit report back.
-    fn pump(&self, id: ExecId, mut outs: Vec<(File, bool)>, mut exit: File) {
+    fn pump(&self, id: ExecId, mut outs: Vec<(File, bool)>, pid: libc::pid_t, exit: OwnedFd) {
         let mut buf = vec![0u8; MAX_DATA_CHUNK];
         let status = loop {
             let mut fds: Vec<libc::pollfd> = outs
@@ -285,12 +294,12 @@ impl Agent {
             for i in closed.into_iter().rev() {
                 outs.remove(i);
             }
+            // A pidfd polls readable once its process has ended.
             if fds.last().is_some_and(|p| p.revents != 0) {
-                let mut raw = [0u8; 4];
-                break match exit.read_exact(&mut raw) {
-                    Ok(()) => sys::exit_status(i32::from_le_bytes(raw)),
-                    Err(_) => 255,
-                };
+                let status = sys::reap_pidfd(&exit).unwrap_or(255);
+                lock(&self.children).remove(&pid);
+                self.children_changed.notify_all();
+                break status;
             }
         };
         for out in &mut outs {

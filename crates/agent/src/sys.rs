@@ -274,3 +274,25 @@ pub fn tty_path(fd: &OwnedFd) -> io::Result<CString> {
     let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
     cstr(path.as_os_str().as_bytes())
 }
+
+/// Reaps the ended process `pidfd` names; returns its exit status (128+N
+/// for signal N).
+pub fn reap_pidfd(pidfd: &OwnedFd) -> io::Result<i32> {
+    // SAFETY: siginfo_t is plain data; zeroed is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: info is valid for writing; the pidfd is open.
+    check(unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED,
+        )
+    })?;
+    // SAFETY: waitid filled info for an ended child.
+    let status = unsafe { info.si_status() };
+    Ok(match info.si_code {
+        libc::CLD_EXITED => status,
+        _ => 128 + status,
+    })
+}

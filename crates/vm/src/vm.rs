@@ -39,6 +39,9 @@ pub struct VmConfig {
     pub initramfs_extra: Vec<InitramfsEntry>,
     /// More kernel command line arguments.
     pub extra_cmdline: Vec<String>,
+    /// More kernel modules to load after [`GUEST_MODULES`] (with their
+    /// dependencies), such as `xfs` for a disk of that type; ext4 is built in.
+    pub extra_modules: Vec<String>,
     /// The asset cache; `None` uses [`assets_dir`].
     pub assets_dir: Option<PathBuf>,
     /// Where the console log, QEMU's log and the initramfs go; `None`
@@ -63,6 +66,7 @@ impl Default for VmConfig {
             disks: Vec::new(),
             initramfs_extra: Vec::new(),
             extra_cmdline: Vec::new(),
+            extra_modules: Vec::new(),
             assets_dir: None,
             run_dir: None,
             qemu: None,
@@ -97,11 +101,13 @@ pub enum VmError {
     },
     /// QEMU ended before the guest was ready.
     #[error(
-        "the VM exited ({status}) before the guest agent was ready; last console lines:\n{console_tail}"
+        "the VM exited ({status}) before the guest agent was ready; QEMU said:\n{qemu_tail}\nlast console lines:\n{console_tail}"
     )]
     DiedBeforeReady {
         /// QEMU's exit status.
         status: String,
+        /// The end of QEMU's own output (its errors).
+        qemu_tail: String,
         /// The end of the console log.
         console_tail: String,
     },
@@ -383,6 +389,27 @@ fn tail(path: &Path, lines: usize) -> String {
 
 static RUN_DIR_SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// Removes temporary run directories (`msb-vm-<pid>-<n>`) of processes
+/// that are gone: a supervisor killed with SIGKILL cannot clean up its own.
+fn remove_abandoned_run_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("msb-vm-")
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Events buffered per command before the channel reader waits for its
 /// consumer; bounds what a guest flooding output can make the host hold.
 const EVENT_BACKLOG: usize = 256;
@@ -414,6 +441,7 @@ impl Vm {
                 (dir.clone(), None)
             }
             None => {
+                remove_abandoned_run_dirs();
                 let dir = std::env::temp_dir().join(format!(
                     "msb-vm-{}-{}",
                     std::process::id(),
@@ -424,7 +452,9 @@ impl Vm {
                 (dir.clone(), Some(dir))
             }
         };
-        let modules = kernel.module_files(GUEST_MODULES)?;
+        let mut wanted: Vec<&str> = GUEST_MODULES.to_vec();
+        wanted.extend(config.extra_modules.iter().map(String::as_str));
+        let modules = kernel.module_files(&wanted)?;
         let image = initramfs::build(initramfs::AGENT, &modules, &config.initramfs_extra)?;
         let initramfs_path = run_dir.join("initramfs.cpio");
         fs::write(&initramfs_path, image).map_err(|e| VmError::Io("writing the initramfs", e))?;
@@ -604,6 +634,7 @@ impl Vm {
         }
         VmError::DiedBeforeReady {
             status: status.map_or_else(|| "still running".into(), |s| s.to_string()),
+            qemu_tail: tail(&self.console_log.with_file_name("qemu.log"), 10),
             console_tail: tail(&self.console_log, 20),
         }
     }

@@ -49,6 +49,8 @@ fn one_guest_many_checks() {
         return;
     };
     config.console_cap = CONSOLE_CAP;
+    // A filesystem module beyond the default set, loaded at boot.
+    config.extra_modules = vec!["isofs".into()];
     let dir = tempfile::tempdir().unwrap();
     let mut mounts = vec![
         mount("/mnt/ro", MountSource::Tmpfs { size_mib: 4 }, true, false),
@@ -290,6 +292,9 @@ fn one_guest_many_checks() {
     }
     assert_eq!(size(), CONSOLE_CAP, "console log not capped");
     eprintln!("100 kB of console took {:?}", t.elapsed());
+
+    // The extra module is loaded.
+    assert!(sh(&vm, "cat /proc/filesystems").contains("iso9660"));
 
     // The channel itself.
     let rtt = vm.ping().unwrap();

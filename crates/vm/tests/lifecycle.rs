@@ -102,6 +102,11 @@ fn killed_supervisor_leaves_no_qemu() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The next VM started clears the dead supervisor's run directory.
+    let run_dir = std::env::temp_dir().join(format!("msb-vm-{}-0", child.id()));
+    assert!(run_dir.exists(), "{} not where expected", run_dir.display());
+    drop(Vm::boot(&config, &GuestPlan::default()).unwrap());
+    assert!(!run_dir.exists(), "{} left behind", run_dir.display());
 }
 
 /// `Accel::Auto` boots with whatever works here: KVM only after a probe
@@ -139,4 +144,53 @@ fn auto_accel_boots_and_caches_the_kvm_probe() {
         assert_eq!(vm.accel(), msb_vm::Accel::Tcg);
     }
     assert!(vm.shutdown(Duration::from_secs(1)).unwrap().success());
+}
+
+/// QEMU refusing to start (here: a disk image that does not exist) ends
+/// the boot with QEMU's own words, not a timeout.
+#[test]
+fn qemu_failing_to_start_says_why() {
+    let Some(mut config) = busybox_config("qemu_failing_to_start_says_why") else {
+        return;
+    };
+    config.disks.push(msb_vm::Disk {
+        path: "/nonexistent/disk.img".into(),
+        format: msb_vm::DiskFormat::Raw,
+        readonly: true,
+        serial: "missing".into(),
+    });
+    let t = Instant::now();
+    match Vm::boot(&config, &GuestPlan::default()) {
+        Err(VmError::DiedBeforeReady { qemu_tail, .. }) => {
+            assert!(qemu_tail.contains("/nonexistent/disk.img"), "{qemu_tail}")
+        }
+        other => panic!("expected QEMU to refuse, got {other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(30));
+}
+
+/// A plan the guest cannot apply ends the boot with the guest's reason,
+/// and the VM is gone.
+#[test]
+fn a_plan_the_guest_refuses_ends_the_boot() {
+    let Some(config) = busybox_config("a_plan_the_guest_refuses_ends_the_boot") else {
+        return;
+    };
+    let plan = GuestPlan {
+        mounts: vec![msb_vm::GuestMount {
+            guest_path: "/mnt/../escape".into(),
+            source: msb_vm::MountSource::Tmpfs { size_mib: 1 },
+            ro: false,
+            noexec: false,
+            nosuid: false,
+            nodev: false,
+        }],
+        ..GuestPlan::default()
+    };
+    match Vm::boot(&config, &plan) {
+        Err(VmError::Configure(message)) => {
+            assert!(message.contains("/mnt/../escape"), "{message}")
+        }
+        other => panic!("expected the plan to be refused, got {other:?}"),
+    }
 }
