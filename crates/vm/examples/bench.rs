@@ -6,8 +6,15 @@
 //!    Ping/Pong on the same channel plus the guest's own fork+exec+wait of
 //!    `true` (measured in the guest).
 //!
+//! With `BENCH_MSB=path/to/msb`, the same two through the `msb` binary
+//! (`msb run --backend vm true`; `msb exec NAME true` on a VM sandbox whose
+//! root is the host's /usr over virtio-fs, against the ping above plus the
+//! guest's own fork+exec+wait of that `true`), and an idle sandbox's memory.
+//!
 //! Needs qemu-system-x86_64 and /bin/busybox (busybox-static).
 
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use msb_vm::{Accel, ExecSpec, GuestPlan, InitramfsEntry, Vm, VmConfig, VmError};
@@ -160,4 +167,89 @@ fn main() {
         ms(ping + spawn),
         exec.as_secs_f64() / (ping + spawn).as_secs_f64()
     );
+    if let Some(msb) = std::env::var_os("BENCH_MSB") {
+        msb_cli(Path::new(&msb), rounds, execs, floor, ping);
+    }
+}
+
+/// The same measures through the `msb` binary: a sandbox with the real
+/// root (the host's /usr over virtio-fs), the supervisor, the relay.
+fn msb_cli(msb: &Path, rounds: usize, execs: u32, floor: Duration, ping: Duration) {
+    let home = std::env::temp_dir().join(format!("msb-bench-vm-{}", std::process::id()));
+    let run = |args: &[&str]| {
+        let o = Command::new(msb)
+            .args(args)
+            .env("MSB_HOME", &home)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run msb");
+        assert!(
+            o.status.success(),
+            "msb {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let mut runs = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        run(&["run", "--backend", "vm", "true"]);
+        runs.push(t.elapsed());
+    }
+    let one_shot = median(runs);
+    println!(
+        "msb run --backend vm true: {:.0} ms; floor {:.0} ms; ratio {:.2}",
+        ms(one_shot),
+        ms(floor),
+        one_shot.as_secs_f64() / floor.as_secs_f64()
+    );
+    run(&["create", "bench", "--backend", "vm"]);
+    for _ in 0..5 {
+        run(&["exec", "bench", "true"]);
+    }
+    let batch = 10;
+    let (mut exec_t, mut spawn_t) = (Vec::new(), Vec::new());
+    for _ in 0..execs.div_ceil(batch) {
+        let t = Instant::now();
+        for _ in 0..batch {
+            run(&["exec", "bench", "true"]);
+        }
+        exec_t.push(t.elapsed() / batch);
+        // The guest's own fork+exec+wait of the same `true`, timed inside.
+        let script = format!(
+            "a=$(date +%s%N); i=0; while [ $i -lt {batch} ]; do /usr/bin/true; i=$((i+1)); done; b=$(date +%s%N); echo $(( (b-a)/{batch} ))"
+        );
+        let ns: u64 = run(&["exec", "bench", "sh", "-c", &script])
+            .trim()
+            .parse()
+            .expect("guest time");
+        spawn_t.push(Duration::from_nanos(ns));
+    }
+    let (exec, spawn) = (median(exec_t), median(spawn_t));
+    println!(
+        "msb exec bench true: {:.2} ms; ping {:.2} ms + guest fork+exec+wait {:.2} ms = {:.2} ms; ratio {:.2}",
+        ms(exec),
+        ms(ping),
+        ms(spawn),
+        ms(ping + spawn),
+        exec.as_secs_f64() / (ping + spawn).as_secs_f64()
+    );
+    let pids = std::fs::read_to_string(home.join("run/sandboxes/bench.pid")).unwrap_or_default();
+    let rss = |pid: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap_or(0)
+    };
+    let mut it = pids.split_whitespace();
+    let (qemu, supervisor) = (it.next().unwrap_or("0"), it.next().unwrap_or("0"));
+    println!(
+        "idle msb VM sandbox: QEMU {} MiB + supervisor (with the file servers) {} MiB",
+        rss(qemu) / 1024,
+        rss(supervisor) / 1024
+    );
+    run(&["rm", "-f", "bench"]);
+    let _ = std::fs::remove_dir_all(&home);
 }
