@@ -301,3 +301,63 @@ fn doctor_tries_each_backend() {
     let kvm = accel[1].as_str().unwrap().starts_with("works");
     assert_eq!(v["auto"], if kvm { "vm" } else { "namespace" }, "{v}");
 }
+
+#[test]
+fn one_quota_for_a_vm_and_a_namespace_sandbox_at_once() {
+    if !can_run() {
+        return;
+    }
+    if !rustix::process::geteuid().is_root() || !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: the namespace sandbox's quota mount needs root and /dev/fuse");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let o = msb(h, &["volume", "create", "shared", "--quota", "8M"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    for (name, backend) in [("vmbox", "vm"), ("nsbox", "namespace")] {
+        let o = msb(
+            h,
+            &["create", name, "--backend", backend, "-v", "shared:/data"],
+        );
+        assert!(o.status.success(), "{name}: {}", text(&o.stderr));
+    }
+    // 5 MiB from each side: the second write meets the one limit.
+    let write = |name: &str| {
+        msb(
+            h,
+            &[
+                "exec",
+                name,
+                "sh",
+                "-c",
+                &format!("dd if=/dev/zero of=/data/{name} bs=64k count=80 2>&1"),
+            ],
+        )
+    };
+    let first = write("vmbox");
+    assert!(first.status.success(), "{}", text(&first.stdout));
+    let second = write("nsbox");
+    assert!(!second.status.success());
+    assert!(
+        text(&second.stdout).contains("No space left"),
+        "{}",
+        text(&second.stdout)
+    );
+    // And the other way round, after making room.
+    let o = msb(h, &["exec", "vmbox", "rm", "/data/vmbox"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = msb(h, &["exec", "nsbox", "rm", "-f", "/data/nsbox"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(write("nsbox").status.success());
+    let o = write("vmbox");
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stdout).contains("No space left"),
+        "{}",
+        text(&o.stdout)
+    );
+    for name in ["vmbox", "nsbox"] {
+        let _ = msb(h, &["rm", "-f", name]);
+    }
+}
