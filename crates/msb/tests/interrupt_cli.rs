@@ -194,7 +194,7 @@ fn sigint_during_export_leaves_the_old_file_or_the_whole_archive() {
     let (mut stopped, mut finished) = (0, 0);
     for _ in 0..ROUNDS {
         std::fs::write(&target, &old).unwrap();
-        let (_, killed) = interrupted(h, &args, rng.upto(took));
+        let (_, killed) = interrupted(h, &args, rng.upto(took.mul_f64(1.5)));
         let now = std::fs::read(&target).unwrap();
         if killed {
             stopped += 1;
@@ -231,7 +231,7 @@ fn sigint_during_import_leaves_an_empty_volume_or_the_whole_archive() {
     let mut rng = Rng::new("import");
     let (mut stopped, mut finished) = (0, 0);
     for _ in 0..ROUNDS {
-        let (_, killed) = interrupted(h, &args, rng.upto(took));
+        let (_, killed) = interrupted(h, &args, rng.upto(took.mul_f64(1.5)));
         if killed {
             stopped += 1;
             assert_eq!(tree(h, "v"), Vec::new(), "an interrupted import left files");
@@ -262,7 +262,7 @@ fn sigint_during_clone_leaves_no_volume_or_the_whole_copy() {
     let mut rng = Rng::new("clone");
     let (mut stopped, mut finished) = (0, 0);
     for _ in 0..ROUNDS {
-        let (_, killed) = interrupted(h, &args, rng.upto(took));
+        let (_, killed) = interrupted(h, &args, rng.upto(took.mul_f64(1.5)));
         // The next command finishes or undoes what the killed one left.
         let listed = counter(h, "copy").is_some();
         if killed {
