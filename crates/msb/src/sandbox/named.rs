@@ -142,7 +142,7 @@ pub enum LifecycleError {
     Store(#[source] StoreError),
     /// No helper program was found (see [`crate::sandbox_init_hook`]).
     #[error(
-        "cannot find the msb binary that runs sandboxes; set MSB_BIN or call msb::sandbox_init_hook() first in main"
+        "cannot find the msb binary that runs sandboxes; set MSB_BIN to it, put it on PATH, or call msb::sandbox_init_hook() first in main"
     )]
     NoHelper,
     /// The supervisor process could not be started or talked to.
