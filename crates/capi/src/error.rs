@@ -124,7 +124,9 @@ impl From<LifecycleError> for CallError {
             LifecycleError::Incompatible(_) => "IncompatibleVolume",
             LifecycleError::BadRecord { .. } => "Database",
             LifecycleError::NoHelper => "HelperNotFound",
-            LifecycleError::Supervisor { .. }
+            // Refused at create because every start would fail so.
+            LifecycleError::Unstartable(_)
+            | LifecycleError::Supervisor { .. }
             | LifecycleError::StartFailed { .. }
             | LifecycleError::Setup(_) => "SandboxStartFailed",
             LifecycleError::RunFile { .. } => "IO",

@@ -64,7 +64,7 @@ impl VolumeFiles {
                     .disk_image
                     .clone()
                     .unwrap_or_else(|| store.layout().disk_image(name));
-                let disk = |e: Box<dyn std::error::Error + Send + Sync>| Error::Disk(e);
+                let disk = |e: msb_blockdev::ViewError| Error::Disk(e);
                 let dev = LoopDevice::attach_path(&image, !write).map_err(|e| disk(e.into()))?;
                 let mut attrs = MountAttrFlags::MOUNT_ATTR_NOSUID
                     | MountAttrFlags::MOUNT_ATTR_NODEV

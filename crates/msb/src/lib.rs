@@ -47,7 +47,10 @@ pub use mount::{
     BindExpect, DiskFormat, DiskOptions, GuestPath, HostPerms, Mount, MountError, MountOptions,
     NamedMode, NamedVolumeOptions, StatVirt, TmpfsOptions,
 };
+pub use msb_blockdev::ViewError;
+pub use msb_spec::NameError;
 pub use msb_spec::{LabelFilter, Labels, VolumeConfig, VolumeKind, VolumeName};
+pub use msb_store::{CatalogError, StoreError};
 pub use msb_volfs::{FsError, VolumeFs};
 pub use sandbox::{
     BackendKind, CgroupError, ExecBuilder, ExecError, ExecEvent, ExecOutput, ExecPty,

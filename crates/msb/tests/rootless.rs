@@ -209,6 +209,85 @@ fn what_needs_root_is_refused_with_the_reason() {
 }
 
 #[test]
+fn create_refuses_what_could_never_start_for_this_user() {
+    if !can_run() {
+        return;
+    }
+    let home = user_dir();
+    let store = home.path().join("home");
+    let image = home.path().join("disk.raw");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    std::os::unix::fs::chown(&image, Some(USER), Some(GROUP)).unwrap();
+    let disk = format!("{}:/d", image.display());
+    let never = "this sandbox could never start for this user on the namespace backend";
+    let cases: [&[&str]; 3] = [
+        &["create", "web", "--mount-disk", &disk],
+        &["create", "web", "--no-start", "--mount-disk", &disk],
+        // A disk volume it would create: refused before it is made.
+        &["create", "web", "--mount-named", "dv:/d:kind=disk,size=64M"],
+    ];
+    for args in cases {
+        let o = msb(&store, args);
+        assert_eq!(o.status.code(), Some(1), "msb {args:?}");
+        let err = text(&o.stderr);
+        assert!(err.contains(never), "{err}");
+        assert!(
+            err.contains("a disk image is attached to a loop device"),
+            "{err}"
+        );
+    }
+    if Path::new(FUSE).exists() {
+        let _fuse = FuseMode::set(0o600);
+        let o = msb(&store, &["volume", "create", "capped", "--quota", "8M"]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let o = msb(&store, &["create", "q", "--no-start", "-v", "capped:/c"]);
+        assert_eq!(o.status.code(), Some(1));
+        let err = text(&o.stderr);
+        assert!(
+            err.contains(never) && err.contains("may not open /dev/fuse"),
+            "{err}"
+        );
+        // The host mount says why too, and what to change.
+        let o = msb(
+            &store,
+            &["volume", "mount", "capped", home.path().to_str().unwrap()],
+        );
+        assert_eq!(o.status.code(), Some(1));
+        let err = text(&o.stderr);
+        assert!(
+            err.contains("cannot open /dev/fuse: Permission denied")
+                && err.contains("hint: this user may not open /dev/fuse: make it mode 0666"),
+            "{err}"
+        );
+        let o = msb(&store, &["volume", "rm", "capped"]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    } else {
+        eprintln!("skipped the /dev/fuse refusal at create: no {FUSE} here");
+    }
+    // Nothing was recorded or provisioned by the refusals.
+    let o = msb(&store, &["ls", "-q"]);
+    assert_eq!(text(&o.stdout), "");
+    let o = msb(&store, &["volume", "ls", "-q"]);
+    assert_eq!(text(&o.stdout), "");
+    // A microVM needs no root for a disk: recorded.
+    let o = msb(
+        &store,
+        &[
+            "create",
+            "vmweb",
+            "--backend",
+            "vm",
+            "--no-start",
+            "--mount-disk",
+            &disk,
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = msb(&store, &["rm", "vmweb"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+#[test]
 fn an_unprivileged_user_keeps_a_named_sandbox_and_joins_it() {
     if !can_run() {
         return;

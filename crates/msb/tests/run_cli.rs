@@ -214,7 +214,14 @@ fn malformed_specs_exit_2_naming_spec_and_problem() {
     let home = tempfile::tempdir().unwrap();
     for (args, needle) in [
         (vec!["-v", "demo"], "missing guest path"),
-        (vec!["-v", "/x:data"], "missing guest path"),
+        (
+            vec!["-v", "/x:data"],
+            "guest path \"data\" must be absolute",
+        ),
+        (
+            vec!["-v", "demo:data"],
+            "guest path \"data\" must be absolute",
+        ),
         (vec!["-v", "/x:/"], "cannot be /"),
         (vec!["-v", "/x:/a/../b"], "contains '..'"),
         (vec!["-v", "/x:/d:bogus"], "unknown option \"bogus\""),
@@ -446,6 +453,13 @@ fn in_use_while_running_and_sigkill_leaves_nothing() {
     assert_eq!(o.status.code(), Some(1));
     assert!(
         text(&o.stderr).contains(&format!("in use by sandbox:run-{pid}")),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(
+        text(&o.stderr).contains(&format!(
+            "hint: a one-shot `msb run` (process {pid}) uses it"
+        )),
         "{}",
         text(&o.stderr)
     );

@@ -671,7 +671,10 @@ fn killed_supervisor_leaves_the_sandbox_stopped() {
     // No live attachment is left: only the record holds the volume.
     let o = msb(home.path(), &["volume", "rm", "data"]);
     assert!(
-        stderr(&o).ends_with("in use by sandbox:web\n"),
+        stderr(&o)
+            .lines()
+            .next()
+            .is_some_and(|l| l.ends_with("in use by sandbox:web")),
         "{}",
         stderr(&o)
     );

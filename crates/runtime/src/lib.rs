@@ -33,7 +33,9 @@ pub use join::{JoinError, SandboxNamespaces};
 pub use msb_store::sandbox_ids;
 pub use ns::{InitProgram, NamespaceBackend, NsError, NsSandbox};
 pub use plan::{BackendKind, InitMount, InitPlan, InitRoot, InitSource, SandboxSpec, Security};
-pub use prepare::{DryRun, DryRunMount, PrepareError, Prepared, Share, dry_run, prepare};
+pub use prepare::{
+    DryRun, DryRunMount, PrepareError, Prepared, Share, check_user, dry_run, prepare,
+};
 
 use msb_store::Store;
 

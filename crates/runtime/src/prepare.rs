@@ -1093,6 +1093,40 @@ pub fn dry_run(spec: &SandboxSpec, store: &Store) -> Result<DryRun, PrepareError
     })
 }
 
+/// Checks what a start of `spec` needs of this user beyond what
+/// [`dry_run`] (whose result `dry` is) checks: on the namespace backend, a
+/// rootless user cannot attach disk images (loop devices are root's) and
+/// needs `/dev/fuse` open to it for served mounts. Every start would fail
+/// the same way, so a sandbox can be refused before it is recorded. A
+/// microVM needs neither. The backend must be resolved.
+pub fn check_user(spec: &SandboxSpec, dry: &DryRun, store: &Store) -> Result<(), PrepareError> {
+    if spec.backend != BackendKind::Namespace || !rootless() {
+        return Ok(());
+    }
+    for m in &dry.mounts {
+        let disk = match &m.entry.mount {
+            Mount::Disk { .. } => true,
+            Mount::Named { name, volume, .. } => match store.get(name) {
+                Ok(info) => info.kind == VolumeKind::Disk,
+                Err(_) => volume
+                    .volume_config(name)
+                    .is_ok_and(|c| c.kind() == VolumeKind::Disk),
+            },
+            _ => false,
+        };
+        if disk {
+            return Err(PrepareError::NeedsRoot {
+                guest: m.entry.guest.clone(),
+                what: "a disk image is attached to a loop device",
+            });
+        }
+        if m.served {
+            check_fuse_access(&m.entry.guest)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,7 +34,7 @@ pub enum MountError {
         #[source]
         problem: Box<MountError>,
     },
-    #[error("guest path {0:?} is not absolute")]
+    #[error("guest path {0:?} must be absolute (start with /)")]
     NotAbsolute(String),
     #[error("guest path cannot be / (the sandbox root)")]
     Root,
@@ -742,7 +742,13 @@ fn parse_inner(flag: CliFlag, spec: &str) -> Result<(GuestPath, Mount), MountErr
     if flag == CliFlag::Tmpfs {
         return parse_tmpfs(spec);
     }
-    let split = spec.find(":/").ok_or(MountError::MissingDest)?;
+    let Some(split) = spec.find(":/") else {
+        // `demo:data` names a guest path, just not an absolute one.
+        return Err(match spec.split(':').nth(1) {
+            Some(dest) if !dest.is_empty() => MountError::NotAbsolute(dest.to_string()),
+            _ => MountError::MissingDest,
+        });
+    };
     let (source, rest) = (&spec[..split], &spec[split + 1..]);
     if source.is_empty() {
         return Err(MountError::EmptySource);
@@ -1468,6 +1474,14 @@ mod tests {
     #[test]
     fn cli_spec_errors_name_spec_and_problem() {
         assert_eq!(parse_err(CliFlag::Volume, "demo"), MountError::MissingDest);
+        assert_eq!(
+            parse_err(CliFlag::Volume, "demo:data"),
+            MountError::NotAbsolute("data".into())
+        );
+        assert_eq!(
+            parse_err(CliFlag::MountNamed, "demo:data:ro"),
+            MountError::NotAbsolute("data".into())
+        );
         assert_eq!(parse_err(CliFlag::Volume, ":/d"), MountError::EmptySource);
         assert_eq!(parse_err(CliFlag::Volume, "/x:/"), MountError::Root);
         assert_eq!(

@@ -77,9 +77,15 @@ pub enum StoreError {
         users: Vec<String>,
     },
     #[error(
-        "{path} already exists but is not a volume msb created; move it away or run `msb volume doctor`"
+        "{path} already exists but is not a volume msb knows; `msb volume doctor --adopt {}` makes it one, `msb volume doctor --remove-orphan {}` deletes it (or move it away)",
+        leaf(path),
+        leaf(path)
     )]
     PathOccupied { path: PathBuf },
+    #[error("there is no orphaned data at {path} to adopt or remove")]
+    NoOrphan { path: PathBuf },
+    #[error("{path} is not a directory, so it cannot become a volume")]
+    OrphanNotDir { path: PathBuf },
     #[error("cannot find the msb home: set MSB_HOME or HOME")]
     NoHome,
     #[error("{what} {path}")]
@@ -103,6 +109,13 @@ pub enum StoreError {
         #[source]
         source: msb_quota::ScanError,
     },
+}
+
+/// The last component of `path`, for messages naming an orphan.
+fn leaf(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -649,6 +662,112 @@ impl Store {
             }
         }
         Ok(report)
+    }
+
+    /// Makes the orphaned data at `volumes/NAME` (see
+    /// [`DoctorReport::orphans`]) the volume `name`, as it is: a disk
+    /// volume if the folder holds only an ext4 `disk.raw` (its capacity the
+    /// image's size), else a directory volume without quota or labels,
+    /// its usage counted now. Its owner is left as it is (doctor reports a
+    /// root sandboxes cannot write to).
+    pub fn adopt_orphan(&self, name: &VolumeName) -> Result<VolumeInfo, StoreError> {
+        let _lock = self.lock()?;
+        self.reconcile_if_needed()?;
+        let dir = self.orphan(name)?;
+        if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            return Err(StoreError::OrphanNotDir { path: dir });
+        }
+        let capacity_mib = self.orphan_disk_mib(name, &dir)?;
+        let row = VolumeRow {
+            name: name.clone(),
+            kind: if capacity_mib.is_some() {
+                VolumeKind::Disk
+            } else {
+                VolumeKind::Dir
+            },
+            state: State::Creating,
+            quota_mib: None,
+            capacity_mib,
+            labels: Labels::new(),
+            created_us: now_us(),
+            token: token(),
+        };
+        if !self.catalog().insert_creating(&row)? {
+            return Err(StoreError::AlreadyExists(name.clone()));
+        }
+        // A row in `creating` whose data is in place and staging empty is
+        // completed by the next reconcile, so a crash here adopts it anyway.
+        let used = match row.kind {
+            VolumeKind::Dir => {
+                let counted = self.scan(name).and_then(|used| {
+                    Budget::create(&self.layout.usage_file(name), used)?;
+                    Ok(used)
+                });
+                match counted {
+                    Ok(used) => used,
+                    Err(e) => {
+                        self.catalog().delete(name)?;
+                        return Err(e);
+                    }
+                }
+            }
+            VolumeKind::Disk => disk::used_bytes(&self.layout.disk_image(name)).unwrap_or(0),
+        };
+        self.catalog().set_state(name, State::Ready)?;
+        Ok(self.info(&row, used))
+    }
+
+    /// Deletes the orphaned data at `volumes/NAME` (see
+    /// [`DoctorReport::orphans`]): moved to the trash under the lock, then
+    /// deleted.
+    pub fn remove_orphan(&self, name: &VolumeName) -> Result<(), StoreError> {
+        let trash = {
+            let _lock = self.lock()?;
+            self.reconcile_if_needed()?;
+            let dir = self.orphan(name)?;
+            let trash = self.layout.trash_dir().join(format!("{name}.{}", token()));
+            std::fs::rename(&dir, &trash).map_err(io_err("cannot move to trash", &dir))?;
+            trash
+        };
+        remove_tree(&trash)
+    }
+
+    /// The path of the orphan `name`: present under `volumes/` with no
+    /// catalog row. The caller holds the lock.
+    fn orphan(&self, name: &VolumeName) -> Result<PathBuf, StoreError> {
+        if self.catalog().get(name)?.is_some() {
+            return Err(StoreError::AlreadyExists(name.clone()));
+        }
+        let dir = self.layout.volume_dir(name);
+        match dir.symlink_metadata() {
+            Ok(_) => Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(StoreError::NoOrphan { path: dir })
+            }
+            Err(e) => Err(io_err("cannot read", &dir)(e)),
+        }
+    }
+
+    /// The capacity in MiB if the orphan folder `dir` is a disk volume's:
+    /// nothing in it but `disk.raw`, a whole number of MiB holding ext4.
+    fn orphan_disk_mib(&self, name: &VolumeName, dir: &Path) -> Result<Option<u32>, StoreError> {
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io_err("cannot read", dir))? {
+            entries.push(entry.map_err(io_err("cannot read", dir))?.file_name());
+        }
+        if entries != [std::ffi::OsString::from(DISK_IMAGE)] {
+            return Ok(None);
+        }
+        let image = self.layout.disk_image(name);
+        let Ok(meta) = image.symlink_metadata() else {
+            return Ok(None);
+        };
+        let mib = meta.len() >> 20;
+        let whole = meta.is_file() && meta.len() & ((1 << 20) - 1) == 0 && mib > 0;
+        if !whole || disk::used_bytes(&image).is_err() {
+            return Ok(None);
+        }
+        Ok(u32::try_from(mib).ok())
     }
 
     fn scan(&self, name: &VolumeName) -> Result<u64, StoreError> {

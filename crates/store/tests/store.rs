@@ -305,6 +305,50 @@ fn occupied_path_is_reported_and_left_alone() {
 }
 
 #[test]
+fn an_orphan_is_adopted_or_removed_on_request_only() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    let orphan = home.path().join("volumes/mine");
+    std::fs::create_dir_all(orphan.join("sub")).unwrap();
+    std::fs::write(orphan.join("sub/precious"), vec![1u8; 20_000]).unwrap();
+    // A symlink or file under volumes/ is no volume to adopt.
+    std::fs::write(home.path().join("volumes/flat"), b"x").unwrap();
+    assert!(matches!(
+        store.adopt_orphan(&name("flat")),
+        Err(StoreError::OrphanNotDir { .. })
+    ));
+    assert!(matches!(
+        store.adopt_orphan(&name("none")),
+        Err(StoreError::NoOrphan { .. })
+    ));
+    let info = store.adopt_orphan(&name("mine")).unwrap();
+    assert_eq!(info.kind, VolumeKind::Dir);
+    assert!(info.used_bytes >= 20_000, "{}", info.used_bytes);
+    // Its counter was made from the scan: a listing shows the same.
+    let listed = store.list(&[]).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].used_bytes, info.used_bytes);
+    assert_eq!(
+        std::fs::read(orphan.join("sub/precious")).unwrap().len(),
+        20_000
+    );
+    // A volume is no orphan: neither call touches it.
+    assert!(matches!(
+        store.remove_orphan(&name("mine")),
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        store.adopt_orphan(&name("mine")),
+        Err(StoreError::AlreadyExists(_))
+    ));
+    store.remove_orphan(&name("flat")).unwrap();
+    assert!(!home.path().join("volumes/flat").exists());
+    let report = store.doctor().unwrap();
+    assert!(report.orphans.is_empty(), "{:?}", report.orphans);
+    assert!(report.usage_fixed.is_empty(), "{:?}", report.usage_fixed);
+}
+
+#[test]
 fn failed_create_leaves_nothing() {
     let home = tempfile::tempdir().unwrap();
     let store = Store::open(home.path()).unwrap();

@@ -93,6 +93,16 @@ pub enum ArchiveError {
         /// What it is.
         kind: &'static str,
     },
+    /// The archive is compressed; import reads plain tar only.
+    #[error(
+        "the archive is {format}-compressed, and import reads plain (uncompressed) tar only; decompress it first (`{tool} -d`)"
+    )]
+    Compressed {
+        /// The compression found (gzip, bzip2, xz, zstd, lz4, compress).
+        format: &'static str,
+        /// A program that decompresses it (with `-d`).
+        tool: &'static str,
+    },
     /// The archive ended before tar's end-of-archive block.
     #[error("the archive is truncated: it ends without tar's end-of-archive block")]
     Truncated,
@@ -801,8 +811,19 @@ fn import_entries(
     report: &mut ImportReport,
 ) -> Result<(), ArchiveError> {
     vfs.writable("import into", Path::new("."))?;
+    // tar reads a compressed stream as garbage headers or a short block;
+    // its magic number says what it really is.
+    let mut head = Vec::with_capacity(512);
+    let mut input = input;
+    (&mut input)
+        .take(512)
+        .read_to_end(&mut head)
+        .map_err(ArchiveError::ReadArchive)?;
+    if let Some((format, tool)) = compression(&head) {
+        return Err(ArchiveError::Compressed { format, tool });
+    }
     let reader = Counting {
-        inner: io::BufReader::with_capacity(1 << 20, input),
+        inner: io::BufReader::with_capacity(1 << 20, io::Cursor::new(head).chain(input)),
         count: 0,
     };
     let mut archive = tar::Archive::new(reader);
@@ -949,6 +970,23 @@ fn import_entries(
             .map_err(|e| FsError::from_errno("set times of", rel, e))?;
     }
     Ok(())
+}
+
+/// The compression whose magic number starts `head`, and its tool. A tar
+/// archive starts with an entry name, which none of these can begin.
+fn compression(head: &[u8]) -> Option<(&'static str, &'static str)> {
+    const MAGIC: &[(&[u8], &str, &str)] = &[
+        (&[0x1f, 0x8b], "gzip", "gzip"),
+        (b"BZh", "bzip2", "bzip2"),
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0], "xz", "xz"),
+        (&[0x28, 0xb5, 0x2f, 0xfd], "zstd", "zstd"),
+        (&[0x04, 0x22, 0x4d, 0x18], "lz4", "lz4"),
+        (&[0x1f, 0x9d], "compress", "gzip"),
+    ];
+    MAGIC
+        .iter()
+        .find(|(magic, ..)| head.starts_with(magic))
+        .map(|&(_, format, tool)| (format, tool))
 }
 
 fn times(mtime: u64) -> Timestamps {

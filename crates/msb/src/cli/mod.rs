@@ -162,9 +162,107 @@ pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
         .unwrap_or_default()
 }
 
-/// Prints `error: ...` with the chain of causes.
-pub(crate) fn report(e: &dyn std::error::Error) {
-    eprintln!("error: {}", chain(e));
+/// Prints `error: ...` with the chain of causes, then a `hint: ...` line
+/// for each next step known for an error in that chain.
+pub(crate) fn report(e: &(dyn std::error::Error + 'static)) {
+    report_for(e, Purpose::Use);
+}
+
+/// What the failed command wanted of a volume someone else holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// Write to it or read it (clone, import, a sandbox): a stopped
+    /// sandbox no longer stands in the way.
+    Use,
+    /// Remove it: every sandbox that references it does, running or not.
+    Removal,
+}
+
+/// [`report`] for a command with `purpose`.
+pub(crate) fn report_for(e: &(dyn std::error::Error + 'static), purpose: Purpose) {
+    eprintln!("error: {}", describe(e, purpose));
+}
+
+/// The chain of `e` and its hints, as [`report_for`] prints them after
+/// `error: `.
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static), purpose: Purpose) -> String {
+    let mut text = chain(e);
+    for hint in hints(e, purpose) {
+        text.push_str("\nhint: ");
+        text.push_str(&hint);
+    }
+    text
+}
+
+/// The next steps known for the errors in `e`'s chain.
+fn hints(e: &(dyn std::error::Error + 'static), purpose: Purpose) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let users = match e.downcast_ref() {
+            Some(msb_store::StoreError::InUse { users, .. }) => Some(users),
+            _ => match e.downcast_ref() {
+                Some(msb::Error::VolumeInUse { users, .. }) => Some(users),
+                _ => None,
+            },
+        };
+        if let Some(users) = users {
+            found.extend(users.iter().map(|u| release_hint(u, purpose)));
+        }
+        if let Some(msb_fsserver::FsServerError::OpenFuse(io)) = e.downcast_ref() {
+            found.push(fuse_hint(io));
+        }
+        next = e.source();
+    }
+    found
+}
+
+/// How to make `holder` (as the store names it) let go of a volume.
+fn release_hint(holder: &str, purpose: Purpose) -> String {
+    let pid_of = |rest: &str| rest.split('-').next().unwrap_or(rest).to_string();
+    if let Some(dir) = holder.strip_prefix("mount:") {
+        return format!(
+            "it is mounted on the host at {}: `msb volume unmount {}` ends that mount",
+            text::escape(dir),
+            text::escape(dir)
+        );
+    }
+    if let Some(rest) = holder.strip_prefix("host:volume-files:") {
+        return format!(
+            "another msb command (process {}) has its files open; wait for it to finish",
+            text::escape(rest)
+        );
+    }
+    if let Some(rest) = holder.strip_prefix("sandbox:run-")
+        && rest.bytes().all(|b| b.is_ascii_digit() || b == b'-')
+    {
+        return format!(
+            "a one-shot `msb run` (process {}) uses it; wait for it to finish or stop it",
+            pid_of(rest)
+        );
+    }
+    if let Some(name) = holder.strip_prefix("sandbox:") {
+        let name = text::escape(name);
+        return match purpose {
+            Purpose::Removal => format!(
+                "sandbox {name} references it, running or not: `msb rm {name}` removes that sandbox and releases the volume"
+            ),
+            Purpose::Use => format!(
+                "sandbox {name} is running with it: `msb stop {name}` releases it (`msb rm {name}` removes that sandbox)"
+            ),
+        };
+    }
+    format!("{} holds it", text::escape(holder))
+}
+
+/// Why `/dev/fuse` could not be opened, in terms of what to change.
+fn fuse_hint(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::NotFound => "this host has no /dev/fuse: load the fuse kernel module (`modprobe fuse`), or in a container pass the device in (`--device /dev/fuse`)".into(),
+        K::PermissionDenied => "this user may not open /dev/fuse: make it mode 0666 (as Debian ships it) or run msb as root; `msb doctor` shows what this host allows".into(),
+        _ => "`msb doctor` shows whether this host can serve FUSE mounts".into(),
+    }
 }
 
 /// An error and its sources, `: `-separated.

@@ -98,6 +98,11 @@ fn serve(args: &MountArgs, ready: Option<Ready>) -> CliResult {
             )
             .into());
         }
+        match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(MountPointError::NotDir(dir).into()),
+            Err(source) => return Err(MountPointError::Unusable { dir, source }.into()),
+        }
         let mode = if args.readonly {
             AttachMode::ReadOnly
         } else {
@@ -126,7 +131,8 @@ fn serve(args: &MountArgs, ready: Option<Ready>) -> CliResult {
         }
         (Ok(s), None) => s,
         (Err(e), Some(ready)) => {
-            ready.fail(&format!("{e}"));
+            // The whole chain: the caller's terminal sees only this.
+            ready.fail(&super::describe(e.as_ref(), super::Purpose::Use));
             return Err(e);
         }
         (Err(e), None) => return Err(e),
@@ -140,6 +146,19 @@ fn serve(args: &MountArgs, ready: Option<Ready>) -> CliResult {
     drop(attachment);
     res?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A mount point `msb volume mount` cannot use.
+#[derive(Debug, thiserror::Error)]
+enum MountPointError {
+    #[error("cannot mount on {}: it is not a directory", .0.display())]
+    NotDir(PathBuf),
+    #[error("cannot mount on {}: the mount point must be an existing directory (create it first)", dir.display())]
+    Unusable {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What is mounted on `dir`, described for an error (the top mount when

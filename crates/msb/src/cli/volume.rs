@@ -13,7 +13,7 @@ use msb_store::{Store, VolumeInfo};
 use serde::Serialize;
 
 use super::text::escape;
-use super::{CliResult, report};
+use super::{CliResult, Purpose, report, report_for};
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
@@ -93,8 +93,19 @@ pub enum VolumeCommand {
         #[arg(short, long)]
         force: bool,
     },
-    /// Finish interrupted operations, recount usage, report orphaned data.
-    Doctor,
+    /// Finish interrupted operations, recount usage, report orphaned data
+    /// (folders under the store's volumes/ that no volume claims).
+    Doctor {
+        /// Make the orphaned folder volumes/NAME the volume NAME, as it is
+        /// (a directory volume, or a disk volume if it holds only an ext4
+        /// disk.raw), first (repeatable).
+        #[arg(long, value_name = "NAME", value_parser = parse_name)]
+        adopt: Vec<VolumeName>,
+        /// Delete the orphaned folder volumes/NAME and its data, first
+        /// (repeatable).
+        #[arg(long, value_name = "NAME", value_parser = parse_name)]
+        remove_orphan: Vec<VolumeName>,
+    },
     #[command(flatten)]
     Files(super::fs::FsCommand),
     /// Serve a directory volume on a host directory (foreground; -d detaches).
@@ -281,7 +292,7 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
                     Ok(()) if !quiet => println!("{}", escape(name)),
                     Ok(()) => {}
                     Err(e) => {
-                        report(e.as_ref());
+                        report_for(e.as_ref(), Purpose::Removal);
                         failed = true;
                     }
                 }
@@ -290,7 +301,37 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
         }
         VolumeCommand::Prune { filters, force } => prune(&store, &filters, force),
         VolumeCommand::Files(cmd) => super::fs::run(&store, cmd),
-        VolumeCommand::Doctor => {
+        VolumeCommand::Doctor {
+            adopt,
+            remove_orphan,
+        } => {
+            let mut failed = false;
+            for name in &adopt {
+                match store.adopt_orphan(name) {
+                    Ok(v) => println!(
+                        "adopted: {} as a {} volume using {}",
+                        escape(name.as_str()),
+                        v.kind,
+                        format_bytes(v.used_bytes)
+                    ),
+                    Err(e) => {
+                        report(&e);
+                        failed = true;
+                    }
+                }
+            }
+            for name in &remove_orphan {
+                match store.remove_orphan(name) {
+                    Ok(()) => println!(
+                        "removed: orphaned {}",
+                        escape(&store.layout().volume_dir(name))
+                    ),
+                    Err(e) => {
+                        report(&e);
+                        failed = true;
+                    }
+                }
+            }
             // First, so that the recount below sees the volumes without
             // them. Disk volumes are left to their next import: opening one
             // needs it free of sandboxes.
@@ -325,10 +366,20 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
                 );
             }
             for p in &r.orphans {
-                println!(
-                    "orphan: {} is not a volume msb knows; left in place",
-                    escape(p)
-                );
+                let name = p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| VolumeName::new(n).ok());
+                match name {
+                    Some(n) => println!(
+                        "orphan: {} is not a volume msb knows; left in place (`msb volume doctor --adopt {n}` makes it one, `msb volume doctor --remove-orphan {n}` deletes it)",
+                        escape(p)
+                    ),
+                    None => println!(
+                        "orphan: {} is not a volume msb knows and not a volume name; left in place (move it away)",
+                        escape(p)
+                    ),
+                }
             }
             for name in &r.missing {
                 println!(
@@ -350,10 +401,10 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             }
             let problems =
                 !r.orphans.is_empty() || !r.missing.is_empty() || !r.owned_by_host_root.is_empty();
-            if r.repaired.is_empty() && r.usage_fixed.is_empty() && !problems {
+            if r.repaired.is_empty() && r.usage_fixed.is_empty() && !problems && !failed {
                 println!("store is consistent");
             }
-            Ok(exit(problems))
+            Ok(exit(problems || failed))
         }
     }
 }

@@ -73,7 +73,7 @@ pub enum ExecError {
     PreserveOnVm,
     /// No helper program was found (see [`crate::sandbox_init_hook`]).
     #[error(
-        "cannot find the msb binary that relays commands into a microVM; set MSB_BIN or call msb::sandbox_init_hook() first in main"
+        "cannot find the msb binary that relays commands into a microVM; set MSB_BIN to it, put it on PATH, or call msb::sandbox_init_hook() first in main"
     )]
     NoHelper,
     /// The relay process could not start.

@@ -118,6 +118,13 @@ pub enum LifecycleError {
     /// a file where a policy needs a directory.
     #[error("cannot mount a host path")]
     HostPath(#[source] PrepareError),
+    /// Something every start would need that this user lacks: on the
+    /// namespace backend without root, a disk image (loop devices are
+    /// root's) or `/dev/fuse` for a served mount. Refused at create.
+    #[error(
+        "this sandbox could never start for this user on the namespace backend (a microVM, --backend vm, needs no root)"
+    )]
+    Unstartable(#[source] PrepareError),
     /// An existing volume does not match its ensure-exists mount.
     #[error("cannot reuse an existing volume")]
     Incompatible(#[source] PrepareError),
@@ -135,7 +142,7 @@ pub enum LifecycleError {
     Store(#[source] StoreError),
     /// No helper program was found (see [`crate::sandbox_init_hook`]).
     #[error(
-        "cannot find the msb binary that runs sandboxes; set MSB_BIN or call msb::sandbox_init_hook() first in main"
+        "cannot find the msb binary that runs sandboxes; set MSB_BIN to it, put it on PATH, or call msb::sandbox_init_hook() first in main"
     )]
     NoHelper,
     /// The supervisor process could not be started or talked to.
@@ -409,9 +416,15 @@ impl SandboxStore {
         // start: refused now, before anything is recorded.
         let spec = SandboxSpec {
             mounts: config.mounts.clone(),
+            backend: super::resolve_backend(config.backend),
             ..SandboxSpec::default()
         };
         match msb_runtime::dry_run(&spec, store) {
+            // What this user could never start is refused before anything
+            // is recorded or provisioned.
+            Ok(dry) => {
+                msb_runtime::check_user(&spec, &dry, store).map_err(LifecycleError::Unstartable)?
+            }
             Err(e @ PrepareError::Incompatible { .. }) => {
                 return Err(LifecycleError::Incompatible(e));
             }

@@ -48,7 +48,7 @@ pub enum SandboxError {
     Run(#[from] RunError),
     /// No helper program was found (see [`crate::sandbox_init_hook`]).
     #[error(
-        "cannot find the msb binary that starts sandboxes; set MSB_BIN or call msb::sandbox_init_hook() first in main"
+        "cannot find the msb binary that starts sandboxes; set MSB_BIN to it, put it on PATH, or call msb::sandbox_init_hook() first in main"
     )]
     NoInit,
     /// The command's output could not be connected or read.
