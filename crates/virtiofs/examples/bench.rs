@@ -1,0 +1,146 @@
+//! Benchmark of the virtio-fs server against virtiofsd: the same guest
+//! (QEMU command line, kernel, initramfs) runs the same workloads once on
+//! a share served by msb-virtiofs (the seed's defaults: strict stat
+//! virtualization, private host permissions, no quota) and once on one
+//! served by virtiofsd, and prints each result and the ratio.
+//!
+//! Usage: bench VIRTIOFSD [CACHE] (run by scripts/bench-virtiofs).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use msb_fsserver::{HostPerms, IdMap, ServeConfig, StatVirt, open_root};
+
+/// Worker threads of our server.
+const THREADS: usize = 4;
+
+/// The guest's workloads; each prints `MSB-T name seconds` (guest clock,
+/// /proc/uptime, 10 ms steps).
+const SCRIPT: &str = r#"
+now() { cut -d' ' -f1 /proc/uptime; }
+t() { n=$1; shift; a=$(now); "$@"; b=$(now); echo "MSB-T $n $(echo "$b - $a" | bc)"; }
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+small() { mkdir /mnt/s/small; cd /mnt/s/small; i=0
+  while [ $i -lt 10000 ]; do echo "file $i" > f$i; i=$((i+1)); done
+  stat -c %s f* > /dev/null; cd /; }
+cd /mnt/s
+t write dd if=/dev/zero of=/mnt/s/big bs=1M count=1024 conv=fsync 2>/dev/null
+drop
+t read dd if=/mnt/s/big of=/dev/null bs=1M 2>/dev/null
+rm /mnt/s/big
+t small small
+drop
+t ls-lR sh -c 'ls -lR /mnt/s/small > /dev/null'
+cd /
+"#;
+
+fn run_guest(kernel: &common::Kernel, initrd: &Path, socket: &Path) -> BTreeMap<String, f64> {
+    let share = common::Share {
+        tag: "s".into(),
+        socket: socket.into(),
+    };
+    let cmd = common::qemu_command(kernel, initrd, std::slice::from_ref(&share), 1024);
+    let console = common::run(cmd, Duration::from_secs(1800)).expect("the guest ran");
+    let (_, failed) = common::results(&console);
+    assert!(failed.is_empty(), "guest failures: {failed:?}\n{console}");
+    console
+        .lines()
+        .filter_map(|l| l.strip_prefix("MSB-T "))
+        .filter_map(|l| {
+            let (name, secs) = l.split_once(' ')?;
+            Some((name.to_string(), secs.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn wait_for_socket(path: &Path) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !path.exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let virtiofsd = args.next().expect("usage: bench VIRTIOFSD [CACHE]");
+    let cache = args.next().unwrap_or_else(|| "auto".into());
+    if let Some(why) = common::missing_qemu() {
+        panic!("{why}");
+    }
+    let kernel = common::kernel().expect("a guest kernel");
+    // Kept until the end: deleting many files first would slow down the
+    // next run's creations on some file systems (ext4 reusing inodes).
+    let base = std::env::var_os("BENCH_DIR").unwrap_or_else(|| "/var/tmp".into());
+    let tmp = tempfile::tempdir_in(base).unwrap();
+    let initrd = tmp.path().join("initrd");
+    std::fs::write(&initrd, common::initramfs(kernel, &["s"], SCRIPT, |_| {})).unwrap();
+
+    // Ours.
+    let dir = tmp.path().join("ours");
+    std::fs::create_dir(&dir).unwrap();
+    let cfg = ServeConfig {
+        readonly: false,
+        stat_virt: StatVirt::Strict,
+        host_perms: HostPerms::Private,
+        budget: None,
+        owner: (0, 0),
+        // SAFETY: geteuid has no preconditions.
+        id_map: IdMap::single(unsafe { libc::geteuid() }),
+    };
+    let fs = msb_virtiofs::policy_fs(open_root(&dir, false).unwrap(), cfg).unwrap();
+    let socket = tmp.path().join("ours.sock");
+    let server = msb_virtiofs::Server::start(&socket, fs, THREADS).unwrap();
+    let ours = run_guest(kernel, &initrd, &socket);
+    server.wait().unwrap();
+
+    // virtiofsd.
+    let dir = tmp.path().join("theirs");
+    std::fs::create_dir(&dir).unwrap();
+    let socket = tmp.path().join("virtiofsd.sock");
+    let mut daemon = Command::new(&virtiofsd)
+        .arg("--socket-path")
+        .arg(&socket)
+        .arg("--shared-dir")
+        .arg(&dir)
+        .arg(format!("--cache={cache}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start virtiofsd");
+    wait_for_socket(&socket);
+    let theirs = run_guest(kernel, &initrd, &socket);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+
+    println!("virtio-fs under TCG, same QEMU/kernel/initramfs; virtiofsd --cache={cache}");
+    println!("{:<8} {:>14} {:>14} {:>8}", "workload", "msb-virtiofs", "virtiofsd", "ratio");
+    for name in ["write", "read", "small", "ls-lR"] {
+        let (Some(&a), Some(&b)) = (ours.get(name), theirs.get(name)) else {
+            println!("{name:<8} missing");
+            continue;
+        };
+        if matches!(name, "write" | "read") {
+            // Throughput: ours / theirs, higher is better.
+            let (ma, mb) = (1024.0 / a.max(0.01), 1024.0 / b.max(0.01));
+            println!(
+                "{name:<8} {:>10.1} MB/s {:>10.1} MB/s {:>7.2}x",
+                ma,
+                mb,
+                ma / mb
+            );
+        } else {
+            // Time: theirs / ours, so above 1.0 means we are faster.
+            println!(
+                "{name:<8} {:>12.2} s {:>12.2} s {:>7.2}x",
+                a,
+                b,
+                b / a.max(0.01)
+            );
+        }
+    }
+}
