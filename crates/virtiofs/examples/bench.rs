@@ -81,13 +81,14 @@ fn cpu_of(ru: &libc::rusage) -> f64 {
 /// is reaped (a zombie keeps its final times there).
 fn child_cpu(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime and
-    // stime are the 14th and 15th of the line.
+    // Fields after the command name (which may hold spaces): utime,
+    // stime, cutime and cstime are the 14th to 17th of the line (virtiofsd
+    // serves from a child process in its sandbox).
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<f64> = rest
         .split_whitespace()
         .skip(11)
-        .take(2)
+        .take(4)
         .filter_map(|x| x.parse().ok())
         .collect();
     // SAFETY: sysconf has no preconditions.

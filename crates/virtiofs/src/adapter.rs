@@ -6,7 +6,7 @@
 //! the policy works in, so callers and owners pass through untranslated.
 
 use std::ffi::{CStr, OsStr};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +24,11 @@ use msb_fsserver::filesystem::{
 /// FUSE transport's. Changes made through the mount refresh the guest's
 /// copy at once, so this only bounds how late host-side changes show.
 const CACHE_TTL: Duration = Duration::from_secs(1);
+/// Largest read or write answered: what the init reply allows (256 pages
+/// per request). A guest asking for more gets a short read, and a write
+/// is never buffered beyond the data the request really carries, so no
+/// size field a hostile guest sends makes the server allocate more.
+const MAX_IO: u32 = 1 << 20;
 
 /// Our [`FileSystem`] as `fuse-backend-rs` wants it.
 pub(crate) struct Adapter {
@@ -286,7 +291,7 @@ impl fbr::FileSystem for Adapter {
         _lock_owner: Option<u64>,
         _flags: u32,
     ) -> io::Result<usize> {
-        let data = res(self.fs.read(inode, handle, offset, size))?;
+        let data = res(self.fs.read(inode, handle, offset, size.min(MAX_IO)))?;
         w.write_all(&data)?;
         Ok(data.len())
     }
@@ -304,8 +309,11 @@ impl fbr::FileSystem for Adapter {
         _flags: u32,
         _fuse_flags: u32,
     ) -> io::Result<usize> {
-        let mut data = vec![0u8; size as usize];
-        r.read_exact(&mut data)?;
+        let mut data = Vec::with_capacity(size.min(MAX_IO) as usize);
+        r.take(size.into()).read_to_end(&mut data)?;
+        if data.len() != size as usize {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
         let n = res(self.fs.write(&ctx(c), inode, handle, offset, &data))?;
         Ok(n as usize)
     }

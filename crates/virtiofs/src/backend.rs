@@ -9,6 +9,7 @@
 //! guest issues them (a single thread is several times slower).
 
 use std::io;
+use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -123,9 +124,15 @@ pub(crate) fn serve_chain(
         Reader::from_descriptor_chain(mem, chain.clone()),
         VirtioFsWriter::new(mem, chain.clone()),
     ) {
-        // A request that cannot be decoded is dropped with nothing
-        // written; the guest sees its request fail.
-        (Ok(r), Ok(w)) => server.handle_message(r, w.into(), None, None).unwrap_or(0),
+        // A request that cannot be decoded (or makes the decoder panic:
+        // the guest is hostile) is returned with nothing written; the
+        // guest sees it fail, and this thread keeps serving.
+        (Ok(r), Ok(w)) => std::panic::catch_unwind(AssertUnwindSafe(|| {
+            server.handle_message(r, w.into(), None, None)
+        }))
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0),
         _ => 0,
     };
     let mut state = vring.get_mut();
