@@ -210,6 +210,20 @@ pub trait FileSystem: Send + Sync + 'static {
     fn passthrough_fd(&self, node: u64, fh: u64) -> FsResult<std::os::fd::OwnedFd>;
     /// Reads up to `size` bytes at `offset`.
     fn read(&self, node: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>>;
+    /// Reads by handing the open host file of `fh` to `read`, which reads
+    /// it itself (a transport that reads straight into client memory saves
+    /// copying the data twice); returns what `read` returns. Reads have no
+    /// policy to check beyond the open. Transports fall back to
+    /// [`FileSystem::read`] on `NOSYS`, which the default returns.
+    fn read_with(
+        &self,
+        node: u64,
+        fh: u64,
+        read: &mut dyn FnMut(std::os::fd::BorrowedFd<'_>) -> std::io::Result<usize>,
+    ) -> FsResult<usize> {
+        let _ = (node, fh, read);
+        Err(Errno::NOSYS)
+    }
     /// Writes `data` at `offset`, returning how much was written.
     fn write(&self, ctx: &Context, node: u64, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32>;
     /// Flushes a file to stable storage.

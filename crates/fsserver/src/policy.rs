@@ -1571,6 +1571,16 @@ impl FileSystem for PolicyFs {
         Ok(buf)
     }
 
+    fn read_with(
+        &self,
+        _node: u64,
+        fh: u64,
+        read: &mut dyn FnMut(BorrowedFd<'_>) -> std::io::Result<usize>,
+    ) -> FsResult<usize> {
+        let h = self.file(fh)?;
+        read(h.file.as_fd()).map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))
+    }
+
     fn write(&self, _ctx: &Context, node: u64, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         self.writable()?;
         let h = self.file(fh)?;
