@@ -3,10 +3,12 @@
 //!
 //! Queue 0 is the high-priority queue (forgets and interrupts, which need
 //! no reply worth waiting for): its event thread serves it inline. Queue 1
-//! is the request queue: its event thread only pops descriptor chains and
-//! hands them to the workers, which decode, run and answer each request and
-//! return the chain to the guest. Requests thus run in parallel, as the
-//! guest issues them (a single thread is several times slower).
+//! is the request queue: its event thread pops every chain available,
+//! answers one itself and hands the rest to the workers, which decode, run
+//! and answer each request and return the chain to the guest. Requests
+//! the guest issues together thus run in parallel (one thread at a time
+//! was several times slower), while a lone request waits for no thread to
+//! wake up.
 
 use std::io;
 use std::panic::AssertUnwindSafe;
