@@ -135,6 +135,70 @@ fn wait_for_socket(path: &Path) {
     }
 }
 
+/// One guest run on msb-virtiofs; adds the server's CPU seconds.
+fn run_ours(
+    kernel: &common::Kernel,
+    initrd: &Path,
+    tmp: &Path,
+    round: usize,
+    threads: usize,
+) -> BTreeMap<String, f64> {
+    let dir = tmp.join(format!("ours-{round}"));
+    std::fs::create_dir(&dir).unwrap();
+    let cfg = ServeConfig {
+        readonly: false,
+        stat_virt: StatVirt::Strict,
+        host_perms: HostPerms::Private,
+        budget: None,
+        owner: (0, 0),
+        // SAFETY: geteuid has no preconditions.
+        id_map: IdMap::single(unsafe { libc::geteuid() }),
+    };
+    let fs = msb_virtiofs::policy_fs(open_root(&dir, false).unwrap(), cfg).unwrap();
+    let socket = tmp.join("ours.sock");
+    let cpu = own_cpu();
+    let server = msb_virtiofs::Server::start(&socket, fs, threads).unwrap();
+    let mut times = run_guest(kernel, initrd, &socket);
+    server.wait().unwrap();
+    times.insert("cpu".into(), own_cpu() - cpu);
+    times
+}
+
+/// One guest run on virtiofsd; adds its CPU seconds.
+fn run_virtiofsd(
+    kernel: &common::Kernel,
+    initrd: &Path,
+    tmp: &Path,
+    round: usize,
+    virtiofsd: &str,
+    cache: &str,
+) -> BTreeMap<String, f64> {
+    let dir = tmp.join(format!("theirs-{round}"));
+    std::fs::create_dir(&dir).unwrap();
+    let socket = tmp.join("virtiofsd.sock");
+    let mut daemon = Command::new(virtiofsd)
+        .arg("--socket-path")
+        .arg(&socket)
+        .arg("--shared-dir")
+        .arg(&dir)
+        .arg(format!("--cache={cache}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start virtiofsd");
+    wait_for_socket(&socket);
+    let mut times = run_guest(kernel, initrd, &socket);
+    // virtiofsd ends with its frontend; give it a moment.
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end && !child_exited(daemon.id()) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    times.insert("cpu".into(), child_cpu(daemon.id()));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    times
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let virtiofsd = args.next().expect("usage: bench VIRTIOFSD [CACHE]");
@@ -165,52 +229,28 @@ fn main() {
         .unwrap_or(THREADS);
     let (mut ours, mut theirs) = (Samples::default(), Samples::default());
     for round in 0..rounds {
-        // Ours.
-        let dir = tmp.path().join(format!("ours-{round}"));
-        std::fs::create_dir(&dir).unwrap();
-        let cfg = ServeConfig {
-            readonly: false,
-            stat_virt: StatVirt::Strict,
-            host_perms: HostPerms::Private,
-            budget: None,
-            owner: (0, 0),
-            // SAFETY: geteuid has no preconditions.
-            id_map: IdMap::single(unsafe { libc::geteuid() }),
-        };
-        let fs = msb_virtiofs::policy_fs(open_root(&dir, false).unwrap(), cfg).unwrap();
-        let socket = tmp.path().join("ours.sock");
-        let cpu = own_cpu();
-        let server = msb_virtiofs::Server::start(&socket, fs, threads).unwrap();
-        let mut times = run_guest(kernel, &initrd, &socket);
-        server.wait().unwrap();
-        times.insert("cpu".into(), own_cpu() - cpu);
-        ours.add(times);
-
-        // virtiofsd.
-        let dir = tmp.path().join(format!("theirs-{round}"));
-        std::fs::create_dir(&dir).unwrap();
-        let socket = tmp.path().join("virtiofsd.sock");
-        let mut daemon = Command::new(&virtiofsd)
-            .arg("--socket-path")
-            .arg(&socket)
-            .arg("--shared-dir")
-            .arg(&dir)
-            .arg(format!("--cache={cache}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start virtiofsd");
-        wait_for_socket(&socket);
-        let mut times = run_guest(kernel, &initrd, &socket);
-        // virtiofsd ends with its frontend; give it a moment.
-        let end = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < end && !child_exited(daemon.id()) {
-            std::thread::sleep(Duration::from_millis(20));
+        // Who goes first alternates, so the order favours neither.
+        if round % 2 == 0 {
+            ours.add(run_ours(kernel, &initrd, tmp.path(), round, threads));
+            theirs.add(run_virtiofsd(
+                kernel,
+                &initrd,
+                tmp.path(),
+                round,
+                &virtiofsd,
+                &cache,
+            ));
+        } else {
+            theirs.add(run_virtiofsd(
+                kernel,
+                &initrd,
+                tmp.path(),
+                round,
+                &virtiofsd,
+                &cache,
+            ));
+            ours.add(run_ours(kernel, &initrd, tmp.path(), round, threads));
         }
-        times.insert("cpu".into(), child_cpu(daemon.id()));
-        let _ = daemon.kill();
-        let _ = daemon.wait();
-        theirs.add(times);
     }
     let (ours, theirs) = (ours.medians(), theirs.medians());
 
