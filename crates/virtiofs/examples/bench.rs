@@ -252,6 +252,12 @@ fn main() {
             ours.add(run_ours(kernel, &initrd, tmp.path(), round, threads));
         }
     }
+    for (who, samples) in [("msb-virtiofs", &ours), ("virtiofsd", &theirs)] {
+        for (name, v) in &samples.0 {
+            let v: Vec<String> = v.iter().map(|t| format!("{t:.2}")).collect();
+            println!("# {who} {name} seconds per round: {}", v.join(" "));
+        }
+    }
     let (ours, theirs) = (ours.medians(), theirs.medians());
 
     println!(
