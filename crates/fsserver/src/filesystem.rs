@@ -210,8 +210,42 @@ pub trait FileSystem: Send + Sync + 'static {
     fn passthrough_fd(&self, node: u64, fh: u64) -> FsResult<std::os::fd::OwnedFd>;
     /// Reads up to `size` bytes at `offset`.
     fn read(&self, node: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>>;
+    /// Reads by handing the open host file of `fh` to `read`, which reads
+    /// it itself (a transport that reads straight into client memory saves
+    /// copying the data twice); returns what `read` returns. Reads have no
+    /// policy to check beyond the open. Transports fall back to
+    /// [`FileSystem::read`] on `NOSYS`, which the default returns.
+    fn read_with(
+        &self,
+        node: u64,
+        fh: u64,
+        read: &mut dyn FnMut(std::os::fd::BorrowedFd<'_>) -> std::io::Result<usize>,
+    ) -> FsResult<usize> {
+        let _ = (node, fh, read);
+        Err(Errno::NOSYS)
+    }
     /// Writes `data` at `offset`, returning how much was written.
     fn write(&self, ctx: &Context, node: u64, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32>;
+    /// Writes up to `size` bytes at `offset` by handing the open host file
+    /// and a length to `write`, which writes that many bytes of the
+    /// client's data at `offset` itself (a transport writing straight from
+    /// client memory saves a copy); the policy checks and meters around it
+    /// as for [`FileSystem::write`] (the length is shorter near the quota).
+    /// Transports fall back to [`FileSystem::write`] on `NOSYS`, which the
+    /// default returns.
+    #[allow(clippy::too_many_arguments)]
+    fn write_with(
+        &self,
+        ctx: &Context,
+        node: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        write: &mut dyn FnMut(std::os::fd::BorrowedFd<'_>, usize) -> std::io::Result<usize>,
+    ) -> FsResult<u32> {
+        let _ = (ctx, node, fh, offset, size, write);
+        Err(Errno::NOSYS)
+    }
     /// Flushes a file to stable storage.
     fn fsync(&self, node: u64, fh: u64, datasync: bool) -> FsResult<()>;
     /// Closes a file handle.

@@ -1579,29 +1579,55 @@ impl FileSystem for PolicyFs {
         Ok(buf)
     }
 
-    fn write(&self, _ctx: &Context, node: u64, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+    fn read_with(
+        &self,
+        _node: u64,
+        fh: u64,
+        read: &mut dyn FnMut(BorrowedFd<'_>) -> std::io::Result<usize>,
+    ) -> FsResult<usize> {
+        let h = self.file(fh)?;
+        read(h.file.as_fd()).map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))
+    }
+
+    fn write(&self, ctx: &Context, node: u64, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let len = u32::try_from(data.len()).map_err(|_| Errno::INVAL)?;
+        self.write_with(ctx, node, fh, offset, len, &mut |fd, n| {
+            Ok(rustix::io::pwrite(fd, &data[..n], offset)?)
+        })
+    }
+
+    fn write_with(
+        &self,
+        _ctx: &Context,
+        node: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        write: &mut dyn FnMut(BorrowedFd<'_>, usize) -> std::io::Result<usize>,
+    ) -> FsResult<u32> {
+        let io = |e: std::io::Error| Errno::from_io_error(&e).unwrap_or(Errno::IO);
         self.writable()?;
         let h = self.file(fh)?;
         let budget = match &self.policy.budget {
             // Unmetered, or settled when the file closes.
             Some(b) if h.passthrough.is_none() => b,
-            _ => return rustix::io::pwrite(&h.file, data, offset).map(to_u32),
+            _ => return write(h.file.as_fd(), size as usize).map(to_u32).map_err(io),
         };
         let inode = self.inode(node)?;
         let _guard = inode.io.lock().map_err(|_| Errno::IO)?;
         let before = rustix::fs::fstat(&h.file)?;
-        let size = to_u64(before.st_size);
-        let end = offset.saturating_add(data.len() as u64);
+        let file_size = to_u64(before.st_size);
+        let end = offset.saturating_add(size.into());
         // Overwriting inside a fully allocated file allocates nothing.
-        let dense = to_u64(allocated(&before)) >= round_up(size);
+        let dense = to_u64(allocated(&before)) >= round_up(file_size);
         let estimate = |len: u64| {
-            if end <= size && dense {
+            if end <= file_size && dense {
                 0
             } else {
                 round_up(len) + SLACK
             }
         };
-        let mut len = data.len() as u64;
+        let mut len = u64::from(size);
         let reserved = match budget.reserve(estimate(len)) {
             Ok(()) => estimate(len),
             Err(_) => {
@@ -1615,12 +1641,12 @@ impl FileSystem for PolicyFs {
                 estimate(len)
             }
         };
-        let res = rustix::io::pwrite(&h.file, &data[..len as usize], offset);
+        let res = write(h.file.as_fd(), len as usize);
         let after = rustix::fs::fstat(&h.file)
             .map(|st| allocated(&st))
             .unwrap_or(allocated(&before));
         self.settle(allocated(&before), after, reserved);
-        res.map(to_u32)
+        res.map(to_u32).map_err(io)
     }
 
     fn fsync(&self, _node: u64, fh: u64, datasync: bool) -> FsResult<()> {

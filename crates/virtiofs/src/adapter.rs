@@ -6,7 +6,7 @@
 //! the policy works in, so callers and owners pass through untranslated.
 
 use std::ffi::{CStr, OsStr};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +24,11 @@ use msb_fsserver::filesystem::{
 /// FUSE transport's. Changes made through the mount refresh the guest's
 /// copy at once, so this only bounds how late host-side changes show.
 const CACHE_TTL: Duration = Duration::from_secs(1);
+/// Largest read or write answered: what the init reply allows (256 pages
+/// per request). A guest asking for more gets a short read, and a write
+/// is never buffered beyond the data the request really carries, so no
+/// size field a hostile guest sends makes the server allocate more.
+const MAX_IO: u32 = 1 << 20;
 
 /// Our [`FileSystem`] as `fuse-backend-rs` wants it.
 pub(crate) struct Adapter {
@@ -286,6 +291,16 @@ impl fbr::FileSystem for Adapter {
         _lock_owner: Option<u64>,
         _flags: u32,
     ) -> io::Result<usize> {
+        let size = size.min(MAX_IO);
+        // Straight from the host file into guest memory.
+        let direct = self.fs.read_with(inode, handle, &mut |fd| {
+            let mut file = std::fs::File::from(fd.try_clone_to_owned()?);
+            w.write_from(&mut file, size as usize, offset)
+        });
+        match direct {
+            Err(Errno::NOSYS) => {}
+            r => return res(r),
+        }
         let data = res(self.fs.read(inode, handle, offset, size))?;
         w.write_all(&data)?;
         Ok(data.len())
@@ -304,8 +319,24 @@ impl fbr::FileSystem for Adapter {
         _flags: u32,
         _fuse_flags: u32,
     ) -> io::Result<usize> {
-        let mut data = vec![0u8; size as usize];
-        r.read_exact(&mut data)?;
+        // Straight from guest memory into the host file, as much as the
+        // policy allows; the request carries the data (a guest claiming
+        // more than it sent gets a short write).
+        let direct = self
+            .fs
+            .write_with(&ctx(c), inode, handle, offset, size, &mut |fd, len| {
+                let mut file = std::fs::File::from(fd.try_clone_to_owned()?);
+                r.read_to(&mut file, len, offset)
+            });
+        match direct {
+            Err(Errno::NOSYS) => {}
+            r => return res(r).map(|n| n as usize),
+        }
+        let mut data = Vec::with_capacity(size.min(MAX_IO) as usize);
+        r.take(size.into()).read_to_end(&mut data)?;
+        if data.len() != size as usize {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
         let n = res(self.fs.write(&ctx(c), inode, handle, offset, &data))?;
         Ok(n as usize)
     }

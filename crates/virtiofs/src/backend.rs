@@ -3,12 +3,15 @@
 //!
 //! Queue 0 is the high-priority queue (forgets and interrupts, which need
 //! no reply worth waiting for): its event thread serves it inline. Queue 1
-//! is the request queue: its event thread only pops descriptor chains and
-//! hands them to the workers, which decode, run and answer each request and
-//! return the chain to the guest. Requests thus run in parallel, as the
-//! guest issues them (a single thread is several times slower).
+//! is the request queue: its event thread pops every chain available,
+//! answers one itself and hands the rest to the workers, which decode, run
+//! and answer each request and return the chain to the guest. Requests
+//! the guest issues together thus run in parallel (one thread at a time
+//! was several times slower), while a lone request waits for no thread to
+//! wake up.
 
 use std::io;
+use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -76,13 +79,14 @@ impl Backend {
         lock(&self.jobs).take();
     }
 
-    /// Pops every available chain of `vring`, passing each to `each`;
-    /// with event suppression, re-checks after enabling notifications so
-    /// no request that arrived meanwhile is left waiting.
+    /// Pops every available chain of `vring`, passing each batch (what
+    /// was available at once) to `each`; with event suppression,
+    /// re-checks after enabling notifications so no request that arrived
+    /// meanwhile is left waiting.
     fn drain(
         &self,
         vring: &VringRwLock,
-        mut each: impl FnMut(Chain) -> io::Result<()>,
+        mut each: impl FnMut(Vec<Chain>) -> io::Result<()>,
     ) -> io::Result<()> {
         let Some(mem) = lock(&self.mem).as_ref().map(|m| m.memory().into_inner()) else {
             return Ok(());
@@ -92,15 +96,15 @@ impl Backend {
             if event_idx {
                 vring.disable_notification().map_err(io::Error::other)?;
             }
-            loop {
-                let chain = vring
-                    .get_mut()
-                    .get_queue_mut()
-                    .pop_descriptor_chain(mem.clone());
-                match chain {
-                    Some(c) => each(c)?,
-                    None => break,
+            let mut batch = Vec::new();
+            {
+                let mut state = vring.get_mut();
+                while let Some(c) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) {
+                    batch.push(c);
                 }
+            }
+            if !batch.is_empty() {
+                each(batch)?;
             }
             if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
                 return Ok(());
@@ -122,9 +126,15 @@ pub(crate) fn serve_chain(
         Reader::from_descriptor_chain(mem, chain.clone()),
         VirtioFsWriter::new(mem, chain.clone()),
     ) {
-        // A request that cannot be decoded is dropped with nothing
-        // written; the guest sees its request fail.
-        (Ok(r), Ok(w)) => server.handle_message(r, w.into(), None, None).unwrap_or(0),
+        // A request that cannot be decoded (or makes the decoder panic:
+        // the guest is hostile) is returned with nothing written; the
+        // guest sees it fail, and this thread keeps serving.
+        (Ok(r), Ok(w)) => std::panic::catch_unwind(AssertUnwindSafe(|| {
+            server.handle_message(r, w.into(), None, None)
+        }))
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0),
         _ => 0,
     };
     let mut state = vring.get_mut();
@@ -211,8 +221,10 @@ impl VhostUserBackend for Backend {
             .ok_or_else(|| io::Error::other("event for an unknown queue"))?;
         let event_idx = *lock(&self.event_idx);
         match device_event {
-            HIPRIO_QUEUE => self.drain(vring, |chain| {
-                serve_chain(&self.server, chain, vring, event_idx);
+            HIPRIO_QUEUE => self.drain(vring, |batch| {
+                for chain in batch {
+                    serve_chain(&self.server, chain, vring, event_idx);
+                }
                 Ok(())
             }),
             REQUEST_QUEUE => {
@@ -220,13 +232,23 @@ impl VhostUserBackend for Backend {
                 let Some(jobs) = jobs else {
                     return Ok(());
                 };
-                self.drain(vring, |chain| {
-                    jobs.send(Job {
-                        chain,
-                        vring: vring.clone(),
-                        event_idx,
-                    })
-                    .map_err(|_| io::Error::other("the workers are gone"))
+                self.drain(vring, |mut batch| {
+                    // Work first: this thread answers one request itself
+                    // and the workers take the rest, so a lone request
+                    // (sequential I/O) waits for no thread to wake up.
+                    let own = batch.pop();
+                    for chain in batch {
+                        jobs.send(Job {
+                            chain,
+                            vring: vring.clone(),
+                            event_idx,
+                        })
+                        .map_err(|_| io::Error::other("the workers are gone"))?;
+                    }
+                    if let Some(chain) = own {
+                        serve_chain(&self.server, chain, vring, event_idx);
+                    }
+                    Ok(())
                 })
             }
             _ => Err(io::Error::other("event for an unknown queue")),

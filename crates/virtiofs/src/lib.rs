@@ -7,10 +7,10 @@
 //! memory (`-object memory-backend-memfd,...,share=on`). `fuse-backend-rs`
 //! decodes them from the descriptor chains; an adapter turns them into
 //! calls of [`msb_fsserver::filesystem::FileSystem`], so containment,
-//! read-only (EROFS), the quota (ENOSPC, the same shared
-//! [`msb_quota`-style budget](msb_fsserver::policy::Policy::budget) as on
-//! FUSE), stat virtualization and host permissions are exactly
-//! [`PolicyFs`](msb_fsserver::policy::PolicyFs)'s.
+//! read-only (EROFS), the quota (ENOSPC, from the same shared budget file
+//! as the FUSE transport's, so a volume served to a VM and to a namespace
+//! sandbox at once has one limit), stat virtualization and host
+//! permissions are exactly [`PolicyFs`](msb_fsserver::policy::PolicyFs)'s.
 //!
 //! Differences from the FUSE transport, all on the wire only:
 //! - ids are the guest's own (its root is 0), which is what the policy

@@ -69,6 +69,9 @@ eq chown-shown 1234:5678 "$(stat -c %u:%g d/g)"
 check mkfifo mkfifo d/fifo
 eq fifo-type "fifo" "$(stat -c %F d/fifo)"
 dd if=/dev/urandom of=big bs=64k count=48 2>/dev/null
+# The checksum reads the file back from the server, not the page cache.
+sync
+echo 3 > /proc/sys/vm/drop_caches
 echo "MSB-MD5 $(md5sum big | cut -d' ' -f1)"
 eq readdir "abs big d dirlink escape hl" "$(ls | tr '\n' ' ' | sed 's/ $//')"
 check rmdir rmdir d/e
@@ -88,12 +91,21 @@ chmod 6777 pub/s
 check suid-write as_user 'echo x >> /mnt/rw/pub/s'
 eq suid-cleared 777 "$(stat -c %a pub/s)"
 
-# Quota: writes stop at the limit, removal gives the space back.
+# Quota: writes stop at the limit, removal gives the space back. rw2
+# serves the same volume from a second server with the same budget file
+# (as a VM and a namespace sandbox sharing a volume): one limit for both.
 fails quota-enospc "No space left" dd if=/dev/zero of=fill bs=1M count=32
-rm -f fill
-check quota-freed dd if=/dev/zero of=fill2 bs=1M count=8
-rm -f fill2
+fails quota-shared "No space left" dd if=/dev/zero of=/mnt/rw2/other bs=1M count=2
+rm -f fill /mnt/rw2/other
+check quota-freed dd if=/dev/zero of=/mnt/rw2/fill2 bs=1M count=8
+rm -f /mnt/rw2/fill2
 eq statfs-size 16384 "$(df -k /mnt/rw | tail -1 | awk '{print $2}')"
+
+# A remount starts a new session on the same server (after FUSE_DESTROY).
+cd /
+umount /mnt/rw && mount -t virtiofs rw /mnt/rw
+eq remount hello "$(cat /mnt/rw/d/g)"
+cd /mnt/rw
 
 # Read-only share: the server refuses with EROFS (the guest mount is rw).
 eq ro-read "ro data" "$(cat /mnt/ro/existing)"
@@ -107,7 +119,7 @@ fails ro-unlink "Read-only file system" rm /mnt/ro/existing
 # host (the guest resolves every path in its own tree).
 out="$(cat /mnt/rw/escape /mnt/rw/abs /mnt/rw/dirlink/secret /mnt/rw/../secret 2>&1; ls -a /mnt/rw/.. /mnt/rw/dirlink/ 2>&1)"
 case "$out" in *host-secret*) bad hostile-read "$out" ;; *) ok hostile-read ;; esac
-eq hostile-dotdot "ro rw" "$(ls /mnt/rw/.. | tr '\n' ' ' | sed 's/ $//')"
+eq hostile-dotdot "ro rw rw2" "$(ls /mnt/rw/.. | tr '\n' ' ' | sed 's/ $//')"
 "#;
 
 #[test]
@@ -144,6 +156,8 @@ fn guest_mount_semantics() {
         config(false, Some(budget.clone())),
     )
     .unwrap();
+    let budget2 = Arc::new(Budget::open(&counter, Some(LIMIT)).unwrap());
+    let rw2_fs = policy_fs(open_root(&rw, false).unwrap(), config(false, Some(budget2))).unwrap();
     let ro_fs = policy_fs(open_root(&ro, false).unwrap(), config(true, None)).unwrap();
     let shares = [
         Share {
@@ -154,14 +168,19 @@ fn guest_mount_semantics() {
             tag: "ro".into(),
             socket: tmp.path().join("ro.sock"),
         },
+        Share {
+            tag: "rw2".into(),
+            socket: tmp.path().join("rw2.sock"),
+        },
     ];
     let rw_server = Server::start(&shares[0].socket, rw_fs, 4).unwrap();
     let ro_server = Server::start(&shares[1].socket, ro_fs, 2).unwrap();
+    let rw2_server = Server::start(&shares[2].socket, rw2_fs, 2).unwrap();
 
     let initrd = tmp.path().join("initrd");
     std::fs::write(
         &initrd,
-        common::initramfs(kernel, &["rw", "ro"], SCRIPT, |_| {}),
+        common::initramfs(kernel, &["rw", "ro", "rw2"], SCRIPT, |_| {}),
     )
     .unwrap();
     let console = common::run(
@@ -172,6 +191,7 @@ fn guest_mount_semantics() {
     // QEMU is gone: both sessions end by themselves.
     rw_server.wait().unwrap();
     ro_server.wait().unwrap();
+    rw2_server.wait().unwrap();
 
     let (ok, failed) = common::results(&console);
     assert!(
@@ -187,11 +207,13 @@ fn guest_mount_semantics() {
         "perm-denied",
         "suid-cleared",
         "quota-enospc",
+        "quota-shared",
         "quota-freed",
         "ro-create",
         "ro-write",
         "hostile-read",
         "hostile-dotdot",
+        "remount",
     ] {
         assert!(
             ok.iter().any(|n| n == name),
