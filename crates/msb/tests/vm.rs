@@ -115,8 +115,32 @@ fn named_vm_sandbox_commands_signals_and_stop() {
     }
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
-    let o = msb(h, &["create", "box", "--backend", "vm", "-e", "MODE=vm"]);
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("f"), "one\n").unwrap();
+    let bind = format!("{}:/shared:ro", shared.path().display());
+    let o = msb(
+        h,
+        &[
+            "create",
+            "box",
+            "--backend",
+            "vm",
+            "-e",
+            "MODE=vm",
+            "-v",
+            &bind,
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
+    // A bind stays coherent with the host (the root share alone is cached
+    // for good): a change there shows within the second the guest may keep
+    // what it read.
+    let o = msb(h, &["exec", "box", "cat", "/shared/f"]);
+    assert_eq!(text(&o.stdout), "one\n", "{}", text(&o.stderr));
+    std::fs::write(shared.path().join("f"), "two\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let o = msb(h, &["exec", "box", "cat", "/shared/f"]);
+    assert_eq!(text(&o.stdout), "two\n", "{}", text(&o.stderr));
     let o = msb(h, &["ls"]);
     assert!(text(&o.stdout).contains("vm"), "{}", text(&o.stdout));
     // Environment, status, both streams.

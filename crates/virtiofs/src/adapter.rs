@@ -20,10 +20,13 @@ use msb_fsserver::filesystem::{
     Attr, Context, Entry, Errno, FileSystem, FsResult, SetAttr, SetTime, Time,
 };
 
-/// How long the guest may cache entries and attributes: the same as the
-/// FUSE transport's. Changes made through the mount refresh the guest's
-/// copy at once, so this only bounds how late host-side changes show.
+/// How long the guest may cache entries and attributes of a coherent share:
+/// the same as the FUSE transport's. Changes made through the mount refresh
+/// the guest's copy at once, so this only bounds how late host-side changes
+/// show.
 const CACHE_TTL: Duration = Duration::from_secs(1);
+/// The same for an immutable share: as long as the guest cares to.
+const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Largest read or write answered: what the init reply allows (256 pages
 /// per request). A guest asking for more gets a short read, and a write
 /// is never buffered beyond the data the request really carries, so no
@@ -33,12 +36,41 @@ const MAX_IO: u32 = 1 << 20;
 /// Our [`FileSystem`] as `fuse-backend-rs` wants it.
 pub(crate) struct Adapter {
     fs: Arc<dyn FileSystem>,
+    /// Entry and attribute lifetime in the guest.
+    ttl: Duration,
+    /// Open flags of files: keep the guest's page cache across opens.
+    open: OpenOptions,
 }
 
 impl Adapter {
-    pub(crate) fn new(fs: Arc<dyn FileSystem>) -> Self {
-        Adapter { fs }
+    pub(crate) fn new(fs: Arc<dyn FileSystem>, caching: Caching) -> Self {
+        let (ttl, open) = match caching {
+            Caching::Coherent => (CACHE_TTL, OpenOptions::empty()),
+            Caching::Immutable => (FOREVER, OpenOptions::KEEP_CACHE),
+        };
+        Adapter { fs, ttl, open }
     }
+
+    fn entry(&self, e: &Entry) -> fbr::Entry {
+        fbr::Entry {
+            attr_timeout: self.ttl,
+            entry_timeout: self.ttl,
+            ..entry(e)
+        }
+    }
+}
+
+/// What the guest may keep of a share.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Caching {
+    /// Entries and attributes for a second and no file pages across opens,
+    /// so changes made on the host show within a second (as on FUSE).
+    #[default]
+    Coherent,
+    /// The share does not change while the guest runs (a sandbox's
+    /// read-only root): the guest keeps entries, attributes and file pages
+    /// as long as it likes, so programs start from its page cache.
+    Immutable,
 }
 
 fn err(e: Errno) -> io::Error {
@@ -130,10 +162,10 @@ impl fbr::FileSystem for Adapter {
 
     fn lookup(&self, c: &FuseContext, parent: u64, name: &CStr) -> io::Result<fbr::Entry> {
         match self.fs.lookup(&ctx(c), parent, os(name)) {
-            Ok(e) => Ok(entry(&e)),
+            Ok(e) => Ok(self.entry(&e)),
             // Node id 0 is a negative entry the guest may cache like others.
             Err(Errno::NOENT) => Ok(fbr::Entry {
-                entry_timeout: CACHE_TTL,
+                entry_timeout: self.ttl,
                 ..fbr::Entry::default()
             }),
             Err(e) => Err(err(e)),
@@ -151,7 +183,7 @@ impl fbr::FileSystem for Adapter {
         _handle: Option<u64>,
     ) -> io::Result<(stat64, Duration)> {
         let a = res(self.fs.getattr(inode))?;
-        Ok((stat(inode, &a), CACHE_TTL))
+        Ok((stat(inode, &a), self.ttl))
     }
 
     fn setattr(
@@ -184,7 +216,7 @@ impl fbr::FileSystem for Adapter {
             }),
         };
         let a = res(self.fs.setattr(&ctx(c), inode, handle, &set))?;
-        Ok((stat(inode, &a), CACHE_TTL))
+        Ok((stat(inode, &a), self.ttl))
     }
 
     fn readlink(&self, _c: &FuseContext, inode: u64) -> io::Result<Vec<u8>> {
@@ -198,7 +230,7 @@ impl fbr::FileSystem for Adapter {
         parent: u64,
         name: &CStr,
     ) -> io::Result<fbr::Entry> {
-        res(self.fs.symlink(&ctx(c), parent, os(name), os(linkname))).map(|e| entry(&e))
+        res(self.fs.symlink(&ctx(c), parent, os(name), os(linkname))).map(|e| self.entry(&e))
     }
 
     fn mknod(
@@ -210,7 +242,7 @@ impl fbr::FileSystem for Adapter {
         rdev: u32,
         _umask: u32,
     ) -> io::Result<fbr::Entry> {
-        res(self.fs.mknod(&ctx(c), parent, os(name), mode, rdev)).map(|e| entry(&e))
+        res(self.fs.mknod(&ctx(c), parent, os(name), mode, rdev)).map(|e| self.entry(&e))
     }
 
     fn mkdir(
@@ -221,7 +253,7 @@ impl fbr::FileSystem for Adapter {
         mode: u32,
         _umask: u32,
     ) -> io::Result<fbr::Entry> {
-        res(self.fs.mkdir(&ctx(c), parent, os(name), mode)).map(|e| entry(&e))
+        res(self.fs.mkdir(&ctx(c), parent, os(name), mode)).map(|e| self.entry(&e))
     }
 
     fn unlink(&self, c: &FuseContext, parent: u64, name: &CStr) -> io::Result<()> {
@@ -253,7 +285,7 @@ impl fbr::FileSystem for Adapter {
         newparent: u64,
         newname: &CStr,
     ) -> io::Result<fbr::Entry> {
-        res(self.fs.link(&ctx(c), inode, newparent, os(newname))).map(|e| entry(&e))
+        res(self.fs.link(&ctx(c), inode, newparent, os(newname))).map(|e| self.entry(&e))
     }
 
     fn open(
@@ -264,7 +296,7 @@ impl fbr::FileSystem for Adapter {
         _fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
         let o = res(self.fs.open(&ctx(c), inode, flags as i32))?;
-        Ok((Some(o.fh), OpenOptions::empty(), None))
+        Ok((Some(o.fh), self.open, None))
     }
 
     fn create(
@@ -277,7 +309,7 @@ impl fbr::FileSystem for Adapter {
         let (e, o) = res(self
             .fs
             .create(&ctx(c), parent, os(name), args.mode, args.flags as i32))?;
-        Ok((entry(&e), Some(o.fh), OpenOptions::empty(), None))
+        Ok((self.entry(&e), Some(o.fh), OpenOptions::empty(), None))
     }
 
     fn read(
@@ -473,7 +505,7 @@ impl fbr::FileSystem for Adapter {
             .fs
             .readdir(&ctx(c), inode, handle, offset, true, &mut |de, e| {
                 let (ino, e) = match e {
-                    Some(e) => (e.node, entry(e)),
+                    Some(e) => (e.node, self.entry(e)),
                     // `.` and `..` carry no entry: node id 0 tells the
                     // guest to skip its attributes.
                     None => (de.ino, fbr::Entry::default()),

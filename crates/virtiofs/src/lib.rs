@@ -38,4 +38,5 @@ mod adapter;
 mod backend;
 mod server;
 
+pub use adapter::Caching;
 pub use server::{Server, ServerError, policy_fs};

@@ -20,7 +20,7 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::adapter::Adapter;
+use crate::adapter::{Adapter, Caching};
 use crate::backend::{Backend, worker};
 
 /// Errors of starting or running a virtio-fs server.
@@ -74,6 +74,16 @@ impl Server {
         fs: Arc<dyn FileSystem>,
         threads: usize,
     ) -> Result<Server, ServerError> {
+        Server::start_with(socket, fs, threads, Caching::Coherent)
+    }
+
+    /// [`Server::start`] with what the guest may cache of the share.
+    pub fn start_with(
+        socket: &Path,
+        fs: Arc<dyn FileSystem>,
+        threads: usize,
+        caching: Caching,
+    ) -> Result<Server, ServerError> {
         if std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket()) {
             let _ = std::fs::remove_file(socket);
         }
@@ -85,7 +95,7 @@ impl Server {
         let thread = std::thread::Builder::new()
             .name("msb-virtiofs".into())
             .spawn(move || {
-                let res = run(listener, &path, fs, threads.max(1));
+                let res = run(listener, &path, fs, threads.max(1), caching);
                 let _ = std::fs::remove_file(&path);
                 res
             });
@@ -156,8 +166,9 @@ fn run(
     path: &Path,
     fs: Arc<dyn FileSystem>,
     threads: usize,
+    caching: Caching,
 ) -> Result<(), ServerError> {
-    let server = Arc::new(FuseServer::new(Adapter::new(fs.clone())));
+    let server = Arc::new(FuseServer::new(Adapter::new(fs.clone(), caching)));
     let (jobs, queue) = mpsc::channel();
     let queue = Arc::new(Mutex::new(queue));
     let mut workers = Vec::new();

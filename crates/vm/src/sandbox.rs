@@ -251,8 +251,16 @@ impl Backend for VmBackend {
                 .map_err(serve_err)
                 .map_err(cleanup)?;
             let socket = run_dir.join(format!("fs{i}.sock"));
+            // The root's lower layer (the host's /usr, a root directory) is
+            // not changed under a running sandbox, so the guest may keep it
+            // cached: programs then start from its page cache.
+            let caching = if i == 0 {
+                msb_virtiofs::Caching::Immutable
+            } else {
+                msb_virtiofs::Caching::Coherent
+            };
             servers.push(
-                msb_virtiofs::Server::start(&socket, fs, SERVER_THREADS)
+                msb_virtiofs::Server::start_with(&socket, fs, SERVER_THREADS, caching)
                     .map_err(serve_err)
                     .map_err(cleanup)?,
             );
