@@ -212,6 +212,12 @@ fn config_is_persisted_with_absolute_paths() {
     let work = tempfile::tempdir().unwrap();
     std::fs::create_dir(work.path().join("src")).unwrap();
     std::fs::write(work.path().join("disk.img"), b"").unwrap();
+    // Rootless, a disk image can only ever be attached to a microVM.
+    let backend = if rustix::process::geteuid().is_root() {
+        "namespace"
+    } else {
+        "vm"
+    };
     let o = msb_in(
         home.path(),
         work.path(),
@@ -219,6 +225,8 @@ fn config_is_persisted_with_absolute_paths() {
             "create",
             "dev",
             "--no-start",
+            "--backend",
+            backend,
             "--mount-dir",
             "./src:/src:ro",
             "--mount-disk",
