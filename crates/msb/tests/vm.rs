@@ -15,8 +15,14 @@ fn assets() -> PathBuf {
     )
 }
 
+/// The msb binary: the one cargo built, or `MSB_TEST_BIN` (scripts/test's
+/// rootless pass runs a copy the unprivileged user can reach).
+fn bin() -> std::ffi::OsString {
+    std::env::var_os("MSB_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_msb").into())
+}
+
 fn cmd(home: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_msb"));
+    let mut c = Command::new(bin());
     c.args(args)
         .env("MSB_HOME", home)
         .env("MSB_VM_ASSETS", assets())
@@ -280,7 +286,7 @@ fn rootless_user_runs_a_vm() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     let o = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_msb"))
+        .arg(bin())
         .args([
             "run",
             "--backend",
