@@ -464,22 +464,7 @@ fn add_vm_mount(
                 guest: guest.clone(),
                 source,
             };
-            let info = resolve_named(p, guest, name, volume)?;
-            let mode = if flags.readonly {
-                AttachMode::ReadOnly
-            } else {
-                AttachMode::ReadWrite
-            };
-            if info.kind == VolumeKind::Disk
-                && (options.stat_virt.is_some() || options.host_perms.is_some())
-            {
-                return Err(PrepareError::PolicyOnDisk {
-                    guest: guest.clone(),
-                    name: name.clone(),
-                });
-            }
-            p.attachments
-                .push(p.store.attach(name, holder, mode).map_err(store_err)?);
+            let info = attach_named(p, guest, (name, options, volume), flags, holder)?;
             match info.kind {
                 VolumeKind::Dir => {
                     let mut cfg = vm_server_config(options, flags);
@@ -532,6 +517,41 @@ impl std::fmt::Debug for Share {
             .field("readonly", &self.config.readonly)
             .finish_non_exhaustive()
     }
+}
+
+/// Looks up (or creates) the named volume and registers
+/// `holder` as its user, read-only or read-write as the mount is. A disk
+/// volume takes no stat-virt or host-perms.
+fn attach_named(
+    p: &mut Prepared<'_>,
+    guest: &GuestPath,
+    (name, options, volume): (&VolumeName, &MountOptions, &NamedVolumeOptions),
+    flags: MountFlags,
+    holder: &str,
+) -> Result<VolumeInfo, PrepareError> {
+    let info = resolve_named(p, guest, name, volume)?;
+    if info.kind == VolumeKind::Disk
+        && (options.stat_virt.is_some() || options.host_perms.is_some())
+    {
+        return Err(PrepareError::PolicyOnDisk {
+            guest: guest.clone(),
+            name: name.clone(),
+        });
+    }
+    let mode = if flags.readonly {
+        AttachMode::ReadOnly
+    } else {
+        AttachMode::ReadWrite
+    };
+    let attachment = p
+        .store
+        .attach(name, holder, mode)
+        .map_err(|source| PrepareError::Store {
+            guest: guest.clone(),
+            source,
+        })?;
+    p.attachments.push(attachment);
+    Ok(info)
 }
 
 /// Records a share of the VM and the source that names it.
@@ -605,16 +625,9 @@ fn add_mount(
                 guest: guest.clone(),
                 source,
             };
-            let info = resolve_named(p, guest, name, volume)?;
-            let mode = if flags.readonly {
-                AttachMode::ReadOnly
-            } else {
-                AttachMode::ReadWrite
-            };
+            let info = attach_named(p, guest, (name, options, volume), flags, holder)?;
             match info.kind {
                 VolumeKind::Dir => {
-                    p.attachments
-                        .push(p.store.attach(name, holder, mode).map_err(store_err)?);
                     let quota = info.quota_mib.filter(|_| !flags.readonly);
                     if let Some(mut cfg) = server_config(options, flags, quota) {
                         cfg.budget = p.store.budget(&info).map_err(store_err)?.map(Arc::new);
@@ -626,14 +639,6 @@ fn add_mount(
                     bind(p, guest, &info.path, true, flags)
                 }
                 VolumeKind::Disk => {
-                    if options.stat_virt.is_some() || options.host_perms.is_some() {
-                        return Err(PrepareError::PolicyOnDisk {
-                            guest: guest.clone(),
-                            name: name.clone(),
-                        });
-                    }
-                    p.attachments
-                        .push(p.store.attach(name, holder, mode).map_err(store_err)?);
                     let image = info
                         .disk_image
                         .unwrap_or_else(|| p.store.layout().disk_image(name));
