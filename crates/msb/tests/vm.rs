@@ -112,6 +112,29 @@ fn one_shot_run_passes_streams_and_statuses() {
     assert!(text(&o.stderr).contains("oops"));
     let o = msb(home.path(), &["run", "--backend", "vm", "no-such-program"]);
     assert_eq!(o.status.code(), Some(127), "{}", text(&o.stderr));
+    // No QEMU: a clear error, promptly (the file servers already started
+    // are stopped, not waited on forever).
+    let mut child = cmd(home.path(), &["run", "--backend", "vm", "true"])
+        .env("MSB_QEMU", "/nonexistent/qemu")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("msb run hung without QEMU");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("starting QEMU failed"),
+        "{}",
+        text(&o.stderr)
+    );
 }
 
 #[test]

@@ -2,11 +2,12 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -49,6 +50,13 @@ pub enum ServerError {
 /// A virtio-fs server for one frontend (QEMU). Dropping it stops it.
 pub struct Server {
     socket: PathBuf,
+    /// The listening socket, shared with the session thread: shut down to
+    /// wake an accept still waiting for a frontend, whatever became of the
+    /// socket's path.
+    listener: UnixListener,
+    /// Set once the owner ends the session: a failure from then on (the
+    /// accept that was woken) is the end asked for.
+    stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<(), ServerError>>>,
 }
 
@@ -92,16 +100,27 @@ impl Server {
             source,
         })?;
         let path = socket.to_path_buf();
+        let ours = listener.try_clone().map_err(ServerError::Spawn)?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let asked = stopping.clone();
         let thread = std::thread::Builder::new()
             .name("msb-virtiofs".into())
             .spawn(move || {
-                let res = run(listener, &path, fs, threads.max(1), caching);
+                let res = run(listener, &path, fs, threads.max(1), caching).or_else(|e| {
+                    if asked.load(Ordering::SeqCst) {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                });
                 let _ = std::fs::remove_file(&path);
                 res
             });
         match thread {
             Ok(thread) => Ok(Server {
                 socket: socket.into(),
+                listener: ours,
+                stopping,
                 thread: Some(thread),
             }),
             Err(e) => {
@@ -132,10 +151,12 @@ impl Server {
         let Some(thread) = &self.thread else {
             return;
         };
+        self.stopping.store(true, Ordering::SeqCst);
         while !thread.is_finished() {
-            // Wake an accept still waiting for a frontend, and cut the
-            // connection to one already there.
-            let _ = UnixStream::connect(&self.socket);
+            // Wake an accept still waiting for a frontend (it fails with
+            // EINVAL), and cut the connection to one already there.
+            // SAFETY: shutdown(2) of a socket this Server owns.
+            unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
             shutdown_connections(&self.socket);
             std::thread::sleep(Duration::from_millis(5));
         }

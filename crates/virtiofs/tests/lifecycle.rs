@@ -125,3 +125,19 @@ done
     assert!(!shares[0].socket.exists() && !shares[1].socket.exists());
     assert!(b.join("f").exists());
 }
+
+/// A server whose socket file is gone (its directory removed first) still
+/// stops: the wake-up does not go through the path.
+#[test]
+fn stop_after_the_socket_path_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = fs(tmp.path());
+    let dir = tmp.path().join("run");
+    std::fs::create_dir(&dir).unwrap();
+    let server = Server::start(&dir.join("s.sock"), fs.clone(), 2).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let t = Instant::now();
+    server.stop().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(Arc::strong_count(&fs), 1);
+}

@@ -88,7 +88,8 @@ pub struct VmSandbox {
     // Drop order: the VM first (its QEMU is the servers' only client).
     vm: Arc<Vm>,
     _servers: Vec<msb_virtiofs::Server>,
-    run_dir: PathBuf,
+    // Last: the servers' sockets live in it.
+    _run_dir: RunDir,
 }
 
 impl std::fmt::Debug for VmSandbox {
@@ -102,7 +103,15 @@ impl std::fmt::Debug for VmSandbox {
 impl Drop for VmSandbox {
     fn drop(&mut self) {
         self.vm.kill();
-        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+/// The VM's private directory, removed when dropped.
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -206,7 +215,7 @@ fn mounts(plan: &InitPlan) -> Result<(Vec<GuestMount>, Vec<Disk>), SandboxError>
 }
 
 /// A private directory for the VM's sockets and logs.
-fn run_dir() -> Result<PathBuf, SandboxError> {
+fn run_dir() -> Result<RunDir, SandboxError> {
     static SEQ: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "msb-sandbox-{}-{}",
@@ -218,7 +227,7 @@ fn run_dir() -> Result<PathBuf, SandboxError> {
         .mode(0o700)
         .create(&dir)
         .map_err(|e| SandboxError::Io("creating the VM's run directory", e))?;
-    Ok(dir)
+    Ok(RunDir(dir))
 }
 
 use std::os::unix::fs::DirBuilderExt;
@@ -231,11 +240,9 @@ impl Backend for VmBackend {
         if stdio.shares.is_empty() {
             return Err(SandboxError::NoRootShare);
         }
+        // Declared before the servers, so dropped after them on any early
+        // return: their sockets live in it.
         let run_dir = run_dir()?;
-        let cleanup = |e| {
-            let _ = std::fs::remove_dir_all(&run_dir);
-            e
-        };
         let mut servers = Vec::new();
         let mut shares = Vec::new();
         for (i, share) in stdio.shares.into_iter().enumerate() {
@@ -247,10 +254,8 @@ impl Backend for VmBackend {
                 },
                 source,
             };
-            let fs = msb_virtiofs::policy_fs(&share.root, share.config)
-                .map_err(serve_err)
-                .map_err(cleanup)?;
-            let socket = run_dir.join(format!("fs{i}.sock"));
+            let fs = msb_virtiofs::policy_fs(&share.root, share.config).map_err(serve_err)?;
+            let socket = run_dir.0.join(format!("fs{i}.sock"));
             // The root's lower layer (the host's /usr, a root directory) is
             // not changed under a running sandbox, so the guest may keep it
             // cached: programs then start from its page cache.
@@ -261,18 +266,17 @@ impl Backend for VmBackend {
             };
             servers.push(
                 msb_virtiofs::Server::start_with(&socket, fs, SERVER_THREADS, caching)
-                    .map_err(serve_err)
-                    .map_err(cleanup)?,
+                    .map_err(serve_err)?,
             );
             shares.push(Share {
                 tag: tag(i),
                 socket,
             });
         }
-        let (mounts, disks) = mounts(plan).map_err(cleanup)?;
+        let (mounts, disks) = mounts(plan)?;
         let guest = GuestPlan {
             hostname: plan.hostname.clone(),
-            root: Some(root_plan(plan).map_err(cleanup)?),
+            root: Some(root_plan(plan)?),
             mounts,
             workdir: plan.workdir.clone(),
             env: plan.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
@@ -286,17 +290,17 @@ impl Backend for VmBackend {
             accel: self.accel,
             shares,
             disks,
-            run_dir: Some(run_dir.join("vm")),
+            run_dir: Some(run_dir.0.join("vm")),
             ..VmConfig::default()
         };
-        let vm = Arc::new(Vm::boot(&config, &guest).map_err(|e| cleanup(e.into()))?);
+        let vm = Arc::new(Vm::boot(&config, &guest)?);
         let mut sandbox = VmSandbox {
             main: Main::None,
             stdout: stdio.stdout,
             stderr: stdio.stderr,
             vm,
             _servers: servers,
-            run_dir,
+            _run_dir: run_dir,
         };
         if !plan.command.is_empty() {
             let spec = ExecSpec {
