@@ -260,8 +260,11 @@ fn killed_qemu_or_supervisor_leaves_nothing_behind() {
         ],
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
-    // QEMU killed: the supervisor notices, releases the volume and ends.
     let (qemu, supervisor) = pids(h, "box");
+    // QEMU runs under its own system call filter.
+    let status = std::fs::read_to_string(format!("/proc/{qemu}/status")).unwrap();
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    // QEMU killed: the supervisor notices, releases the volume and ends.
     let kill = |pid: i32| {
         rustix::process::kill_process(
             rustix::process::Pid::from_raw(pid).unwrap(),

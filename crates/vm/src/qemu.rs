@@ -152,6 +152,14 @@ impl Launch<'_> {
         let mut a: Vec<String> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
         push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+        // The guest is hostile and QEMU its first target: QEMU's own system
+        // call filter (no exec, no change of ids, no obsolete calls). QEMU
+        // keeps the caller's ids: dropping them would clear the parent-death
+        // signal that ends it with its supervisor.
+        push(&[
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]);
         push(&["-M", "microvm,memory-backend=mem"]);
         match self.accel {
             Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
