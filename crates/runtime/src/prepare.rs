@@ -398,15 +398,7 @@ fn vm_root(p: &mut Prepared<'_>, spec: &SandboxSpec) -> Result<InitRoot, Prepare
     })?;
     p.shares.push(Share {
         root: fd,
-        config: msb_fsserver::ServeConfig {
-            readonly: true,
-            stat_virt: StatVirt::Off,
-            host_perms: HostPerms::Private,
-            budget: None,
-            owner: (0, 0),
-            id_map: crate::sandbox_ids(),
-            gid_map: msb_store::sandbox_gids(),
-        },
+        config: sandbox_policy(true, StatVirt::Off, HostPerms::Private),
     });
     Ok(root)
 }
@@ -415,10 +407,25 @@ fn vm_root(p: &mut Prepared<'_>, spec: &SandboxSpec) -> Result<InitRoot, Prepare
 /// the seed's defaults (stat virtualization strict, host permissions
 /// private): the guest has users of its own.
 fn vm_server_config(options: &MountOptions, flags: MountFlags) -> msb_fsserver::ServeConfig {
+    sandbox_policy(
+        flags.readonly,
+        options.stat_virt.unwrap_or_default(),
+        options.host_perms.unwrap_or_default(),
+    )
+}
+
+/// A served directory's policy for this host's sandboxes: their ids, files
+/// without a record shown as the sandbox root's, no quota (the caller adds
+/// a volume's budget).
+fn sandbox_policy(
+    readonly: bool,
+    stat_virt: StatVirt,
+    host_perms: HostPerms,
+) -> msb_fsserver::ServeConfig {
     msb_fsserver::ServeConfig {
-        readonly: flags.readonly,
-        stat_virt: options.stat_virt.unwrap_or_default(),
-        host_perms: options.host_perms.unwrap_or_default(),
+        readonly,
+        stat_virt,
+        host_perms,
         budget: None,
         owner: (0, 0),
         id_map: crate::sandbox_ids(),
@@ -723,18 +730,16 @@ fn server_config(
         Some(StatVirt::Strict | StatVirt::Relaxed)
     );
     let mirror = options.host_perms == Some(HostPerms::Mirror);
-    (virt || mirror || quota_mib.is_some()).then(|| msb_fsserver::ServeConfig {
-        readonly: flags.readonly,
-        stat_virt: options.stat_virt.unwrap_or(if mirror {
-            StatVirt::Strict
-        } else {
-            StatVirt::Off
-        }),
-        host_perms: options.host_perms.unwrap_or_default(),
-        budget: None,
-        owner: (0, 0),
-        id_map: crate::sandbox_ids(),
-        gid_map: msb_store::sandbox_gids(),
+    (virt || mirror || quota_mib.is_some()).then(|| {
+        sandbox_policy(
+            flags.readonly,
+            options.stat_virt.unwrap_or(if mirror {
+                StatVirt::Strict
+            } else {
+                StatVirt::Off
+            }),
+            options.host_perms.unwrap_or_default(),
+        )
     })
 }
 
