@@ -211,6 +211,53 @@ fn send_ready(agent: &Agent) -> Result<(), AgentError> {
     }
 }
 
+/// Reaps children until none is left or `limit` passed.
+fn reap_all(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        // SAFETY: waitpid with a null status pointer.
+        let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+        match r {
+            0 => std::thread::sleep(Duration::from_millis(5)),
+            r if r < 0 => return,
+            _ => {}
+        }
+    }
+}
+
+/// Mount points of block devices, in mount order.
+fn block_mounts() -> Vec<std::ffi::CString> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| {
+            let (ours, theirs) = line.split_once(" - ")?;
+            let source = theirs.split(' ').nth(1)?;
+            let point = ours.split(' ').nth(4)?;
+            source.starts_with("/dev/vd").then(|| unescape(point))?
+        })
+        .collect()
+}
+
+/// A mountinfo field with its octal escapes (`\040`) undone.
+fn unescape(field: &str) -> Option<std::ffi::CString> {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && let Some(oct) = b.get(i + 1..i + 4)
+            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(oct).ok()?, 8)
+        {
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    std::ffi::CString::new(out).ok()
+}
+
 /// Stops every process and powers the machine off; QEMU (run with
 /// `-no-reboot`) exits.
 fn power_off() -> ! {
@@ -218,6 +265,24 @@ fn power_off() -> ! {
     // no pointers. Powering off is the purpose here.
     unsafe {
         libc::kill(-1, libc::SIGKILL);
+    }
+    reap_all(Duration::from_secs(2));
+    // A disk's filesystem left mounted needs its journal replayed before it
+    // can next be mounted read-only; read-only now, it is left clean.
+    for point in block_mounts().iter().rev() {
+        // SAFETY: a remount of a path we read from mountinfo; no data.
+        unsafe {
+            libc::mount(
+                std::ptr::null(),
+                point.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT | libc::MS_RDONLY,
+                std::ptr::null(),
+            )
+        };
+    }
+    // SAFETY: sync and reboot take no pointers.
+    unsafe {
         libc::sync();
         libc::reboot(libc::RB_POWER_OFF);
     }

@@ -9,15 +9,19 @@
 //!   qcow2 and vmdk go through `qemu-storage-daemon`'s FUSE export, which
 //!   runs in a private mount namespace so its mount is never visible on the
 //!   host and dies with it.
+//! * [`check_self_contained`]: refuses qcow2 and VMDK images that name
+//!   other files (backing files, external data, descriptor extents).
 //! * [`mount_detached`]: a mount of a block device that is attached nowhere,
 //!   returned as the descriptor of its root directory.
 
 mod detached;
 mod detect;
+mod image;
 mod loopdev;
 mod view;
 
 pub use detached::{DetachedError, DetachedMount, mount_detached};
 pub use detect::{DetectError, detect_fstype, detect_fstype_bytes};
+pub use image::{ImageError, check_self_contained};
 pub use loopdev::{LoopDevice, LoopError};
 pub use view::{DiskView, ViewError};

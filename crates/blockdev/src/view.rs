@@ -20,6 +20,8 @@ use crate::{DetachedError, DetachedMount, DetectError, LoopDevice, LoopError};
 pub enum ViewError {
     #[error("cannot open disk image {0}")]
     Open(PathBuf, #[source] io::Error),
+    #[error("refusing disk image {0}")]
+    Image(PathBuf, #[source] crate::ImageError),
     #[error("cannot start qemu-storage-daemon for {0} (install qemu-utils)")]
     Spawn(PathBuf, #[source] io::Error),
     #[error("qemu-storage-daemon cannot open {image} as {format}: {stderr}")]
@@ -65,6 +67,8 @@ impl DiskView {
             .write(!readonly)
             .open(image)
             .map_err(|e| ViewError::Open(image.to_path_buf(), e))?;
+        crate::check_self_contained(&file, format)
+            .map_err(|e| ViewError::Image(image.to_path_buf(), e))?;
         let (device, daemon) = match format {
             DiskFormat::Raw => (LoopDevice::attach(&file, image, readonly)?, None),
             DiskFormat::Qcow2 | DiskFormat::Vmdk => {
@@ -160,8 +164,12 @@ impl QemuDaemon {
             .arg(format!(
                 "driver=file,node-name=file,filename=/proc/self/fd/3{ro}"
             ))
+            // The header was checked to name no backing file; `null` makes
+            // sure this QEMU would not open one anyway.
             .arg("--blockdev")
-            .arg(format!("driver={format},node-name=fmt,file=file{ro}"))
+            .arg(format!(
+                r#"{{"driver":"{format}","node-name":"fmt","file":"file","read-only":{readonly},"backing":null}}"#
+            ))
             .arg("--export")
             .arg(format!(
                 "type=fuse,id=view,node-name=fmt,mountpoint={},writable={}",

@@ -212,10 +212,11 @@ fn bad_images_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let not_qcow = dir.path().join("fake.qcow2");
     std::fs::write(&not_qcow, vec![0u8; 1 << 20]).unwrap();
-    let msg = DiskView::open(&not_qcow, DiskFormat::Qcow2, None, false)
-        .unwrap_err()
-        .to_string();
-    assert!(msg.contains("qemu-storage-daemon cannot open"), "{msg}");
+    // Refused by its header before any QEMU reads it.
+    let err = DiskView::open(&not_qcow, DiskFormat::Qcow2, None, false).unwrap_err();
+    let msg = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(msg.contains("refusing disk image"), "{msg}");
+    assert!(msg.contains("not a qcow2 image"), "{msg}");
     let blank = dir.path().join("blank.raw");
     std::fs::File::create(&blank)
         .unwrap()

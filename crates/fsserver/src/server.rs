@@ -203,11 +203,19 @@ fn start(fs: PolicyFs, fuse: OwnedFd, ids: IdMap) -> Result<Server, FsServerErro
 /// runs on background threads; dropping the returned Server stops it
 /// (requests then fail with ENOTCONN; the threads end when the mount goes
 /// away).
-pub fn serve(root: OwnedFd, fuse: OwnedFd, cfg: ServeConfig) -> Result<Server, FsServerError> {
+///
+/// `wire` maps guest ids to the ids on the FUSE wire, those of the mount's
+/// user namespace (the host's): a sandbox's own range, which need not be
+/// the range the policy stores host files under ([`ServeConfig::id_map`]).
+pub fn serve(
+    root: OwnedFd,
+    fuse: OwnedFd,
+    cfg: ServeConfig,
+    wire: IdMap,
+) -> Result<Server, FsServerError> {
     raise_fd_limit();
-    let ids = cfg.id_map;
     let fs = PolicyFs::new(&root, cfg)?;
-    start(fs, fuse, ids)
+    start(fs, fuse, wire)
 }
 
 /// Serves `root` on a `/dev/fuse` descriptor that a sandbox's init opened

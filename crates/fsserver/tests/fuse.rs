@@ -131,7 +131,9 @@ fn readonly_server_refuses_writes_even_on_a_writable_mount() {
         readonly: true,
         ..config(StatVirt::Strict)
     };
-    let server = msb_fsserver::serve(open_root(host.path(), false).unwrap(), fuse, cfg).unwrap();
+    let wire = cfg.id_map;
+    let server =
+        msb_fsserver::serve(open_root(host.path(), false).unwrap(), fuse, cfg, wire).unwrap();
     let m = |r: &str| mnt.path().join(r);
     let rofs = Some(libc::EROFS);
     assert_eq!(std::fs::read(m("f")).unwrap(), b"data");
@@ -1019,12 +1021,10 @@ fn detached_mounts_honour_no_planted_device_or_setuid_record() {
     )
     .unwrap();
     let detached = msb_fsserver::mount_detached(&fuse).unwrap();
-    let server = msb_fsserver::serve(
-        open_root(host.path(), false).unwrap(),
-        fuse,
-        config(StatVirt::Strict),
-    )
-    .unwrap();
+    let cfg = config(StatVirt::Strict);
+    let wire = cfg.id_map;
+    let server =
+        msb_fsserver::serve(open_root(host.path(), false).unwrap(), fuse, cfg, wire).unwrap();
     rustix::mount::move_mount(
         &detached,
         "",

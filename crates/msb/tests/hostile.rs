@@ -23,8 +23,12 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-/// Host uid of a rootful sandbox's root (`msb_spec::IdMap::ROOTFUL`).
+/// Host uid volumes and bind-mounted files are stored under
+/// (`msb_spec::IdMap::ROOTFUL`).
 const ROOTFUL_HOST_BASE: u32 = 0x6FFF_0000;
+/// The lowest host id a sandbox's leased range starts at (2048 ranges of
+/// 65536 below the storage range, see `msb_runtime::IdLease`).
+const LEASED_LOW: u32 = ROOTFUL_HOST_BASE - 2048 * 65536;
 
 /// How long one test may take in all, with a margin under a minute.
 const TEST_BUDGET: Duration = Duration::from_secs(55);
@@ -354,9 +358,12 @@ fn check_id_map(f: &mut Findings, what: &str, o: &Output) {
         f.check(host != "0" && host != "?", || {
             format!("{what}: {map} is {line:?}: sandbox root is host root (no user namespace)")
         });
-        f.check(host == ROOTFUL_HOST_BASE.to_string(), || {
-            format!("{what}: {map} is {line:?}, expected host base {ROOTFUL_HOST_BASE}")
-        });
+        let base: u32 = host.parse().unwrap_or(0);
+        let count = line.split_whitespace().nth(2).unwrap_or("?");
+        f.check(
+            (LEASED_LOW..ROOTFUL_HOST_BASE).contains(&base) && count == "65536",
+            || format!("{what}: {map} is {line:?}, expected a leased range of 65536 below {ROOTFUL_HOST_BASE}"),
+        );
     }
 }
 
@@ -1779,4 +1786,84 @@ fn restricted_sandbox_cannot_ptrace_joined_commands() {
     let mut f = Findings::default();
     f.probe("exec", &o);
     f.finish("ptrace of a joined command");
+}
+
+/// A setuid file a sandbox leaves in a bind mount, run by a host user,
+/// must give that user no power over any sandbox: files are stored under
+/// the volume owner's range, while each sandbox's processes run as a range
+/// leased to it alone.
+#[test]
+fn setuid_file_left_in_a_bind_reaches_no_sandbox() {
+    if !can_attack("setuid_file_left_in_a_bind_reaches_no_sandbox") {
+        return;
+    }
+    let home = Home::new();
+    // Reachable by the host user who will run the file.
+    let shared = tempfile::Builder::new()
+        .prefix("msb-hostile-setuid-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = shared.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::chown(&data, Some(ROOTFUL_HOST_BASE), Some(ROOTFUL_HOST_BASE)).unwrap();
+    let bind = format!("{}:/data", data.display());
+    home.start_sandbox("planter", &["-v", &bind]);
+    home.start_sandbox("victim", &[]);
+    let o = home.msb(&[
+        "exec",
+        "planter",
+        "--",
+        "sh",
+        "-c",
+        "cp /bin/dash /data/x && chmod 4755 /data/x",
+    ]);
+    let planted = data.join("x");
+    let mut f = Findings::default();
+    f.check(o.status.success(), || {
+        format!("planting failed: {}", show(&o))
+    });
+    let init_pid = |name: &str| -> i32 {
+        let s =
+            std::fs::read_to_string(home.path().join(format!("run/sandboxes/{name}.pid"))).unwrap();
+        s.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let host_uid = |pid: i32| -> u32 { std::fs::metadata(format!("/proc/{pid}")).unwrap().uid() };
+    let (planter, victim) = (init_pid("planter"), init_pid("victim"));
+    let (planter_uid, victim_uid) = (host_uid(planter), host_uid(victim));
+    f.check(planter_uid != victim_uid, || {
+        format!("two sandboxes run as the same host uid {planter_uid}")
+    });
+    if let Ok(m) = std::fs::metadata(&planted) {
+        f.check(m.mode() & 0o4000 != 0, || {
+            "the setuid bit did not stick".into()
+        });
+        f.check(m.uid() != planter_uid && m.uid() != victim_uid, || {
+            format!(
+                "the setuid file is owned by uid {}, a sandbox's own",
+                m.uid()
+            )
+        });
+        // The host user `nobody` runs it (dash -p keeps the effective uid)
+        // and tries to signal each sandbox's init.
+        for (name, pid) in [("planter", planter), ("victim", victim)] {
+            let o = Command::new("setpriv")
+                .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+                .arg(&planted)
+                .args([
+                    "-p",
+                    "-c",
+                    &format!("kill -0 {pid} 2>/dev/null && echo REACHED"),
+                ])
+                .output()
+                .unwrap();
+            f.check(!text(&o.stdout).contains("REACHED"), || {
+                format!("a host user running the planted file can signal sandbox {name}")
+            });
+        }
+    } else {
+        f.fail("the planted file is missing");
+    }
+    let _ = std::fs::remove_file(&planted);
+    f.finish("setuid file in a bind mount");
 }

@@ -5,6 +5,9 @@
 //! the image, while the host ids behind them stay untouched (the sandbox
 //! writes to a private layer over it, see the init). A disk image a user
 //! mounts is mapped the same way: its ids are the image's, not the host's.
+//! Volumes and bind mounts are mapped too: their files are stored under
+//! one range shared by every sandbox ([`msb_store::sandbox_ids`]), while
+//! each sandbox runs as a range leased to it alone ([`crate::IdLease`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -32,10 +35,11 @@ pub enum IdmapError {
     },
 }
 
-/// A user namespace whose ids are `ids`, held only to describe the map to
-/// `mount_setattr`. A child enters it and waits; once its maps are written
-/// and the namespace is open, the child exits.
-fn describe(ids: IdMap) -> io::Result<OwnedFd> {
+/// A user namespace with the id map `lines` (uid_map syntax, the same for
+/// groups), held only to describe the map to `mount_setattr`. A child
+/// enters it and waits; once its maps are written and the namespace is
+/// open, the child exits.
+fn describe(lines: &str) -> io::Result<OwnedFd> {
     let (hold_read, hold_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     // SAFETY: clone without CLONE_VM behaves like fork; the child only
     // calls close, read and _exit.
@@ -65,9 +69,8 @@ fn describe(ids: IdMap) -> io::Result<OwnedFd> {
     drop(hold_read);
     let pid = pid as i32;
     let result = (|| {
-        let line = ids.proc_line();
-        std::fs::write(format!("/proc/{pid}/uid_map"), &line)?;
-        std::fs::write(format!("/proc/{pid}/gid_map"), &line)?;
+        std::fs::write(format!("/proc/{pid}/uid_map"), lines)?;
+        std::fs::write(format!("/proc/{pid}/gid_map"), lines)?;
         Ok(OwnedFd::from(std::fs::File::open(format!(
             "/proc/{pid}/ns/user"
         ))?))
@@ -80,7 +83,7 @@ fn describe(ids: IdMap) -> io::Result<OwnedFd> {
 
 /// A detached copy of the mount at `path` whose files appear with
 /// ids mapped through `ids`: host id `ids.host_base + k` is written for the
-/// sandbox's id `k`, so host ids `0..count` on disk are the sandbox's
+/// sandbox's id `k`, so ids `0..count` on disk are the sandbox's
 /// `0..count`.
 pub(crate) fn idmapped_tree(path: &Path, ids: IdMap) -> Result<OwnedFd, IdmapError> {
     let shown = || path.display().to_string();
@@ -98,9 +101,37 @@ pub(crate) fn idmapped_tree(path: &Path, ids: IdMap) -> Result<OwnedFd, IdmapErr
 }
 
 /// Makes the detached mount `mount` (of `path`, for messages) show ids
-/// mapped through `ids`, as [`idmapped_tree`] does.
+/// mapped through `ids`, as [`idmapped_tree`] does: an image's own ids.
 pub(crate) fn map_mount(mount: &OwnedFd, path: &Path, ids: IdMap) -> Result<(), IdmapError> {
-    let userns = describe(ids).map_err(IdmapError::Namespace)?;
+    set(mount, path, &format!("0 {} {}\n", ids.host_base, ids.count))
+}
+
+/// Makes the detached mount `mount` of shared host storage (a volume, a
+/// bind) show the range files are stored under, `stored`, as the
+/// sandbox's `ids`; every other host id shows as itself, so the kernel
+/// still lets the sandbox write where a host owner's mode bits allow it
+/// (it refuses writes to files whose owner a mount cannot map). The ids of
+/// the leased ranges, `leased_low..stored.host_base`, show as no one.
+pub(crate) fn map_shared(
+    mount: &OwnedFd,
+    path: &Path,
+    stored: IdMap,
+    ids: IdMap,
+    leased_low: u32,
+) -> Result<(), IdmapError> {
+    let above = stored.host_base + stored.count;
+    let lines = format!(
+        "0 0 {leased_low}\n{} {} {}\n{above} {above} {}\n",
+        stored.host_base,
+        ids.host_base,
+        ids.count,
+        u32::MAX - above
+    );
+    set(mount, path, &lines)
+}
+
+fn set(mount: &OwnedFd, path: &Path, lines: &str) -> Result<(), IdmapError> {
+    let userns = describe(lines).map_err(IdmapError::Namespace)?;
     crate::mounts::set_idmap(mount, &userns).map_err(|e| IdmapError::Map {
         path: path.display().to_string(),
         source: e.into(),

@@ -47,7 +47,8 @@ pub(crate) fn set_attrs(fd: &OwnedFd, a: MountAttrFlags, recursive: bool) -> Res
 /// Makes the detached mount `fd` show ids mapped through the user
 /// namespace `userns` (see [`crate::idmap`]).
 pub(crate) fn set_idmap(fd: &OwnedFd, userns: &OwnedFd) -> Result<(), Errno> {
-    setattr(fd, MountAttrFlags::MOUNT_ATTR_IDMAP, Some(userns), false)
+    // Recursive: a bind's submounts are stored under the same ids.
+    setattr(fd, MountAttrFlags::MOUNT_ATTR_IDMAP, Some(userns), true)
 }
 
 fn setattr(

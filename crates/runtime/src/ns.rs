@@ -73,17 +73,13 @@ pub struct InitProgram {
 #[derive(Debug, Clone)]
 pub struct NamespaceBackend {
     init: InitProgram,
-    ids: IdMap,
 }
 
 impl NamespaceBackend {
-    /// A backend that execs `init` inside each new sandbox, with the ids
-    /// volumes are made for ([`msb_store::sandbox_ids`]).
+    /// A backend that execs `init` inside each new sandbox, as the ids its
+    /// plan gives ([`InitPlan::ids`]).
     pub fn new(init: InitProgram) -> Self {
-        Self {
-            init,
-            ids: msb_store::sandbox_ids(),
-        }
+        Self { init }
     }
 }
 
@@ -262,7 +258,7 @@ impl Backend for NamespaceBackend {
         let mut high = vec![-1; moves.len()];
         // Rootless sandboxes go without limits: an unprivileged user may
         // not make cgroups (unless a service manager delegated some).
-        let cgroup = if self.ids.count > 1 {
+        let cgroup = if plan.ids.count > 1 {
             // Groups of supervisors that were killed are empty: reclaim them.
             SandboxCgroup::cleanup_stale();
             Some(SandboxCgroup::create(&plan.name, &plan.resources).map_err(NsError::Cgroup)?)
@@ -274,7 +270,7 @@ impl Backend for NamespaceBackend {
             .map(SandboxCgroup::entry)
             .transpose()
             .map_err(NsError::Cgroup)?;
-        let drop_groups = self.ids.count > 1;
+        let drop_groups = plan.ids.count > 1;
         let flags = libc::CLONE_NEWUSER
             | libc::CLONE_NEWNS
             | libc::CLONE_NEWPID
@@ -318,7 +314,7 @@ impl Backend for NamespaceBackend {
             servers: Servers(Vec::new()),
             _cgroup: cgroup,
         };
-        write_id_maps(pid, self.ids).map_err(NsError::IdMap)?;
+        write_id_maps(pid, plan.ids).map_err(NsError::IdMap)?;
         rustix::io::write(&go_write, b"g").map_err(|e| NsError::Status(e.into()))?;
         drop(go_write);
         if let Some(channel) = channel {

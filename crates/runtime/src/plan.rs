@@ -125,6 +125,10 @@ pub struct InitPlan {
     pub command: Vec<String>,
     /// Host name inside the sandbox.
     pub hostname: String,
+    /// The host ids the sandbox's processes run as (its user namespace's
+    /// map): as root, a range leased to this sandbox alone, distinct from
+    /// the range volumes are stored under ([`msb_store::sandbox_ids`]).
+    pub ids: msb_spec::IdMap,
     /// The numbers in the init of the descriptors the command gets as 3,
     /// 4, ... (set by the backend, which lays the descriptors out).
     #[serde(default)]

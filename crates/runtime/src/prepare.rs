@@ -115,6 +115,8 @@ pub enum PrepareError {
     },
     #[error("backend auto must be resolved before a sandbox is prepared")]
     Unresolved,
+    #[error("no host ids are free for the sandbox")]
+    Lease(#[source] crate::LeaseError),
 }
 
 /// A directory the filesystem server serves for the sandbox (to a VM's
@@ -144,6 +146,9 @@ pub struct Prepared<'s> {
     created: Vec<VolumeName>,
     recount: Vec<VolumeInfo>,
     passed: Vec<OwnedFd>,
+    /// The sandbox's own host ids ([`InitPlan::ids`]), held until the
+    /// sandbox and everything serving it are gone.
+    _lease: Option<crate::IdLease>,
 }
 
 impl std::fmt::Debug for Prepared<'_> {
@@ -286,6 +291,23 @@ pub fn prepare<'s>(
     store: &'s Store,
     holder: &str,
 ) -> Result<Prepared<'s>, PrepareError> {
+    let vm = match spec.backend {
+        BackendKind::Namespace => false,
+        BackendKind::Vm => true,
+        BackendKind::Auto => return Err(PrepareError::Unresolved),
+    };
+    // A rootful namespace sandbox runs as a range of its own: a process
+    // outside it with the same ids (a setuid file it left in a bind mount,
+    // run by a host user) can then trace or signal only this sandbox.
+    // A VM's processes are the guest's; its QEMU leases ids itself.
+    let lease = if vm || rootless() {
+        None
+    } else {
+        Some(crate::IdLease::acquire().map_err(PrepareError::Lease)?)
+    };
+    let ids = lease
+        .as_ref()
+        .map_or_else(crate::sandbox_ids, crate::IdLease::ids);
     let mut p = Prepared {
         plan: InitPlan {
             root: InitRoot::Fresh,
@@ -300,6 +322,7 @@ pub fn prepare<'s>(
             security: spec.security,
             command: spec.command.clone(),
             hostname: "msb".to_string(),
+            ids,
             preserved: Vec::new(),
             fuse_channel: None,
         },
@@ -311,11 +334,7 @@ pub fn prepare<'s>(
         created: Vec::new(),
         recount: Vec::new(),
         passed: Vec::new(),
-    };
-    let vm = match spec.backend {
-        BackendKind::Namespace => false,
-        BackendKind::Vm => true,
-        BackendKind::Auto => return Err(PrepareError::Unresolved),
+        _lease: lease,
     };
     let root = if vm {
         vm_root(&mut p, spec)
@@ -360,7 +379,6 @@ fn root(p: &mut Prepared<'_>, spec: &SandboxSpec) -> Result<InitRoot, PrepareErr
     if path == Path::new("/") {
         return Ok(InitRoot::Host);
     }
-    let ids = crate::sandbox_ids();
     if rootless() {
         // Rootless: the caller's own files are already the sandbox's.
         return Ok(InitRoot::Dir {
@@ -368,10 +386,11 @@ fn root(p: &mut Prepared<'_>, spec: &SandboxSpec) -> Result<InitRoot, PrepareErr
             fd: None,
         });
     }
-    let tree = crate::idmap::idmapped_tree(path, ids).map_err(|source| PrepareError::Rootfs {
-        path: path.clone(),
-        source,
-    })?;
+    let tree =
+        crate::idmap::idmapped_tree(path, p.plan.ids).map_err(|source| PrepareError::Rootfs {
+            path: path.clone(),
+            source,
+        })?;
     Ok(InitRoot::Dir {
         path: path.clone(),
         fd: Some(pass(p, tree)),
@@ -621,7 +640,7 @@ fn add_mount(
             if let Some(cfg) = server_config(options, flags, None) {
                 return serve(p, guest, host_path, true, cfg, flags);
             }
-            bind(p, guest, host_path, meta.is_dir(), flags)
+            bind(p, guest, host_path, (meta.is_dir(), true), flags)
         }
         Mount::Named {
             name,
@@ -643,14 +662,12 @@ fn add_mount(
                     if !flags.readonly {
                         p.recount.push(info.clone());
                     }
-                    bind(p, guest, &info.path, true, flags)
+                    bind(p, guest, &info.path, (true, false), flags)
                 }
                 VolumeKind::Disk => {
                     let image = info
                         .disk_image
                         .unwrap_or_else(|| p.store.layout().disk_image(name));
-                    // The volume's files hold the sandbox range's host ids
-                    // already, as a directory volume's do.
                     let raw = msb_spec::DiskFormat::Raw;
                     attach_disk(p, guest, &image, raw, None, flags, false)
                 }
@@ -674,8 +691,9 @@ fn add_mount(
 }
 
 /// Mounts a disk image for the sandbox; with `image_ids`, its files' ids
-/// are the image's own (0 is the sandbox's root), where mapping is allowed
-/// (root).
+/// are the image's own (0 is the sandbox's root), else (a disk volume)
+/// they are stored under the volume owner's range, as a directory
+/// volume's.
 fn attach_disk(
     p: &mut Prepared<'_>,
     guest: &GuestPath,
@@ -701,13 +719,16 @@ fn attach_disk(
         .mount_detached(crate::mounts::attrs(flags))
         .map_err(disk_err)?
         .into_fd();
-    let ids = crate::sandbox_ids();
-    if image_ids && ids.count > 1 {
-        crate::idmap::map_mount(&mount, image, ids).map_err(|source| PrepareError::Idmap {
-            guest: guest.clone(),
-            source,
-        })?;
-    }
+    let mapped = if image_ids {
+        crate::idmap::map_mount(&mount, image, p.plan.ids)
+    } else {
+        let stored = crate::sandbox_ids();
+        crate::idmap::map_shared(&mount, image, stored, p.plan.ids, crate::lease::LEASED_LOW)
+    };
+    mapped.map_err(|source| PrepareError::Idmap {
+        guest: guest.clone(),
+        source,
+    })?;
     p.views.push(view);
     Ok(InitSource::Detached {
         fd: pass(p, mount),
@@ -783,7 +804,7 @@ fn serve(
         }
     })?;
     p.servers
-        .push(msb_fsserver::serve(root, fuse, cfg).map_err(server_err)?);
+        .push(msb_fsserver::serve(root, fuse, cfg, p.plan.ids).map_err(server_err)?);
     // The init holds the only reference to the mount, so the file system
     // (and with it the server) ends with the sandbox.
     Ok(InitSource::Detached {
@@ -829,7 +850,7 @@ fn bind(
     p: &mut Prepared<'_>,
     guest: &GuestPath,
     path: &Path,
-    dir: bool,
+    (dir, follow): (bool, bool),
     flags: MountFlags,
 ) -> Result<InitSource, PrepareError> {
     if rootless() {
@@ -856,6 +877,25 @@ fn bind(
             source: e.into(),
         }
     })?;
+    // Files are stored under the volume owner's range whichever sandbox
+    // writes them, so none is owned by the sandbox's own (leased, later
+    // reused) ids: a setuid file it leaves here gives a host user no
+    // sandbox's processes.
+    let stored = crate::sandbox_ids();
+    match crate::idmap::map_shared(&tree, path, stored, p.plan.ids, crate::lease::LEASED_LOW) {
+        Ok(()) => {}
+        // A filesystem without idmapped mounts: the server maps the ids.
+        Err(crate::IdmapError::Map { .. }) if dir => {
+            let cfg = sandbox_policy(flags.readonly, StatVirt::Off, HostPerms::default());
+            return serve(p, guest, path, follow, cfg, flags);
+        }
+        Err(source) => {
+            return Err(PrepareError::Idmap {
+                guest: guest.clone(),
+                source,
+            });
+        }
+    }
     Ok(InitSource::Detached {
         fd: pass(p, tree),
         dir,

@@ -43,7 +43,7 @@ mod sandbox;
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -224,12 +224,17 @@ impl Store {
     /// operation an earlier process left half done.
     pub fn open(home: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let layout = Layout::new(home);
+        // Private: the catalog and every volume's data are the owner's
+        // alone. Sandboxes reach their volumes through mounts made for
+        // them, and a QEMU (running as a user of its own) through
+        // descriptors, so neither needs a path in here.
         let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true).mode(0o755);
+        builder.recursive(true).mode(0o700);
         let db_dir = layout.db_dir();
         builder
             .create(&db_dir)
             .map_err(io_err("cannot create", &db_dir))?;
+        make_private(&db_dir)?;
         // The catalog is checked before anything else is created, so a home
         // that belongs to something else is left as it was.
         let catalog = Catalog::open(&layout.db_file())?;
@@ -242,6 +247,10 @@ impl Store {
             builder
                 .create(&dir)
                 .map_err(io_err("cannot create", &dir))?;
+        }
+        // Homes made before these folders were private are tightened.
+        for dir in [layout.volumes_dir(), layout.usage_dir(), layout.run_dir()] {
+            make_private(&dir)?;
         }
         let store = Store {
             layout,
@@ -975,6 +984,19 @@ fn move_into_place(staging: &Path, target: &Path) -> Result<(), StoreError> {
             source: e.into(),
         },
     })
+}
+
+/// Takes group and other access away from `dir`, one of the home's own
+/// folders.
+fn make_private(dir: &Path) -> Result<(), StoreError> {
+    let mode = std::fs::symlink_metadata(dir)
+        .map_err(io_err("cannot inspect", dir))?
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err("cannot make private", dir))?;
+    }
+    Ok(())
 }
 
 /// Makes a new directory volume's root the sandboxes' (mode 0755 whatever

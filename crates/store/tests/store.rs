@@ -861,3 +861,26 @@ fn doctor_reports_a_directory_volume_owned_by_host_root() {
     std::os::unix::fs::chown(&old.path, Some(0x6FFF_0000), Some(0x6FFF_0000)).unwrap();
     assert!(store.doctor().unwrap().owned_by_host_root.is_empty());
 }
+
+#[test]
+fn home_folders_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let fresh = tmp.path().join("fresh");
+    let store = Store::open(&fresh).unwrap();
+    store.create(&dir_cfg("v")).unwrap();
+    for sub in ["", "db", "volumes", "usage", "run"] {
+        assert_eq!(mode(&fresh.join(sub)), 0o700, "{sub}");
+    }
+    drop(store);
+    // A home made when these folders were open to everyone is tightened.
+    for sub in ["db", "volumes", "usage", "run"] {
+        std::fs::set_permissions(fresh.join(sub), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let store = Store::open(&fresh).unwrap();
+    for sub in ["db", "volumes", "usage", "run"] {
+        assert_eq!(mode(&fresh.join(sub)), 0o700, "{sub}");
+    }
+    assert!(store.get(&name("v")).is_ok());
+}

@@ -18,10 +18,14 @@ use msb_agent_protocol::CONTROL_PORT_NAME;
 const INITCALL_BLACKLIST: &str =
     "jent_mod_init,load_system_certificate_list,init_kprobe_trace,crypto_kdf108_init";
 
-/// The descriptor number QEMU finds the control socket at.
-const CONTROL_FD: i32 = 3;
-/// The descriptor number QEMU finds the console socket at.
-const CONSOLE_FD: i32 = 4;
+/// The descriptor number QEMU finds the control socket at; the console
+/// follows, then every file [`Launch::spawn`] opens for QEMU, in order.
+const FIRST_FD: i32 = 3;
+/// The fd set holding `/dev/kvm`; disks take the ones after it.
+const KVM_FDSET: usize = 0;
+/// Where descriptors passed to QEMU are parked between fork and exec, above
+/// every target number.
+const PARK_FDS_AT: i32 = 256;
 
 /// How guest code runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,6 +67,14 @@ impl DiskFormat {
             DiskFormat::Vmdk => "vmdk",
         }
     }
+
+    fn spec(self) -> msb_spec::DiskFormat {
+        match self {
+            DiskFormat::Raw => msb_spec::DiskFormat::Raw,
+            DiskFormat::Qcow2 => msb_spec::DiskFormat::Qcow2,
+            DiskFormat::Vmdk => msb_spec::DiskFormat::Vmdk,
+        }
+    }
 }
 
 /// A disk attached as virtio-blk.
@@ -90,6 +102,23 @@ pub enum QemuError {
     /// A disk serial longer than virtio-blk keeps.
     #[error("disk serial {0:?} is longer than 20 bytes")]
     SerialTooLong(String),
+    /// A file QEMU is handed could not be opened.
+    #[error("opening {0} for QEMU failed")]
+    Open(PathBuf, #[source] io::Error),
+    /// A file server's socket could not be reached.
+    #[error("connecting to the file server at {0} failed")]
+    Connect(PathBuf, #[source] io::Error),
+    /// A disk image names other files.
+    #[error("refusing disk image {0}")]
+    Image(PathBuf, #[source] msb_blockdev::ImageError),
+}
+
+/// The unprivileged ids QEMU runs as when msb runs as root (with no
+/// supplementary groups).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// Everything one QEMU run needs.
@@ -104,11 +133,20 @@ pub(crate) struct Launch<'a> {
     pub extra_cmdline: &'a [String],
     pub shares: &'a [Share],
     pub disks: &'a [Disk],
+    pub run_as: Option<&'a RunAs>,
 }
 
-/// Doubles commas, QEMU's escape inside option values.
-fn esc(path: &Path) -> String {
-    path.to_string_lossy().replace(',', ",,")
+/// Descriptors QEMU inherits, and the numbers it finds them at.
+struct Passed {
+    files: Vec<OwnedFd>,
+}
+
+impl Passed {
+    /// Hands `fd` to QEMU; returns the number QEMU sees it at.
+    fn add(&mut self, fd: OwnedFd) -> i32 {
+        self.files.push(fd);
+        FIRST_FD + self.files.len() as i32 - 1
+    }
 }
 
 /// The host TSC frequency in kHz, from /proc/cpuinfo; an emulated guest
@@ -147,8 +185,57 @@ impl Launch<'_> {
         c.join(" ")
     }
 
-    /// QEMU's arguments; the control socket is expected at descriptor 3.
-    pub fn args(&self) -> Result<Vec<OsString>, QemuError> {
+    /// QEMU's arguments, with every file it reads passed as a descriptor
+    /// (opened here, by the caller, so QEMU itself needs no access to any
+    /// path): QEMU runs as an unprivileged user and the msb home is not
+    /// its to read. Disk images are checked to name no other file.
+    fn args(
+        &self,
+        control: &OwnedFd,
+        console: &OwnedFd,
+    ) -> Result<(Vec<OsString>, Passed), QemuError> {
+        let mut passed = Passed { files: Vec::new() };
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map_err(|e| QemuError::File(PathBuf::from("(socket)"), e))
+        };
+        let control_fd = passed.add(dup(control)?);
+        let console_fd = passed.add(dup(console)?);
+        let open_read = |path: &Path| {
+            fs::File::open(path)
+                .map(OwnedFd::from)
+                .map_err(|e| QemuError::Open(path.to_owned(), e))
+        };
+        let kernel_fd = passed.add(open_read(self.kernel)?);
+        let initramfs_fd = passed.add(open_read(self.initramfs)?);
+        let kvm_fd = match self.accel {
+            Accel::Kvm => {
+                let kvm = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/kvm")
+                    .map_err(|e| QemuError::Open("/dev/kvm".into(), e))?;
+                Some(passed.add(OwnedFd::from(kvm)))
+            }
+            _ => None,
+        };
+        let mut share_fds = Vec::new();
+        for share in self.shares {
+            let sock = std::os::unix::net::UnixStream::connect(&share.socket)
+                .map_err(|e| QemuError::Connect(share.socket.clone(), e))?;
+            share_fds.push(passed.add(OwnedFd::from(sock)));
+        }
+        let mut disk_fds = Vec::new();
+        for disk in self.disks {
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(!disk.readonly)
+                .open(&disk.path)
+                .map_err(|e| QemuError::Open(disk.path.clone(), e))?;
+            msb_blockdev::check_self_contained(&file, disk.format.spec())
+                .map_err(|e| QemuError::Image(disk.path.clone(), e))?;
+            disk_fds.push(passed.add(OwnedFd::from(file)));
+        }
         let mut a: Vec<String> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
         push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
@@ -161,9 +248,17 @@ impl Launch<'_> {
             "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         ]);
         push(&["-M", "microvm,memory-backend=mem"]);
-        match self.accel {
-            Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-            _ => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
+        match kvm_fd {
+            // Through an fd set: QEMU's user may not open /dev/kvm itself.
+            Some(fd) => push(&[
+                "-add-fd",
+                &format!("fd={fd},set={KVM_FDSET}"),
+                "-accel",
+                &format!("kvm,device=/dev/fdset/{KVM_FDSET}"),
+                "-cpu",
+                "host",
+            ]),
+            None => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
         }
         let mem = format!("{}M", self.memory_mib);
         push(&["-smp", &self.cpus.to_string(), "-m", &mem]);
@@ -173,29 +268,26 @@ impl Launch<'_> {
         ]);
         push(&[
             "-kernel",
-            &esc(self.kernel),
+            &format!("/proc/self/fd/{kernel_fd}"),
             "-initrd",
-            &esc(self.initramfs),
+            &format!("/proc/self/fd/{initramfs_fd}"),
             "-append",
             &self.cmdline(),
         ]);
         push(&[
             "-chardev",
-            &format!("socket,id=con,fd={CONSOLE_FD}"),
+            &format!("socket,id=con,fd={console_fd}"),
             "-serial",
             "chardev:con",
         ]);
         push(&["-device", "virtio-serial-device,max_ports=2"]);
-        push(&["-chardev", &format!("socket,id=ctl,fd={CONTROL_FD}")]);
+        push(&["-chardev", &format!("socket,id=ctl,fd={control_fd}")]);
         push(&[
             "-device",
             &format!("virtserialport,chardev=ctl,name={CONTROL_PORT_NAME}"),
         ]);
-        for (i, share) in self.shares.iter().enumerate() {
-            push(&[
-                "-chardev",
-                &format!("socket,id=fs{i},path={}", esc(&share.socket)),
-            ]);
+        for (i, (share, fd)) in self.shares.iter().zip(share_fds).enumerate() {
+            push(&["-chardev", &format!("socket,id=fs{i},fd={fd}")]);
             push(&[
                 "-device",
                 &format!(
@@ -204,17 +296,26 @@ impl Launch<'_> {
                 ),
             ]);
         }
-        for (i, disk) in self.disks.iter().enumerate() {
+        for (i, (disk, fd)) in self.disks.iter().zip(disk_fds).enumerate() {
             if disk.serial.len() > 20 {
                 return Err(QemuError::SerialTooLong(disk.serial.clone()));
             }
-            let ro = if disk.readonly { "on" } else { "off" };
+            // The descriptor goes through an fd set (QEMU reopens nothing
+            // by path); the format layer may not open a backing file even
+            // if the checked header had named one.
+            let set = KVM_FDSET + 1 + i;
+            push(&["-add-fd", &format!("fd={fd},set={set}")]);
+            let backing = match disk.format {
+                DiskFormat::Raw => "",
+                DiskFormat::Qcow2 | DiskFormat::Vmdk => r#","backing":null"#,
+            };
             push(&[
-                "-drive",
+                "-blockdev",
                 &format!(
-                    "file={},format={},if=none,id=disk{i},readonly={ro}",
-                    esc(&disk.path),
-                    disk.format.name()
+                    r#"{{"driver":"{}","node-name":"disk{i}","read-only":{},"file":{{"driver":"file","filename":"/dev/fdset/{set}","read-only":{}}}{backing}}}"#,
+                    disk.format.name(),
+                    disk.readonly,
+                    disk.readonly,
                 ),
             ]);
             push(&[
@@ -225,42 +326,51 @@ impl Launch<'_> {
                 ),
             ]);
         }
-        Ok(a.into_iter().map(OsString::from).collect())
+        Ok((a.into_iter().map(OsString::from).collect(), passed))
     }
 
     /// Starts QEMU with `control` as its control socket and `console` as
-    /// the serial console. QEMU gets SIGKILL when the calling thread ends,
-    /// so call this from a thread that lives as long as the VM.
+    /// the serial console, as [`Launch::run_as`] where given. QEMU gets
+    /// SIGKILL when the calling thread ends, so call this from a thread
+    /// that lives as long as the VM.
     pub fn spawn(
         &self,
         control: &OwnedFd,
         console: &OwnedFd,
     ) -> Result<std::process::Child, QemuError> {
-        let args = self.args()?;
+        let (args, passed) = self.args(control, console)?;
         let log = fs::File::create(self.qemu_log)
             .map_err(|e| QemuError::File(self.qemu_log.to_owned(), e))?;
         let log2 = log
             .try_clone()
             .map_err(|e| QemuError::File(self.qemu_log.to_owned(), e))?;
-        let (control_fd, console_fd) = (control.as_raw_fd(), console.as_raw_fd());
+        let sources: Vec<i32> = passed.files.iter().map(|f| f.as_raw_fd()).collect();
+        let run_as = self.run_as.copied();
         // SAFETY: getpid has no preconditions.
         let parent = unsafe { libc::getpid() };
         let mut cmd = Command::new(self.qemu);
         cmd.args(args).stdin(Stdio::null()).stdout(log).stderr(log2);
         // SAFETY: only async-signal-safe calls (fcntl, dup2, syscall, prctl,
-        // getppid, _exit) between fork and exec.
+        // getppid, _exit) between fork and exec, on data made before fork.
         unsafe {
             cmd.pre_exec(move || {
-                // Fresh copies above the targets first, so neither dup2
-                // clobbers the other source.
-                let control = libc::fcntl(control_fd, libc::F_DUPFD_CLOEXEC, 10);
-                let console = libc::fcntl(console_fd, libc::F_DUPFD_CLOEXEC, 10);
-                if control < 0
-                    || console < 0
-                    || libc::dup2(control, CONTROL_FD) < 0
-                    || libc::dup2(console, CONSOLE_FD) < 0
-                {
-                    return Err(io::Error::last_os_error());
+                let fail = || Err(io::Error::last_os_error());
+                // Park copies above every target first, so no dup2 below
+                // clobbers a source still to be placed.
+                let mut parked = [0i32; 64];
+                if sources.len() > parked.len() {
+                    return Err(io::Error::other("too many descriptors for QEMU"));
+                }
+                for (i, &fd) in sources.iter().enumerate() {
+                    parked[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, PARK_FDS_AT);
+                    if parked[i] < 0 {
+                        return fail();
+                    }
+                }
+                for (i, &fd) in parked[..sources.len()].iter().enumerate() {
+                    if libc::dup2(fd, FIRST_FD + i as i32) < 0 {
+                        return fail();
+                    }
                 }
                 // Nothing else the supervisor has open reaches QEMU; marking
                 // instead of closing keeps std's exec error pipe working.
@@ -268,12 +378,22 @@ impl Launch<'_> {
                 // then only as leaky as without it.
                 libc::syscall(
                     libc::SYS_close_range,
-                    CONSOLE_FD + 1,
+                    FIRST_FD + sources.len() as i32,
                     u32::MAX,
                     libc::CLOSE_RANGE_CLOEXEC,
                 );
+                if let Some(r) = &run_as {
+                    // Raw calls: they change this (only) thread's ids.
+                    if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) < 0
+                        || libc::syscall(libc::SYS_setresgid, r.gid, r.gid, r.gid) < 0
+                        || libc::syscall(libc::SYS_setresuid, r.uid, r.uid, r.uid) < 0
+                    {
+                        return fail();
+                    }
+                }
+                // After the change of ids, which clears it.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                    return Err(io::Error::last_os_error());
+                    return fail();
                 }
                 // The parent may have died before prctl took effect.
                 if libc::getppid() != parent {
@@ -282,8 +402,11 @@ impl Launch<'_> {
                 Ok(())
             });
         }
-        cmd.spawn()
-            .map_err(|e| QemuError::Spawn(self.qemu.to_owned(), e))
+        let child = cmd
+            .spawn()
+            .map_err(|e| QemuError::Spawn(self.qemu.to_owned(), e));
+        drop(passed);
+        child
     }
 }
 

@@ -20,7 +20,7 @@ use msb_agent_protocol::{
 
 use crate::assets::{AssetsError, GUEST_MODULES, Kernel, assets_dir};
 use crate::initramfs::{self, InitramfsEntry, InitramfsError};
-use crate::qemu::{Accel, Disk, Launch, QemuError, Share};
+use crate::qemu::{Accel, Disk, Launch, QemuError, RunAs, Share};
 
 /// How to build and start a VM.
 #[derive(Debug, Clone)]
@@ -88,6 +88,9 @@ pub enum VmError {
     /// QEMU could not be started.
     #[error("starting QEMU failed")]
     Qemu(#[from] QemuError),
+    /// No host ids were free for QEMU to run as.
+    #[error("no unprivileged ids for QEMU")]
+    Lease(#[source] msb_runtime::LeaseError),
     /// A local file or socket operation failed.
     #[error("{0} failed")]
     Io(&'static str, #[source] io::Error),
@@ -474,6 +477,16 @@ impl Vm {
             let (log, cap) = (console_log.clone(), config.console_cap);
             std::thread::spawn(move || crate::qemu::pump_console(console_ours, &log, cap))
         };
+        // As root, QEMU runs as ids of its own, leased for its lifetime.
+        let lease = if rustix::process::geteuid().is_root() {
+            Some(msb_runtime::IdLease::acquire().map_err(VmError::Lease)?)
+        } else {
+            None
+        };
+        let run_as = lease.as_ref().map(|l| RunAs {
+            uid: l.ids().root(),
+            gid: l.ids().root(),
+        });
         let launch_cfg = (
             qemu,
             config.cpus,
@@ -484,13 +497,14 @@ impl Vm {
             config.extra_cmdline.clone(),
             config.shares.clone(),
             config.disks.clone(),
+            run_as,
         );
         // QEMU's parent-death signal follows the thread that forked it, so
         // a thread that lives until QEMU ends starts it and waits for it.
         let (started_tx, started_rx) = mpsc::channel();
         let (shared_tx, shared_rx) = mpsc::channel::<Arc<Shared>>();
         let waiter = std::thread::spawn(move || {
-            let (qemu, cpus, memory_mib, kernel, initramfs, qemu_log, extra, shares, disks) =
+            let (qemu, cpus, memory_mib, kernel, initramfs, qemu_log, extra, shares, disks, run_as) =
                 launch_cfg;
             let launch = Launch {
                 qemu: &qemu,
@@ -503,6 +517,7 @@ impl Vm {
                 extra_cmdline: &extra,
                 shares: &shares,
                 disks: &disks,
+                run_as: run_as.as_ref(),
             };
             let theirs = OwnedFd::from(theirs);
             let console = OwnedFd::from(console_theirs);
@@ -532,6 +547,8 @@ impl Vm {
             let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
             let _ = started_tx.send(Ok((child.id(), pidfd)));
             let status = child.wait();
+            // The ids are free again only once QEMU is gone.
+            drop(lease);
             if let Ok(shared) = shared_rx.recv() {
                 let mut state = lock(&shared.qemu_state);
                 state.exited =

@@ -83,7 +83,7 @@ fn namespace() -> Verdict {
                 "mode".into(),
                 yes_no(
                     root,
-                    "rootful (sandbox ids 1878982656..)",
+                    "rootful (each sandbox runs as ids of its own; files are stored as 1878982656..)",
                     "rootless (the sandbox's root is you)",
                 ),
             ),
