@@ -185,6 +185,18 @@ pub enum CgroupError {
     /// A limit was asked for whose controller this host lacks.
     #[error("the cgroup hierarchy has no {0} controller")]
     MissingController(&'static str),
+    /// A v2 group with processes of its own cannot pass a controller on to
+    /// groups under it (the "no internal processes" rule); the hierarchy's
+    /// real root is exempt, but a container's cgroup namespace root is not.
+    #[error(
+        "cannot enable the {controller} controller under {path}: cgroup v2 gives no controllers to the children of a group that holds processes (run msb from a group of its own; in a container, move the container's processes out of its root group first)"
+    )]
+    HasProcesses {
+        /// The group that holds processes.
+        path: PathBuf,
+        /// The controller.
+        controller: &'static str,
+    },
     /// A cgroup directory could not be created.
     #[error("cannot create cgroup {path}")]
     Create {
@@ -346,7 +358,17 @@ fn enable(dir: &Path, wanted: &[&'static str]) -> Result<(), CgroupError> {
             return Err(CgroupError::MissingController(c));
         }
         if !enabled.iter().any(|e| e == c) {
-            write(dir, "cgroup.subtree_control", format!("+{c}"))?;
+            match write(dir, "cgroup.subtree_control", format!("+{c}")) {
+                Err(CgroupError::Write { source, .. })
+                    if source.raw_os_error() == Some(libc::EBUSY) =>
+                {
+                    return Err(CgroupError::HasProcesses {
+                        path: dir.to_path_buf(),
+                        controller: c,
+                    });
+                }
+                r => r?,
+            }
         }
     }
     Ok(())
