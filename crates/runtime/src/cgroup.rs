@@ -604,7 +604,9 @@ impl SandboxCgroup {
             .flatten()
             .filter(|entry| {
                 // A kernfs directory's modification time is its creation
-                // time: writes to its files leave it alone.
+                // time: writes to its files leave it alone. (On v2, a
+                // controller enabled above it later adds files and resets
+                // it: reclaiming is then only put off.)
                 let old = entry
                     .metadata()
                     .and_then(|m| m.modified())
@@ -760,16 +762,9 @@ mod tests {
         let age = |dir: &Path| {
             fs::File::open(dir).unwrap().set_modified(hour_ago).unwrap();
         };
-        // A crashed supervisor's leftover (empty, old) and a group just
-        // made whose process has yet to join (empty, young), made by hand.
-        let (stale, young) = (format!("stale-test-{pid}"), format!("young-test-{pid}"));
-        for parent in &parents {
-            ensure_dir(parent).unwrap();
-            fs::create_dir(parent.join(&stale)).unwrap();
-            age(&parent.join(&stale));
-            fs::create_dir(parent.join(&young)).unwrap();
-        }
-        // A running sandbox's group: old, not empty.
+        // A running sandbox's group: old, not empty. Made first: on v2 it
+        // enables the controllers, whose new files in the groups below
+        // would make the stale one young again.
         let live =
             SandboxCgroup::create(&format!("live-test-{pid}"), &Resources::default()).unwrap();
         let mut child = std::process::Command::new("sleep")
@@ -778,6 +773,14 @@ mod tests {
             .unwrap();
         live.add(child.id() as i32).unwrap();
         live.paths().iter().for_each(|p| age(p));
+        // A crashed supervisor's leftover (empty, old) and a group just
+        // made whose process has yet to join (empty, young), made by hand.
+        let (stale, young) = (format!("stale-test-{pid}"), format!("young-test-{pid}"));
+        for parent in &parents {
+            fs::create_dir(parent.join(&stale)).unwrap();
+            age(&parent.join(&stale));
+            fs::create_dir(parent.join(&young)).unwrap();
+        }
 
         assert!(SandboxCgroup::cleanup_stale() >= parents.len());
         for parent in &parents {
