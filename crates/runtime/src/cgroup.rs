@@ -185,6 +185,18 @@ pub enum CgroupError {
     /// A limit was asked for whose controller this host lacks.
     #[error("the cgroup hierarchy has no {0} controller")]
     MissingController(&'static str),
+    /// A v2 group with processes of its own cannot pass a controller on to
+    /// groups under it (the "no internal processes" rule); the hierarchy's
+    /// real root is exempt, but a container's cgroup namespace root is not.
+    #[error(
+        "cannot enable the {controller} controller under {path}: cgroup v2 gives no controllers to the children of a group that holds processes (run msb from a group of its own; in a container, move the container's processes out of its root group first)"
+    )]
+    HasProcesses {
+        /// The group that holds processes.
+        path: PathBuf,
+        /// The controller.
+        controller: &'static str,
+    },
     /// A cgroup directory could not be created.
     #[error("cannot create cgroup {path}")]
     Create {
@@ -346,7 +358,17 @@ fn enable(dir: &Path, wanted: &[&'static str]) -> Result<(), CgroupError> {
             return Err(CgroupError::MissingController(c));
         }
         if !enabled.iter().any(|e| e == c) {
-            write(dir, "cgroup.subtree_control", format!("+{c}"))?;
+            match write(dir, "cgroup.subtree_control", format!("+{c}")) {
+                Err(CgroupError::Write { source, .. })
+                    if source.raw_os_error() == Some(libc::EBUSY) =>
+                {
+                    return Err(CgroupError::HasProcesses {
+                        path: dir.to_path_buf(),
+                        controller: c,
+                    });
+                }
+                r => r?,
+            }
         }
     }
     Ok(())
@@ -582,7 +604,9 @@ impl SandboxCgroup {
             .flatten()
             .filter(|entry| {
                 // A kernfs directory's modification time is its creation
-                // time: writes to its files leave it alone.
+                // time: writes to its files leave it alone. (On v2, a
+                // controller enabled above it later adds files and resets
+                // it: reclaiming is then only put off.)
                 let old = entry
                     .metadata()
                     .and_then(|m| m.modified())
@@ -738,16 +762,9 @@ mod tests {
         let age = |dir: &Path| {
             fs::File::open(dir).unwrap().set_modified(hour_ago).unwrap();
         };
-        // A crashed supervisor's leftover (empty, old) and a group just
-        // made whose process has yet to join (empty, young), made by hand.
-        let (stale, young) = (format!("stale-test-{pid}"), format!("young-test-{pid}"));
-        for parent in &parents {
-            ensure_dir(parent).unwrap();
-            fs::create_dir(parent.join(&stale)).unwrap();
-            age(&parent.join(&stale));
-            fs::create_dir(parent.join(&young)).unwrap();
-        }
-        // A running sandbox's group: old, not empty.
+        // A running sandbox's group: old, not empty. Made first: on v2 it
+        // enables the controllers, whose new files in the groups below
+        // would make the stale one young again.
         let live =
             SandboxCgroup::create(&format!("live-test-{pid}"), &Resources::default()).unwrap();
         let mut child = std::process::Command::new("sleep")
@@ -756,6 +773,14 @@ mod tests {
             .unwrap();
         live.add(child.id() as i32).unwrap();
         live.paths().iter().for_each(|p| age(p));
+        // A crashed supervisor's leftover (empty, old) and a group just
+        // made whose process has yet to join (empty, young), made by hand.
+        let (stale, young) = (format!("stale-test-{pid}"), format!("young-test-{pid}"));
+        for parent in &parents {
+            fs::create_dir(parent.join(&stale)).unwrap();
+            age(&parent.join(&stale));
+            fs::create_dir(parent.join(&young)).unwrap();
+        }
 
         assert!(SandboxCgroup::cleanup_stale() >= parents.len());
         for parent in &parents {
