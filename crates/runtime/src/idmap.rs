@@ -81,59 +81,83 @@ fn describe(lines: &str) -> io::Result<OwnedFd> {
     result
 }
 
-/// A detached copy of the mount at `path` whose files appear with
-/// ids mapped through `ids`: host id `ids.host_base + k` is written for the
-/// sandbox's id `k`, so ids `0..count` on disk are the sandbox's
-/// `0..count`.
-pub(crate) fn idmapped_tree(path: &Path, ids: IdMap) -> Result<OwnedFd, IdmapError> {
-    let shown = || path.display().to_string();
-    let tree = open_tree(
-        rustix::fs::CWD,
-        path,
-        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
-    )
-    .map_err(|e| IdmapError::Bind {
-        path: shown(),
-        source: e.into(),
-    })?;
-    map_mount(&tree, path, ids)?;
-    Ok(tree)
+/// The id maps one sandbox's mounts are made with, each described by one
+/// user namespace made on first use (making one costs a process).
+#[derive(Default)]
+pub(crate) struct Idmaps {
+    made: Vec<(String, OwnedFd)>,
 }
 
-/// Makes the detached mount `mount` (of `path`, for messages) show ids
-/// mapped through `ids`, as [`idmapped_tree`] does: an image's own ids.
-pub(crate) fn map_mount(mount: &OwnedFd, path: &Path, ids: IdMap) -> Result<(), IdmapError> {
-    set(mount, path, &format!("0 {} {}\n", ids.host_base, ids.count))
-}
+impl Idmaps {
+    /// A detached copy of the mount at `path` whose files appear with ids
+    /// mapped through `ids`: host id `ids.host_base + k` is written for
+    /// the sandbox's id `k`, so ids `0..count` on disk are the sandbox's
+    /// `0..count`.
+    pub(crate) fn image_tree(&mut self, path: &Path, ids: IdMap) -> Result<OwnedFd, IdmapError> {
+        let shown = || path.display().to_string();
+        let tree = open_tree(
+            rustix::fs::CWD,
+            path,
+            OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+        )
+        .map_err(|e| IdmapError::Bind {
+            path: shown(),
+            source: e.into(),
+        })?;
+        self.image(&tree, path, ids)?;
+        Ok(tree)
+    }
 
-/// Makes the detached mount `mount` of shared host storage (a volume, a
-/// bind) show the range files are stored under, `stored`, as the
-/// sandbox's `ids`; every other host id shows as itself, so the kernel
-/// still lets the sandbox write where a host owner's mode bits allow it
-/// (it refuses writes to files whose owner a mount cannot map). The ids of
-/// the leased ranges, `leased_low..stored.host_base`, show as no one.
-pub(crate) fn map_shared(
-    mount: &OwnedFd,
-    path: &Path,
-    stored: IdMap,
-    ids: IdMap,
-    leased_low: u32,
-) -> Result<(), IdmapError> {
-    let above = stored.host_base + stored.count;
-    let lines = format!(
-        "0 0 {leased_low}\n{} {} {}\n{above} {above} {}\n",
-        stored.host_base,
-        ids.host_base,
-        ids.count,
-        u32::MAX - above
-    );
-    set(mount, path, &lines)
-}
+    /// Makes the detached mount `mount` (of `path`, for messages) show ids
+    /// mapped through `ids`, as [`Idmaps::image_tree`] does: an image's
+    /// own ids.
+    pub(crate) fn image(
+        &mut self,
+        mount: &OwnedFd,
+        path: &Path,
+        ids: IdMap,
+    ) -> Result<(), IdmapError> {
+        self.set(mount, path, format!("0 {} {}\n", ids.host_base, ids.count))
+    }
 
-fn set(mount: &OwnedFd, path: &Path, lines: &str) -> Result<(), IdmapError> {
-    let userns = describe(lines).map_err(IdmapError::Namespace)?;
-    crate::mounts::set_idmap(mount, &userns).map_err(|e| IdmapError::Map {
-        path: path.display().to_string(),
-        source: e.into(),
-    })
+    /// Makes the detached mount `mount` of shared host storage (a volume,
+    /// a bind) show the range files are stored under, `stored`, as the
+    /// sandbox's `ids`; every other host id shows as itself, so the kernel
+    /// still lets the sandbox write where a host owner's mode bits allow
+    /// it (it refuses writes to files whose owner a mount cannot map). The
+    /// ids of the leased ranges, `leased_low..stored.host_base`, show as
+    /// no one.
+    pub(crate) fn shared(
+        &mut self,
+        mount: &OwnedFd,
+        path: &Path,
+        stored: IdMap,
+        ids: IdMap,
+        leased_low: u32,
+    ) -> Result<(), IdmapError> {
+        let above = stored.host_base + stored.count;
+        let lines = format!(
+            "0 0 {leased_low}\n{} {} {}\n{above} {above} {}\n",
+            stored.host_base,
+            ids.host_base,
+            ids.count,
+            u32::MAX - above
+        );
+        self.set(mount, path, lines)
+    }
+
+    fn set(&mut self, mount: &OwnedFd, path: &Path, lines: String) -> Result<(), IdmapError> {
+        let at = match self.made.iter().position(|(l, _)| *l == lines) {
+            Some(i) => i,
+            None => {
+                let userns = describe(&lines).map_err(IdmapError::Namespace)?;
+                self.made.push((lines, userns));
+                self.made.len() - 1
+            }
+        };
+        crate::mounts::set_idmap(mount, &self.made[at].1).map_err(|e| IdmapError::Map {
+            path: path.display().to_string(),
+            source: e.into(),
+        })
+    }
 }

@@ -48,14 +48,22 @@ pub struct IdLease {
 }
 
 impl IdLease {
-    /// Takes a free range. Needs root. Anything still running as the
-    /// range's first id (a process a former holder left behind) is killed
-    /// first, so the new holder is alone with its ids.
+    /// Takes a free range. Needs root. For holders whose processes cannot
+    /// outlive them: a sandbox's all live in its pid namespace and die
+    /// with its init.
     pub fn acquire() -> Result<IdLease, LeaseError> {
-        Self::acquire_in(Path::new(LEASE_DIR))
+        Self::acquire_in(Path::new(LEASE_DIR), false)
     }
 
-    fn acquire_in(dir: &Path) -> Result<IdLease, LeaseError> {
+    /// Takes a free range as [`IdLease::acquire`], then kills anything
+    /// still running as the range's first id (a process a former holder
+    /// left behind, such as a child of a compromised QEMU), so the new
+    /// holder is alone with its ids.
+    pub fn acquire_swept() -> Result<IdLease, LeaseError> {
+        Self::acquire_in(Path::new(LEASE_DIR), true)
+    }
+
+    fn acquire_in(dir: &Path, swept: bool) -> Result<IdLease, LeaseError> {
         std::fs::create_dir_all(dir).map_err(|e| LeaseError::Dir(dir.to_owned(), e))?;
         // Start where another process likely is not, to keep lock attempts
         // few when many start at once.
@@ -79,7 +87,9 @@ impl IdLease {
                 host_base: IdMap::ROOTFUL.host_base - slot * WIDTH,
                 count: WIDTH,
             };
-            sweep(ids.root()).map_err(|e| LeaseError::Sweep(ids.root(), e))?;
+            if swept {
+                sweep(ids.root()).map_err(|e| LeaseError::Sweep(ids.root(), e))?;
+            }
             return Ok(IdLease { ids, _lock: file });
         }
         Err(LeaseError::Exhausted)
@@ -153,8 +163,8 @@ mod tests {
         }
         let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
-        let a = IdLease::acquire_in(dir.path()).unwrap();
-        let b = IdLease::acquire_in(dir.path()).unwrap();
+        let a = IdLease::acquire_in(dir.path(), false).unwrap();
+        let b = IdLease::acquire_in(dir.path(), false).unwrap();
         assert_ne!(a.ids(), b.ids());
         for l in [&a, &b] {
             assert!(l.ids().host_base < IdMap::ROOTFUL.host_base);
@@ -163,7 +173,7 @@ mod tests {
         let freed = a.ids();
         drop(a);
         // The same process starts at the same slot: it gets the freed one.
-        let c = IdLease::acquire_in(dir.path()).unwrap();
+        let c = IdLease::acquire_in(dir.path(), false).unwrap();
         assert_eq!(c.ids(), freed);
     }
 
@@ -174,7 +184,7 @@ mod tests {
         }
         let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
-        let ids = IdLease::acquire_in(dir.path()).unwrap().ids();
+        let ids = IdLease::acquire_in(dir.path(), true).unwrap().ids();
         let uid = ids.root();
         // A leftover of a former holder.
         let mut child = std::process::Command::new("sleep")
@@ -183,7 +193,7 @@ mod tests {
             .gid(uid)
             .spawn()
             .unwrap();
-        let lease = IdLease::acquire_in(dir.path()).unwrap();
+        let lease = IdLease::acquire_in(dir.path(), true).unwrap();
         assert_eq!(lease.ids(), ids);
         let status = child.wait().unwrap();
         assert_eq!(status.signal(), Some(libc::SIGKILL));

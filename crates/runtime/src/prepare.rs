@@ -146,6 +146,7 @@ pub struct Prepared<'s> {
     created: Vec<VolumeName>,
     recount: Vec<VolumeInfo>,
     passed: Vec<OwnedFd>,
+    idmaps: crate::idmap::Idmaps,
     /// The sandbox's own host ids ([`InitPlan::ids`]), held until the
     /// sandbox and everything serving it are gone.
     _lease: Option<crate::IdLease>,
@@ -334,6 +335,7 @@ pub fn prepare<'s>(
         created: Vec::new(),
         recount: Vec::new(),
         passed: Vec::new(),
+        idmaps: crate::idmap::Idmaps::default(),
         _lease: lease,
     };
     let root = if vm {
@@ -386,8 +388,10 @@ fn root(p: &mut Prepared<'_>, spec: &SandboxSpec) -> Result<InitRoot, PrepareErr
             fd: None,
         });
     }
-    let tree =
-        crate::idmap::idmapped_tree(path, p.plan.ids).map_err(|source| PrepareError::Rootfs {
+    let tree = p
+        .idmaps
+        .image_tree(path, p.plan.ids)
+        .map_err(|source| PrepareError::Rootfs {
             path: path.clone(),
             source,
         })?;
@@ -720,10 +724,11 @@ fn attach_disk(
         .map_err(disk_err)?
         .into_fd();
     let mapped = if image_ids {
-        crate::idmap::map_mount(&mount, image, p.plan.ids)
+        p.idmaps.image(&mount, image, p.plan.ids)
     } else {
         let stored = crate::sandbox_ids();
-        crate::idmap::map_shared(&mount, image, stored, p.plan.ids, crate::lease::LEASED_LOW)
+        p.idmaps
+            .shared(&mount, image, stored, p.plan.ids, crate::lease::LEASED_LOW)
     };
     mapped.map_err(|source| PrepareError::Idmap {
         guest: guest.clone(),
@@ -882,7 +887,11 @@ fn bind(
     // reused) ids: a setuid file it leaves here gives a host user no
     // sandbox's processes.
     let stored = crate::sandbox_ids();
-    match crate::idmap::map_shared(&tree, path, stored, p.plan.ids, crate::lease::LEASED_LOW) {
+    let ids = p.plan.ids;
+    match p
+        .idmaps
+        .shared(&tree, path, stored, ids, crate::lease::LEASED_LOW)
+    {
         Ok(()) => {}
         // A filesystem without idmapped mounts: the server maps the ids.
         Err(crate::IdmapError::Map { .. }) if dir => {

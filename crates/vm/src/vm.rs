@@ -479,7 +479,7 @@ impl Vm {
         };
         // As root, QEMU runs as ids of its own, leased for its lifetime.
         let lease = if rustix::process::geteuid().is_root() {
-            Some(msb_runtime::IdLease::acquire().map_err(VmError::Lease)?)
+            Some(msb_runtime::IdLease::acquire_swept().map_err(VmError::Lease)?)
         } else {
             None
         };
