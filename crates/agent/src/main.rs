@@ -13,7 +13,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use msb_agent_protocol::{CONTROL_PORT_NAME, FrameError, GuestMessage, HostMessage, read_message};
+use msb_agent_protocol::{
+    CONTROL_PORT_NAME, FrameError, GuestMessage, GuestPlan, HostMessage, read_message,
+};
+use msb_security::Confinement;
 
 use exec::{Agent, Defaults};
 
@@ -104,22 +107,14 @@ fn handle(agent: &Arc<Agent>, msg: HostMessage) {
             id: None,
             message: "the guest is already configured".into(),
         }),
-        HostMessage::Configure(plan) => Some(match setup::apply(&plan) {
-            Ok(()) => {
-                let workdir = if plan.workdir.is_empty() {
-                    "/".into()
-                } else {
-                    plan.workdir
-                };
-                agent.set_defaults(Defaults {
-                    env: plan.env,
-                    workdir,
-                });
+        HostMessage::Configure(plan) => Some(match configure(plan) {
+            Ok(defaults) => {
+                agent.set_defaults(defaults);
                 GuestMessage::Configured
             }
             Err(e) => GuestMessage::Error {
                 id: None,
-                message: chain(&e),
+                message: chain(&*e),
             },
         }),
         HostMessage::Exec(req) => {
@@ -170,6 +165,28 @@ fn handle(agent: &Arc<Agent>, msg: HostMessage) {
     if let Some(reply) = reply {
         let _ = agent.send(&reply);
     }
+}
+
+/// Applies the plan and returns what every command gets from it; the
+/// profile is compiled first, so that a plan whose profile cannot be had
+/// runs nothing.
+fn configure(plan: GuestPlan) -> Result<Defaults, Box<dyn std::error::Error>> {
+    let confinement = plan
+        .security
+        .map(Confinement::new)
+        .transpose()?
+        .map(Arc::new);
+    setup::apply(&plan)?;
+    let workdir = if plan.workdir.is_empty() {
+        "/".into()
+    } else {
+        plan.workdir
+    };
+    Ok(Defaults {
+        env: plan.env,
+        workdir,
+        confinement,
+    })
 }
 
 /// Finds the control port by name and opens it; devices appear as the

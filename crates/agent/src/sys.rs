@@ -6,6 +6,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
+use msb_security::Confinement;
+
 /// A path or string as a C string; interior NULs become an error.
 pub fn cstr(s: impl AsRef<[u8]>) -> io::Result<CString> {
     CString::new(s.as_ref()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
@@ -156,16 +158,19 @@ pub enum ChildStdio {
     Terminal(CString),
 }
 
-/// Starts `program` with posix_spawn: glibc's vfork-style spawn, much
-/// cheaper than fork under emulation. Signal dispositions and mask are
-/// reset; the child gets its own process group (or its own session with a
-/// terminal). Returns the pid; an exec failure comes back as its errno.
+/// Starts `program`. Signal dispositions and mask are reset; the child
+/// gets its own process group (or its own session with a terminal). With
+/// `confinement`, the child installs it just before exec, which takes a
+/// fork; without, posix_spawn does (glibc's vfork-style spawn, much
+/// cheaper than fork under emulation). Returns the pid; an exec failure
+/// comes back as its errno.
 pub fn spawn(
     program: &Path,
     argv: &[String],
     env: &[String],
     cwd: &str,
     stdio: &ChildStdio,
+    confinement: Option<&Confinement>,
 ) -> io::Result<libc::pid_t> {
     use std::os::unix::ffi::OsStrExt;
     let program = cstr(program.as_os_str().as_bytes())?;
@@ -186,6 +191,16 @@ pub fn spawn(
     argv_ptrs.push(std::ptr::null_mut());
     let mut env_ptrs: Vec<*mut libc::c_char> = env.iter().map(|e| e.as_ptr().cast_mut()).collect();
     env_ptrs.push(std::ptr::null_mut());
+
+    if let Some(confinement) = confinement {
+        let exec = Exec {
+            program: &program,
+            argv: &argv_ptrs,
+            env: &env_ptrs,
+            cwd: &cwd,
+        };
+        return fork_exec(&exec, stdio, confinement);
+    }
 
     let errno = |rc: libc::c_int| {
         if rc == 0 {
@@ -260,6 +275,131 @@ pub fn spawn(
         libc::posix_spawnattr_destroy(&mut attr);
         libc::posix_spawn_file_actions_destroy(&mut actions);
         result
+    }
+}
+
+/// What a forked child executes, prepared before fork.
+struct Exec<'a> {
+    program: &'a CString,
+    /// NULL-terminated.
+    argv: &'a [*mut libc::c_char],
+    /// NULL-terminated.
+    env: &'a [*mut libc::c_char],
+    cwd: &'a CString,
+}
+
+/// [`spawn`] by fork, for a child that must install its confinement
+/// between fork and exec. The child reports a failure as its errno on a
+/// close-on-exec pipe, which therefore reads empty once exec succeeded.
+fn fork_exec(
+    exec: &Exec<'_>,
+    stdio: &ChildStdio,
+    confinement: &Confinement,
+) -> io::Result<libc::pid_t> {
+    let (report_r, report_w) = pipe()?;
+    // SAFETY: fork has no preconditions; the child below only makes
+    // async-signal-safe system calls on data prepared before the fork
+    // (this process has threads, so nothing else is safe there) and ends
+    // in exec or _exit.
+    let pid = check(unsafe { libc::fork() })?;
+    if pid == 0 {
+        let errno = child_setup(exec, stdio, confinement)
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL);
+        // SAFETY: writes a local integer to our pipe, then ends the child
+        // without running the parent's exit handlers.
+        unsafe {
+            libc::write(
+                report_w.as_raw_fd(),
+                (&errno as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>(),
+            );
+            libc::_exit(127);
+        }
+    }
+    drop(report_w);
+    let mut report = [0u8; 4];
+    let mut got = 0;
+    while got < report.len() {
+        // SAFETY: reads into the unfilled rest of a local buffer.
+        let n = unsafe {
+            libc::read(
+                report_r.as_raw_fd(),
+                report[got..].as_mut_ptr().cast(),
+                report.len() - got,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => got += n as usize,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            _ => break,
+        }
+    }
+    if got == 0 {
+        return Ok(pid);
+    }
+    let mut status = 0;
+    // SAFETY: pid is our child, which the caller keeps the reaper away from.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    Err(io::Error::from_raw_os_error(i32::from_ne_bytes(report)))
+}
+
+/// The forked child's work up to exec, mirroring [`spawn`]'s posix_spawn
+/// attributes: stdio, process group or session, working directory,
+/// default signal handling, then the confinement, then exec. Returns only
+/// on failure.
+fn child_setup(exec: &Exec<'_>, stdio: &ChildStdio, confinement: &Confinement) -> io::Error {
+    let failed = |rc: libc::c_int| rc < 0;
+    // SAFETY: only async-signal-safe system calls on descriptors and
+    // NUL-terminated strings prepared before the fork.
+    unsafe {
+        match stdio {
+            ChildStdio::Fds(fds) => {
+                for (target, &fd) in fds.iter().enumerate() {
+                    if failed(libc::dup2(fd, target as libc::c_int)) {
+                        return io::Error::last_os_error();
+                    }
+                }
+                if failed(libc::setpgid(0, 0)) {
+                    return io::Error::last_os_error();
+                }
+            }
+            ChildStdio::Terminal(path) => {
+                // A session leader's first terminal becomes its controlling one.
+                if failed(libc::setsid()) {
+                    return io::Error::last_os_error();
+                }
+                let fd = libc::open(path.as_ptr(), libc::O_RDWR);
+                if failed(fd) {
+                    return io::Error::last_os_error();
+                }
+                for target in 0..3 {
+                    if failed(libc::dup2(fd, target)) {
+                        return io::Error::last_os_error();
+                    }
+                }
+                if fd > 2 {
+                    libc::close(fd);
+                }
+            }
+        }
+        if failed(libc::chdir(exec.cwd.as_ptr())) {
+            return io::Error::last_os_error();
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        // Every signal up to Linux's 64 (SIGKILL and SIGSTOP refuse,
+        // harmlessly).
+        for signo in 1..=64 {
+            libc::signal(signo, libc::SIG_DFL);
+        }
+        if let Err(e) = confinement.apply() {
+            return e;
+        }
+        libc::execve(exec.program.as_ptr(), exec.argv.as_ptr().cast(), exec.env.as_ptr().cast());
+        io::Error::last_os_error()
     }
 }
 

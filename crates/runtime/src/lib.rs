@@ -13,7 +13,6 @@
 //! registrations are locks that die with their holder.
 
 mod backend;
-mod caps;
 mod cgroup;
 mod fresh;
 mod idmap;
@@ -23,9 +22,12 @@ mod mounts;
 mod ns;
 mod plan;
 mod prepare;
-pub mod seccomp;
 
 pub use backend::{Backend, Running, SandboxStdio};
+/// The system call filters of the security profiles (moved to
+/// `msb-security`, which the microVM guest agent shares).
+pub use msb_security::seccomp;
+use msb_security::caps;
 pub use cgroup::{CgroupEntry, CgroupError, Resources, SandboxCgroup};
 pub use fresh::{RootEntry, fresh_root_entries};
 pub use idmap::IdmapError;

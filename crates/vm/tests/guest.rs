@@ -94,6 +94,7 @@ fn one_guest_many_checks() {
         mounts,
         workdir: "/tmp".into(),
         env: vec!["PATH=/bin".into(), "FROM_PLAN=plan".into()],
+        security: None,
     };
     let started = Instant::now();
     let vm = Vm::boot(&config, &plan).unwrap();
