@@ -238,13 +238,13 @@ impl Agent {
                 confinement.as_deref(),
             )
             .map_err(|e| {
-                    let code = if e.kind() == io::ErrorKind::NotFound {
-                        127
-                    } else {
-                        126
-                    };
-                    (code, format!("{}: {e}", program.display()))
-                })?;
+                let code = if e.kind() == io::ErrorKind::NotFound {
+                    127
+                } else {
+                    126
+                };
+                (code, format!("{}: {e}", program.display()))
+            })?;
             // The reaper waits for this lock, so the pid still names our child.
             let pidfd = sys::pidfd_open(pid).map_err(|e| io_err("opening a pidfd", e))?;
             children.insert(pid);

@@ -308,7 +308,9 @@ fn mount_file(tag: &str, target: &Path, flags: libc::c_ulong) -> Result<(), Setu
         source,
     };
     match fs::symlink_metadata(target) {
-        Ok(meta) if meta.is_dir() => return Err(create(io::Error::from_raw_os_error(libc::EISDIR))),
+        Ok(meta) if meta.is_dir() => {
+            return Err(create(io::Error::from_raw_os_error(libc::EISDIR)));
+        }
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             fs::OpenOptions::new()

@@ -398,7 +398,11 @@ fn child_setup(exec: &Exec<'_>, stdio: &ChildStdio, confinement: &Confinement) -
         if let Err(e) = confinement.apply() {
             return e;
         }
-        libc::execve(exec.program.as_ptr(), exec.argv.as_ptr().cast(), exec.env.as_ptr().cast());
+        libc::execve(
+            exec.program.as_ptr(),
+            exec.argv.as_ptr().cast(),
+            exec.env.as_ptr().cast(),
+        );
         io::Error::last_os_error()
     }
 }

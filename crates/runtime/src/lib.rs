@@ -24,14 +24,14 @@ mod plan;
 mod prepare;
 
 pub use backend::{Backend, Running, SandboxStdio};
-/// The system call filters of the security profiles (moved to
-/// `msb-security`, which the microVM guest agent shares).
-pub use msb_security::seccomp;
-use msb_security::caps;
 pub use cgroup::{CgroupEntry, CgroupError, Resources, SandboxCgroup};
 pub use fresh::{RootEntry, fresh_root_entries};
 pub use idmap::IdmapError;
 pub use join::{JoinError, SandboxNamespaces};
+use msb_security::caps;
+/// The system call filters of the security profiles (moved to
+/// `msb-security`, which the microVM guest agent shares).
+pub use msb_security::seccomp;
 pub use msb_store::sandbox_ids;
 pub use ns::{InitProgram, NamespaceBackend, NsError, NsSandbox};
 pub use plan::{BackendKind, InitMount, InitPlan, InitRoot, InitSource, SandboxSpec, Security};

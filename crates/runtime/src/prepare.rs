@@ -104,7 +104,7 @@ pub enum PrepareError {
         source: ViewError,
     },
     #[error(
-        "mount at {guest}: {path} is a single file; a microVM sandbox takes directories only (mount its directory, or use the namespace backend)"
+        "mount at {guest}: {path} is neither a directory nor a regular file; a microVM sandbox mounts only those (use the namespace backend)"
     )]
     FileOnVm { guest: GuestPath, path: PathBuf },
     #[error("root filesystem {path}: cannot serve it to the microVM")]
@@ -126,6 +126,9 @@ pub struct Share {
     pub root: OwnedFd,
     /// Read-only, quota, stat virtualization, host permissions, ids.
     pub config: msb_fsserver::ServeConfig,
+    /// A single-file mount's file: `root` is then its directory, of which
+    /// this one entry alone may be served.
+    pub file: Option<std::ffi::OsString>,
 }
 
 /// Everything a sandbox holds on the host while it runs: attachments (the
@@ -399,6 +402,7 @@ fn vm_root(p: &mut Prepared<'_>, spec: &SandboxSpec) -> Result<InitRoot, Prepare
     p.shares.push(Share {
         root: fd,
         config: sandbox_policy(true, StatVirt::Off, HostPerms::Private),
+        file: None,
     });
     Ok(root)
 }
@@ -453,6 +457,9 @@ fn add_vm_mount(
             options,
         } => {
             let meta = check_bind(guest, host_path, *expect, options, flags)?;
+            if meta.is_file() {
+                return vm_file_share(p, guest, host_path, options, flags);
+            }
             if !meta.is_dir() {
                 return Err(PrepareError::FileOnVm {
                     guest: guest.clone(),
@@ -561,9 +568,46 @@ fn attach_named(
     Ok(info)
 }
 
+/// A VM's single-file mount: the file's directory (symlinks resolved, so
+/// the entry is the file itself), of which the VM backend serves that one
+/// file and nothing else.
+fn vm_file_share(
+    p: &mut Prepared<'_>,
+    guest: &GuestPath,
+    host_path: &Path,
+    options: &MountOptions,
+    flags: MountFlags,
+) -> Result<InitSource, PrepareError> {
+    let host_err = |source| PrepareError::HostPath {
+        guest: guest.clone(),
+        path: host_path.to_path_buf(),
+        source,
+    };
+    let real = std::fs::canonicalize(host_path).map_err(host_err)?;
+    let (Some(dir), Some(name)) = (real.parent(), real.file_name()) else {
+        return Err(host_err(io::Error::from(io::ErrorKind::InvalidInput)));
+    };
+    let root = msb_fsserver::open_root(dir, false).map_err(|source| PrepareError::Server {
+        guest: guest.clone(),
+        source,
+    })?;
+    p.shares.push(Share {
+        root,
+        config: vm_server_config(options, flags),
+        file: Some(name.to_owned()),
+    });
+    Ok(InitSource::Share {
+        index: p.shares.len() - 1,
+    })
+}
+
 /// Records a share of the VM and the source that names it.
 fn share(p: &mut Prepared<'_>, root: OwnedFd, config: msb_fsserver::ServeConfig) -> InitSource {
-    p.shares.push(Share { root, config });
+    p.shares.push(Share {
+        root,
+        config,
+        file: None,
+    });
     InitSource::Share {
         index: p.shares.len() - 1,
     }
@@ -764,7 +808,11 @@ fn serve(
     }
     let root = msb_fsserver::open_root(dir, follow_symlinks).map_err(server_err)?;
     if rootless() {
-        p.shares.push(Share { root, config: cfg });
+        p.shares.push(Share {
+            root,
+            config: cfg,
+            file: None,
+        });
         return Ok(InitSource::Fuse {
             index: p.shares.len() - 1,
         });
