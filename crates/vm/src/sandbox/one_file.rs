@@ -256,3 +256,109 @@ impl FileSystem for OneFile {
         self.inner.destroy()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msb_fsserver::{HostPerms, IdMap, ServeConfig, StatVirt};
+    use std::os::fd::AsFd;
+
+    /// What a hostile guest could send, straight at the filter over a real
+    /// directory: only the named file is ever reachable.
+    #[test]
+    fn only_the_one_file_is_reachable() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("target"), "mine\n").unwrap();
+        std::fs::write(dir.path().join("sibling"), "secret\n").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/deep"), "secret\n").unwrap();
+        let root = msb_fsserver::open_root(dir.path(), false).unwrap();
+        // SAFETY: geteuid and getegid have no preconditions.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let cfg = ServeConfig {
+            readonly: false,
+            stat_virt: StatVirt::Strict,
+            host_perms: HostPerms::Private,
+            budget: None,
+            owner: (0, 0),
+            id_map: IdMap::single(uid),
+            gid_map: IdMap::single(gid),
+        };
+        let inner = msb_virtiofs::policy_fs(&root, cfg).unwrap();
+        assert!(OneFile::new(Arc::clone(&inner), root.as_fd(), "sub".into()).is_err());
+        let fs = OneFile::new(inner, root.as_fd(), "target".into()).unwrap();
+        let ctx = Context { uid: 0, gid: 0 };
+
+        for name in ["target", "sibling", "sub", ".", "..", "file/..", ""] {
+            assert!(
+                fs.lookup(&ctx, ROOT_NODE, OsStr::new(name)).is_err(),
+                "{name}"
+            );
+        }
+        let file = fs
+            .lookup(&ctx, ROOT_NODE, OsStr::new(FILE_SHARE_ENTRY))
+            .unwrap();
+        assert!(fs.lookup(&ctx, file.node, OsStr::new("..")).is_err());
+
+        // Writes reach the host file.
+        let opened = fs.open(&ctx, file.node, libc::O_RDWR).unwrap();
+        assert_eq!(
+            fs.write(&ctx, file.node, opened.fh, 5, b"more\n").unwrap(),
+            5
+        );
+        fs.release(file.node, opened.fh);
+        let host = std::fs::read_to_string(dir.path().join("target")).unwrap();
+        assert_eq!(host, "mine\nmore\n");
+
+        // Listing the root names nothing, with or without lookups.
+        let fh = fs.opendir(&ctx, ROOT_NODE).unwrap();
+        for plus in [false, true] {
+            let mut seen = Vec::new();
+            fs.readdir(&ctx, ROOT_NODE, fh, 0, plus, &mut |e, _| {
+                seen.push(e.name.to_owned());
+                false
+            })
+            .unwrap();
+            assert!(seen.is_empty(), "{seen:?}");
+        }
+        fs.releasedir(ROOT_NODE, fh);
+
+        // No node but the root and the file exists, whatever id is guessed.
+        for node in (0..4096).filter(|&n| n != ROOT_NODE && n != file.node) {
+            assert!(fs.getattr(node).is_err(), "node {node}");
+        }
+
+        // Nothing in the directory changes.
+        let name = OsStr::new("new");
+        let perm = Err(Errno::PERM);
+        assert_eq!(fs.mknod(&ctx, ROOT_NODE, name, 0o100644, 0).map(drop), perm);
+        assert_eq!(fs.mkdir(&ctx, ROOT_NODE, name, 0o755).map(drop), perm);
+        assert_eq!(fs.create(&ctx, ROOT_NODE, name, 0o644, 0).map(drop), perm);
+        assert_eq!(fs.symlink(&ctx, ROOT_NODE, name, name).map(drop), perm);
+        assert_eq!(fs.link(&ctx, file.node, ROOT_NODE, name).map(drop), perm);
+        let file_name = OsStr::new(FILE_SHARE_ENTRY);
+        assert_eq!(fs.unlink(&ctx, ROOT_NODE, file_name), perm);
+        assert_eq!(
+            fs.rename(&ctx, ROOT_NODE, file_name, ROOT_NODE, name, 0),
+            perm
+        );
+        let chmod = SetAttr {
+            mode: Some(0o777),
+            ..SetAttr::default()
+        };
+        assert_eq!(fs.setattr(&ctx, ROOT_NODE, None, &chmod).map(drop), perm);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+
+        // A file put in its place on the host is not the file mounted.
+        fs.forget(file.node, 1);
+        std::fs::rename(dir.path().join("sibling"), dir.path().join("target")).unwrap();
+        assert_eq!(
+            fs.lookup(&ctx, ROOT_NODE, file_name).map(drop),
+            Err(Errno::NOENT)
+        );
+    }
+}
