@@ -5,6 +5,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use msb_security::Confinement;
 
@@ -160,9 +161,10 @@ pub enum ChildStdio {
 
 /// Starts `program`. Signal dispositions and mask are reset; the child
 /// gets its own process group (or its own session with a terminal). With
-/// `confinement`, the child installs it just before exec, which takes a
-/// fork; without, posix_spawn does (glibc's vfork-style spawn, much
-/// cheaper than fork under emulation). Returns the pid; an exec failure
+/// `confinement`, the child installs it just before exec, which
+/// posix_spawn cannot do ([`clone_exec`] does the same otherwise); without,
+/// posix_spawn starts it (glibc's vfork-style spawn, much cheaper than fork
+/// under emulation). Returns the pid; an exec failure
 /// comes back as its errno.
 pub fn spawn(
     program: &Path,
@@ -199,7 +201,7 @@ pub fn spawn(
             env: &env_ptrs,
             cwd: &cwd,
         };
-        return fork_exec(&exec, stdio, confinement);
+        return clone_exec(&exec, stdio, confinement);
     }
 
     let errno = |rc: libc::c_int| {
@@ -278,7 +280,7 @@ pub fn spawn(
     }
 }
 
-/// What a forked child executes, prepared before fork.
+/// What a cloned child executes, prepared before the clone.
 struct Exec<'a> {
     program: &'a CString,
     /// NULL-terminated.
@@ -288,71 +290,92 @@ struct Exec<'a> {
     cwd: &'a CString,
 }
 
-/// [`spawn`] by fork, for a child that must install its confinement
-/// between fork and exec. The child reports a failure as its errno on a
-/// close-on-exec pipe, which therefore reads empty once exec succeeded.
-fn fork_exec(
+/// Stack of a [`clone_exec`] child, which runs only [`child_setup`].
+const CHILD_STACK: usize = 256 << 10;
+
+/// What a [`clone_exec`] child reads, and where it leaves its errno.
+struct ChildArgs<'a> {
+    exec: &'a Exec<'a>,
+    stdio: &'a ChildStdio,
+    confinement: &'a Confinement,
+    /// 0 until the child fails before exec.
+    errno: AtomicI32,
+}
+
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the ChildArgs of clone_exec, which stays alive and
+    // unchanged while its caller is suspended (CLONE_VFORK).
+    let args = unsafe { &*arg.cast::<ChildArgs<'_>>() };
+    let err = child_setup(args.exec, args.stdio, args.confinement);
+    args.errno.store(
+        err.raw_os_error().unwrap_or(libc::EINVAL),
+        Ordering::Relaxed,
+    );
+    // SAFETY: ends the child without running any of the parent's exit code.
+    unsafe { libc::_exit(127) }
+}
+
+/// [`spawn`] for a child that must install its confinement between fork
+/// and exec: clone with `CLONE_VM | CLONE_VFORK`, as glibc's posix_spawn
+/// does, because copying the agent's memory for a fork costs tens of
+/// milliseconds per command under emulation. The child runs on a stack of
+/// its own, shares our memory but nothing else (its own descriptors and
+/// signal dispositions), and we resume once it has exec'd or failed.
+fn clone_exec(
     exec: &Exec<'_>,
     stdio: &ChildStdio,
     confinement: &Confinement,
 ) -> io::Result<libc::pid_t> {
-    let (report_r, report_w) = pipe()?;
-    // SAFETY: fork has no preconditions; the child below only makes
-    // async-signal-safe system calls on data prepared before the fork
-    // (this process has threads, so nothing else is safe there) and ends
-    // in exec or _exit.
-    let pid = check(unsafe { libc::fork() })?;
-    if pid == 0 {
-        let errno = child_setup(exec, stdio, confinement)
-            .raw_os_error()
-            .unwrap_or(libc::EINVAL);
-        // SAFETY: writes a local integer to our pipe, then ends the child
-        // without running the parent's exit handlers.
-        unsafe {
-            libc::write(
-                report_w.as_raw_fd(),
-                (&errno as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>(),
-            );
-            libc::_exit(127);
-        }
-    }
-    drop(report_w);
-    let mut report = [0u8; 4];
-    let mut got = 0;
-    while got < report.len() {
-        // SAFETY: reads into the unfilled rest of a local buffer.
-        let n = unsafe {
-            libc::read(
-                report_r.as_raw_fd(),
-                report[got..].as_mut_ptr().cast(),
-                report.len() - got,
-            )
-        };
-        match n {
-            0 => break,
-            n if n > 0 => got += n as usize,
-            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
-            _ => break,
-        }
-    }
-    if got == 0 {
+    let mut stack = vec![0u8; CHILD_STACK];
+    // The stack grows down from its end, 16-byte aligned.
+    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
+    let args = ChildArgs {
+        exec,
+        stdio,
+        confinement,
+        errno: AtomicI32::new(0),
+    };
+    // SAFETY: sigset_t is plain data, filled by sigfillset before use. All
+    // signals stay blocked around the clone so that none of our handlers
+    // runs in the child on our memory; the child resets every disposition
+    // before it unblocks them.
+    let pid = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        // SAFETY (clone): the stack and the arguments outlive the child's
+        // use of them, since CLONE_VFORK suspends us until it has exec'd
+        // or exited; child_main only makes async-signal-safe system calls.
+        let pid = libc::clone(
+            child_main,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&args as *const ChildArgs<'_>).cast_mut().cast(),
+        );
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        pid
+    };
+    drop(stack);
+    let pid = check(pid)?;
+    let errno = args.errno.load(Ordering::Relaxed);
+    if errno == 0 {
         return Ok(pid);
     }
     let mut status = 0;
     // SAFETY: pid is our child, which the caller keeps the reaper away from.
     unsafe { libc::waitpid(pid, &mut status, 0) };
-    Err(io::Error::from_raw_os_error(i32::from_ne_bytes(report)))
+    Err(io::Error::from_raw_os_error(errno))
 }
 
-/// The forked child's work up to exec, mirroring [`spawn`]'s posix_spawn
+/// The cloned child's work up to exec, mirroring [`spawn`]'s posix_spawn
 /// attributes: stdio, process group or session, working directory,
 /// default signal handling, then the confinement, then exec. Returns only
 /// on failure.
 fn child_setup(exec: &Exec<'_>, stdio: &ChildStdio, confinement: &Confinement) -> io::Error {
     let failed = |rc: libc::c_int| rc < 0;
     // SAFETY: only async-signal-safe system calls on descriptors and
-    // NUL-terminated strings prepared before the fork.
+    // NUL-terminated strings prepared before the clone.
     unsafe {
         match stdio {
             ChildStdio::Fds(fds) => {
@@ -387,14 +410,14 @@ fn child_setup(exec: &Exec<'_>, stdio: &ChildStdio, confinement: &Confinement) -
         if failed(libc::chdir(exec.cwd.as_ptr())) {
             return io::Error::last_os_error();
         }
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         // Every signal up to Linux's 64 (SIGKILL and SIGSTOP refuse,
-        // harmlessly).
+        // harmlessly), before any is unblocked.
         for signo in 1..=64 {
             libc::signal(signo, libc::SIG_DFL);
         }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         if let Err(e) = confinement.apply() {
             return e;
         }
