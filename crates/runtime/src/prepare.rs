@@ -1073,7 +1073,8 @@ pub fn dry_run(spec: &SandboxSpec, store: &Store) -> Result<DryRun, PrepareError
                 options,
             } => {
                 let meta = check_bind(&entry.guest, host_path, *expect, options, flags)?;
-                served = meta.is_dir() && (vm || server_config(options, flags, None).is_some());
+                served = (vm && (meta.is_dir() || meta.is_file()))
+                    || (meta.is_dir() && server_config(options, flags, None).is_some());
                 ("bind", Some(host_path.clone()))
             }
             Mount::Tmpfs { .. } => ("tmpfs", None),
