@@ -41,6 +41,9 @@ enum AgentError {
     /// The host closed the channel, so nobody is left to serve.
     #[error("the host went away")]
     HostGone,
+    /// The plan's security profile could not be compiled.
+    #[error("cannot prepare the security profile")]
+    Profile(#[source] msb_security::seccomp::SeccompError),
 }
 
 fn main() {
@@ -114,7 +117,7 @@ fn handle(agent: &Arc<Agent>, msg: HostMessage) {
             }
             Err(e) => GuestMessage::Error {
                 id: None,
-                message: chain(&*e),
+                message: chain(&e),
             },
         }),
         HostMessage::Exec(req) => {
@@ -170,11 +173,12 @@ fn handle(agent: &Arc<Agent>, msg: HostMessage) {
 /// Applies the plan and returns what every command gets from it; the
 /// profile is compiled first, so that a plan whose profile cannot be had
 /// runs nothing.
-fn configure(plan: GuestPlan) -> Result<Defaults, Box<dyn std::error::Error>> {
+fn configure(plan: GuestPlan) -> Result<Defaults, AgentError> {
     let confinement = plan
         .security
         .map(Confinement::new)
-        .transpose()?
+        .transpose()
+        .map_err(AgentError::Profile)?
         .map(Arc::new);
     setup::apply(&plan)?;
     let workdir = if plan.workdir.is_empty() {
