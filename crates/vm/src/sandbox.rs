@@ -23,9 +23,9 @@ use msb_runtime::{
 };
 
 use crate::qemu::{Accel, Disk, DiskFormat, Share};
+use crate::vm::{Exec, ExecControl, ExecEvent, ExecSpec, Vm, VmConfig, VmError};
 
 mod one_file;
-use crate::vm::{Exec, ExecControl, ExecEvent, ExecSpec, Vm, VmConfig, VmError};
 
 /// Request threads per served directory.
 const SERVER_THREADS: usize = 4;
