@@ -16,7 +16,12 @@ fn main() {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target_dir = out.join("agent-target");
 
-    for dir in ["crates/agent", "crates/agent-protocol", "Cargo.lock"] {
+    for dir in [
+        "crates/agent",
+        "crates/agent-protocol",
+        "crates/security",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
 

@@ -19,6 +19,7 @@
 
 use std::io::{self, Read, Write};
 
+pub use msb_security::Security;
 use serde::{Deserialize, Serialize};
 
 /// Identifies one command started with [`HostMessage::Exec`]; chosen by the
@@ -34,6 +35,9 @@ pub const MAX_DATA_CHUNK: usize = 64 << 10;
 
 /// The name of the virtio-serial port the agent talks on.
 pub const CONTROL_PORT_NAME: &str = "msb.control";
+
+/// The one entry of a single-file share ([`MountSource::VirtioFsFile`]).
+pub const FILE_SHARE_ENTRY: &str = "file";
 
 /// What the guest mounts and how it sets itself up. Plain data: the host
 /// decides everything, the agent only applies it in order.
@@ -51,6 +55,11 @@ pub struct GuestPlan {
     pub workdir: String,
     /// Environment every command gets (`KEY=VALUE`), before its own.
     pub env: Vec<String>,
+    /// The profile every command (the sandbox's and each exec) runs
+    /// under, as on the namespace backend; `None` leaves commands the
+    /// guest's unconfined root (tools and tests booting a bare initramfs).
+    #[serde(default)]
+    pub security: Option<Security>,
 }
 
 /// The guest's root: a read-only virtio-fs share under a writable tmpfs
@@ -120,6 +129,13 @@ pub enum MountSource {
         /// The filesystem type on the disk, such as `ext4`; empty tries the
         /// common ones (ext4, xfs, btrfs, vfat).
         fstype: String,
+    },
+    /// One file of a virtio-fs share, which serves that file alone under
+    /// the name [`FILE_SHARE_ENTRY`]; bind-mounted onto the mount's path,
+    /// which must be (or is created as) a file.
+    VirtioFsFile {
+        /// The share's tag.
+        tag: String,
     },
     /// A fresh tmpfs.
     Tmpfs {
@@ -486,6 +502,7 @@ mod tests {
             }],
             workdir: "/".into(),
             env: vec![],
+            security: Some(Security::Restricted),
         }));
         round_trip(GuestMessage::Stdout {
             id: 1,

@@ -13,6 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use msb_agent_protocol::{ExecId, ExecRequest, Frame, GuestMessage, MAX_DATA_CHUNK};
+use msb_security::Confinement;
 
 use crate::sys;
 
@@ -46,13 +47,16 @@ pub struct Agent {
     configured: AtomicBool,
 }
 
-/// The plan's environment and working directory, applied to every exec.
+/// The plan's environment, working directory and confinement, applied to
+/// every exec.
 #[derive(Default)]
 pub struct Defaults {
     /// `KEY=VALUE` entries.
     pub env: Vec<String>,
     /// Working directory.
     pub workdir: String,
+    /// The security profile, compiled; `None` runs commands unconfined.
+    pub confinement: Option<Arc<Confinement>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -70,6 +74,7 @@ impl Agent {
             defaults: Mutex::new(Defaults {
                 env: Vec::new(),
                 workdir: "/".into(),
+                confinement: None,
             }),
             shutting_down: AtomicBool::new(false),
             configured: AtomicBool::new(false),
@@ -164,12 +169,12 @@ impl Agent {
         let Some(name) = req.argv.first() else {
             return Err((127, "empty command".into()));
         };
-        let (env, workdir) = {
+        let (env, workdir, confinement) = {
             let d = lock(&self.defaults);
             let mut env = d.env.clone();
             env.extend(req.env.iter().cloned());
             let workdir = req.workdir.clone().unwrap_or_else(|| d.workdir.clone());
-            (env, workdir)
+            (env, workdir, d.confinement.clone())
         };
         // A failed chdir would look like a failed exec; check first so the
         // two get their own messages.
@@ -224,15 +229,22 @@ impl Agent {
 
         let (pid, pidfd) = {
             let mut children = lock(&self.children);
-            let pid =
-                sys::spawn(&program, &req.argv, &env, &workdir, &child_stdio).map_err(|e| {
-                    let code = if e.kind() == io::ErrorKind::NotFound {
-                        127
-                    } else {
-                        126
-                    };
-                    (code, format!("{}: {e}", program.display()))
-                })?;
+            let pid = sys::spawn(
+                &program,
+                &req.argv,
+                &env,
+                &workdir,
+                &child_stdio,
+                confinement.as_deref(),
+            )
+            .map_err(|e| {
+                let code = if e.kind() == io::ErrorKind::NotFound {
+                    127
+                } else {
+                    126
+                };
+                (code, format!("{}: {e}", program.display()))
+            })?;
             // The reaper waits for this lock, so the pid still names our child.
             let pidfd = sys::pidfd_open(pid).map_err(|e| io_err("opening a pidfd", e))?;
             children.insert(pid);
@@ -375,7 +387,10 @@ impl Agent {
         let Some(program) = argv.first() else {
             return (Duration::ZERO, iterations);
         };
-        let env = lock(&self.defaults).env.clone();
+        let (env, confinement) = {
+            let d = lock(&self.defaults);
+            (d.env.clone(), d.confinement.clone())
+        };
         // Held so the reaper leaves these children to the wait below.
         let _children = lock(&self.children);
         let mut failures = 0;
@@ -386,7 +401,7 @@ impl Agent {
         let stdio = sys::ChildStdio::Fds([0, 1, 2]);
         let start = Instant::now();
         for _ in 0..iterations {
-            let ok = match sys::spawn(&program, argv, &env, "/", &stdio) {
+            let ok = match sys::spawn(&program, argv, &env, "/", &stdio, confinement.as_deref()) {
                 Ok(pid) => {
                     let mut status = 0;
                     // SAFETY: status is valid for writing; pid is our child, which

@@ -13,7 +13,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use msb_agent_protocol::{CONTROL_PORT_NAME, FrameError, GuestMessage, HostMessage, read_message};
+use msb_agent_protocol::{
+    CONTROL_PORT_NAME, FrameError, GuestMessage, GuestPlan, HostMessage, read_message,
+};
+use msb_security::Confinement;
 
 use exec::{Agent, Defaults};
 
@@ -38,6 +41,9 @@ enum AgentError {
     /// The host closed the channel, so nobody is left to serve.
     #[error("the host went away")]
     HostGone,
+    /// The plan's security profile could not be compiled.
+    #[error("cannot prepare the security profile")]
+    Profile(#[source] msb_security::seccomp::SeccompError),
 }
 
 fn main() {
@@ -104,17 +110,9 @@ fn handle(agent: &Arc<Agent>, msg: HostMessage) {
             id: None,
             message: "the guest is already configured".into(),
         }),
-        HostMessage::Configure(plan) => Some(match setup::apply(&plan) {
-            Ok(()) => {
-                let workdir = if plan.workdir.is_empty() {
-                    "/".into()
-                } else {
-                    plan.workdir
-                };
-                agent.set_defaults(Defaults {
-                    env: plan.env,
-                    workdir,
-                });
+        HostMessage::Configure(plan) => Some(match configure(plan) {
+            Ok(defaults) => {
+                agent.set_defaults(defaults);
                 GuestMessage::Configured
             }
             Err(e) => GuestMessage::Error {
@@ -170,6 +168,29 @@ fn handle(agent: &Arc<Agent>, msg: HostMessage) {
     if let Some(reply) = reply {
         let _ = agent.send(&reply);
     }
+}
+
+/// Applies the plan and returns what every command gets from it; the
+/// profile is compiled first, so that a plan whose profile cannot be had
+/// runs nothing.
+fn configure(plan: GuestPlan) -> Result<Defaults, AgentError> {
+    let confinement = plan
+        .security
+        .map(Confinement::new)
+        .transpose()
+        .map_err(AgentError::Profile)?
+        .map(Arc::new);
+    setup::apply(&plan)?;
+    let workdir = if plan.workdir.is_empty() {
+        "/".into()
+    } else {
+        plan.workdir
+    };
+    Ok(Defaults {
+        env: plan.env,
+        workdir,
+        confinement,
+    })
 }
 
 /// Finds the control port by name and opens it; devices appear as the

@@ -4,11 +4,11 @@
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use msb_agent_protocol::{GuestMount, GuestPlan, MountSource, RootPlan};
+use msb_agent_protocol::{FILE_SHARE_ENTRY, GuestMount, GuestPlan, MountSource, RootPlan};
 
 use crate::sys;
 
@@ -251,7 +251,9 @@ fn switch_to_overlay_root(root: &RootPlan) -> Result<(), SetupError> {
 
 fn apply_mount(m: &GuestMount) -> Result<(), SetupError> {
     let target = plain_path(&m.guest_path)?;
-    mkdir_p(target, 0o755)?;
+    if !matches!(m.source, MountSource::VirtioFsFile { .. }) {
+        mkdir_p(target, 0o755)?;
+    }
     let mut flags = 0;
     for (on, flag) in [
         (m.ro, libc::MS_RDONLY),
@@ -265,6 +267,7 @@ fn apply_mount(m: &GuestMount) -> Result<(), SetupError> {
     }
     match &m.source {
         MountSource::VirtioFs { tag } => mount(tag, target, "virtiofs", flags, None),
+        MountSource::VirtioFsFile { tag } => mount_file(tag, target, flags),
         MountSource::Block { serial, fstype } => {
             let dev = find_disk(serial)?;
             let dev = dev.to_string_lossy();
@@ -290,6 +293,52 @@ fn apply_mount(m: &GuestMount) -> Result<(), SetupError> {
             mount("tmpfs", target, "tmpfs", flags, Some(&data))
         }
     }
+}
+
+/// Mounts the one file of the single-file share `tag` on `target` (made
+/// an empty file if missing): the share goes on a private directory of
+/// /dev, its file is bound onto `target`, and the share's own mount goes
+/// again, so nothing but the file stays reachable.
+fn mount_file(tag: &str, target: &Path, flags: libc::c_ulong) -> Result<(), SetupError> {
+    if let Some(parent) = target.parent() {
+        mkdir_p(parent, 0o755)?;
+    }
+    let create = |source| SetupError::Create {
+        path: target.to_owned(),
+        source,
+    };
+    match fs::symlink_metadata(target) {
+        Ok(meta) if meta.is_dir() => {
+            return Err(create(io::Error::from_raw_os_error(libc::EISDIR)));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o644)
+                .open(target)
+                .map_err(create)?;
+        }
+        Err(e) => return Err(create(e)),
+    }
+    let staging = Path::new("/dev").join(format!(".msb-file-{tag}"));
+    mkdir_p(&staging, 0o700)?;
+    mount(tag, &staging, "virtiofs", flags, None)?;
+    let file = staging.join(FILE_SHARE_ENTRY);
+    let bound = mount(&file.to_string_lossy(), target, "", libc::MS_BIND, None).and_then(|()| {
+        // A bind takes the flags only from a remount.
+        let remount = libc::MS_REMOUNT | libc::MS_BIND | flags;
+        mount("", target, "", remount, None)
+    });
+    let staging_c = sys::cstr(staging.as_os_str().as_encoded_bytes());
+    if let Ok(staging_c) = staging_c {
+        // SAFETY: a valid C string naming the staging mount.
+        unsafe { libc::umount2(staging_c.as_ptr(), libc::MNT_DETACH) };
+    }
+    let _ = fs::remove_dir(&staging);
+    bound
 }
 
 /// Finds the block device whose virtio serial is `serial`, waiting briefly

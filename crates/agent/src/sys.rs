@@ -5,6 +5,9 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use msb_security::Confinement;
 
 /// A path or string as a C string; interior NULs become an error.
 pub fn cstr(s: impl AsRef<[u8]>) -> io::Result<CString> {
@@ -156,16 +159,20 @@ pub enum ChildStdio {
     Terminal(CString),
 }
 
-/// Starts `program` with posix_spawn: glibc's vfork-style spawn, much
-/// cheaper than fork under emulation. Signal dispositions and mask are
-/// reset; the child gets its own process group (or its own session with a
-/// terminal). Returns the pid; an exec failure comes back as its errno.
+/// Starts `program`. Signal dispositions and mask are reset; the child
+/// gets its own process group (or its own session with a terminal). With
+/// `confinement`, the child installs it just before exec, which
+/// posix_spawn cannot do ([`clone_exec`] does the same otherwise); without,
+/// posix_spawn starts it (glibc's vfork-style spawn, much cheaper than fork
+/// under emulation). Returns the pid; an exec failure
+/// comes back as its errno.
 pub fn spawn(
     program: &Path,
     argv: &[String],
     env: &[String],
     cwd: &str,
     stdio: &ChildStdio,
+    confinement: Option<&Confinement>,
 ) -> io::Result<libc::pid_t> {
     use std::os::unix::ffi::OsStrExt;
     let program = cstr(program.as_os_str().as_bytes())?;
@@ -186,6 +193,16 @@ pub fn spawn(
     argv_ptrs.push(std::ptr::null_mut());
     let mut env_ptrs: Vec<*mut libc::c_char> = env.iter().map(|e| e.as_ptr().cast_mut()).collect();
     env_ptrs.push(std::ptr::null_mut());
+
+    if let Some(confinement) = confinement {
+        let exec = Exec {
+            program: &program,
+            argv: &argv_ptrs,
+            env: &env_ptrs,
+            cwd: &cwd,
+        };
+        return clone_exec(&exec, stdio, confinement);
+    }
 
     let errno = |rc: libc::c_int| {
         if rc == 0 {
@@ -260,6 +277,156 @@ pub fn spawn(
         libc::posix_spawnattr_destroy(&mut attr);
         libc::posix_spawn_file_actions_destroy(&mut actions);
         result
+    }
+}
+
+/// What a cloned child executes, prepared before the clone.
+struct Exec<'a> {
+    program: &'a CString,
+    /// NULL-terminated.
+    argv: &'a [*mut libc::c_char],
+    /// NULL-terminated.
+    env: &'a [*mut libc::c_char],
+    cwd: &'a CString,
+}
+
+/// Stack of a [`clone_exec`] child, which runs only [`child_setup`].
+const CHILD_STACK: usize = 256 << 10;
+
+/// What a [`clone_exec`] child reads, and where it leaves its errno.
+struct ChildArgs<'a> {
+    exec: &'a Exec<'a>,
+    stdio: &'a ChildStdio,
+    confinement: &'a Confinement,
+    /// 0 until the child fails before exec.
+    errno: AtomicI32,
+}
+
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the ChildArgs of clone_exec, which stays alive and
+    // unchanged while its caller is suspended (CLONE_VFORK).
+    let args = unsafe { &*arg.cast::<ChildArgs<'_>>() };
+    let err = child_setup(args.exec, args.stdio, args.confinement);
+    args.errno.store(
+        err.raw_os_error().unwrap_or(libc::EINVAL),
+        Ordering::Relaxed,
+    );
+    // SAFETY: ends the child without running any of the parent's exit code.
+    unsafe { libc::_exit(127) }
+}
+
+/// [`spawn`] for a child that must install its confinement between fork
+/// and exec: clone with `CLONE_VM | CLONE_VFORK`, as glibc's posix_spawn
+/// does, because copying the agent's memory for a fork costs tens of
+/// milliseconds per command under emulation. The child runs on a stack of
+/// its own, shares our memory but nothing else (its own descriptors and
+/// signal dispositions), and we resume once it has exec'd or failed.
+fn clone_exec(
+    exec: &Exec<'_>,
+    stdio: &ChildStdio,
+    confinement: &Confinement,
+) -> io::Result<libc::pid_t> {
+    let mut stack = vec![0u8; CHILD_STACK];
+    // The stack grows down from its end, 16-byte aligned.
+    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
+    let args = ChildArgs {
+        exec,
+        stdio,
+        confinement,
+        errno: AtomicI32::new(0),
+    };
+    // SAFETY: sigset_t is plain data, filled by sigfillset before use. All
+    // signals stay blocked around the clone so that none of our handlers
+    // runs in the child on our memory; the child resets every disposition
+    // before it unblocks them.
+    let pid = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        // SAFETY (clone): the stack and the arguments outlive the child's
+        // use of them, since CLONE_VFORK suspends us until it has exec'd
+        // or exited; child_main only makes async-signal-safe system calls.
+        let pid = libc::clone(
+            child_main,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&args as *const ChildArgs<'_>).cast_mut().cast(),
+        );
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        pid
+    };
+    drop(stack);
+    let pid = check(pid)?;
+    let errno = args.errno.load(Ordering::Relaxed);
+    if errno == 0 {
+        return Ok(pid);
+    }
+    let mut status = 0;
+    // SAFETY: pid is our child, which the caller keeps the reaper away from.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    Err(io::Error::from_raw_os_error(errno))
+}
+
+/// The cloned child's work up to exec, mirroring [`spawn`]'s posix_spawn
+/// attributes: stdio, process group or session, working directory,
+/// default signal handling, then the confinement, then exec. Returns only
+/// on failure.
+fn child_setup(exec: &Exec<'_>, stdio: &ChildStdio, confinement: &Confinement) -> io::Error {
+    let failed = |rc: libc::c_int| rc < 0;
+    // SAFETY: only async-signal-safe system calls on descriptors and
+    // NUL-terminated strings prepared before the clone.
+    unsafe {
+        match stdio {
+            ChildStdio::Fds(fds) => {
+                for (target, &fd) in fds.iter().enumerate() {
+                    if failed(libc::dup2(fd, target as libc::c_int)) {
+                        return io::Error::last_os_error();
+                    }
+                }
+                if failed(libc::setpgid(0, 0)) {
+                    return io::Error::last_os_error();
+                }
+            }
+            ChildStdio::Terminal(path) => {
+                // A session leader's first terminal becomes its controlling one.
+                if failed(libc::setsid()) {
+                    return io::Error::last_os_error();
+                }
+                let fd = libc::open(path.as_ptr(), libc::O_RDWR);
+                if failed(fd) {
+                    return io::Error::last_os_error();
+                }
+                for target in 0..3 {
+                    if failed(libc::dup2(fd, target)) {
+                        return io::Error::last_os_error();
+                    }
+                }
+                if fd > 2 {
+                    libc::close(fd);
+                }
+            }
+        }
+        if failed(libc::chdir(exec.cwd.as_ptr())) {
+            return io::Error::last_os_error();
+        }
+        // Every signal up to Linux's 64 (SIGKILL and SIGSTOP refuse,
+        // harmlessly), before any is unblocked.
+        for signo in 1..=64 {
+            libc::signal(signo, libc::SIG_DFL);
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        if let Err(e) = confinement.apply() {
+            return e;
+        }
+        libc::execve(
+            exec.program.as_ptr(),
+            exec.argv.as_ptr().cast(),
+            exec.env.as_ptr().cast(),
+        );
+        io::Error::last_os_error()
     }
 }
 

@@ -52,6 +52,9 @@ struct Host {
     ro: PathBuf,
     virt: PathBuf,
     image: PathBuf,
+    /// A directory with a file mounted read-write (`rw-file`), one mounted
+    /// read-only (`ro-file`) and one not mounted (`sibling`).
+    files: PathBuf,
 }
 
 fn host() -> Host {
@@ -61,7 +64,21 @@ fn host() -> Host {
         std::fs::create_dir(&p).unwrap();
         p
     };
-    let (rw, ro, virt) = (sub("rw"), sub("ro"), sub("virt"));
+    let (rw, ro, virt, files) = (sub("rw"), sub("ro"), sub("virt"), sub("files"));
+    for (name, data) in [
+        ("rw-file", "file on the host\n"),
+        ("ro-file", "read-only file\n"),
+        ("sibling", "not mounted\n"),
+    ] {
+        std::fs::write(files.join(name), data).unwrap();
+    }
+    // The sandbox's root may write it, as a bind directory it owns.
+    std::os::unix::fs::chown(
+        files.join("rw-file"),
+        Some(SANDBOX_ROOT),
+        Some(SANDBOX_ROOT),
+    )
+    .unwrap();
     // A directory the sandbox's root may write: it keeps its host owner.
     std::os::unix::fs::chown(&rw, Some(SANDBOX_ROOT), Some(SANDBOX_ROOT)).unwrap();
     std::os::unix::fs::chown(&virt, Some(SANDBOX_ROOT), Some(SANDBOX_ROOT)).unwrap();
@@ -90,6 +107,7 @@ fn host() -> Host {
         ro,
         virt,
         image,
+        files,
     }
 }
 
@@ -130,6 +148,10 @@ fn suite(backend: &str) {
         &format!("{}:/img", h.image.display()),
         "--tmpfs",
         "/small:1M",
+        "--mount-file",
+        &format!("{}:/etc/mounted", h.files.join("rw-file").display()),
+        "--mount-file",
+        &format!("{}:/ro-file:ro", h.files.join("ro-file").display()),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -273,6 +295,75 @@ fn suite(backend: &str) {
                 .lines()
                 .all(|l| l.contains("nosuid") && l.contains("nodev")),
         out,
+    );
+
+    // Single files: read and written through to the host, read-only
+    // refused, neither removed nor renamed, and nothing else of their
+    // directory reachable.
+    let (code, out, err) = sh(
+        home,
+        name,
+        "cat /etc/mounted && stat -c %F /etc/mounted && echo more >> /etc/mounted",
+    );
+    check(
+        "file mount read and write",
+        code == 0 && out == "file on the host\nregular file\n",
+        format!("{code} {out:?} {err}"),
+    );
+    check(
+        "file mount write reaches the host",
+        std::fs::read_to_string(h.files.join("rw-file"))
+            .ok()
+            .as_deref()
+            == Some("file on the host\nmore\n"),
+        "host file unchanged".into(),
+    );
+    let (code, out, err) = sh(home, name, "cat /ro-file && echo x > /ro-file");
+    check(
+        "file mount ro",
+        code != 0 && out == "read-only file\n" && err.contains("Read-only file system"),
+        format!("{code} {out:?} {err}"),
+    );
+    let (code, _, err) = sh(
+        home,
+        name,
+        "rm -f /etc/mounted || mv /etc/mounted /etc/moved || exit 0; exit 1",
+    );
+    check("file mount stays", code == 0, err);
+    let (_, out, _) = sh(
+        home,
+        name,
+        "ls -a / /dev /etc; grep -c -e sibling -e msb-file /proc/mounts",
+    );
+    check(
+        "file mount shows nothing else of its directory",
+        !out.contains("sibling") && !out.contains("msb-file") && out.ends_with("0\n"),
+        out,
+    );
+    let mut names: Vec<_> = std::fs::read_dir(&h.files)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    check(
+        "file mount directory unchanged on the host",
+        names == ["ro-file", "rw-file", "sibling"]
+            && std::fs::read_to_string(h.files.join("ro-file")).unwrap() == "read-only file\n",
+        format!("{names:?}"),
+    );
+
+    // Every command, exec'd ones too, runs under the default profile:
+    // the filter and the container capability set, no new namespaces.
+    let (code, out, err) = sh(
+        home,
+        name,
+        "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; unshare -U -r true",
+    );
+    check(
+        "exec under the default profile",
+        code != 0
+            && out.replace('\t', " ") == "CapEff: 00000000a00405fb\nNoNewPrivs: 0\nSeccomp: 2\n",
+        format!("{code} {out:?} {err}"),
     );
 
     // In use while the sandbox is up.

@@ -310,6 +310,11 @@ fn rootless_user_runs_a_vm() {
     // The asset cache must be readable by the user: fetch it as root first.
     let o = msb(home.path(), &["run", "--backend", "vm", "true"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
+    // The user's own file, mounted alone.
+    let file = home.path().join("own-file");
+    std::fs::write(&file, "x\n").unwrap();
+    std::os::unix::fs::chown(&file, Some(65534), Some(65534)).unwrap();
+    let mount_file = format!("{}:/etc/own", file.display());
     let o = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(bin())
@@ -319,9 +324,11 @@ fn rootless_user_runs_a_vm() {
             "vm",
             "--mount-named",
             "mine:/data",
+            "--mount-file",
+            &mount_file,
             "sh",
             "-c",
-            "echo hi > /data/f; id -u",
+            "echo hi > /data/f; cat /etc/own; echo more >> /etc/own; id -u",
         ])
         .env("MSB_HOME", home.path().join("user"))
         .env("MSB_VM_ASSETS", assets())
@@ -330,7 +337,8 @@ fn rootless_user_runs_a_vm() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
-    assert_eq!(text(&o.stdout), "0\n");
+    assert_eq!(text(&o.stdout), "x\n0\n");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "x\nmore\n");
     let meta = std::fs::metadata(home.path().join("user/volumes/mine/f")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
 }

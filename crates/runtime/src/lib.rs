@@ -13,7 +13,6 @@
 //! registrations are locks that die with their holder.
 
 mod backend;
-mod caps;
 mod cgroup;
 mod fresh;
 mod idmap;
@@ -24,7 +23,6 @@ mod mounts;
 mod ns;
 mod plan;
 mod prepare;
-pub mod seccomp;
 
 pub use backend::{Backend, Running, SandboxStdio};
 pub use cgroup::{CgroupEntry, CgroupError, Resources, SandboxCgroup};
@@ -32,6 +30,9 @@ pub use fresh::{RootEntry, fresh_root_entries};
 pub use idmap::IdmapError;
 pub use join::{JoinError, SandboxNamespaces};
 pub use lease::{IdLease, LEASE_DIR, LeaseError};
+/// The system call filters of the security profiles (moved to
+/// `msb-security`, which the microVM guest agent shares).
+pub use msb_security::seccomp;
 pub use msb_store::sandbox_ids;
 pub use ns::{InitProgram, NamespaceBackend, NsError, NsSandbox};
 pub use plan::{BackendKind, InitMount, InitPlan, InitRoot, InitSource, SandboxSpec, Security};
@@ -39,6 +40,7 @@ pub use prepare::{
     DryRun, DryRunMount, PrepareError, Prepared, Share, check_user, dry_run, prepare,
 };
 
+use msb_security::caps;
 use msb_store::Store;
 
 /// Blocks the signals a supervisor forwards (SIGINT, SIGTERM, SIGHUP,

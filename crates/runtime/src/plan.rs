@@ -8,33 +8,7 @@ use msb_spec::{GuestPath, MountFlags, MountTable};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::Resources;
-
-/// Privileges of the workload.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Security {
-    /// Root of the sandbox's user namespace with a container-like
-    /// capability set (no `CAP_SYS_ADMIN`, so no mount or remount; no
-    /// `CAP_MKNOD`) and the default system call filter.
-    #[default]
-    Default,
-    /// Every capability dropped, `no_new_privs`, and a stricter system call
-    /// filter.
-    Restricted,
-}
-
-impl std::str::FromStr for Security {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "default" => Ok(Security::Default),
-            "restricted" => Ok(Security::Restricted),
-            other => Err(format!(
-                "unknown security profile {other:?}; expected default or restricted"
-            )),
-        }
-    }
-}
+pub use msb_security::Security;
 
 /// Which isolation a sandbox gets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

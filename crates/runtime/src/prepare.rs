@@ -104,7 +104,7 @@ pub enum PrepareError {
         source: ViewError,
     },
     #[error(
-        "mount at {guest}: {path} is a single file; a microVM sandbox takes directories only (mount its directory, or use the namespace backend)"
+        "mount at {guest}: {path} is neither a directory nor a regular file; a microVM sandbox mounts only those (use the namespace backend)"
     )]
     FileOnVm { guest: GuestPath, path: PathBuf },
     #[error("root filesystem {path}: cannot serve it to the microVM")]
@@ -128,6 +128,9 @@ pub struct Share {
     pub root: OwnedFd,
     /// Read-only, quota, stat virtualization, host permissions, ids.
     pub config: msb_fsserver::ServeConfig,
+    /// A single-file mount's file: `root` is then its directory, of which
+    /// this one entry alone may be served.
+    pub file: Option<std::ffi::OsString>,
 }
 
 /// Everything a sandbox holds on the host while it runs: attachments (the
@@ -422,6 +425,7 @@ fn vm_root(p: &mut Prepared<'_>, spec: &SandboxSpec) -> Result<InitRoot, Prepare
     p.shares.push(Share {
         root: fd,
         config: sandbox_policy(true, StatVirt::Off, HostPerms::Private),
+        file: None,
     });
     Ok(root)
 }
@@ -476,6 +480,9 @@ fn add_vm_mount(
             options,
         } => {
             let meta = check_bind(guest, host_path, *expect, options, flags)?;
+            if meta.is_file() {
+                return vm_file_share(p, guest, host_path, options, flags);
+            }
             if !meta.is_dir() {
                 return Err(PrepareError::FileOnVm {
                     guest: guest.clone(),
@@ -584,9 +591,46 @@ fn attach_named(
     Ok(info)
 }
 
+/// A VM's single-file mount: the file's directory (symlinks resolved, so
+/// the entry is the file itself), of which the VM backend serves that one
+/// file and nothing else.
+fn vm_file_share(
+    p: &mut Prepared<'_>,
+    guest: &GuestPath,
+    host_path: &Path,
+    options: &MountOptions,
+    flags: MountFlags,
+) -> Result<InitSource, PrepareError> {
+    let host_err = |source| PrepareError::HostPath {
+        guest: guest.clone(),
+        path: host_path.to_path_buf(),
+        source,
+    };
+    let real = std::fs::canonicalize(host_path).map_err(host_err)?;
+    let (Some(dir), Some(name)) = (real.parent(), real.file_name()) else {
+        return Err(host_err(io::Error::from(io::ErrorKind::InvalidInput)));
+    };
+    let root = msb_fsserver::open_root(dir, false).map_err(|source| PrepareError::Server {
+        guest: guest.clone(),
+        source,
+    })?;
+    p.shares.push(Share {
+        root,
+        config: vm_server_config(options, flags),
+        file: Some(name.to_owned()),
+    });
+    Ok(InitSource::Share {
+        index: p.shares.len() - 1,
+    })
+}
+
 /// Records a share of the VM and the source that names it.
 fn share(p: &mut Prepared<'_>, root: OwnedFd, config: msb_fsserver::ServeConfig) -> InitSource {
-    p.shares.push(Share { root, config });
+    p.shares.push(Share {
+        root,
+        config,
+        file: None,
+    });
     InitSource::Share {
         index: p.shares.len() - 1,
     }
@@ -790,7 +834,11 @@ fn serve(
     }
     let root = msb_fsserver::open_root(dir, follow_symlinks).map_err(server_err)?;
     if rootless() {
-        p.shares.push(Share { root, config: cfg });
+        p.shares.push(Share {
+            root,
+            config: cfg,
+            file: None,
+        });
         return Ok(InitSource::Fuse {
             index: p.shares.len() - 1,
         });
@@ -1074,7 +1122,8 @@ pub fn dry_run(spec: &SandboxSpec, store: &Store) -> Result<DryRun, PrepareError
                 options,
             } => {
                 let meta = check_bind(&entry.guest, host_path, *expect, options, flags)?;
-                served = meta.is_dir() && (vm || server_config(options, flags, None).is_some());
+                served = (vm && (meta.is_dir() || meta.is_file()))
+                    || (meta.is_dir() && server_config(options, flags, None).is_some());
                 ("bind", Some(host_path.clone()))
             }
             Mount::Tmpfs { .. } => ("tmpfs", None),

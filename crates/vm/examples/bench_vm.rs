@@ -11,6 +11,9 @@
 //! root is the host's /usr over virtio-fs, against the ping above plus the
 //! guest's own fork+exec+wait of that `true`), and an idle sandbox's memory.
 //!
+//! `BENCH_SECURITY=default|restricted` runs the commands under that
+//! profile.
+//!
 //! Needs qemu-system-x86_64 and /bin/busybox (busybox-static).
 
 use std::path::Path;
@@ -74,9 +77,16 @@ fn main() {
         run_dir: std::env::var_os("BENCH_FLOOR_RUN_DIR").map(Into::into),
         ..config.clone()
     };
+    // BENCH_SECURITY=default|restricted: commands run confined, as a
+    // sandbox's do (spawned by fork instead of posix_spawn).
+    let security = std::env::var("BENCH_SECURITY").ok().map(|s| {
+        s.parse()
+            .unwrap_or_else(|e: String| panic!("BENCH_SECURITY: {e}"))
+    });
     let plan = GuestPlan {
         env: vec!["PATH=/bin".into()],
         workdir: "/".into(),
+        security,
         ..GuestPlan::default()
     };
 

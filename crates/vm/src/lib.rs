@@ -29,7 +29,9 @@ mod vm;
 
 pub use assets::{AssetsError, GUEST_MODULES, Kernel, assets_dir};
 pub use initramfs::{AGENT, Cpio, InitramfsEntry, InitramfsError};
-pub use msb_agent_protocol::{ExecId, GuestFile, GuestMount, GuestPlan, MountSource, RootPlan};
+pub use msb_agent_protocol::{
+    ExecId, GuestFile, GuestMount, GuestPlan, MountSource, RootPlan, Security,
+};
 pub use probe::kvm_works;
 pub use qemu::{Accel, Disk, DiskFormat, QemuError, Share};
 pub use sandbox::{SandboxError, VmBackend, VmSandbox, auto_picks_vm};

@@ -25,6 +25,8 @@ use msb_runtime::{
 use crate::qemu::{Accel, Disk, DiskFormat, Share};
 use crate::vm::{Exec, ExecControl, ExecEvent, ExecSpec, Vm, VmConfig, VmError};
 
+mod one_file;
+
 /// Request threads per served directory.
 const SERVER_THREADS: usize = 4;
 
@@ -149,8 +151,12 @@ fn root_plan(plan: &InitPlan) -> Result<RootPlan, SandboxError> {
     Ok(root)
 }
 
-/// The guest's mounts, and the disks they need attached.
-fn mounts(plan: &InitPlan) -> Result<(Vec<GuestMount>, Vec<Disk>), SandboxError> {
+/// The guest's mounts, and the disks they need attached. `file_shares`
+/// says which shares serve a single file.
+fn mounts(
+    plan: &InitPlan,
+    file_shares: &[bool],
+) -> Result<(Vec<GuestMount>, Vec<Disk>), SandboxError> {
     // As the namespace init gives them: a fresh /tmp always, a fresh /run
     // unless the root directory brings its own.
     let mut own = vec!["/tmp"];
@@ -173,6 +179,9 @@ fn mounts(plan: &InitPlan) -> Result<(Vec<GuestMount>, Vec<Disk>), SandboxError>
     let mut disks = Vec::new();
     for m in &plan.mounts {
         let source = match &m.source {
+            InitSource::Share { index } if file_shares.get(*index) == Some(&true) => {
+                MountSource::VirtioFsFile { tag: tag(*index) }
+            }
             InitSource::Share { index } => MountSource::VirtioFs { tag: tag(*index) },
             InitSource::Image {
                 path,
@@ -245,6 +254,7 @@ impl Backend for VmBackend {
         let run_dir = run_dir()?;
         let mut servers = Vec::new();
         let mut shares = Vec::new();
+        let file_shares: Vec<bool> = stdio.shares.iter().map(|s| s.file.is_some()).collect();
         for (i, share) in stdio.shares.into_iter().enumerate() {
             let serve_err = |source| SandboxError::Serve {
                 what: if i == 0 {
@@ -254,7 +264,15 @@ impl Backend for VmBackend {
                 },
                 source,
             };
-            let fs = msb_virtiofs::policy_fs(&share.root, share.config).map_err(serve_err)?;
+            let policy_fs =
+                msb_virtiofs::policy_fs(&share.root, share.config).map_err(serve_err)?;
+            let fs: Arc<dyn msb_fsserver::filesystem::FileSystem> = match share.file {
+                Some(name) => Arc::new(
+                    one_file::OneFile::new(policy_fs, share.root.as_fd(), name)
+                        .map_err(|e| SandboxError::Io("checking a single-file mount's file", e))?,
+                ),
+                None => policy_fs,
+            };
             let socket = run_dir.0.join(format!("fs{i}.sock"));
             // The root's lower layer (the host's /usr, a root directory) is
             // not changed under a running sandbox, so the guest may keep it
@@ -273,13 +291,14 @@ impl Backend for VmBackend {
                 socket,
             });
         }
-        let (mounts, disks) = mounts(plan)?;
+        let (mounts, disks) = mounts(plan, &file_shares)?;
         let guest = GuestPlan {
             hostname: plan.hostname.clone(),
             root: Some(root_plan(plan)?),
             mounts,
             workdir: plan.workdir.clone(),
             env: plan.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            security: Some(plan.security),
         };
         let config = VmConfig {
             cpus: plan

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::{busybox_config, run, sh};
 use msb_vm::{
-    Disk, DiskFormat, ExecEvent, ExecSpec, GuestMount, GuestPlan, MountSource, Vm, VmError,
+    Disk, DiskFormat, ExecEvent, ExecSpec, GuestMount, GuestPlan, MountSource, Security, Vm,
+    VmError,
 };
 
 /// Room for the boot messages, not for what the test floods in.
@@ -94,10 +95,22 @@ fn one_guest_many_checks() {
         mounts,
         workdir: "/tmp".into(),
         env: vec!["PATH=/bin".into(), "FROM_PLAN=plan".into()],
+        // Every check below also holds for a confined command (started by
+        // fork rather than posix_spawn), the pty's included.
+        security: Some(Security::Default),
     };
     let started = Instant::now();
     let vm = Vm::boot(&config, &plan).unwrap();
     eprintln!("booted in {:?}", started.elapsed());
+
+    // The plan's profile: the filter, the default capability set.
+    assert_eq!(
+        sh(
+            &vm,
+            "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status | tr -d '\\t'"
+        ),
+        "CapEff:00000000a00405fb\nNoNewPrivs:0\nSeccomp:2\n"
+    );
 
     // Exit statuses.
     assert_eq!(run(&vm, &["true"]).status, 0);

@@ -114,6 +114,7 @@ fn root_share_under_a_writable_overlay() {
         }],
         workdir: "/".into(),
         env: vec!["PATH=/bin".into()],
+        security: None,
     };
     let vm = Vm::boot(&config, &plan).unwrap();
 

@@ -1,6 +1,6 @@
 //! Capabilities of the workload, applied between fork and exec.
 
-use crate::plan::Security;
+use crate::Security;
 
 /// Capabilities the default profile keeps: what a container runtime grants
 /// root in a container, minus `CAP_MKNOD` (no device cgroup guards device
@@ -28,7 +28,7 @@ const CAP_MKNOD: u32 = 27;
 const CAP_SYS_ADMIN: u32 = 21;
 
 /// The capabilities to keep, as a 64-bit mask.
-pub(crate) fn keep_set(security: Security) -> u64 {
+pub fn keep_set(security: Security) -> u64 {
     match security {
         Security::Default => DEFAULT_KEEP.iter().fold(0, |m, c| m | 1u64 << c),
         Security::Restricted => 0,
@@ -36,7 +36,7 @@ pub(crate) fn keep_set(security: Security) -> u64 {
 }
 
 /// The highest capability number this kernel knows.
-pub(crate) fn last_cap() -> u32 {
+pub fn last_cap() -> u32 {
     std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -62,7 +62,7 @@ const CAP_VERSION_3: u32 = 0x2008_0522;
 /// Drops every capability outside `keep` from the bounding, ambient,
 /// effective, permitted and inheritable sets; with `no_new_privs`, also
 /// forbids gaining privileges through exec. Async-signal-safe.
-pub(crate) fn apply(keep: u64, last_cap: u32, no_new_privs: bool) -> std::io::Result<()> {
+pub fn apply(keep: u64, last_cap: u32, no_new_privs: bool) -> std::io::Result<()> {
     let fail = || Err(std::io::Error::last_os_error());
     // SAFETY: prctl/capset with plain integer arguments and pointers to
     // initialized locals.
