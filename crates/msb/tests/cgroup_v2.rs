@@ -129,7 +129,17 @@ fn namespace_sandbox_limits_on_cgroup_v2_in_a_microvm() {
     let bind = format!("{}:/opt/msb:ro", share.path().display());
     let o = msb(
         home.path(),
-        &["create", "guest", "--backend", "vm", "-v", &bind],
+        &[
+            "create",
+            "guest",
+            "--backend",
+            "vm",
+            // The guest's root mounts cgroup2 and makes namespaces.
+            "--security",
+            "privileged",
+            "-v",
+            &bind,
+        ],
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let guest = Guest { home: home.path() };

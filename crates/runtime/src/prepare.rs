@@ -115,6 +115,10 @@ pub enum PrepareError {
     },
     #[error("backend auto must be resolved before a sandbox is prepared")]
     Unresolved,
+    #[error(
+        "the privileged profile is for microVM sandboxes only (--backend vm): in a namespace sandbox it would expose the host's kernel"
+    )]
+    PrivilegedNamespace,
     #[error("no host ids are free for the sandbox")]
     Lease(#[source] crate::LeaseError),
 }
@@ -300,6 +304,9 @@ pub fn prepare<'s>(
         BackendKind::Vm => true,
         BackendKind::Auto => return Err(PrepareError::Unresolved),
     };
+    if !vm && spec.security == Security::Privileged {
+        return Err(PrepareError::PrivilegedNamespace);
+    }
     // A rootful namespace sandbox runs as a range of its own: a process
     // outside it with the same ids (a setuid file it left in a bind mount,
     // run by a host user) can then trace or signal only this sandbox.
@@ -1208,6 +1215,9 @@ pub fn dry_run(spec: &SandboxSpec, store: &Store) -> Result<DryRun, PrepareError
 /// the same way, so a sandbox can be refused before it is recorded. A
 /// microVM needs neither. The backend must be resolved.
 pub fn check_user(spec: &SandboxSpec, dry: &DryRun, store: &Store) -> Result<(), PrepareError> {
+    if spec.backend == BackendKind::Namespace && spec.security == Security::Privileged {
+        return Err(PrepareError::PrivilegedNamespace);
+    }
     if spec.backend != BackendKind::Namespace || !rootless() {
         return Ok(());
     }

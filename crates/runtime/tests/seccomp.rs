@@ -545,6 +545,7 @@ fn denied_calls_fail_with_the_promised_errno_and_the_rest_pass() {
             let expect = match security {
                 Security::Default => p.default,
                 Security::Restricted => p.restricted,
+                Security::Privileged => unreachable!("not in the list above"),
             };
             let wanted = match expect {
                 Allow => base,
@@ -568,4 +569,12 @@ fn denied_calls_fail_with_the_promised_errno_and_the_rest_pass() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn the_privileged_profile_has_no_filter() {
+    assert!(matches!(
+        filter(Security::Privileged),
+        Err(msb_runtime::seccomp::SeccompError::Unconfined)
+    ));
 }

@@ -32,6 +32,7 @@ pub fn keep_set(security: Security) -> u64 {
     match security {
         Security::Default => DEFAULT_KEEP.iter().fold(0, |m, c| m | 1u64 << c),
         Security::Restricted => 0,
+        Security::Privileged => u64::MAX,
     }
 }
 

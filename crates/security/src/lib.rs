@@ -21,6 +21,11 @@ pub enum Security {
     /// Every capability dropped, `no_new_privs`, and a stricter system call
     /// filter.
     Restricted,
+    /// No filter and every capability: for a microVM sandbox only, whose
+    /// own kernel is then the whole boundary (for work that mounts,
+    /// loads modules or nests containers). The namespace backend refuses
+    /// it: there the host's kernel would be exposed.
+    Privileged,
 }
 
 impl std::str::FromStr for Security {
@@ -29,8 +34,9 @@ impl std::str::FromStr for Security {
         match s {
             "default" => Ok(Security::Default),
             "restricted" => Ok(Security::Restricted),
+            "privileged" => Ok(Security::Privileged),
             other => Err(format!(
-                "unknown security profile {other:?}; expected default or restricted"
+                "unknown security profile {other:?}; expected default, restricted or privileged"
             )),
         }
     }
@@ -40,7 +46,8 @@ impl std::str::FromStr for Security {
 /// without allocating.
 #[derive(Debug, Clone)]
 pub struct Confinement {
-    filter: seccomp::Filter,
+    /// None for [`Security::Privileged`].
+    filter: Option<seccomp::Filter>,
     keep: u64,
     last_cap: u32,
     no_new_privs: bool,
@@ -51,7 +58,10 @@ impl Confinement {
     /// capability. Call it before fork: it allocates.
     pub fn new(security: Security) -> Result<Confinement, seccomp::SeccompError> {
         Ok(Confinement {
-            filter: seccomp::filter(security)?,
+            filter: match security {
+                Security::Privileged => None,
+                confined => Some(seccomp::filter(confined)?),
+            },
             keep: caps::keep_set(security),
             last_cap: caps::last_cap(),
             no_new_privs: security == Security::Restricted,
@@ -64,7 +74,9 @@ impl Confinement {
     /// requires.
     pub fn apply(&self) -> std::io::Result<()> {
         // While the capabilities to install it without no_new_privs last.
-        self.filter.apply()?;
+        if let Some(filter) = &self.filter {
+            filter.apply()?;
+        }
         caps::apply(self.keep, self.last_cap, self.no_new_privs)
     }
 }

@@ -399,6 +399,9 @@ const LAST_UNKNOWN: u32 = 511;
 /// Why a filter could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
+    /// The privileged profile has no filter.
+    #[error("the privileged profile has no system call filter")]
+    Unconfined,
     /// The BPF compiler rejected a profile (a bug in the profile).
     #[error("cannot build the seccomp filter of the {security:?} profile")]
     Build {
@@ -422,6 +425,9 @@ pub struct Filter {
 
 /// Compiles the filter of `security`. Call it before fork: it allocates.
 pub fn filter(security: Security) -> Result<Filter, SeccompError> {
+    if security == Security::Privileged {
+        return Err(SeccompError::Unconfined);
+    }
     let build = |rules, mismatch, on_match| {
         BpfProgram::try_from(SeccompFilter::new(rules, mismatch, on_match, ARCH)?)
     };
@@ -453,7 +459,8 @@ fn allowed(security: Security) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Backen
         .iter()
         .chain(BASE_ARCH)
         .chain(match security {
-            Security::Default => DEFAULT_ONLY,
+            // Privileged never gets here (see `filter`).
+            Security::Default | Security::Privileged => DEFAULT_ONLY,
             Security::Restricted => &[],
         })
         .map(|&n| (i64::from(n), Vec::new()))
@@ -488,7 +495,7 @@ fn allowed(security: Security) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Backen
     );
     let socket = match security {
         // Docker's: every family but AF_ALG and AF_VSOCK.
-        Security::Default => vec![
+        Security::Default | Security::Privileged => vec![
             one(0, SeccompCmpOp::Lt, AF_ALG)?,
             one(0, SeccompCmpOp::Eq, AF_ALG + 1)?,
             one(0, SeccompCmpOp::Gt, AF_VSOCK)?,

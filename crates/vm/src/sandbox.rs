@@ -298,7 +298,8 @@ impl Backend for VmBackend {
             mounts,
             workdir: plan.workdir.clone(),
             env: plan.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-            security: Some(plan.security),
+            // Privileged: commands start as the guest's root, unconfined.
+            security: Some(plan.security).filter(|s| *s != msb_runtime::Security::Privileged),
         };
         let config = VmConfig {
             cpus: plan

@@ -24,8 +24,9 @@ pub struct RunArgs {
     #[arg(long = "env", short = 'e', value_name = "K=V")]
     pub env: Vec<String>,
     /// default (root of the sandbox's user namespace without mount or
-    /// device capabilities) or restricted (no capabilities, no_new_privs, a
-    /// stricter system call filter).
+    /// device capabilities), restricted (no capabilities, no_new_privs, a
+    /// stricter system call filter) or privileged (microVM only: every
+    /// capability, no filter; the VM's own kernel is the boundary).
     #[arg(long, default_value = "default", value_parser = parse_security)]
     pub security: Security,
     /// namespace (Linux namespaces on this kernel), vm (a microVM with its

@@ -34,7 +34,7 @@ pub struct CreateArgs {
     /// (repeatable).
     #[arg(long = "env", short = 'e', value_name = "K=V")]
     pub env: Vec<String>,
-    /// default or restricted (see `msb run --help`).
+    /// default, restricted or privileged (see `msb run --help`).
     #[arg(long, default_value = "default", value_parser = parse_security)]
     pub security: Security,
     /// namespace, vm or auto (see `msb run --help`).
