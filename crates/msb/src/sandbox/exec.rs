@@ -365,7 +365,7 @@ impl ExecBuilder {
             stdin,
             events,
             exit,
-            pidfd: ExecSignaller {
+            signaller: ExecSignaller {
                 target: SignalTarget::Vm(control),
             },
         }))
@@ -490,11 +490,11 @@ impl ExecBuilder {
                 unreachable!("a terminal's command is relayed by a process")
             };
             let master = master.expect("the terminal was allocated");
-            let pidfd = ExecSignaller::open(&mut child)?;
+            let signaller = ExecSignaller::open(&mut child)?;
             Ok(ExecPty {
                 master,
                 child: Some(child),
-                pidfd,
+                signaller,
             })
         })
         .await?
@@ -565,7 +565,7 @@ pub struct ExecStream {
     stdin: Option<OwnedFd>,
     events: mpsc::Receiver<ExecEvent>,
     exit: oneshot::Receiver<io::Result<ExitStatus>>,
-    pidfd: ExecSignaller,
+    signaller: ExecSignaller,
 }
 
 /// Sends signals to one command started in a sandbox, from any thread or
@@ -630,7 +630,7 @@ impl ExecSignaller {
 
 impl ExecStream {
     fn new(mut child: Child) -> Result<Self> {
-        let pidfd = ExecSignaller::open(&mut child)?;
+        let signaller = ExecSignaller::open(&mut child)?;
         let (tx, events) = mpsc::channel(64);
         let readers = [
             child
@@ -684,7 +684,7 @@ impl ExecStream {
             stdin,
             events,
             exit,
-            pidfd,
+            signaller,
         })
     }
 
@@ -716,13 +716,13 @@ impl ExecStream {
     /// Sends `signal` (e.g. 15 for SIGTERM) to the command; a command that
     /// already ended is not an error.
     pub fn signal(&self, signal: i32) -> Result<()> {
-        self.pidfd.signal(signal)
+        self.signaller.signal(signal)
     }
 
     /// A handle that signals the command independently of this stream, so
     /// it can be used while [`ExecStream::wait`] runs.
     pub fn signaller(&self) -> Result<ExecSignaller> {
-        self.pidfd.try_clone()
+        self.signaller.try_clone()
     }
 
     /// Closes standard input, discards output not yet read, and returns
@@ -766,7 +766,7 @@ impl ExecStream {
 pub struct ExecPty {
     master: File,
     child: Option<Child>,
-    pidfd: ExecSignaller,
+    signaller: ExecSignaller,
 }
 
 impl ExecPty {
@@ -786,7 +786,7 @@ impl ExecPty {
     /// A handle that signals the command, usable while
     /// [`ExecPty::wait`] runs.
     pub fn signaller(&self) -> Result<ExecSignaller> {
-        self.pidfd.try_clone()
+        self.signaller.try_clone()
     }
 
     /// Waits for the command to end and returns its exit status. The
