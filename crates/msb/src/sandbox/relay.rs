@@ -35,7 +35,7 @@ pub(crate) struct RelayOrder {
 }
 
 /// The exit status a relay reports when the sandbox went away under it.
-pub(crate) const LOST: i32 = 255;
+const LOST: i32 = 255;
 
 /// Sends a relayed command's input, signals and window size changes; cheap
 /// to clone, usable from any thread.
@@ -52,8 +52,8 @@ impl Control {
     }
 
     /// Sends signal `signo` to the command; one that already ended (its
-    /// connection closed) is not an error. The guest names the command by
-    /// the connection's own id, so a late signal never reaches another
+    /// connection closed) is not an error. The supervisor knows the command
+    /// by this connection alone, so a late signal never reaches another
     /// process.
     pub(crate) fn signal(&self, signo: i32) -> io::Result<()> {
         match self.send(&HostMessage::Signal { id: 0, signo }) {
@@ -89,8 +89,9 @@ pub(crate) enum Input {
 pub(crate) enum Output {
     /// This process's standard output and error.
     Ours,
-    /// Chunks handed to `deliver` (true: standard error); once it returns
-    /// false the rest is discarded, and the command keeps running.
+    /// Each chunk handed to this function (with true when it came from
+    /// standard error); once it returns false the rest is discarded, and
+    /// the command keeps running.
     Chunks(Box<dyn FnMut(Vec<u8>, bool) -> bool + Send>),
 }
 
