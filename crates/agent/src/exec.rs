@@ -45,7 +45,17 @@ pub struct Agent {
     defaults: Mutex<Defaults>,
     shutting_down: AtomicBool,
     configured: AtomicBool,
+    /// Worker threads waiting for a command to serve.
+    idle: Mutex<Vec<Sender<Job>>>,
 }
+
+/// What a worker thread does for a command (pass on its output, feed its
+/// input).
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The most worker threads kept waiting: starting a thread for each
+/// command is costly in an emulated guest.
+const IDLE_WORKERS: usize = 8;
 
 /// The plan's environment, working directory and confinement, applied to
 /// every exec.
@@ -78,6 +88,7 @@ impl Agent {
             }),
             shutting_down: AtomicBool::new(false),
             configured: AtomicBool::new(false),
+            idle: Mutex::new(Vec::new()),
         })
     }
 
@@ -87,6 +98,35 @@ impl Agent {
         let frame = msg.to_frame().map_err(io::Error::other)?;
         let mut port = lock(&self.port);
         port.write_all(&frame)
+    }
+
+    /// Runs `job` on a waiting worker thread, or on a new one.
+    fn run_on_worker(self: &Arc<Self>, mut job: Job) {
+        while let Some(worker) = lock(&self.idle).pop() {
+            match worker.send(job) {
+                Ok(()) => return,
+                // Its thread ended: try the next.
+                Err(e) => job = e.0,
+            }
+        }
+        let agent = Arc::clone(self);
+        std::thread::spawn(move || {
+            let (tx, rx) = channel::<Job>();
+            loop {
+                job();
+                {
+                    let mut idle = lock(&agent.idle);
+                    if idle.len() >= IDLE_WORKERS {
+                        return;
+                    }
+                    idle.push(tx.clone());
+                }
+                match rx.recv() {
+                    Ok(next) => job = next,
+                    Err(_) => return,
+                }
+            }
+        });
     }
 
     /// True the first time only: a plan is applied once.
@@ -258,7 +298,7 @@ impl Agent {
         let is_tty = tty.is_some();
         let stdin = stdin_sink.map(|sink| {
             let (tx, rx) = channel();
-            std::thread::spawn(move || feed_stdin(sink, rx, is_tty));
+            self.run_on_worker(Box::new(move || feed_stdin(sink, rx, is_tty)));
             tx
         });
         let exit = pidfd
@@ -266,7 +306,7 @@ impl Agent {
             .map_err(|e| io_err("duplicating a pidfd", e))?;
         lock(&self.execs).insert(id, ExecEntry { pidfd, stdin, tty });
         let agent = Arc::clone(self);
-        std::thread::spawn(move || agent.pump(id, outs, pid, exit));
+        self.run_on_worker(Box::new(move || agent.pump(id, outs, pid, exit)));
         Ok(())
     }
 

@@ -241,6 +241,110 @@ fn named_vm_sandbox_commands_signals_and_stop() {
     );
 }
 
+/// A VM sandbox's commands through the library, relayed by threads of the
+/// caller: collected and streamed output, input, signals, statuses, a
+/// start failure; and through the CLI, input that is /dev/null stays the
+/// guest's own while other input is relayed.
+#[test]
+fn vm_commands_through_the_library() {
+    use msb::ExecEvent;
+    use tokio::io::AsyncWriteExt;
+    if !can_run() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let o = msb(h, &["create", "box", "--backend", "vm"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = msb::SandboxStore::open(h).unwrap();
+        let sb = store.get("box").await.unwrap();
+        // Collected: no input, so the command reads the guest's /dev/null.
+        let out = sb
+            .exec(
+                "sh",
+                ["-c", "readlink /proc/self/fd/0; cat; echo e >&2; exit 3"],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.status, text(&out.stdout), text(&out.stderr)),
+            (3, "/dev/null\n".to_string(), "e\n".to_string())
+        );
+        // Streamed, with input that ends when the writer is dropped.
+        let mut run = sb
+            .command("sh")
+            .args(["-c", "read line; echo got $line; cat; exit 5"])
+            .spawn()
+            .await
+            .unwrap();
+        let mut stdin = run.take_stdin().unwrap().unwrap();
+        stdin.write_all(b"one\ntwo\n").await.unwrap();
+        drop(stdin);
+        let out = run.output().await.unwrap();
+        assert_eq!(
+            (out.status, text(&out.stdout)),
+            (5, "got one\ntwo\n".into())
+        );
+        // A signal reaches the command; one after its end is no error.
+        let mut run = sb
+            .command("sh")
+            .args([
+                "-c",
+                "trap 'echo term; exit 42' TERM; echo ready; while :; do sleep 0.1; done",
+            ])
+            .spawn()
+            .await
+            .unwrap();
+        match run.next().await {
+            Some(ExecEvent::Stdout(b)) => assert_eq!(text(&b), "ready\n"),
+            other => panic!("{other:?} instead of the command's first line"),
+        }
+        let signaller = run.signaller().unwrap();
+        signaller.signal(libc::SIGTERM).unwrap();
+        let out = run.output().await.unwrap();
+        assert_eq!((out.status, text(&out.stdout)), (42, "term\n".into()));
+        signaller.signal(libc::SIGTERM).unwrap();
+        // A command that cannot start: 127, and why on its stderr.
+        let out = sb
+            .exec("no-such-program", Vec::<String>::new())
+            .await
+            .unwrap();
+        assert_eq!(out.status, 127, "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("not found"),
+            "{}",
+            text(&out.stderr)
+        );
+    });
+    let o = msb(h, &["exec", "box", "readlink", "/proc/self/fd/0"]);
+    assert_eq!(text(&o.stdout), "/dev/null\n", "{}", text(&o.stderr));
+    let mut child = cmd(
+        h,
+        &[
+            "exec",
+            "box",
+            "sh",
+            "-c",
+            "readlink /proc/self/fd/0 | cut -c1-5; cat",
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    child.stdin.take().unwrap().write_all(b"in\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(text(&o.stdout), "pipe:\nin\n");
+    assert!(o.status.success());
+    let o = msb(h, &["rm", "-f", "box"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
 #[test]
 fn killed_qemu_or_supervisor_leaves_nothing_behind() {
     if !can_run() {

@@ -204,6 +204,35 @@ fn one_guest_many_checks() {
         );
     }
 
+    // The agent keeps only so many worker threads for later commands: after
+    // more commands at once than it keeps, and after many in a row, its
+    // thread count settles within main, reaper, kept workers and the one
+    // serving the count itself.
+    let bound = 2 + 8 + 1;
+    let settles = |vm: &Vm| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = run(vm, &["sh", "-c", "ls /proc/1/task | wc -l"]);
+            let n: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+            if n <= bound {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the agent keeps {n} threads");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let execs: Vec<_> = (0..12)
+        .map(|_| vm.exec(ExecSpec::new(["sleep", "0.5"])).unwrap())
+        .collect();
+    for exec in execs {
+        assert_eq!(exec.output().unwrap().status, 0);
+    }
+    settles(&vm);
+    for _ in 0..10 {
+        assert_eq!(run(&vm, &["true"]).status, 0);
+    }
+    settles(&vm);
+
     // A background process that keeps the pipes open does not hold the exit back.
     let t = Instant::now();
     let out = run(&vm, &["sh", "-c", "sleep 30 & echo started"]);

@@ -22,13 +22,57 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 
 use msb_runtime::{JoinError, SandboxNamespaces};
 use msb_spec::{GuestPath, MountError};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Sandbox;
+use super::relay;
+
+/// How a command in a microVM sandbox is relayed.
+enum VmRelay {
+    /// By threads of this process.
+    Threads(VmInput, VmOutput),
+    /// By a relay process (whose streams are a terminal).
+    Process,
+}
+
+/// A relayed command's input.
+enum VmInput {
+    /// None (the guest's `/dev/null`).
+    None,
+    /// This process's standard input.
+    Ours,
+    /// A pipe whose write side the caller gets.
+    Pipe,
+}
+
+/// A relayed command's output.
+enum VmOutput {
+    /// This process's standard output and error.
+    Ours,
+    /// The stream's events.
+    Events,
+}
+
+/// A command once started.
+enum Started {
+    /// A process of this host (in the sandbox, or a relay).
+    Child(Child),
+    /// A microVM sandbox's command relayed by threads of this process.
+    Relayed(ExecStream),
+}
+
+impl Started {
+    fn stream(self) -> Result<ExecStream> {
+        match self {
+            Started::Child(child) => ExecStream::new(child),
+            Started::Relayed(stream) => Ok(stream),
+        }
+    }
+}
 
 /// Errors of running a command in a named sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +120,8 @@ pub enum ExecError {
         "cannot find the msb binary that relays commands into a microVM; set MSB_BIN to it, put it on PATH, or call msb::sandbox_init_hook() first in main"
     )]
     NoHelper,
-    /// The relay process could not start.
+    /// The command's relay (a connection to a microVM sandbox's
+    /// supervisor, or a relay process) could not start.
     #[error("cannot start the command's relay")]
     Spawn(#[source] io::Error),
 }
@@ -188,12 +233,14 @@ impl ExecBuilder {
     }
 
     /// Joins the sandbox and spawns the command with `stdio`; `setup`
-    /// runs in the child first (with full privileges).
+    /// runs in the child first (with full privileges). In a microVM
+    /// sandbox, `vm` says how the command is relayed instead.
     fn spawn_with(
         self,
         stdio: impl FnOnce(i32) -> Result<[Stdio; 3]>,
         setup: Option<fn() -> io::Result<()>>,
-    ) -> Result<Child> {
+        vm: VmRelay,
+    ) -> Result<Started> {
         let config = self.sandbox.config();
         if self.command[0].is_empty() {
             return Err(ExecError::NoCommand);
@@ -218,7 +265,17 @@ impl ExecBuilder {
             if !files.running() {
                 return Err(not_running());
             }
-            return self.spawn_relay(&files.exec_socket, workdir, stdio, setup);
+            if self.preserve_fds > 0 {
+                return Err(ExecError::PreserveOnVm);
+            }
+            return match vm {
+                VmRelay::Process => self
+                    .spawn_relay(&files.exec_socket, workdir, stdio, setup)
+                    .map(Started::Child),
+                VmRelay::Threads(input, output) => {
+                    self.relay(&files.exec_socket, workdir, input, output)
+                }
+            };
         }
         let init = files.init_pid().ok_or_else(not_running)?;
         let namespaces = SandboxNamespaces::open(init);
@@ -242,7 +299,76 @@ impl ExecBuilder {
             // SAFETY: `setup` makes only async-signal-safe system calls.
             unsafe { cmd.pre_exec(setup) };
         }
-        Ok(namespaces.spawn(&mut cmd, &workdir, config.security(), self.preserve_fds)?)
+        Ok(Started::Child(namespaces.spawn(
+            &mut cmd,
+            &workdir,
+            config.security(),
+            self.preserve_fds,
+        )?))
+    }
+
+    /// The request that runs this command in a microVM sandbox.
+    fn request(&self, workdir: String, tty: bool) -> msb_agent_protocol::ExecRequest {
+        msb_agent_protocol::ExecRequest {
+            id: 0,
+            argv: self.command.clone(),
+            env: self.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            workdir: Some(workdir),
+            // The relay gives the size of its terminal.
+            tty: tty.then_some((0, 0)),
+            stdin: true,
+        }
+    }
+
+    /// A microVM sandbox's command relayed by threads of this process.
+    fn relay(
+        &self,
+        socket: &std::path::Path,
+        workdir: String,
+        input: VmInput,
+        output: VmOutput,
+    ) -> Result<Started> {
+        let request = self.request(workdir, false);
+        let (input, stdin) = match input {
+            VmInput::None => (relay::Input::None, None),
+            VmInput::Ours if relay::stdin_is_null() => (relay::Input::None, None),
+            VmInput::Ours => (relay::Input::Ours, None),
+            VmInput::Pipe => {
+                let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                    .map_err(|e| ExecError::Stdin(e.into()))?;
+                (relay::Input::Fd(r), Some(w))
+            }
+        };
+        let (tx, events) = mpsc::channel(64);
+        let output = match output {
+            VmOutput::Ours => {
+                drop(tx);
+                relay::Output::Ours
+            }
+            VmOutput::Events => relay::Output::Chunks(Box::new(move |data, stderr| {
+                let event = if stderr {
+                    ExecEvent::Stderr(data)
+                } else {
+                    ExecEvent::Stdout(data)
+                };
+                tx.blocking_send(event).is_ok()
+            })),
+        };
+        let (exit_tx, exit) = oneshot::channel();
+        // As a process's status, which holds 8 bits of the code.
+        let exited = move |code: i32| {
+            let _ = exit_tx.send(Ok(ExitStatus::from_raw((code & 0xff) << 8)));
+        };
+        let control =
+            relay::start(socket, request, input, output, exited).map_err(ExecError::Spawn)?;
+        Ok(Started::Relayed(ExecStream {
+            stdin,
+            events,
+            exit,
+            signaller: ExecSignaller {
+                target: SignalTarget::Vm(control),
+            },
+        }))
     }
 
     /// A microVM sandbox's command: a relay process on this side stands for
@@ -254,26 +380,15 @@ impl ExecBuilder {
         stdio: impl FnOnce(i32) -> Result<[Stdio; 3]>,
         setup: Option<fn() -> io::Result<()>>,
     ) -> Result<Child> {
-        if self.preserve_fds > 0 {
-            return Err(ExecError::PreserveOnVm);
-        }
         let helper = super::Helper::find().ok_or(ExecError::NoHelper)?;
-        let order = super::relay::RelayOrder {
+        let order = relay::RelayOrder {
             socket: socket.to_path_buf(),
-            request: msb_agent_protocol::ExecRequest {
-                id: 0,
-                argv: self.command.clone(),
-                env: self.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-                workdir: Some(workdir),
-                // The relay gives the size of its terminal.
-                tty: setup.map(|_| (0, 0)),
-                stdin: true,
-            },
+            request: self.request(workdir, setup.is_some()),
         };
         let order = serde_json::to_string(&order).map_err(|e| ExecError::Io(e.into()))?;
         let [stdin, stdout, stderr] = stdio(0)?;
         let mut cmd = Command::new(&helper.program);
-        cmd.env(super::relay::RELAY_ENV, order)
+        cmd.env(relay::RELAY_ENV, order)
             .stdin(stdin)
             .stdout(stdout)
             .stderr(stderr);
@@ -287,19 +402,30 @@ impl ExecBuilder {
     /// Runs the command with no input, collecting its exit status and
     /// output.
     pub async fn output(self) -> Result<ExecOutput> {
-        tokio::task::spawn_blocking(move || {
-            let child = self.spawn_with(
-                |_| Ok([Stdio::null(), Stdio::piped(), Stdio::piped()]),
-                None,
-            )?;
-            let out = child.wait_with_output().map_err(ExecError::Io)?;
-            Ok(ExecOutput {
-                status: status_code(out.status),
-                stdout: out.stdout,
-                stderr: out.stderr,
+        // A process is waited for here; a relayed command's stream after.
+        let started =
+            tokio::task::spawn_blocking(move || -> Result<Result<ExecStream, ExecOutput>> {
+                match self.spawn_with(
+                    |_| Ok([Stdio::null(), Stdio::piped(), Stdio::piped()]),
+                    None,
+                    VmRelay::Threads(VmInput::None, VmOutput::Events),
+                )? {
+                    Started::Child(child) => {
+                        let out = child.wait_with_output().map_err(ExecError::Io)?;
+                        Ok(Err(ExecOutput {
+                            status: status_code(out.status),
+                            stdout: out.stdout,
+                            stderr: out.stderr,
+                        }))
+                    }
+                    Started::Relayed(stream) => Ok(Ok(stream)),
+                }
             })
-        })
-        .await?
+            .await??;
+        match started {
+            Ok(stream) => stream.output().await,
+            Err(output) => Ok(output),
+        }
     }
 
     /// Runs the command with this process's standard streams and returns
@@ -313,11 +439,12 @@ impl ExecBuilder {
     /// own signals, say); [`ExecStream::next`] yields nothing.
     pub async fn spawn_attached(self) -> Result<ExecStream> {
         tokio::task::spawn_blocking(move || {
-            let child = self.spawn_with(
+            self.spawn_with(
                 |_| Ok([Stdio::inherit(), Stdio::inherit(), Stdio::inherit()]),
                 None,
-            )?;
-            ExecStream::new(child)
+                VmRelay::Threads(VmInput::Ours, VmOutput::Ours),
+            )?
+            .stream()
         })
         .await?
     }
@@ -326,11 +453,12 @@ impl ExecBuilder {
     /// its output arrives through [`ExecStream::next`].
     pub async fn spawn(self) -> Result<ExecStream> {
         tokio::task::spawn_blocking(move || {
-            let child = self.spawn_with(
+            self.spawn_with(
                 |_| Ok([Stdio::piped(), Stdio::piped(), Stdio::piped()]),
                 None,
-            )?;
-            ExecStream::new(child)
+                VmRelay::Threads(VmInput::Pipe, VmOutput::Events),
+            )?
+            .stream()
         })
         .await?
     }
@@ -354,13 +482,19 @@ impl ExecBuilder {
                 // children close them.
                 Ok([copy()?, copy()?, Stdio::from(slave)])
             };
-            let mut child = self.spawn_with(terminal, Some(controlling_terminal))?;
+            // The relay process's standard streams are the terminal, whose
+            // size changes reach it as SIGWINCH.
+            let Started::Child(mut child) =
+                self.spawn_with(terminal, Some(controlling_terminal), VmRelay::Process)?
+            else {
+                unreachable!("a terminal's command is relayed by a process")
+            };
             let master = master.expect("the terminal was allocated");
-            let pidfd = ExecSignaller::open(&mut child)?;
+            let signaller = ExecSignaller::open(&mut child)?;
             Ok(ExecPty {
                 master,
                 child: Some(child),
-                pidfd,
+                signaller,
             })
         })
         .await?
@@ -428,19 +562,26 @@ pub enum ExecEvent {
 /// standard input closed and its output discarded.
 #[derive(Debug)]
 pub struct ExecStream {
-    stdin: Option<ChildStdin>,
+    stdin: Option<OwnedFd>,
     events: mpsc::Receiver<ExecEvent>,
     exit: oneshot::Receiver<io::Result<ExitStatus>>,
-    pidfd: ExecSignaller,
+    signaller: ExecSignaller,
 }
 
 /// Sends signals to one command started in a sandbox, from any thread or
 /// task, also while another awaits its end; see [`ExecStream::signaller`].
 #[derive(Debug)]
 pub struct ExecSignaller {
+    target: SignalTarget,
+}
+
+#[derive(Debug)]
+enum SignalTarget {
     // A pidfd names the process even after it is reaped, so a late signal
     // can never hit a recycled pid.
-    pidfd: OwnedFd,
+    Process(OwnedFd),
+    // A microVM sandbox's command, through its relay's connection.
+    Vm(relay::Control),
 }
 
 impl ExecSignaller {
@@ -450,7 +591,9 @@ impl ExecSignaller {
             .ok_or(rustix::io::Errno::SRCH)
             .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()));
         match pidfd {
-            Ok(pidfd) => Ok(Self { pidfd }),
+            Ok(pidfd) => Ok(Self {
+                target: SignalTarget::Process(pidfd),
+            }),
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -460,8 +603,13 @@ impl ExecSignaller {
     }
 
     fn try_clone(&self) -> Result<Self> {
-        let pidfd = self.pidfd.try_clone().map_err(ExecError::Signal)?;
-        Ok(Self { pidfd })
+        let target = match &self.target {
+            SignalTarget::Process(pidfd) => {
+                SignalTarget::Process(pidfd.try_clone().map_err(ExecError::Signal)?)
+            }
+            SignalTarget::Vm(control) => SignalTarget::Vm(control.clone()),
+        };
+        Ok(Self { target })
     }
 
     /// Sends signal number `signal` (e.g. `libc::SIGTERM`) to the command; a
@@ -469,7 +617,11 @@ impl ExecSignaller {
     pub fn signal(&self, signal: i32) -> Result<()> {
         let sig = rustix::process::Signal::from_named_raw(signal)
             .ok_or_else(|| ExecError::Signal(io::Error::from(io::ErrorKind::InvalidInput)))?;
-        match rustix::process::pidfd_send_signal(&self.pidfd, sig) {
+        let pidfd = match &self.target {
+            SignalTarget::Process(pidfd) => pidfd,
+            SignalTarget::Vm(control) => return control.signal(signal).map_err(ExecError::Signal),
+        };
+        match rustix::process::pidfd_send_signal(pidfd, sig) {
             Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
             Err(e) => Err(ExecError::Signal(e.into())),
         }
@@ -478,7 +630,7 @@ impl ExecSignaller {
 
 impl ExecStream {
     fn new(mut child: Child) -> Result<Self> {
-        let pidfd = ExecSignaller::open(&mut child)?;
+        let signaller = ExecSignaller::open(&mut child)?;
         let (tx, events) = mpsc::channel(64);
         let readers = [
             child
@@ -520,7 +672,7 @@ impl ExecStream {
         .collect::<Vec<_>>();
         drop(tx);
         let (exit_tx, exit) = oneshot::channel();
-        let stdin = child.stdin.take();
+        let stdin = child.stdin.take().map(OwnedFd::from);
         std::thread::spawn(move || {
             let status = child.wait();
             for r in readers {
@@ -532,7 +684,7 @@ impl ExecStream {
             stdin,
             events,
             exit,
-            pidfd,
+            signaller,
         })
     }
 
@@ -545,7 +697,7 @@ impl ExecStream {
         let Some(stdin) = self.stdin.take() else {
             return Ok(None);
         };
-        tokio::net::unix::pipe::Sender::from_owned_fd(OwnedFd::from(stdin))
+        tokio::net::unix::pipe::Sender::from_owned_fd(stdin)
             .map(Some)
             .map_err(ExecError::Stdin)
     }
@@ -564,13 +716,13 @@ impl ExecStream {
     /// Sends `signal` (e.g. 15 for SIGTERM) to the command; a command that
     /// already ended is not an error.
     pub fn signal(&self, signal: i32) -> Result<()> {
-        self.pidfd.signal(signal)
+        self.signaller.signal(signal)
     }
 
     /// A handle that signals the command independently of this stream, so
     /// it can be used while [`ExecStream::wait`] runs.
     pub fn signaller(&self) -> Result<ExecSignaller> {
-        self.pidfd.try_clone()
+        self.signaller.try_clone()
     }
 
     /// Closes standard input, discards output not yet read, and returns
@@ -614,7 +766,7 @@ impl ExecStream {
 pub struct ExecPty {
     master: File,
     child: Option<Child>,
-    pidfd: ExecSignaller,
+    signaller: ExecSignaller,
 }
 
 impl ExecPty {
@@ -634,7 +786,7 @@ impl ExecPty {
     /// A handle that signals the command, usable while
     /// [`ExecPty::wait`] runs.
     pub fn signaller(&self) -> Result<ExecSignaller> {
-        self.pidfd.try_clone()
+        self.signaller.try_clone()
     }
 
     /// Waits for the command to end and returns its exit status. The

@@ -128,9 +128,10 @@ pub fn sandbox_init_hook() {
     }
 }
 
-/// What the helper program does when started to stand for a command in a
-/// microVM sandbox (`msb exec` on one): relays the command's streams,
-/// signals and exit status, then exits. Returns at once otherwise.
+/// What the helper program does when started to stand for a command on a
+/// terminal in a microVM sandbox (`msb exec -t` on one): relays the
+/// command's pty, window size, signals and exit status, then exits.
+/// Returns at once otherwise.
 /// [`sandbox_init_hook`] calls it; the `msb` binary calls it first thing.
 pub fn vm_relay_hook() {
     if let Some(order) = std::env::var_os(relay::RELAY_ENV) {
