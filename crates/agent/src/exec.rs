@@ -12,8 +12,8 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::launcher::Launcher;
 use msb_agent_protocol::{ExecId, ExecRequest, Frame, GuestMessage, MAX_DATA_CHUNK};
-use msb_security::Confinement;
 
 use crate::sys;
 
@@ -57,8 +57,8 @@ type Job = Box<dyn FnOnce() + Send>;
 /// command is costly in an emulated guest.
 const IDLE_WORKERS: usize = 8;
 
-/// The plan's environment, working directory and confinement, applied to
-/// every exec.
+/// The plan's environment and working directory, applied to every exec,
+/// and the launcher that starts commands confined by its profile.
 #[derive(Default)]
 pub struct Defaults {
     /// `KEY=VALUE` entries.
@@ -66,7 +66,7 @@ pub struct Defaults {
     /// Working directory.
     pub workdir: String,
     /// The security profile, compiled; `None` runs commands unconfined.
-    pub confinement: Option<Arc<Confinement>>,
+    pub launcher: Option<Arc<Launcher>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,7 +84,7 @@ impl Agent {
             defaults: Mutex::new(Defaults {
                 env: Vec::new(),
                 workdir: "/".into(),
-                confinement: None,
+                launcher: None,
             }),
             shutting_down: AtomicBool::new(false),
             configured: AtomicBool::new(false),
@@ -209,12 +209,12 @@ impl Agent {
         let Some(name) = req.argv.first() else {
             return Err((127, "empty command".into()));
         };
-        let (env, workdir, confinement) = {
+        let (env, workdir, launcher) = {
             let d = lock(&self.defaults);
             let mut env = d.env.clone();
             env.extend(req.env.iter().cloned());
             let workdir = req.workdir.clone().unwrap_or_else(|| d.workdir.clone());
-            (env, workdir, d.confinement.clone())
+            (env, workdir, d.launcher.clone())
         };
         // A failed chdir would look like a failed exec; check first so the
         // two get their own messages.
@@ -269,14 +269,11 @@ impl Agent {
 
         let (pid, pidfd) = {
             let mut children = lock(&self.children);
-            let pid = sys::spawn(
-                &program,
-                &req.argv,
-                &env,
-                &workdir,
-                &child_stdio,
-                confinement.as_deref(),
-            )
+            // A confined command comes from the launcher, as our child too.
+            let pid = match &launcher {
+                Some(l) => l.spawn(&program, &req.argv, &env, &workdir, &child_stdio),
+                None => sys::spawn(&program, &req.argv, &env, &workdir, &child_stdio, None),
+            }
             .map_err(|e| {
                 let code = if e.kind() == io::ErrorKind::NotFound {
                     127
@@ -427,21 +424,19 @@ impl Agent {
         let Some(program) = argv.first() else {
             return (Duration::ZERO, iterations);
         };
-        let (env, confinement) = {
-            let d = lock(&self.defaults);
-            (d.env.clone(), d.confinement.clone())
-        };
+        let env = lock(&self.defaults).env.clone();
         // Held so the reaper leaves these children to the wait below.
         let _children = lock(&self.children);
         let mut failures = 0;
         let Ok(program) = resolve_program(program, &env) else {
             return (Duration::ZERO, iterations);
         };
-        // The bare cost: the agent's own stdio is inherited, nothing opened.
+        // The bare cost: unconfined, the agent's own stdio inherited,
+        // nothing opened.
         let stdio = sys::ChildStdio::Fds([0, 1, 2]);
         let start = Instant::now();
         for _ in 0..iterations {
-            let ok = match sys::spawn(&program, argv, &env, "/", &stdio, confinement.as_deref()) {
+            let ok = match sys::spawn(&program, argv, &env, "/", &stdio, None) {
                 Ok(pid) => {
                     let mut status = 0;
                     // SAFETY: status is valid for writing; pid is our child, which

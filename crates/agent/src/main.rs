@@ -4,6 +4,7 @@
 //! runs commands and powers the guest off.
 
 mod exec;
+mod launcher;
 mod setup;
 mod sys;
 
@@ -19,6 +20,7 @@ use msb_agent_protocol::{
 use msb_security::Confinement;
 
 use exec::{Agent, Defaults};
+use launcher::Launcher;
 
 /// Errors that end the agent (and with it the guest).
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +46,13 @@ enum AgentError {
     /// The plan's security profile could not be compiled.
     #[error("cannot prepare the security profile")]
     Profile(#[source] msb_security::seccomp::SeccompError),
+    /// The process that starts confined commands could not be started.
+    #[error("cannot start the command launcher")]
+    Launcher(#[source] io::Error),
 }
 
 fn main() {
+    launcher::main_if_launcher();
     if std::process::id() != 1 {
         eprintln!("msb-agent: runs only as the guest's init");
         std::process::exit(2);
@@ -174,13 +180,19 @@ fn handle(agent: &Arc<Agent>, msg: HostMessage) {
 /// profile is compiled first, so that a plan whose profile cannot be had
 /// runs nothing.
 fn configure(plan: GuestPlan) -> Result<Defaults, AgentError> {
-    let confinement = plan
-        .security
-        .map(Confinement::new)
-        .transpose()
-        .map_err(AgentError::Profile)?
-        .map(Arc::new);
+    // Compiled here once so that a profile that cannot be had fails the
+    // plan; the launcher compiles its own copy and applies it to itself.
+    if let Some(security) = plan.security {
+        Confinement::new(security).map_err(AgentError::Profile)?;
+    }
     setup::apply(&plan)?;
+    // In the sandbox's root, as the commands it starts.
+    let launcher = plan
+        .security
+        .map(Launcher::start)
+        .transpose()
+        .map_err(AgentError::Launcher)?
+        .map(Arc::new);
     let workdir = if plan.workdir.is_empty() {
         "/".into()
     } else {
@@ -189,7 +201,7 @@ fn configure(plan: GuestPlan) -> Result<Defaults, AgentError> {
     Ok(Defaults {
         env: plan.env,
         workdir,
-        confinement,
+        launcher,
     })
 }
 

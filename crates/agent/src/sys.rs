@@ -174,25 +174,9 @@ pub fn spawn(
     stdio: &ChildStdio,
     confinement: Option<&Confinement>,
 ) -> io::Result<libc::pid_t> {
-    use std::os::unix::ffi::OsStrExt;
-    let program = cstr(program.as_os_str().as_bytes())?;
-    let argv: Vec<CString> = argv.iter().map(cstr).collect::<io::Result<_>>()?;
-    let env: Vec<CString> = env
-        .iter()
-        .map(|kv| {
-            if kv.contains('=') {
-                cstr(kv)
-            } else {
-                cstr(format!("{kv}="))
-            }
-        })
-        .collect::<io::Result<_>>()?;
-    let cwd = cstr(cwd)?;
-    let mut argv_ptrs: Vec<*mut libc::c_char> =
-        argv.iter().map(|a| a.as_ptr().cast_mut()).collect();
-    argv_ptrs.push(std::ptr::null_mut());
-    let mut env_ptrs: Vec<*mut libc::c_char> = env.iter().map(|e| e.as_ptr().cast_mut()).collect();
-    env_ptrs.push(std::ptr::null_mut());
+    let (program, argv, env, cwd) = c_strings(program, argv, env, cwd)?;
+    let argv_ptrs = pointers(&argv);
+    let env_ptrs = pointers(&env);
 
     if let Some(confinement) = confinement {
         let exec = Exec {
@@ -201,7 +185,7 @@ pub fn spawn(
             env: &env_ptrs,
             cwd: &cwd,
         };
-        return clone_exec(&exec, stdio, confinement);
+        return clone_exec(&exec, stdio, Some(confinement), false);
     }
 
     let errno = |rc: libc::c_int| {
@@ -280,6 +264,61 @@ pub fn spawn(
     }
 }
 
+/// The C strings of an exec: program, argv, `KEY=VALUE` environment (a
+/// bare `KEY` gets an empty value) and working directory.
+type CExec = (CString, Vec<CString>, Vec<CString>, CString);
+
+fn c_strings(program: &Path, argv: &[String], env: &[String], cwd: &str) -> io::Result<CExec> {
+    use std::os::unix::ffi::OsStrExt;
+    let env = env
+        .iter()
+        .map(|kv| {
+            if kv.contains('=') {
+                cstr(kv)
+            } else {
+                cstr(format!("{kv}="))
+            }
+        })
+        .collect::<io::Result<_>>()?;
+    Ok((
+        cstr(program.as_os_str().as_bytes())?,
+        argv.iter().map(cstr).collect::<io::Result<_>>()?,
+        env,
+        cstr(cwd)?,
+    ))
+}
+
+/// NULL-terminated pointers to `strings`.
+fn pointers(strings: &[CString]) -> Vec<*mut libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr().cast_mut())
+        .chain([std::ptr::null_mut()])
+        .collect()
+}
+
+/// Starts `program` as [`spawn`] does, but as a child of this process's
+/// parent (`CLONE_PARENT`), which reaps it; for the launcher, whose own
+/// confinement the child inherits. An exec failure comes back as its
+/// errno (the failed child is the parent's to reap).
+pub fn spawn_sibling(
+    program: &Path,
+    argv: &[String],
+    env: &[String],
+    cwd: &str,
+    stdio: &ChildStdio,
+) -> io::Result<libc::pid_t> {
+    let (program, argv, env, cwd) = c_strings(program, argv, env, cwd)?;
+    let (argv_ptrs, env_ptrs) = (pointers(&argv), pointers(&env));
+    let exec = Exec {
+        program: &program,
+        argv: &argv_ptrs,
+        env: &env_ptrs,
+        cwd: &cwd,
+    };
+    clone_exec(&exec, stdio, None, true)
+}
+
 /// What a cloned child executes, prepared before the clone.
 struct Exec<'a> {
     program: &'a CString,
@@ -297,7 +336,7 @@ const CHILD_STACK: usize = 256 << 10;
 struct ChildArgs<'a> {
     exec: &'a Exec<'a>,
     stdio: &'a ChildStdio,
-    confinement: &'a Confinement,
+    confinement: Option<&'a Confinement>,
     /// 0 until the child fails before exec.
     errno: AtomicI32,
 }
@@ -324,7 +363,8 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
 fn clone_exec(
     exec: &Exec<'_>,
     stdio: &ChildStdio,
-    confinement: &Confinement,
+    confinement: Option<&Confinement>,
+    sibling: bool,
 ) -> io::Result<libc::pid_t> {
     let mut stack = vec![0u8; CHILD_STACK];
     // The stack grows down from its end, 16-byte aligned.
@@ -350,7 +390,10 @@ fn clone_exec(
         let pid = libc::clone(
             child_main,
             top as *mut libc::c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            libc::CLONE_VM
+                | libc::CLONE_VFORK
+                | if sibling { libc::CLONE_PARENT } else { 0 }
+                | libc::SIGCHLD,
             (&args as *const ChildArgs<'_>).cast_mut().cast(),
         );
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
@@ -362,6 +405,10 @@ fn clone_exec(
     if errno == 0 {
         return Ok(pid);
     }
+    if sibling {
+        // Not ours to reap.
+        return Err(io::Error::from_raw_os_error(errno));
+    }
     let mut status = 0;
     // SAFETY: pid is our child, which the caller keeps the reaper away from.
     unsafe { libc::waitpid(pid, &mut status, 0) };
@@ -372,7 +419,11 @@ fn clone_exec(
 /// attributes: stdio, process group or session, working directory,
 /// default signal handling, then the confinement, then exec. Returns only
 /// on failure.
-fn child_setup(exec: &Exec<'_>, stdio: &ChildStdio, confinement: &Confinement) -> io::Error {
+fn child_setup(
+    exec: &Exec<'_>,
+    stdio: &ChildStdio,
+    confinement: Option<&Confinement>,
+) -> io::Error {
     let failed = |rc: libc::c_int| rc < 0;
     // SAFETY: only async-signal-safe system calls on descriptors and
     // NUL-terminated strings prepared before the clone.
@@ -418,7 +469,7 @@ fn child_setup(exec: &Exec<'_>, stdio: &ChildStdio, confinement: &Confinement) -
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        if let Err(e) = confinement.apply() {
+        if let Some(Err(e)) = confinement.map(Confinement::apply) {
             return e;
         }
         libc::execve(

@@ -152,6 +152,34 @@ fn one_guest_many_checks() {
         Err(VmError::StartFailed { code: 126, .. })
     ));
 
+    // A file that cannot be executed fails in the launcher's exec: 126.
+    assert!(matches!(
+        vm.exec(ExecSpec::new(["/proc/version"])),
+        Err(VmError::StartFailed { code: 126, .. })
+    ));
+
+    // The launcher that starts confined commands is not dumpable: a
+    // command (without CAP_SYS_PTRACE) cannot read its memory or
+    // environment, nor trace it.
+    // (The name is put together so that this script's own command line
+    // does not hold it.)
+    let probe = "name=msb; name=\"$name-launcher\"; for p in /proc/[0-9]*; do \
+                     if grep -q \"$name\" $p/cmdline 2>/dev/null; then \
+                         cat $p/environ >/dev/null 2>&1 && echo readable || echo refused; \
+                     fi; \
+                 done";
+    assert_eq!(sh(&vm, probe), "refused\n");
+    // A command may kill it (it is the guest's root); the next command
+    // gets a new one, confined as before.
+    run(&vm, &["sh", "-c", "kill -9 -1"]);
+    assert_eq!(
+        sh(
+            &vm,
+            "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status | tr -d '\\t'"
+        ),
+        "CapEff:00000000a00405fb\nNoNewPrivs:0\nSeccomp:2\n"
+    );
+
     // stdin round trip, larger than one frame and than a pipe buffer.
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let mut spec = ExecSpec::new(["cat"]);
