@@ -210,6 +210,28 @@ fn images_naming_host_files_are_refused_in_vms() {
     images_are_refused("vm");
 }
 
+/// Kills, when dropped (a failed assertion included), the supervisors of
+/// every sandbox started under a home; each takes its QEMU with it.
+struct Supervisors<'a>(&'a Path);
+
+impl Drop for Supervisors<'_> {
+    fn drop(&mut self) {
+        let Ok(dir) = std::fs::read_dir(self.0.join("run/sandboxes")) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            if entry.path().extension().is_some_and(|e| e == "pid")
+                && let Ok(pids) = std::fs::read_to_string(entry.path())
+                && let Some(Ok(pid)) = pids.split_whitespace().nth(1).map(str::parse::<i32>)
+                && pid > 1
+            {
+                // SAFETY: a plain kill(2) of a supervisor this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 /// `(uid, CapEff)` of a running process.
 fn ids_of(pid: i32) -> (u32, String) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -234,6 +256,7 @@ fn each_qemu_runs_as_its_own_unprivileged_user() {
     }
     let dir = scratch();
     let home = dir.path().join("home");
+    let _sandboxes = Supervisors(&home);
     let raw = dir.path().join("disk.raw");
     let image = dir.path().join("disk.qcow2");
     run("mke2fs", &["-q", "-t", "ext4", raw.to_str().unwrap(), "8M"]);
