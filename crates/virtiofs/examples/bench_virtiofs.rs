@@ -287,7 +287,10 @@ fn main() {
     let paired = paired_ratios(&ours, &theirs);
     let (ours, theirs) = (ours.medians(), theirs.medians());
     // The host's load during the runs: results from a busy host are noisy.
-    println!("# load average before: {load_before}, after: {}", load_average());
+    println!(
+        "# load average before: {load_before}, after: {}",
+        load_average()
+    );
 
     println!(
         "virtio-fs under TCG, same QEMU/kernel/initramfs; virtiofsd --cache={cache}; \
