@@ -200,7 +200,9 @@ fn run_virtiofsd(
 ) -> BTreeMap<String, f64> {
     let dir = tmp.join(format!("theirs-{round}"));
     std::fs::create_dir(&dir).unwrap();
-    let socket = tmp.join("virtiofsd.sock");
+    // A socket of its own each round: virtiofsd leaves its socket behind,
+    // and QEMU must not find the last round's before this one listens.
+    let socket = tmp.join(format!("virtiofsd-{round}.sock"));
     let mut daemon = Command::new(virtiofsd)
         .arg("--socket-path")
         .arg(&socket)
