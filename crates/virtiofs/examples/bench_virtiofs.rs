@@ -2,7 +2,8 @@
 //! (QEMU command line, kernel, initramfs) runs the same workloads once on
 //! a share served by msb-virtiofs (the seed's defaults: strict stat
 //! virtualization, private host permissions, no quota) and once on one
-//! served by virtiofsd, and prints each result and the ratio.
+//! served by virtiofsd, and prints each result and the ratio (of the
+//! medians, and the median of each round's ratio).
 //!
 //! Usage: bench VIRTIOFSD [CACHE] (run by scripts/bench-virtiofs).
 
@@ -96,6 +97,12 @@ fn child_cpu(pid: u32) -> f64 {
     f.iter().sum::<f64>() / hz
 }
 
+/// The host's 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
 /// Each workload's results over the rounds.
 #[derive(Default)]
 struct Samples(BTreeMap<String, Vec<f64>>);
@@ -116,6 +123,22 @@ impl Samples {
             })
             .collect()
     }
+}
+
+/// Per workload, the median over rounds of virtiofsd's time divided by
+/// ours in the same round (the two runs of a round are next to each
+/// other, so a change in the host's load between rounds cancels out):
+/// above 1.0 we are faster, for throughput too.
+fn paired_ratios(ours: &Samples, theirs: &Samples) -> BTreeMap<String, f64> {
+    ours.0
+        .iter()
+        .filter_map(|(name, a)| {
+            let b = theirs.0.get(name)?;
+            let mut r: Vec<f64> = a.iter().zip(b).map(|(a, b)| b / a.max(0.01)).collect();
+            r.sort_by(f64::total_cmp);
+            Some((name.clone(), *r.get(r.len() / 2)?))
+        })
+        .collect()
 }
 
 /// Whether a child has exited (is a zombie), without reaping it.
@@ -177,7 +200,9 @@ fn run_virtiofsd(
 ) -> BTreeMap<String, f64> {
     let dir = tmp.join(format!("theirs-{round}"));
     std::fs::create_dir(&dir).unwrap();
-    let socket = tmp.join("virtiofsd.sock");
+    // A socket of its own each round: virtiofsd leaves its socket behind,
+    // and QEMU must not find the last round's before this one listens.
+    let socket = tmp.join(format!("virtiofsd-{round}.sock"));
     let mut daemon = Command::new(virtiofsd)
         .arg("--socket-path")
         .arg(&socket)
@@ -219,16 +244,17 @@ fn main() {
     let script = format!("ONLY='{only}'\n{SCRIPT}");
     std::fs::write(&initrd, common::initramfs(kernel, &["s"], &script, |_| {})).unwrap();
 
-    // ROUNDS (default 1) interleaves ours and virtiofsd, so drift in the
+    // ROUNDS (default 3) interleaves ours and virtiofsd, so drift in the
     // machine's load hits both alike; medians are printed.
     let rounds: usize = std::env::var("ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(1);
+        .unwrap_or(3);
     let threads = std::env::var("BENCH_THREADS")
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(THREADS);
+    let load_before = load_average();
     let (mut ours, mut theirs) = (Samples::default(), Samples::default());
     for round in 0..rounds {
         // Who goes first alternates, so the order favours neither.
@@ -260,38 +286,47 @@ fn main() {
             println!("# {who} {name} seconds per round: {}", v.join(" "));
         }
     }
+    let paired = paired_ratios(&ours, &theirs);
     let (ours, theirs) = (ours.medians(), theirs.medians());
+    // The host's load during the runs: results from a busy host are noisy.
+    println!(
+        "# load average before: {load_before}, after: {}",
+        load_average()
+    );
 
     println!(
         "virtio-fs under TCG, same QEMU/kernel/initramfs; virtiofsd --cache={cache}; \
          {threads} workers; medians of {rounds} round(s)"
     );
     println!(
-        "{:<8} {:>14} {:>14} {:>8}",
-        "workload", "msb-virtiofs", "virtiofsd", "ratio"
+        "{:<8} {:>14} {:>14} {:>8} {:>8}",
+        "workload", "msb-virtiofs", "virtiofsd", "ratio", "paired"
     );
     for name in ["write", "read", "small", "ls-lR", "cpu"] {
         let (Some(&a), Some(&b)) = (ours.get(name), theirs.get(name)) else {
             println!("{name:<8} missing");
             continue;
         };
+        let pair = paired.get(name).copied().unwrap_or(f64::NAN);
         if matches!(name, "write" | "read") {
             // Throughput: ours / theirs, higher is better.
             let (ma, mb) = (1024.0 / a.max(0.01), 1024.0 / b.max(0.01));
             println!(
-                "{name:<8} {:>10.1} MB/s {:>10.1} MB/s {:>7.2}x",
+                "{name:<8} {:>10.1} MB/s {:>10.1} MB/s {:>7.2}x {:>7.2}x",
                 ma,
                 mb,
-                ma / mb
+                ma / mb,
+                pair
             );
         } else {
             // Time (server CPU seconds for cpu): theirs / ours, so above
             // 1.0 means we are faster.
             println!(
-                "{name:<8} {:>12.2} s {:>12.2} s {:>7.2}x",
+                "{name:<8} {:>12.2} s {:>12.2} s {:>7.2}x {:>7.2}x",
                 a,
                 b,
-                b / a.max(0.01)
+                b / a.max(0.01),
+                pair
             );
         }
     }

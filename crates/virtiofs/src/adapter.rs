@@ -6,7 +6,10 @@
 //! the policy works in, so callers and owners pass through untranslated.
 
 use std::ffi::{CStr, OsStr};
+use std::fs::File;
 use std::io::{self, Read};
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,6 +127,16 @@ fn entry(e: &Entry) -> fbr::Entry {
         attr_timeout: CACHE_TTL,
         entry_timeout: CACHE_TTL,
     }
+}
+
+/// Runs `f` on the host file behind `fd` without duplicating the
+/// descriptor: a dup and a close for every read and write otherwise.
+fn with_file<T>(fd: BorrowedFd<'_>, f: impl FnOnce(&mut File) -> T) -> T {
+    // SAFETY: the File only borrows `fd`, which stays open for the whole
+    // call; ManuallyDrop keeps it from closing the descriptor, even if `f`
+    // panics.
+    let mut file = ManuallyDrop::new(unsafe { File::from_raw_fd(fd.as_raw_fd()) });
+    f(&mut file)
 }
 
 fn set_time(now: bool, sec: i64, nsec: i64) -> SetTime {
@@ -326,8 +339,7 @@ impl fbr::FileSystem for Adapter {
         let size = size.min(MAX_IO);
         // Straight from the host file into guest memory.
         let direct = self.fs.read_with(inode, handle, &mut |fd| {
-            let mut file = std::fs::File::from(fd.try_clone_to_owned()?);
-            w.write_from(&mut file, size as usize, offset)
+            with_file(fd, |file| w.write_from(file, size as usize, offset))
         });
         match direct {
             Err(Errno::NOSYS) => {}
@@ -357,8 +369,7 @@ impl fbr::FileSystem for Adapter {
         let direct = self
             .fs
             .write_with(&ctx(c), inode, handle, offset, size, &mut |fd, len| {
-                let mut file = std::fs::File::from(fd.try_clone_to_owned()?);
-                r.read_to(&mut file, len, offset)
+                with_file(fd, |file| r.read_to(file, len, offset))
             });
         match direct {
             Err(Errno::NOSYS) => {}
