@@ -49,33 +49,7 @@ pub struct Share {
 }
 
 /// A disk image's format, read by QEMU's own drivers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiskFormat {
-    /// A raw image.
-    Raw,
-    /// qcow2.
-    Qcow2,
-    /// VMDK.
-    Vmdk,
-}
-
-impl DiskFormat {
-    fn name(self) -> &'static str {
-        match self {
-            DiskFormat::Raw => "raw",
-            DiskFormat::Qcow2 => "qcow2",
-            DiskFormat::Vmdk => "vmdk",
-        }
-    }
-
-    fn spec(self) -> msb_spec::DiskFormat {
-        match self {
-            DiskFormat::Raw => msb_spec::DiskFormat::Raw,
-            DiskFormat::Qcow2 => msb_spec::DiskFormat::Qcow2,
-            DiskFormat::Vmdk => msb_spec::DiskFormat::Vmdk,
-        }
-    }
-}
+pub use msb_spec::DiskFormat;
 
 /// A disk attached as virtio-blk.
 #[derive(Debug, Clone)]
@@ -232,7 +206,7 @@ impl Launch<'_> {
                 .write(!disk.readonly)
                 .open(&disk.path)
                 .map_err(|e| QemuError::Open(disk.path.clone(), e))?;
-            msb_blockdev::check_self_contained(&file, disk.format.spec())
+            msb_blockdev::check_self_contained(&file, disk.format)
                 .map_err(|e| QemuError::Image(disk.path.clone(), e))?;
             disk_fds.push(passed.add(OwnedFd::from(file)));
         }
@@ -313,7 +287,7 @@ impl Launch<'_> {
                 "-blockdev",
                 &format!(
                     r#"{{"driver":"{}","node-name":"disk{i}","read-only":{},"file":{{"driver":"file","filename":"/dev/fdset/{set}","read-only":{}}}{backing}}}"#,
-                    disk.format.name(),
+                    disk.format.as_str(),
                     disk.readonly,
                     disk.readonly,
                 ),

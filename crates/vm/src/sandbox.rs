@@ -22,7 +22,7 @@ use msb_runtime::{
     Backend, InitPlan, InitRoot, InitSource, RootEntry, Running, SandboxStdio, fresh_root_entries,
 };
 
-use crate::qemu::{Accel, Disk, DiskFormat, Share};
+use crate::qemu::{Accel, Disk, Share};
 use crate::vm::{Exec, ExecControl, ExecEvent, ExecSpec, Vm, VmConfig, VmError};
 
 mod one_file;
@@ -191,11 +191,7 @@ fn mounts(
                 let serial = format!("msb-disk{}", disks.len());
                 disks.push(Disk {
                     path: path.clone(),
-                    format: match format {
-                        msb_spec::DiskFormat::Raw => DiskFormat::Raw,
-                        msb_spec::DiskFormat::Qcow2 => DiskFormat::Qcow2,
-                        msb_spec::DiskFormat::Vmdk => DiskFormat::Vmdk,
-                    },
+                    format: *format,
                     readonly: m.flags.readonly,
                     serial: serial.clone(),
                 });
