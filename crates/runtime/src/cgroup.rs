@@ -486,16 +486,16 @@ impl SandboxCgroup {
             .try_for_each(|dir| write(dir, "cgroup.procs", pid))
     }
 
-    /// Opens the group's `cgroup.procs` files, before fork, so that a child
-    /// can move itself in between fork and exec ([`CgroupEntry::enter`]):
-    /// no process then runs outside the group, and a cgroup namespace the
+    /// Opens the group's entry files, before fork, so that a child can
+    /// move itself in between fork and exec ([`CgroupEntry::enter`]): no
+    /// process then runs outside the group, and a cgroup namespace the
     /// child creates afterwards is rooted at the group.
     pub fn entry(&self) -> Result<CgroupEntry, CgroupError> {
         let files = self
             .dirs
             .iter()
             .map(|dir| {
-                let path = dir.join("cgroup.procs");
+                let path = dir.join(entry_file(self.unified));
                 fs::OpenOptions::new()
                     .write(true)
                     .open(&path)
@@ -619,8 +619,18 @@ impl SandboxCgroup {
     }
 }
 
-/// A sandbox group's `cgroup.procs` files, open for a process to move
-/// itself in.
+/// The file a process writes 0 to to move itself into a group. On v1 it
+/// is `tasks`, which moves the calling thread alone: between fork and exec
+/// that thread is the whole process, and the kernel then skips the
+/// system-wide lock that `cgroup.procs` takes, whose first taker waits for
+/// an RCU grace period (5 to 15 ms on this project's 2-CPU hosts, most of
+/// what starting a sandbox took). A kernel without that shortcut takes the
+/// lock either way. v2 moves single threads only within a threaded subtree.
+fn entry_file(unified: bool) -> &'static str {
+    if unified { "cgroup.procs" } else { "tasks" }
+}
+
+/// A sandbox group's entry files, open for a process to move itself in.
 #[derive(Debug)]
 pub struct CgroupEntry {
     files: Vec<OwnedFd>,
@@ -658,7 +668,8 @@ impl CgroupEntry {
                 Hierarchy::Unified(_) => None,
             };
             if let Some(root) = root {
-                let path = root.join(&group[1..]).join("cgroup.procs");
+                let unified = matches!(hierarchy, Hierarchy::Unified(_));
+                let path = root.join(&group[1..]).join(entry_file(unified));
                 let file = fs::OpenOptions::new()
                     .write(true)
                     .open(&path)
@@ -669,8 +680,8 @@ impl CgroupEntry {
         Ok((!files.is_empty()).then_some(CgroupEntry { files }))
     }
 
-    /// Moves the calling process into the group (writing 0 to
-    /// `cgroup.procs` moves the writer). Async-signal-safe: one write per
+    /// Moves the calling process, which must have a single thread, into
+    /// the group (writing 0 moves the writer). Async-signal-safe: one write per
     /// file, no allocation. The kernel checks the move against the cgroup
     /// namespace the files were opened in (Linux 5.16 and later) or, on
     /// older kernels, the caller's: enter before creating or joining a
