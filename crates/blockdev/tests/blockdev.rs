@@ -5,10 +5,18 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use msb_blockdev::{DiskView, LoopDevice, detect_fstype, mount_detached};
+use msb_blockdev::{DaemonUser, DiskView, LoopDevice, detect_fstype, mount_detached};
 use msb_spec::DiskFormat;
 use rustix::fs::{Mode, OFlags};
 use rustix::mount::MountAttrFlags;
+
+/// The ids qemu-storage-daemon runs as here: below every range msb leases
+/// (msb itself gives each daemon a leased range's first id), so no sandbox
+/// has them.
+const USER: Option<DaemonUser> = Some(DaemonUser {
+    uid: 0x67FE_0000,
+    gid: 0x67FE_0000,
+});
 
 fn can_loop() -> bool {
     if !rustix::process::geteuid().is_root() || !Path::new("/dev/loop-control").exists() {
@@ -153,7 +161,7 @@ fn readonly_view_refuses_writes() {
     let dir = tempfile::tempdir().unwrap();
     let img = ext4_image(dir.path());
     let before = std::fs::read(&img).unwrap();
-    let view = DiskView::open(&img, DiskFormat::Raw, None, true).unwrap();
+    let view = DiskView::open(&img, DiskFormat::Raw, None, true, None).unwrap();
     assert_eq!(view.fstype(), "ext4");
     assert_eq!(view.daemon_pid(), None);
     let m = view.mount_detached(MountAttrFlags::empty()).unwrap();
@@ -178,7 +186,7 @@ fn qcow2_and_vmdk_views() {
     for (fmt, format) in [("qcow2", DiskFormat::Qcow2), ("vmdk", DiskFormat::Vmdk)] {
         let img = convert(&raw, fmt);
         let (pid, dev_path, was) = {
-            let view = DiskView::open(&img, format, None, false).unwrap();
+            let view = DiskView::open(&img, format, None, false, USER).unwrap();
             assert_eq!(view.fstype(), "ext4", "{fmt}");
             let pid = view.daemon_pid().expect("a daemon serves the view");
             let m = view.mount_detached(MountAttrFlags::empty()).unwrap();
@@ -198,7 +206,7 @@ fn qcow2_and_vmdk_views() {
             dev_path.display()
         );
         // The write went into the image file.
-        let view = DiskView::open(&img, format, Some("ext4"), true).unwrap();
+        let view = DiskView::open(&img, format, Some("ext4"), true, USER).unwrap();
         let m = view.mount_detached(MountAttrFlags::empty()).unwrap();
         assert_eq!(read_at_root(&m, "via.txt"), fmt);
     }
@@ -213,7 +221,7 @@ fn bad_images_fail_clearly() {
     let not_qcow = dir.path().join("fake.qcow2");
     std::fs::write(&not_qcow, vec![0u8; 1 << 20]).unwrap();
     // Refused by its header before any QEMU reads it.
-    let err = DiskView::open(&not_qcow, DiskFormat::Qcow2, None, false).unwrap_err();
+    let err = DiskView::open(&not_qcow, DiskFormat::Qcow2, None, false, USER).unwrap_err();
     let msg = format!("{err}: {}", std::error::Error::source(&err).unwrap());
     assert!(msg.contains("refusing disk image"), "{msg}");
     assert!(msg.contains("not a qcow2 image"), "{msg}");
@@ -222,11 +230,17 @@ fn bad_images_fail_clearly() {
         .unwrap()
         .set_len(1 << 20)
         .unwrap();
-    let msg = DiskView::open(&blank, DiskFormat::Raw, None, false)
+    let msg = DiskView::open(&blank, DiskFormat::Raw, None, false, None)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("blank.raw holds no filesystem"), "{msg}");
-    let missing = DiskView::open(&dir.path().join("nope.raw"), DiskFormat::Raw, None, false);
+    let missing = DiskView::open(
+        &dir.path().join("nope.raw"),
+        DiskFormat::Raw,
+        None,
+        false,
+        None,
+    );
     assert!(
         missing
             .unwrap_err()
