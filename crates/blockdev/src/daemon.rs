@@ -503,11 +503,8 @@ unsafe fn confine(
                 libc::MS_NOSUID | libc::MS_NOEXEC,
                 c"size=4k,nr_inodes=8,mode=0755".as_ptr().cast(),
             ) < 0
-            || libc::mknod(
-                c"/dev/null".as_ptr(),
-                libc::S_IFCHR | 0o666,
-                libc::makedev(1, 3),
-            ) < 0
+            || libc::mknod(c"/dev/null".as_ptr(), libc::S_IFCHR, libc::makedev(1, 3)) < 0
+            || libc::chmod(c"/dev/null".as_ptr(), 0o666) < 0
             || libc::mkdir(c"/dev/fd".as_ptr(), 0o755) < 0
         {
             return fail();
