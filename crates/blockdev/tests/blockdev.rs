@@ -353,7 +353,11 @@ fn a_header_changed_after_the_check_reaches_no_root_only_file() {
             let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
             let mut n = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let h = if n % 2 == 0 { &hostile } else { &clean };
+                let h = if n.is_multiple_of(2) {
+                    &hostile
+                } else {
+                    &clean
+                };
                 f.write_all_at(h, FEATURES.start as u64).unwrap();
                 n = n.wrapping_add(1);
                 std::thread::sleep(std::time::Duration::from_micros(
