@@ -562,3 +562,62 @@ unsafe fn confine(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_filter_refuses_a_setuid_bit_and_allows_writes() {
+        let filter = metadata_filter().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image");
+        let file = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let fd = file.as_raw_fd();
+        // SAFETY: the child makes only system calls and ends with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: in the child: the filter is live, fd is open.
+            unsafe {
+                let fprog = SockFprog {
+                    len: filter.len() as libc::c_ushort,
+                    filter: filter.as_ptr(),
+                };
+                let code = if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
+                    || libc::syscall(
+                        libc::SYS_seccomp,
+                        libc::SECCOMP_SET_MODE_FILTER,
+                        0,
+                        &fprog as *const SockFprog,
+                    ) != 0
+                {
+                    2
+                } else if libc::pwrite(fd, b"data".as_ptr().cast(), 4, 0) != 4 {
+                    3
+                } else if libc::fchmod(fd, 0o4755) == 0 || *libc::__errno_location() != libc::EPERM
+                {
+                    4
+                } else if libc::fchown(fd, 0, 0) == 0 {
+                    5
+                } else {
+                    0
+                };
+                libc::_exit(code);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(libc::WEXITSTATUS(status), 0, "child step failed");
+        assert_eq!(std::fs::read(&path).unwrap(), b"data");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7000, 0, "the setuid bit was set");
+    }
+}
