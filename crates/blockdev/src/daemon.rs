@@ -2,8 +2,10 @@
 //! so it runs as an unprivileged user of its own (no supplementary groups,
 //! no capabilities) and dies with its parent.
 //!
-//! It opens nothing of the host's by path that its user could not open
-//! anyway. The image reaches it as a descriptor (fd 3) on a detached
+//! Whatever it opens by path, it opens with its own user's rights, a
+//! stranger's: a header flipped after the check may still name a file any
+//! host user may read, but no more. The image reaches it as a descriptor
+//! (fd 3) on a detached
 //! idmapped bind mount of exactly the checked file, on which that file
 //! alone shows as the daemon's own; QEMU reopens it through
 //! `/proc/self/fd/3`. Its owner's powers over that file, changing its mode
