@@ -6,20 +6,23 @@
 //! * [`detect_fstype`]: the filesystem in an image or device, from its
 //!   superblock magic.
 //! * [`DiskView`]: any supported image (raw, qcow2, vmdk) as a block device;
-//!   qcow2 and vmdk go through `qemu-storage-daemon`'s FUSE export, which
-//!   runs in a private mount namespace so its mount is never visible on the
-//!   host and dies with it.
+//!   qcow2 and vmdk go through `qemu-storage-daemon`'s FUSE export: the
+//!   daemon runs as an unprivileged user, gets the image and the FUSE
+//!   session as descriptors, and dies with msb; the FUSE mount is detached,
+//!   in no mount table.
 //! * [`check_self_contained`]: refuses qcow2 and VMDK images that name
 //!   other files (backing files, external data, descriptor extents).
 //! * [`mount_detached`]: a mount of a block device that is attached nowhere,
 //!   returned as the descriptor of its root directory.
 
+mod daemon;
 mod detached;
 mod detect;
 mod image;
 mod loopdev;
 mod view;
 
+pub use daemon::{DaemonError, DaemonUser};
 pub use detached::{DetachedError, DetachedMount, mount_detached};
 pub use detect::{DetectError, detect_fstype, detect_fstype_bytes};
 pub use image::{ImageError, check_self_contained};

@@ -352,3 +352,110 @@ fn each_qemu_runs_as_its_own_unprivileged_user() {
         msb(&home, &["rm", name]);
     }
 }
+
+/// The processes whose command line is exactly `argv`.
+fn pids_running(argv: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .collect()
+}
+
+/// The pid of the `qemu-storage-daemon` that is a child of `parent`.
+fn daemon_of(parent: u32) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                s.lines().any(|l| l == "Name:\tqemu-storage-da")
+                    && s.lines().any(|l| l == format!("PPid:\t{parent}"))
+            })
+        })
+}
+
+#[test]
+fn the_image_daemon_of_a_namespace_sandbox_runs_as_its_own_user() {
+    use std::io::BufRead;
+    if !root()
+        || !tool("mke2fs")
+        || !tool("qemu-img")
+        || !tool("qemu-storage-daemon")
+        || !Path::new("/dev/fuse").exists()
+    {
+        return;
+    }
+    let dir = scratch();
+    let home = dir.path().join("home");
+    let raw = dir.path().join("disk.raw");
+    let image = dir.path().join("disk.qcow2");
+    run("mke2fs", &["-q", "-t", "ext4", raw.to_str().unwrap(), "8M"]);
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            image.to_str().unwrap(),
+        ],
+    );
+    let disk = format!("{}:/disk,fstype=ext4", image.display());
+    // A sleep no other process on the host runs, to find the sandbox by.
+    let nap = format!("{}", 80_000 + std::process::id() % 9_999);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_msb"))
+        .args(["run", "--mount-disk", &disk, "--", "sh", "-c"])
+        .arg(format!("echo ready; exec sleep {nap}"))
+        .env("MSB_HOME", &home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // Read while msb runs; killing it ends the daemon too.
+    let daemon = daemon_of(child.id());
+    let sandboxed = pids_running(&["sleep", &nap]);
+    let seen = daemon.zip(sandboxed.first()).map(|(d, &s)| {
+        let status = std::fs::read_to_string(format!("/proc/{d}/status")).unwrap();
+        (d, ids_of(d), ids_of(s).0, status)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(line, "ready\n");
+    let Some((daemon, (uid, caps), sandbox_uid, status)) = seen else {
+        panic!("no daemon ({daemon:?}) or no sandboxed sleep ({sandboxed:?})");
+    };
+    assert_ne!(uid, 0, "qemu-storage-daemon runs as host root");
+    assert_eq!(
+        caps, "0000000000000000",
+        "qemu-storage-daemon holds capabilities"
+    );
+    assert!(
+        status.lines().any(|l| l.trim_end() == "Groups:"),
+        "qemu-storage-daemon has supplementary groups: {status}"
+    );
+    // The sandbox's root is the first id of its range of 65536.
+    assert!(
+        !(sandbox_uid..sandbox_uid + 65536).contains(&uid),
+        "qemu-storage-daemon runs as the sandbox's ids ({uid})"
+    );
+    // It died with msb.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while Path::new(&format!("/proc/{daemon}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "qemu-storage-daemon {daemon} outlived msb"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

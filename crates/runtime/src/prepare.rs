@@ -145,8 +145,10 @@ pub struct Prepared<'s> {
     /// The plan for the init.
     pub plan: InitPlan,
     store: &'s Store,
-    // Drop order: block devices, then the in-use registrations.
-    views: Vec<DiskView>,
+    // Drop order: block devices, then the in-use registrations. A view
+    // served by qemu-storage-daemon holds the lease of the daemon's ids
+    // (dropped after the view, so after the daemon).
+    views: Vec<(DiskView, Option<crate::IdLease>)>,
     servers: Vec<msb_fsserver::Server>,
     shares: Vec<Share>,
     attachments: Vec<Attachment>,
@@ -768,7 +770,19 @@ fn attach_disk(
         guest: guest.clone(),
         source,
     };
-    let view = DiskView::open(image, format, fstype, flags.readonly).map_err(disk_err)?;
+    // qcow2 and vmdk are parsed by qemu-storage-daemon, as ids of its own
+    // (no sandbox's, so no sandbox can signal or trace it).
+    let lease = match format {
+        msb_spec::DiskFormat::Raw => None,
+        msb_spec::DiskFormat::Qcow2 | msb_spec::DiskFormat::Vmdk => {
+            Some(crate::IdLease::acquire_swept().map_err(PrepareError::Lease)?)
+        }
+    };
+    let user = lease.as_ref().map(|l| msb_blockdev::DaemonUser {
+        uid: l.ids().root(),
+        gid: l.ids().root(),
+    });
+    let view = DiskView::open(image, format, fstype, flags.readonly, user).map_err(disk_err)?;
     // Made here: a sandbox's user namespace may not mount block devices.
     let mount = view
         .mount_detached(crate::mounts::attrs(flags))
@@ -785,7 +799,7 @@ fn attach_disk(
         guest: guest.clone(),
         source,
     })?;
-    p.views.push(view);
+    p.views.push((view, lease));
     Ok(InitSource::Detached {
         fd: pass(p, mount),
         dir: true,
