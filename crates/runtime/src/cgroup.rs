@@ -506,6 +506,27 @@ impl SandboxCgroup {
         Ok(CgroupEntry { files })
     }
 
+    /// The v2 group's directory, opened for `clone3(CLONE_INTO_CGROUP)`,
+    /// which starts a child in the group at no extra cost; `None` on v1.
+    pub fn clone_target(&self) -> Result<Option<OwnedFd>, CgroupError> {
+        if !self.unified {
+            return Ok(None);
+        }
+        let path = &self.dirs[0];
+        rustix::fs::open(
+            path,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map(Some)
+        .map_err(|e| CgroupError::Open {
+            path: path.clone(),
+            source: e.into(),
+        })
+    }
+
     /// The group's directories: one on cgroup v2, one per controller
     /// hierarchy (memory, pids, then cpu if limited) on v1.
     pub fn paths(&self) -> &[PathBuf] {

@@ -117,6 +117,68 @@ struct ChildPlan<'a> {
     envp: &'a [*const libc::c_char],
 }
 
+/// The kernel's `struct clone_args`, as far as `cgroup` (Linux 5.7).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `CLONE_INTO_CGROUP`, which the libc crate lacks on some targets.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Forks with `flags` (namespaces and the exit signal) into the cgroup v2
+/// directory `group` if given and the kernel can (5.7), else plainly.
+/// Returns what the clone returned (0 in the child) and whether the child
+/// was born in the group.
+///
+/// # Safety
+/// As for fork: the child may only make async-signal-safe calls.
+unsafe fn fork_into(flags: u64, group: Option<&OwnedFd>) -> (libc::c_long, bool) {
+    let signal = flags & 0xff;
+    let namespaces = flags & !0xff;
+    if let Some(group) = group {
+        let args = CloneArgs {
+            flags: namespaces | CLONE_INTO_CGROUP,
+            exit_signal: signal,
+            cgroup: group.as_raw_fd() as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: `args` is a valid clone_args of the size passed; without
+        // CLONE_VM this is a fork (the caller's contract).
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &raw const args,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        let old_kernel = pid < 0
+            && matches!(
+                io::Error::last_os_error().raw_os_error(),
+                Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL)
+            );
+        if !old_kernel {
+            return (pid, true);
+        }
+    }
+    // SAFETY: as above.
+    (
+        unsafe { libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) },
+        false,
+    )
+}
+
 /// The child between clone and exec. Only async-signal-safe calls, on data
 /// prepared before the clone (`high` has room for a copy of each move);
 /// never returns.
@@ -278,10 +340,18 @@ impl Backend for NamespaceBackend {
             | libc::CLONE_NEWUTS
             | libc::CLONE_NEWNET
             | libc::SIGCHLD;
-        // SAFETY: clone without CLONE_VM behaves like fork: the child gets a
-        // copy of the address space and runs `child`, which only makes
-        // async-signal-safe calls on data prepared above.
-        let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) };
+        // On cgroup v2 the child is born in the group: moving it in later
+        // waits for an RCU grace period (see `CgroupEntry`).
+        let group_dir = cgroup
+            .as_ref()
+            .map(SandboxCgroup::clone_target)
+            .transpose()
+            .map_err(NsError::Cgroup)?
+            .flatten();
+        // SAFETY: the clone has no CLONE_VM and behaves like fork: the child
+        // gets a copy of the address space and runs `child`, which only
+        // makes async-signal-safe calls on data prepared above.
+        let (pid, born_in_group) = unsafe { fork_into(flags as u64, group_dir.as_ref()) };
         if pid < 0 {
             return Err(NsError::Clone(io::Error::last_os_error()));
         }
@@ -291,7 +361,7 @@ impl Backend for NamespaceBackend {
                 child(
                     &ChildPlan {
                         go: go_read.as_raw_fd(),
-                        cgroup: entry.as_ref(),
+                        cgroup: entry.as_ref().filter(|_| !born_in_group),
                         moves: &moves,
                         drop_groups,
                         program: &program,
