@@ -21,8 +21,7 @@
 //!   happen); `HANDLE_KILLPRIV_V2`, unlike FUSE: the server clears
 //!   setuid/setgid on a write, truncation or chown that asks for it (in the
 //!   virtual mode of a stat-virtualization record), which spares the guest
-//!   a `security.capability` lookup before every write; READDIRPLUS for
-//!   every batch of a listing, not only the first.
+//!   a `security.capability` lookup before every write.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
