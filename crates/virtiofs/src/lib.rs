@@ -18,8 +18,10 @@
 //! - no passthrough (the guest has no host descriptors): all data goes
 //!   through the server, and the policy settles usage as usual;
 //! - init flags: no writeback cache (writes must meet the quota when they
-//!   happen) and, as on FUSE, no `HANDLE_KILLPRIV`: the guest kernel clears
-//!   setuid/setgid itself and sends the mode change.
+//!   happen); `HANDLE_KILLPRIV_V2`, unlike FUSE: the server clears
+//!   setuid/setgid on a write, truncation or chown that asks for it (in the
+//!   virtual mode of a stat-virtualization record), which spares the guest
+//!   a `security.capability` lookup before every write.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

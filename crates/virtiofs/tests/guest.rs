@@ -84,12 +84,28 @@ mkdir pub
 chmod 777 pub
 check user-create as_user 'echo mine > /mnt/rw/pub/m'
 eq user-owner 1000:1000 "$(stat -c %u:%g pub/m)"
-# An unprivileged write clears setuid/setgid (the guest kernel sends the
-# mode change, no HANDLE_KILLPRIV).
+# An unprivileged write or truncation clears setuid, and setgid with group
+# execute (the server does, HANDLE_KILLPRIV_V2: in the record), each time
+# the mode has them again; setgid without group execute stays, and a
+# writer with CAP_FSETID keeps both. A chown clears them whoever does it.
 echo s > pub/s
 chmod 6777 pub/s
 check suid-write as_user 'echo x >> /mnt/rw/pub/s'
 eq suid-cleared 777 "$(stat -c %a pub/s)"
+chmod 4777 pub/s
+check suid-write-again as_user 'echo y >> /mnt/rw/pub/s'
+eq suid-cleared-again 777 "$(stat -c %a pub/s)"
+chmod 2767 pub/s
+check sgid-nox-write as_user 'echo z >> /mnt/rw/pub/s'
+eq sgid-nox-kept 2767 "$(stat -c %a pub/s)"
+chmod 6777 pub/s
+check suid-trunc as_user ': > /mnt/rw/pub/s'
+eq suid-trunc-cleared 777 "$(stat -c %a pub/s)"
+chmod 6777 pub/s
+echo r >> pub/s
+eq suid-root-write 6777 "$(stat -c %a pub/s)"
+chown 1000 pub/s
+eq suid-chown 777 "$(stat -c %a pub/s)"
 
 # Quota: writes stop at the limit, removal gives the space back. rw2
 # serves the same volume from a second server with the same budget file
@@ -206,6 +222,11 @@ fn guest_mount_semantics() {
         "chown-shown",
         "perm-denied",
         "suid-cleared",
+        "suid-cleared-again",
+        "sgid-nox-kept",
+        "suid-trunc-cleared",
+        "suid-root-write",
+        "suid-chown",
         "quota-enospc",
         "quota-shared",
         "quota-freed",
