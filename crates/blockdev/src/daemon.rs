@@ -288,7 +288,7 @@ fn own_image(image: &File, readonly: bool, user: DaemonUser) -> io::Result<Owned
     let meta = image.metadata()?;
     // On an idmapped mount, an id on disk is looked up on the inside of
     // the map and shows as its outside.
-    let userns = user_namespace(
+    let userns = crate::id_map_namespace(
         &format!("{} {} 1\n", meta.uid(), user.uid),
         &format!("{} {} 1\n", meta.gid(), user.gid),
     )?;
@@ -342,49 +342,6 @@ fn set_mount_attrs(mount: &OwnedFd, attrs: MountAttrFlags, userns: &OwnedFd) -> 
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// A user namespace with the given uid and gid maps, held only to describe
-/// an idmapped mount: a child enters it and waits until its maps are
-/// written and the namespace is open.
-fn user_namespace(uid_map: &str, gid_map: &str) -> io::Result<OwnedFd> {
-    let (hold_read, hold_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    // SAFETY: clone without CLONE_VM behaves like fork; the child only
-    // calls close, read and _exit.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            libc::CLONE_NEWUSER | libc::SIGCHLD,
-            0,
-            0,
-            0,
-            0,
-        )
-    };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // SAFETY: in the child: drops its copy of the write end, then
-        // waits for the parent's to close.
-        unsafe {
-            libc::close(hold_write.as_raw_fd());
-            let mut b = 0u8;
-            libc::read(hold_read.as_raw_fd(), (&raw mut b).cast(), 1);
-            libc::_exit(0);
-        }
-    }
-    drop(hold_read);
-    let pid = pid as i32;
-    let result = (|| {
-        std::fs::write(format!("/proc/{pid}/uid_map"), uid_map)?;
-        std::fs::write(format!("/proc/{pid}/gid_map"), gid_map)?;
-        Ok(OwnedFd::from(File::open(format!("/proc/{pid}/ns/user"))?))
-    })();
-    drop(hold_write);
-    // SAFETY: reaping our own child.
-    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-    result
 }
 
 /// Opens `/dev/fuse` and mounts a FUSE filesystem on it, attached nowhere,

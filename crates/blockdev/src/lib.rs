@@ -14,12 +14,15 @@
 //!   other files (backing files, external data, descriptor extents).
 //! * [`mount_detached`]: a mount of a block device that is attached nowhere,
 //!   returned as the descriptor of its root directory.
+//! * [`id_map_namespace`]: a user namespace describing an id map, for
+//!   idmapped mounts.
 
 mod daemon;
 mod detached;
 mod detect;
 mod image;
 mod loopdev;
+mod userns;
 mod view;
 
 pub use daemon::{DaemonError, DaemonUser};
@@ -27,4 +30,5 @@ pub use detached::{DetachedError, DetachedMount, mount_detached};
 pub use detect::{DetectError, detect_fstype, detect_fstype_bytes};
 pub use image::{ImageError, check_self_contained};
 pub use loopdev::{LoopDevice, LoopError};
+pub use userns::id_map_namespace;
 pub use view::{DiskView, ViewError};

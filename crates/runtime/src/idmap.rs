@@ -10,7 +10,7 @@
 //! each sandbox runs as a range leased to it alone ([`crate::IdLease`]).
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use msb_spec::IdMap;
@@ -33,52 +33,6 @@ pub enum IdmapError {
         #[source]
         source: io::Error,
     },
-}
-
-/// A user namespace with the id map `lines` (uid_map syntax, the same for
-/// groups), held only to describe the map to `mount_setattr`. A child
-/// enters it and waits; once its maps are written and the namespace is
-/// open, the child exits.
-fn describe(lines: &str) -> io::Result<OwnedFd> {
-    let (hold_read, hold_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    // SAFETY: clone without CLONE_VM behaves like fork; the child only
-    // calls close, read and _exit.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            libc::CLONE_NEWUSER | libc::SIGCHLD,
-            0,
-            0,
-            0,
-            0,
-        )
-    };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // SAFETY: in the child; closes its copy of the write end, then waits
-        // for the parent's to close.
-        unsafe {
-            libc::close(hold_write.as_raw_fd());
-            let mut b = 0u8;
-            libc::read(hold_read.as_raw_fd(), (&raw mut b).cast(), 1);
-            libc::_exit(0);
-        }
-    }
-    drop(hold_read);
-    let pid = pid as i32;
-    let result = (|| {
-        std::fs::write(format!("/proc/{pid}/uid_map"), lines)?;
-        std::fs::write(format!("/proc/{pid}/gid_map"), lines)?;
-        Ok(OwnedFd::from(std::fs::File::open(format!(
-            "/proc/{pid}/ns/user"
-        ))?))
-    })();
-    drop(hold_write);
-    // SAFETY: reaping our own child.
-    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-    result
 }
 
 /// The id maps one sandbox's mounts are made with, each described by one
@@ -150,7 +104,8 @@ impl Idmaps {
         let at = match self.made.iter().position(|(l, _)| *l == lines) {
             Some(i) => i,
             None => {
-                let userns = describe(&lines).map_err(IdmapError::Namespace)?;
+                let userns = msb_blockdev::id_map_namespace(&lines, &lines)
+                    .map_err(IdmapError::Namespace)?;
                 self.made.push((lines, userns));
                 self.made.len() - 1
             }
