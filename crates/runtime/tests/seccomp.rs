@@ -334,6 +334,14 @@ fn denied_calls_fail_with_the_promised_errno_and_the_rest_pass() {
         ),
         both("clone3", nr::__NR_clone3, [0; 6], Nosys),
         both(
+            "file_getattr (the first newer than the profile)",
+            nr::__NR_file_getattr,
+            [-1, 0, 0, 0, 0, 0],
+            Nosys,
+        ),
+        both("number 511 (the last given ENOSYS)", 511, [0; 6], Nosys),
+        both("number 600 (past that)", 600, [0; 6], Deny),
+        both(
             "file_setattr (newer than the profile)",
             nr::__NR_file_setattr,
             [-1, 0, 0, 0, 0, 0],
