@@ -83,8 +83,8 @@ fn ordinary_work_runs_under_both_profiles() {
         let stdout = text(&out.stdout);
         eprintln!("{security:?}:\n{stdout}{}", text(&out.stderr));
         assert!(out.status.success(), "{security:?} failed: {out:?}");
-        // Filtered (two programs), and setuid programs still work.
-        assert!(stdout.contains("NoNewPrivs:0 Seccomp:2 Seccomp_filters:2"));
+        // Filtered (three programs), and setuid programs still work.
+        assert!(stdout.contains("NoNewPrivs:0 Seccomp:2 Seccomp_filters:3"));
         assert!(stdout.contains("tar ok"));
     }
 }
@@ -535,6 +535,8 @@ fn denied_calls_fail_with_the_promised_errno_and_the_rest_pass() {
             both("sysfs", nr::__NR_sysfs, [0x7fff, 0, 0, 0, 0, 0], Deny),
             both("_sysctl", nr::__NR__sysctl, [0; 6], Deny),
             both("create_module", nr::__NR_create_module, [0; 6], Deny),
+            // getpid in the x32 convention (bit 30 set): not on the list.
+            both("x32 getpid", 0x4000_0000 | nr::__NR_getpid, [0; 6], Deny),
             probe_list(
                 "modify_ldt",
                 nr::__NR_modify_ldt,

@@ -30,9 +30,13 @@
 //! the filter can inspect, and tools to the older calls they replace.
 //!
 //! Filters are built before fork ([`filter`]) and installed between fork
-//! and exec ([`Filter::apply`]).
+//! and exec ([`Filter::apply`]), as three small programs the kernel stacks:
+//! the allowlist tested as runs of call numbers, seccompiler's program for
+//! the refused argument values, and the `ENOSYS` range. The kernel
+//! converts and compiles every program at each install, so their size is
+//! part of what every `run` and `exec` costs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
 use linux_raw_sys::general::{self as nr, CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET};
@@ -413,12 +417,17 @@ pub enum SeccompError {
     },
 }
 
-/// A profile's seccomp filter, compiled and ready to install.
+/// A profile's seccomp filter, compiled and ready to install: three
+/// programs, since the kernel combines stacked filters by taking the most
+/// restrictive answer (and, between two errnos, the newer filter's).
 #[derive(Debug, Clone)]
 pub struct Filter {
-    /// The allowlist; everything else fails with `EPERM`.
+    /// The allowlist's call numbers; everything else fails with `EPERM`.
     allow: BpfProgram,
-    /// `ENOSYS` for `clone3` and unknown calls, installed after `allow`:
+    /// `EPERM` for the argument values refused in calls the allowlist has
+    /// (`clone`, `ioctl`, `personality`, `socket`); anything else allowed.
+    arguments: BpfProgram,
+    /// `ENOSYS` for `clone3` and unknown calls, installed last:
     /// when two filters both return an errno, the newer one's wins.
     enosys: BpfProgram,
 }
@@ -428,22 +437,21 @@ pub fn filter(security: Security) -> Result<Filter, SeccompError> {
     if security == Security::Privileged {
         return Err(SeccompError::Unconfined);
     }
-    let build = |rules, mismatch, on_match| {
-        BpfProgram::try_from(SeccompFilter::new(rules, mismatch, on_match, ARCH)?)
-    };
-    let compiled = allowed(security)
-        .and_then(|rules| {
-            build(
-                rules,
-                SeccompAction::Errno(libc::EPERM as u32),
-                SeccompAction::Allow,
-            )
-        })
-        .map(|allow| Filter {
-            allow,
+    let arguments = refused_arguments(security).and_then(|rules| {
+        BpfProgram::try_from(SeccompFilter::new(
+            rules,
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::EPERM as u32),
+            ARCH,
+        )?)
+    });
+    arguments
+        .map(|arguments| Filter {
+            allow: allowlist_program(&allowed(security)),
+            arguments,
             enosys: enosys_program(),
-        });
-    compiled.map_err(|source| SeccompError::Build { security, source })
+        })
+        .map_err(|source| SeccompError::Build { security, source })
 }
 
 /// `AUDIT_ARCH_*` of the target: what `seccomp_data.arch` holds for its
@@ -453,23 +461,68 @@ const AUDIT_ARCH: u32 = 0xC000_003E;
 #[cfg(target_arch = "aarch64")]
 const AUDIT_ARCH: u32 = 0xC000_00B7;
 
-/// The second filter: `ENOSYS` for `clone3` and the numbers from
-/// `FIRST_UNKNOWN` to `LAST_UNKNOWN`, anything else left to the allowlist.
-/// Written out rather than compiled by seccompiler, which tests each number
-/// on its own: 230 instructions that the kernel converts and compiles on
-/// every `run` and `exec`, against 8 here.
-fn enosys_program() -> BpfProgram {
-    let op = |code: u32, k: u32, jt: u8, jf: u8| sock_filter {
+fn bpf(code: u32, k: u32, jt: u8, jf: u8) -> sock_filter {
+    sock_filter {
         code: code as u16,
         jt,
         jf,
         k,
-    };
-    let jump =
-        |test: u32, k: u32, jt: u8, jf: u8| op(libc::BPF_JMP | test | libc::BPF_K, k, jt, jf);
-    let load = |offset: u32| op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, offset, 0, 0);
-    let ret = |action: u32| op(libc::BPF_RET | libc::BPF_K, action, 0, 0);
-    // `struct seccomp_data`: the call number at offset 0, the arch at 4.
+    }
+}
+
+/// Loads the word at `offset` of `struct seccomp_data`: the call number at
+/// 0, the arch at 4.
+fn load(offset: u32) -> sock_filter {
+    bpf(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, offset, 0, 0)
+}
+
+/// Compares with `k`: `jt` or `jf` instructions are skipped.
+fn jump(test: u32, k: u32, jt: u8, jf: u8) -> sock_filter {
+    bpf(libc::BPF_JMP | test | libc::BPF_K, k, jt, jf)
+}
+
+fn ret(action: u32) -> sock_filter {
+    bpf(libc::BPF_RET | libc::BPF_K, action, 0, 0)
+}
+
+/// The first filter: the allowlist, tested as runs of consecutive call
+/// numbers in ascending order (four instructions a run), where seccompiler
+/// tests each number on its own and spends over 1,500 instructions, all of
+/// which the kernel converts and compiles on every `run` and `exec`. A
+/// call in another arch's convention kills the process, as seccompiler's
+/// arch check does.
+fn allowlist_program(numbers: &BTreeSet<u32>) -> BpfProgram {
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for &n in numbers {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == n => *last = n,
+            _ => runs.push((n, n)),
+        }
+    }
+    let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+    let mut program = vec![
+        load(4),
+        jump(libc::BPF_JEQ, AUDIT_ARCH, 1, 0),
+        ret(libc::SECCOMP_RET_KILL_PROCESS),
+        load(0),
+    ];
+    for (first, last) in runs {
+        program.extend([
+            // Below this run, so between it and the one before: refused.
+            jump(libc::BPF_JGE, first, 1, 0),
+            ret(eperm),
+            // Above it: on to the next run.
+            jump(libc::BPF_JGT, last, 1, 0),
+            ret(libc::SECCOMP_RET_ALLOW),
+        ]);
+    }
+    program.push(ret(eperm));
+    program
+}
+
+/// The last filter: `ENOSYS` for `clone3` and the numbers from
+/// `FIRST_UNKNOWN` to `LAST_UNKNOWN`, anything else left to the others.
+fn enosys_program() -> BpfProgram {
     vec![
         /* 0 */ load(4),
         /* 1 */ jump(libc::BPF_JEQ, AUDIT_ARCH, 0, 4), // another arch: 6
@@ -482,19 +535,30 @@ fn enosys_program() -> BpfProgram {
     ]
 }
 
-/// The allowlist of `security`: call numbers with the rules their
-/// arguments must meet (none: any arguments).
-fn allowed(security: Security) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BASE
-        .iter()
+/// The call numbers `security` allows, four of them (`clone`, `ioctl`,
+/// `personality`, `socket`) only with the arguments [`refused_arguments`]
+/// does not refuse.
+fn allowed(security: Security) -> BTreeSet<u32> {
+    BASE.iter()
         .chain(BASE_ARCH)
         .chain(match security {
             // Privileged never gets here (see `filter`).
             Security::Default | Security::Privileged => DEFAULT_ONLY,
             Security::Restricted => &[],
         })
-        .map(|&n| (i64::from(n), Vec::new()))
-        .collect();
+        .chain(&[
+            nr::__NR_clone,
+            nr::__NR_ioctl,
+            nr::__NR_personality,
+            nr::__NR_socket,
+        ])
+        .copied()
+        .collect()
+}
+
+/// The argument values refused in calls [`allowed`] has: each rule a way to
+/// be refused (a rule holds when all its conditions do).
+fn refused_arguments(security: Security) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
     // Every argument compared here is a 32-bit int to the kernel (socket's
     // family, ioctl's request, personality, and clone's flags, of which it
     // uses the low half), so only the low half is compared: a value with
@@ -504,36 +568,42 @@ fn allowed(security: Security) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Backen
         SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, u64::from(value))
     };
     let one = |index, op, value| SeccompRule::new(vec![arg(index, op, value)?]);
-
+    let none_of = |index, values: &[u32]| {
+        SeccompRule::new(
+            values
+                .iter()
+                .map(|&v| arg(index, SeccompCmpOp::Ne, v))
+                .collect::<Result<_, _>>()?,
+        )
+    };
+    let mut rules = BTreeMap::new();
+    // Any flag that creates a namespace.
     rules.insert(
         i64::from(nr::__NR_clone),
-        vec![one(0, SeccompCmpOp::MaskedEq(CLONE_NAMESPACES.into()), 0)?],
+        (0..32)
+            .map(|bit| 1u32 << bit)
+            .filter(|flag| CLONE_NAMESPACES & flag != 0)
+            .map(|flag| one(0, SeccompCmpOp::MaskedEq(flag.into()), flag))
+            .collect::<Result<_, _>>()?,
     );
     rules.insert(
         i64::from(nr::__NR_ioctl),
-        vec![SeccompRule::new(vec![
-            arg(1, SeccompCmpOp::Ne, TIOCSTI)?,
-            arg(1, SeccompCmpOp::Ne, TIOCLINUX)?,
-        ])?],
+        vec![
+            one(1, SeccompCmpOp::Eq, TIOCSTI)?,
+            one(1, SeccompCmpOp::Eq, TIOCLINUX)?,
+        ],
     );
     rules.insert(
         i64::from(nr::__NR_personality),
-        PERSONALITIES
-            .iter()
-            .map(|&p| one(0, SeccompCmpOp::Eq, p))
-            .collect::<Result<_, _>>()?,
+        vec![none_of(0, &PERSONALITIES)?],
     );
     let socket = match security {
         // Docker's: every family but AF_ALG and AF_VSOCK.
         Security::Default | Security::Privileged => vec![
-            one(0, SeccompCmpOp::Lt, AF_ALG)?,
-            one(0, SeccompCmpOp::Eq, AF_ALG + 1)?,
-            one(0, SeccompCmpOp::Gt, AF_VSOCK)?,
+            one(0, SeccompCmpOp::Eq, AF_ALG)?,
+            one(0, SeccompCmpOp::Eq, AF_VSOCK)?,
         ],
-        Security::Restricted => RESTRICTED_FAMILIES
-            .iter()
-            .map(|&f| one(0, SeccompCmpOp::Eq, f))
-            .collect::<Result<_, _>>()?,
+        Security::Restricted => vec![none_of(0, &RESTRICTED_FAMILIES)?],
     };
     rules.insert(i64::from(nr::__NR_socket), socket);
     Ok(rules)
@@ -556,7 +626,7 @@ impl Filter {
     /// the caller's user namespace: install the filter before dropping
     /// capabilities. The filter allows `prctl`, `capset` and `execve`.
     pub fn apply(&self) -> io::Result<()> {
-        for program in [&self.allow, &self.enosys] {
+        for program in [&self.allow, &self.arguments, &self.enosys] {
             let fprog = SockFprog {
                 // seccompiler refuses programs over BPF_MAXINSNS (4096).
                 len: program.len() as libc::c_ushort,
@@ -666,22 +736,24 @@ mod tests {
     fn profiles_compile_and_never_allow_the_dangerous_calls() {
         for security in [Security::Default, Security::Restricted] {
             let f = filter(security).unwrap();
-            assert!(f.allow.len() < 4096 && f.enosys.len() < 4096);
-            let rules = allowed(security).unwrap();
-            for n in NEVER {
-                assert!(
-                    !rules.contains_key(&i64::from(*n)),
-                    "{security:?} allows {n}"
-                );
+            for program in [&f.allow, &f.arguments, &f.enosys] {
+                assert!(program.len() < 4096);
             }
+            let numbers = allowed(security);
+            for n in NEVER {
+                assert!(!numbers.contains(n), "{security:?} allows {n}");
+            }
+            // Argument rules only for calls the allowlist has.
+            let arguments = refused_arguments(security).unwrap();
+            assert!(arguments.keys().all(|&k| numbers.contains(&(k as u32))));
         }
-        let default = allowed(Security::Default).unwrap();
-        let restricted = allowed(Security::Restricted).unwrap();
-        assert!(restricted.keys().all(|k| default.contains_key(k)));
-        assert!(default.contains_key(&i64::from(nr::__NR_ptrace)));
-        assert!(!restricted.contains_key(&i64::from(nr::__NR_ptrace)));
-        // Nothing allowed is also sent to ENOSYS by the second filter.
-        assert!(default.keys().all(|&k| k < i64::from(FIRST_UNKNOWN)));
+        let default = allowed(Security::Default);
+        let restricted = allowed(Security::Restricted);
+        assert!(restricted.is_subset(&default));
+        assert!(default.contains(&nr::__NR_ptrace));
+        assert!(!restricted.contains(&nr::__NR_ptrace));
+        // Nothing allowed is also sent to ENOSYS by the last filter.
+        assert!(default.iter().all(|&k| k < FIRST_UNKNOWN));
     }
 
     /// The order the runtime uses between fork and exec: filter, then
