@@ -422,9 +422,16 @@ fn the_image_daemon_of_a_namespace_sandbox_runs_as_its_own_user() {
     std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    // Read while msb runs; killing it ends the daemon too.
-    let daemon = daemon_of(child.id());
-    let sandboxed = pids_running(&["sleep", &nap]);
+    // Read while msb runs; killing it ends the daemon too. The shell
+    // prints before it execs sleep, so look until both are there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let (daemon, sandboxed) = loop {
+        let found = (daemon_of(child.id()), pids_running(&["sleep", &nap]));
+        if (found.0.is_some() && !found.1.is_empty()) || std::time::Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     let seen = daemon.zip(sandboxed.first()).map(|(d, &s)| {
         let status = std::fs::read_to_string(format!("/proc/{d}/status")).unwrap();
         (d, ids_of(d), ids_of(s).0, status)
