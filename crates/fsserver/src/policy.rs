@@ -28,7 +28,7 @@ use crate::filesystem::{
     Attr, Context, DirEntry, Entry, FileSystem, FsResult, NO_ID, Opened, ROOT_NODE, SetAttr,
     SetTime, StatFs, Time,
 };
-use crate::record::{RECORD_XATTR, Record, is_reserved};
+use crate::record::{RECORD_XATTR, Record, RecordCache, is_reserved};
 
 const S_IFMT: u32 = libc::S_IFMT;
 const S_IFDIR: u32 = libc::S_IFDIR;
@@ -196,6 +196,9 @@ pub struct PolicyFs {
     /// The served root, whose own growth is not counted (see
     /// [`msb_quota::usage`]).
     root_key: Key,
+    /// Records of objects on the root's file system, when it is a local
+    /// one whose ctimes come from this host's clock (see [`RecordCache`]).
+    records: Option<Mutex<RecordCache>>,
     next_fh: AtomicU64,
 }
 
@@ -247,6 +250,25 @@ fn component(name: &OsStr) -> FsResult<&OsStr> {
 /// The magic link reaching exactly the inode behind `fd`.
 fn proc_path(fd: BorrowedFd<'_>) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// Whole seconds of the clock the kernel stamps ctimes from.
+fn coarse_clock() -> i64 {
+    rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse).tv_sec
+}
+
+/// Whether ctimes on the file system of `fd` come from this host's clock
+/// (a network file system's come from its server's).
+fn local_ctimes(fd: BorrowedFd<'_>) -> bool {
+    rustix::fs::fstatfs(fd).is_ok_and(|s| {
+        matches!(
+            s.f_type,
+            libc::EXT4_SUPER_MAGIC
+                | libc::XFS_SUPER_MAGIC
+                | libc::BTRFS_SUPER_MAGIC
+                | libc::TMPFS_MAGIC
+        )
+    })
 }
 
 /// Reopens the inode behind an `O_PATH` descriptor for I/O.
@@ -364,6 +386,7 @@ impl PolicyFs {
             Mode::empty(),
         )
         .map_err(|e| PolicyError::Root(io_err(e)))?;
+        let records = local_ctimes(fd.as_fd()).then(|| Mutex::new(RecordCache::default()));
         let root_fd = Arc::new(fd);
         let root = Arc::new(Inode {
             key,
@@ -399,6 +422,7 @@ impl PolicyFs {
             dirs: RwLock::new(HashMap::new()),
             opens: Mutex::new(HashMap::new()),
             root_key: key,
+            records,
             next_fh: AtomicU64::new(1),
         })
     }
@@ -517,8 +541,17 @@ impl PolicyFs {
             // Host symlinks cannot carry user xattrs.
             return Ok(None);
         }
+        let key = (st.st_dev, st.st_ino);
+        let ctime = (st.st_ctime, st.st_ctime_nsec);
+        let cache = self.records.as_ref().filter(|_| key.0 == self.root_key.0);
+        let read_at = coarse_clock();
+        if let Some(c) = cache
+            && let Some(r) = c.lock().map_err(|_| Errno::IO)?.get(key, ctime, read_at)
+        {
+            return Ok(r);
+        }
         let mut buf = [0u8; 32];
-        match rustix::fs::getxattr(proc_path(fd), RECORD_XATTR, &mut buf[..]) {
+        let record = match rustix::fs::getxattr(proc_path(fd), RECORD_XATTR, &mut buf[..]) {
             Ok(n) => {
                 let r = Record::decode(&buf[..n]).map_err(|_| Errno::IO)?;
                 let ok = match host_type(st) {
@@ -526,13 +559,22 @@ impl PolicyFs {
                     S_IFREG => r.kind() != S_IFDIR,
                     t => r.kind() == t,
                 };
-                if ok { Ok(Some(r)) } else { Err(Errno::IO) }
+                if !ok {
+                    return Err(Errno::IO);
+                }
+                Some(r)
             }
             // A value longer than any valid record is corrupt too.
-            Err(Errno::RANGE) => Err(Errno::IO),
-            Err(Errno::NODATA | Errno::OPNOTSUPP) => Ok(None),
-            Err(e) => Err(e),
+            Err(Errno::RANGE) => return Err(Errno::IO),
+            Err(Errno::NODATA | Errno::OPNOTSUPP) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(c) = cache {
+            c.lock()
+                .map_err(|_| Errno::IO)?
+                .insert(key, ctime, record, read_at);
         }
+        Ok(record)
     }
 
     fn write_record(&self, fd: BorrowedFd<'_>, r: &Record) -> FsResult<()> {

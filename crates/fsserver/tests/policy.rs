@@ -204,6 +204,62 @@ fn a_corrupt_record_is_an_io_error() {
     assert!(fs.lookup(&CTX, ROOT_NODE, name("f")).is_ok());
 }
 
+/// Sets the record of the host file `f` as another writer would (another
+/// server on the same volume, the host).
+fn set_record(f: &Path, uid: u32) {
+    let r = msb_fsserver::record::Record {
+        uid,
+        gid: 0,
+        mode: libc::S_IFREG | 0o644,
+        rdev: 0,
+    };
+    rustix::fs::setxattr(
+        f,
+        "user.msb.meta",
+        &r.encode(),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn records_changed_by_another_writer_show_at_once() {
+    let host = tempfile::tempdir().unwrap();
+    let f = host.path().join("f");
+    std::fs::write(&f, b"x").unwrap();
+    let fs = fs_on(host.path(), false, StatVirt::Strict);
+    let uid = |fs: &PolicyFs| {
+        let e = fs.lookup(&CTX, ROOT_NODE, name("f")).unwrap();
+        fs.forget(e.node, 1);
+        e.attr.uid
+    };
+    // Changed within the second of the last change (not kept), then
+    // again once that second is over (kept, then changed under it), each
+    // time looked up, forgotten and looked up again as a guest does.
+    set_record(&f, 5);
+    assert_eq!(uid(&fs), 5);
+    set_record(&f, 6);
+    assert_eq!(uid(&fs), 6);
+    let ctime = std::fs::metadata(&f).unwrap().ctime();
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        <= ctime as u64 + 1
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(uid(&fs), 6);
+    set_record(&f, 7);
+    assert_eq!(uid(&fs), 7);
+    let e = fs.lookup(&CTX, ROOT_NODE, name("f")).unwrap();
+    set_record(&f, 8);
+    assert_eq!(fs.getattr(e.node).unwrap().uid, 8);
+    // Its removal shows too: the mount's owner again.
+    rustix::fs::removexattr(&f, "user.msb.meta").unwrap();
+    assert_eq!(fs.getattr(e.node).unwrap().uid, 1000);
+}
+
 #[test]
 fn a_creator_without_host_ids_creates_nothing() {
     let host = tempfile::tempdir().unwrap();

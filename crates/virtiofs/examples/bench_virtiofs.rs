@@ -39,13 +39,17 @@ if want write || want read; then
 fi
 if want small || want ls-lR; then
   t small small
-  drop
-  t ls-lR sh -c 'ls -lR /mnt/s/small > /dev/null'
+  r=0
+  while [ $r -lt $LS_REPEAT ]; do
+    drop
+    t ls-lR sh -c 'ls -lR /mnt/s/small > /dev/null'
+    r=$((r+1))
+  done
 fi
 cd /
 "#;
 
-fn run_guest(kernel: &common::Kernel, initrd: &Path, socket: &Path) -> BTreeMap<String, f64> {
+fn run_guest(kernel: &common::Kernel, initrd: &Path, socket: &Path) -> Vec<(String, f64)> {
     let share = common::Share {
         tag: "s".into(),
         socket: socket.into(),
@@ -108,7 +112,7 @@ fn load_average() -> String {
 struct Samples(BTreeMap<String, Vec<f64>>);
 
 impl Samples {
-    fn add(&mut self, times: BTreeMap<String, f64>) {
+    fn add(&mut self, times: Vec<(String, f64)>) {
         for (name, t) in times {
             self.0.entry(name).or_default().push(t);
         }
@@ -165,7 +169,7 @@ fn run_ours(
     tmp: &Path,
     round: usize,
     threads: usize,
-) -> BTreeMap<String, f64> {
+) -> Vec<(String, f64)> {
     let dir = tmp.join(format!("ours-{round}"));
     std::fs::create_dir(&dir).unwrap();
     let cfg = ServeConfig {
@@ -185,7 +189,7 @@ fn run_ours(
     let server = msb_virtiofs::Server::start(&socket, fs, threads).unwrap();
     let mut times = run_guest(kernel, initrd, &socket);
     server.wait().unwrap();
-    times.insert("cpu".into(), own_cpu() - cpu);
+    times.push(("cpu".into(), own_cpu() - cpu));
     times
 }
 
@@ -197,7 +201,7 @@ fn run_virtiofsd(
     round: usize,
     virtiofsd: &str,
     cache: &str,
-) -> BTreeMap<String, f64> {
+) -> Vec<(String, f64)> {
     let dir = tmp.join(format!("theirs-{round}"));
     std::fs::create_dir(&dir).unwrap();
     // A socket of its own each round: virtiofsd leaves its socket behind,
@@ -220,7 +224,7 @@ fn run_virtiofsd(
     while Instant::now() < end && !child_exited(daemon.id()) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    times.insert("cpu".into(), child_cpu(daemon.id()));
+    times.push(("cpu".into(), child_cpu(daemon.id())));
     let _ = daemon.kill();
     let _ = daemon.wait();
     times
@@ -241,7 +245,13 @@ fn main() {
     let initrd = tmp.path().join("initrd");
     // BENCH_ONLY: a subset of the workloads (write read small ls-lR).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    let script = format!("ONLY='{only}'\n{SCRIPT}");
+    // BENCH_LS_REPEAT: `ls -lR` runs per round (each a sample): it takes a
+    // second or two, so one run says little on a noisy host.
+    let ls_repeat: u32 = std::env::var("BENCH_LS_REPEAT")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let script = format!("ONLY='{only}'\nLS_REPEAT={ls_repeat}\n{SCRIPT}");
     std::fs::write(&initrd, common::initramfs(kernel, &["s"], &script, |_| {})).unwrap();
 
     // ROUNDS (default 3) interleaves ours and virtiofsd, so drift in the
@@ -283,7 +293,7 @@ fn main() {
     for (who, samples) in [("msb-virtiofs", &ours), ("virtiofsd", &theirs)] {
         for (name, v) in &samples.0 {
             let v: Vec<String> = v.iter().map(|t| format!("{t:.2}")).collect();
-            println!("# {who} {name} seconds per round: {}", v.join(" "));
+            println!("# {who} {name} seconds per run: {}", v.join(" "));
         }
     }
     let paired = paired_ratios(&ours, &theirs);
