@@ -1841,16 +1841,18 @@ impl FileSystem for PolicyFs {
         Self::check_xattr_name(name)?;
         let inode = self.inode(node)?;
         let path = proc_path(inode.fd.as_fd());
+        // Most values are small: one call without asking the size first.
+        let mut buf = vec![0u8; 256];
         loop {
-            let len = rustix::fs::getxattr_query(&path, name)?;
-            let mut buf = vec![0u8; len];
             match rustix::fs::getxattr(&path, name, &mut buf[..]) {
                 Ok(n) => {
                     buf.truncate(n);
                     return Ok(buf);
                 }
-                // Grew in between: ask again.
-                Err(Errno::RANGE) => continue,
+                // Larger (or grew in between): ask its size, then again.
+                Err(Errno::RANGE) => {
+                    buf = vec![0u8; rustix::fs::getxattr_query(&path, name)?.max(1)];
+                }
                 Err(e) => return Err(e),
             }
         }

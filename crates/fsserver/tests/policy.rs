@@ -261,6 +261,22 @@ fn records_changed_by_another_writer_show_at_once() {
 }
 
 #[test]
+fn client_xattrs_of_every_size_read_back_whole() {
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("f"), b"x").unwrap();
+    let fs = fs_on(host.path(), false, StatVirt::Strict);
+    let f = fs.lookup(&CTX, ROOT_NODE, name("f")).unwrap().node;
+    // Around the server's first read buffer (256 bytes), and far past it.
+    for len in [0usize, 1, 255, 256, 257, 2000] {
+        let value: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let key = format!("user.v{len}");
+        fs.setxattr(&CTX, f, name(&key), &value, 0).unwrap();
+        assert_eq!(fs.getxattr(f, name(&key)).unwrap(), value, "{len} bytes");
+    }
+    assert_eq!(fs.getxattr(f, name("user.none")), Err(Errno::NODATA));
+}
+
+#[test]
 fn a_creator_without_host_ids_creates_nothing() {
     let host = tempfile::tempdir().unwrap();
     let fs = PolicyFs::new(
