@@ -99,7 +99,7 @@ pub(crate) type Key = (u64, u64);
 pub(crate) type Ctime = (i64, u64);
 
 /// Objects per generation of the [`RecordCache`]: two generations hold
-/// at least this many of the latest records (about 1 MiB).
+/// at least this many of the latest records (about 1 MiB each).
 const GENERATION: usize = 16_384;
 
 /// Records read lately, so that looking up an unchanged object again (a
