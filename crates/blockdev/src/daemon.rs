@@ -31,6 +31,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use linux_raw_sys::general as nr;
+use msb_security::{child, seccomp};
 use msb_spec::DiskFormat;
 use rustix::mount::{
     FsMountFlags, FsOpenFlags, MountAttrFlags, OpenTreeFlags, fsconfig_create, fsconfig_set_flag,
@@ -306,42 +307,8 @@ fn own_image(image: &File, readonly: bool, user: DaemonUser) -> io::Result<Owned
     if readonly {
         attrs |= MountAttrFlags::MOUNT_ATTR_RDONLY;
     }
-    set_mount_attrs(&tree, attrs, &userns)?;
+    crate::set_mount_attrs(&tree, attrs, Some(&userns), false)?;
     Ok(tree)
-}
-
-/// `struct mount_attr`.
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-fn set_mount_attrs(mount: &OwnedFd, attrs: MountAttrFlags, userns: &OwnedFd) -> io::Result<()> {
-    let attr = MountAttr {
-        attr_set: u64::from(attrs.bits()),
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
-    // SAFETY: `attr` is a fully initialized struct mount_attr whose size is
-    // passed along; the empty path is a valid C string.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            mount.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Opens `/dev/fuse` and mounts a FUSE filesystem on it, attached nowhere,
@@ -392,13 +359,6 @@ fn metadata_filter() -> Result<BpfProgram, BackendError> {
         SeccompAction::Errno(libc::EPERM as u32),
         ARCH,
     )?)
-}
-
-/// `struct sock_fprog`.
-#[repr(C)]
-struct SockFprog {
-    len: libc::c_ushort,
-    filter: *const seccompiler::sock_filter,
 }
 
 /// Between fork and exec: places the image and FUSE descriptors at 3 and
@@ -487,39 +447,13 @@ unsafe fn confine(
         {
             return fail();
         }
-        // Raw calls: they change this (only) thread's ids. Leaving uid 0
-        // for good clears the permitted, effective and ambient sets.
-        if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) < 0
-            || libc::syscall(libc::SYS_setresgid, user.gid, user.gid, user.gid) < 0
-            || libc::syscall(libc::SYS_setresuid, user.uid, user.uid, user.uid) < 0
-            || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
-        {
+        child::take_ids(user.uid, user.gid)?;
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
             return fail();
-        }
-        let fprog = SockFprog {
-            // seccompiler refuses programs over BPF_MAXINSNS (4096).
-            len: filter.len() as libc::c_ushort,
-            filter: filter.as_ptr(),
-        };
-        if libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            0,
-            &fprog as *const SockFprog,
-        ) != 0
-        {
-            return fail();
-        }
-        // After the change of ids, which clears it.
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-            return fail();
-        }
-        // The parent may have died before prctl took effect.
-        if libc::getppid() != parent {
-            libc::_exit(1);
         }
     }
-    Ok(())
+    seccomp::install(filter)?;
+    child::die_with(parent)
 }
 
 #[cfg(test)]
@@ -545,17 +479,8 @@ mod tests {
         if pid == 0 {
             // SAFETY: in the child: the filter is live, fd is open.
             unsafe {
-                let fprog = SockFprog {
-                    len: filter.len() as libc::c_ushort,
-                    filter: filter.as_ptr(),
-                };
                 let code = if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
-                    || libc::syscall(
-                        libc::SYS_seccomp,
-                        libc::SECCOMP_SET_MODE_FILTER,
-                        0,
-                        &fprog as *const SockFprog,
-                    ) != 0
+                    || seccomp::install(&filter).is_err()
                 {
                     2
                 } else if libc::pwrite(fd, b"data".as_ptr().cast(), 4, 0) != 4 {

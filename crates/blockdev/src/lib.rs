@@ -30,5 +30,5 @@ pub use detached::{DetachedError, DetachedMount, mount_detached};
 pub use detect::{DetectError, detect_fstype, detect_fstype_bytes};
 pub use image::{ImageError, check_self_contained};
 pub use loopdev::{LoopDevice, LoopError};
-pub use userns::id_map_namespace;
+pub use userns::{id_map_namespace, set_mount_attrs};
 pub use view::{DiskView, ViewError};

@@ -1,8 +1,7 @@
 //! Per-mount flags, shared by the supervisor (mounts it makes for the
 //! sandbox) and the init (mounts it makes itself).
 
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use msb_spec::MountFlags;
 use rustix::io::Errno;
@@ -26,17 +25,8 @@ pub(crate) fn attrs(f: MountFlags) -> MountAttrFlags {
     a
 }
 
-/// `struct mount_attr` of `<linux/mount.h>`.
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-/// Sets per-mount flags on a whole detached tree (rustix has no
-/// `mount_setattr`).
+/// Sets per-mount flags on a detached tree, on its submounts too if
+/// `recursive`.
 pub(crate) fn set_attrs(fd: &OwnedFd, a: MountAttrFlags, recursive: bool) -> Result<(), Errno> {
     if a.is_empty() {
         return Ok(());
@@ -57,28 +47,6 @@ fn setattr(
     userns: Option<&OwnedFd>,
     recursive: bool,
 ) -> Result<(), Errno> {
-    let attr = MountAttr {
-        attr_set: u64::from(a.bits()),
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64),
-    };
-    let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
-    // SAFETY: `attr` is a fully initialized struct mount_attr whose size is
-    // passed along; the empty path is a valid C string.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            flags,
-            &attr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc < 0 {
-        Err(Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::INVAL))
-    } else {
-        Ok(())
-    }
+    msb_blockdev::set_mount_attrs(fd, a, userns, recursive)
+        .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::INVAL))
 }

@@ -2,9 +2,11 @@
 //! it runs, the same on every backend. A profile ([`Security`]) is a
 //! system call filter ([`seccomp`]) and a capability set ([`caps`]); the
 //! namespace backend's init and the microVM guest agent both apply it
-//! between fork and exec through [`Confinement`].
+//! between fork and exec through [`Confinement`]. [`child`] holds the steps
+//! by which helper processes of the host side leave msb's privileges.
 
 pub mod caps;
+pub mod child;
 pub mod seccomp;
 
 use serde::{Deserialize, Serialize};

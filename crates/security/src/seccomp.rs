@@ -626,28 +626,35 @@ impl Filter {
     /// the caller's user namespace: install the filter before dropping
     /// capabilities. The filter allows `prctl`, `capset` and `execve`.
     pub fn apply(&self) -> io::Result<()> {
-        for program in [&self.allow, &self.arguments, &self.enosys] {
-            let fprog = SockFprog {
-                // seccompiler refuses programs over BPF_MAXINSNS (4096).
-                len: program.len() as libc::c_ushort,
-                filter: program.as_ptr(),
-            };
-            // SAFETY: `fprog` points at a live, valid BPF program of the
-            // length given; the kernel copies it before returning.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_seccomp,
-                    libc::SECCOMP_SET_MODE_FILTER,
-                    0,
-                    &fprog as *const SockFprog,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(())
+        [&self.allow, &self.arguments, &self.enosys]
+            .into_iter()
+            .try_for_each(install)
     }
+}
+
+/// Installs one BPF program on the calling thread. Async-signal-safe (one
+/// system call, no allocation), for use between fork and exec. The caller
+/// needs `no_new_privs` or `CAP_SYS_ADMIN` in its user namespace.
+pub fn install(program: &BpfProgram) -> io::Result<()> {
+    let fprog = SockFprog {
+        // seccompiler refuses programs over BPF_MAXINSNS (4096).
+        len: program.len() as libc::c_ushort,
+        filter: program.as_ptr(),
+    };
+    // SAFETY: `fprog` points at a live, valid BPF program of the length
+    // given; the kernel copies it before returning.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const SockFprog,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

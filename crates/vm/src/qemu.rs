@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use msb_agent_protocol::CONTROL_PORT_NAME;
+use msb_security::child;
 
 /// Initcalls of Debian's kernel that cost time under TCG and matter not to
 /// a sandbox (measured with initcall_debug): the jitter entropy self-test,
@@ -357,23 +358,9 @@ impl Launch<'_> {
                     libc::CLOSE_RANGE_CLOEXEC,
                 );
                 if let Some(r) = &run_as {
-                    // Raw calls: they change this (only) thread's ids.
-                    if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) < 0
-                        || libc::syscall(libc::SYS_setresgid, r.gid, r.gid, r.gid) < 0
-                        || libc::syscall(libc::SYS_setresuid, r.uid, r.uid, r.uid) < 0
-                    {
-                        return fail();
-                    }
+                    child::take_ids(r.uid, r.gid)?;
                 }
-                // After the change of ids, which clears it.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                    return fail();
-                }
-                // The parent may have died before prctl took effect.
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
+                child::die_with(parent)
             });
         }
         let child = cmd
