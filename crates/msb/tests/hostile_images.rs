@@ -257,19 +257,7 @@ fn each_qemu_runs_as_its_own_unprivileged_user() {
     let dir = scratch();
     let home = dir.path().join("home");
     let _sandboxes = Supervisors(&home);
-    let raw = dir.path().join("disk.raw");
-    let image = dir.path().join("disk.qcow2");
-    run("mke2fs", &["-q", "-t", "ext4", raw.to_str().unwrap(), "8M"]);
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-O",
-            "qcow2",
-            raw.to_str().unwrap(),
-            image.to_str().unwrap(),
-        ],
-    );
+    let image = ext4_qcow2(dir.path());
     let o = msb(&home, &["volume", "create", "data"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let disk = format!("{}:/disk,fstype=ext4", image.display());
@@ -367,6 +355,24 @@ fn pids_running(argv: &[&str]) -> Vec<i32> {
         .collect()
 }
 
+/// An empty 8 MiB ext4 file system as a qcow2 image in `dir`.
+fn ext4_qcow2(dir: &Path) -> PathBuf {
+    let raw = dir.join("disk.raw");
+    let image = dir.join("disk.qcow2");
+    run("mke2fs", &["-q", "-t", "ext4", raw.to_str().unwrap(), "8M"]);
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            image.to_str().unwrap(),
+        ],
+    );
+    image
+}
+
 /// The pid of the `qemu-storage-daemon` that is a child of `parent`.
 fn daemon_of(parent: u32) -> Option<i32> {
     std::fs::read_dir("/proc")
@@ -394,19 +400,7 @@ fn the_image_daemon_of_a_namespace_sandbox_runs_as_its_own_user() {
     }
     let dir = scratch();
     let home = dir.path().join("home");
-    let raw = dir.path().join("disk.raw");
-    let image = dir.path().join("disk.qcow2");
-    run("mke2fs", &["-q", "-t", "ext4", raw.to_str().unwrap(), "8M"]);
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-O",
-            "qcow2",
-            raw.to_str().unwrap(),
-            image.to_str().unwrap(),
-        ],
-    );
+    let image = ext4_qcow2(dir.path());
     let disk = format!("{}:/disk,fstype=ext4", image.display());
     // A sleep no other process on the host runs, to find the sandbox by.
     let nap = format!("{}", 80_000 + std::process::id() % 9_999);
