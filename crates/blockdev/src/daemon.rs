@@ -37,7 +37,7 @@ use rustix::mount::{
     FsMountFlags, FsOpenFlags, MountAttrFlags, OpenTreeFlags, fsconfig_create, fsconfig_set_flag,
     fsconfig_set_string, fsmount, fsopen, open_tree,
 };
-use seccompiler::{BackendError, BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{BackendError, BpfProgram};
 
 /// The unprivileged host ids `qemu-storage-daemon` runs as. They must be
 /// no other process's (a sandbox's above all): whoever shares them may
@@ -86,11 +86,6 @@ const FUSE_FD: i32 = 4;
 const PARK_FDS_AT: i32 = 64;
 /// How long the daemon has to open the image and serve the view.
 const READY_WITHIN: Duration = Duration::from_secs(10);
-
-#[cfg(target_arch = "x86_64")]
-const ARCH: TargetArch = TargetArch::x86_64;
-#[cfg(target_arch = "aarch64")]
-const ARCH: TargetArch = TargetArch::aarch64;
 
 /// Calls that change a file's metadata: on its image the daemon is the
 /// owner, who may otherwise set a setuid bit (the host owner's), an ACL or
@@ -353,12 +348,7 @@ fn metadata_filter() -> Result<BpfProgram, BackendError> {
         .iter()
         .map(|&n| (i64::from(n), Vec::new()))
         .collect();
-    BpfProgram::try_from(SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        ARCH,
-    )?)
+    seccomp::refusing(rules)
 }
 
 /// Between fork and exec: places the image and FUSE descriptors at 3 and

@@ -437,14 +437,7 @@ pub fn filter(security: Security) -> Result<Filter, SeccompError> {
     if security == Security::Privileged {
         return Err(SeccompError::Unconfined);
     }
-    let arguments = refused_arguments(security).and_then(|rules| {
-        BpfProgram::try_from(SeccompFilter::new(
-            rules,
-            SeccompAction::Allow,
-            SeccompAction::Errno(libc::EPERM as u32),
-            ARCH,
-        )?)
-    });
+    let arguments = refused_arguments(security).and_then(refusing);
     arguments
         .map(|arguments| Filter {
             allow: allowlist_program(&allowed(security)),
@@ -630,6 +623,18 @@ impl Filter {
             .into_iter()
             .try_for_each(install)
     }
+}
+
+/// Compiles a program that lets every call through except those matching
+/// `rules` (a call with no rules matches whatever its arguments), which
+/// fail with EPERM. Build it before fork: it allocates.
+pub fn refusing(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, BackendError> {
+    BpfProgram::try_from(SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        ARCH,
+    )?)
 }
 
 /// Installs one BPF program on the calling thread. Async-signal-safe (one
